@@ -1,0 +1,88 @@
+"""Length-aware batches and padding.
+
+Random batches of short sentences are mostly padding. Training batches are grouped by length inside
+shuffled mega-batches, so the batch order stays random; evaluation batches are sorted by length and
+results are put back in the original order by each example's `index`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+
+# Keys padded with the tokenizer's pad id; other list-valued keys are padded with 0 (masks, segment ids)
+# or -100 (labels, ignored by the loss).
+PAD_WITH_TOKEN = ("input_ids", "decoder_input_ids")
+PAD_WITH_IGNORE = ("labels",)
+
+
+class LengthGroupedBatches:
+    """Training batch sampler: shuffle, cut into mega-batches, sort each by length, batch, shuffle the batches.
+
+    Every example appears exactly once per epoch. Call `set_epoch` before each epoch for a new order.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batch_factor: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega_batch_size = batch_size * mega_batch_factor
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.mega_batch_size):
+            mega = sorted(order[start : start + self.mega_batch_size], key=lambda i: -self.lengths[i])
+            batches += [mega[i : i + self.batch_size] for i in range(0, len(mega), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return sum(-(-len(self.lengths[s : s + self.mega_batch_size]) // self.batch_size) for s in range(0, len(self.lengths), self.mega_batch_size))
+
+
+class SortedBatches:
+    """Evaluation batch sampler: longest first (memory problems show at once), little padding."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int):
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        self._batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+class PadCollator:
+    """Pads token lists to the longest in the batch and stacks everything into tensors."""
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in features[0]:
+            values = [feature[key] for feature in features]
+            if isinstance(values[0], list):
+                pad = self.pad_token_id if key in PAD_WITH_TOKEN else -100 if key in PAD_WITH_IGNORE else 0
+                width = max(len(value) for value in values)
+                if self.padding_side == "left":
+                    values = [[pad] * (width - len(value)) + value for value in values]
+                else:
+                    values = [value + [pad] * (width - len(value)) for value in values]
+            batch[key] = torch.tensor(values)
+        return batch

@@ -1,0 +1,162 @@
+"""The `llmtune` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    help="Fine-tune BERT- and GPT-style checkpoints on NLP tasks from one YAML recipe.\n\n"
+    "Typical use: `llmtune validate RECIPE`, `llmtune train RECIPE`, then `llmtune eval RUN_DIR` and `llmtune predict RUN_DIR`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a recipe key, e.g. --set training.learning_rate=3e-5 (repeatable; values are YAML)."),
+]
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (load reports, download bars) out of the user's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def _fail(error: UserError) -> None:
+    for line in str(error).splitlines():
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(2)
+
+
+def _echo(*parts) -> None:
+    typer.echo(" ".join(str(part) for part in parts))
+
+
+@app.command()
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
+    set_: SetOption = None,
+) -> None:
+    """Check a recipe, its data files, columns, labels and model without training anything."""
+    from . import data, models, tasks
+    from .recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe, set_ or [])
+        _quiet_libraries()
+        task = tasks.create(loaded.task)
+        splits = data.load_splits(loaded.data)
+        task.prepare(splits, loaded.data)
+        checkpoint = models.resolve_checkpoint(loaded.model)
+    except UserError as error:
+        _fail(error)
+    _echo(f"{recipe}: ok")
+    _echo(f"  model: {checkpoint.name} ({checkpoint.origin})")
+    _echo(f"  task: {loaded.task.type}, labels: {', '.join(task.label_names)}")
+    for split, dataset in splits.items():
+        _echo(f"  data.{split}: {len(dataset):,} examples")
+    _echo(f"  method: {loaded.method.type}; output: {loaded.output_dir}")
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
+    set_: SetOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (overrides output_dir).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the output directory.")] = False,
+) -> None:
+    """Fine-tune as the recipe says, evaluate on validation and test, and write the run directory.
+
+    The run directory holds the resolved recipe, the model or adapter (loadable with plain
+    transformers / peft), the tokenizer, metrics.json, predictions.jsonl and train_log.jsonl.
+    """
+    from .recipe import load_recipe
+    from .train import train as run_training
+
+    try:
+        loaded = load_recipe(recipe, set_ or [])
+        _quiet_libraries()
+        run_training(loaded, output_dir=output, overwrite=overwrite, echo=_echo)
+    except UserError as error:
+        _fail(error)
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[str, typer.Argument(help="Run directory, or a checkpoint directory / hub id.")],
+    split: Annotated[str, typer.Option(help="Split of the run's recipe to evaluate: train, validation or test.")] = "test",
+    data_file: Annotated[Optional[Path], typer.Option("--data", help="Evaluate on this file instead (same columns as the recipe).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics and predictions as JSON/JSONL here (FILE.json; predictions next to it).")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Evaluate a fine-tuned run or any checkpoint on a split: accuracy, macro-F1, cross-entropy."""
+    from .inference import evaluate
+    from .runs import write_json, write_jsonl
+    from .train import format_metrics
+
+    _quiet_libraries()
+    try:
+        metrics, predictions = evaluate(target, split=split, data_file=str(data_file) if data_file else None, overrides=set_ or [])
+    except UserError as error:
+        _fail(error)
+    _echo(f"{'data' if data_file else split}: {format_metrics(metrics)}")
+    if output is not None:
+        write_json(output, metrics)
+        write_jsonl(output.with_suffix(".predictions.jsonl"), predictions)
+        _echo(f"metrics written to {output}")
+
+
+@app.command()
+def predict(
+    target: Annotated[str, typer.Argument(help="Run directory, or a checkpoint directory / hub id.")],
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="Text to label (repeatable).")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", help="File of rows (csv, tsv, json, jsonl, parquet) with the recipe's text column(s).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write predictions as JSONL here instead of printing them.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Label texts with a fine-tuned run: label and class probabilities for each."""
+    from .data import read_file
+    from .inference import predict as run_predict
+    from .runs import write_jsonl
+
+    if not text and input_file is None:
+        typer.echo("error: give --text TEXT (repeatable) or --input FILE", err=True)
+        raise typer.Exit(2)
+    _quiet_libraries()
+    try:
+        rows: list = list(text or [])
+        if input_file is not None:
+            rows += read_file(str(input_file), f"--input {input_file}").to_list()
+        predictions = run_predict(target, rows, overrides=set_ or [])
+    except UserError as error:
+        _fail(error)
+    if output is not None:
+        write_jsonl(output, predictions)
+        _echo(f"{len(predictions)} predictions written to {output}")
+    else:
+        for row in predictions:
+            _echo(json.dumps(row, ensure_ascii=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Reading splits from local files or the hub, column mapping and column checks."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from pathlib import Path
+
+import datasets
+
+from .errors import UserError
+from .recipe import DataSource, DataSpec
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def describe(split: str, source: DataSource) -> str:
+    """How messages name a split: `data.train (path/to/file.csv)`."""
+    if source.path is not None:
+        return f"data.{split} ({source.path})"
+    detail = ", ".join(part for part in (source.config, f"split {source.split or split}") if part)
+    return f"data.{split} (hub {source.hub}, {detail})"
+
+
+def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
+    """Read every configured split, rename columns and apply max_samples.
+
+    Raises:
+        UserError: missing or unreadable file, unknown format, unreachable hub dataset, empty split,
+            or a `data.columns` entry naming a column the split does not have.
+    """
+    splits = {}
+    for split, source in spec.sources().items():
+        where = describe(split, source)
+        dataset = read_file(source.path, where) if source.path is not None else _read_hub(source, split, where)
+        renames = {old: new for old, new in spec.columns.items() if old in dataset.column_names}
+        missing = [old for old in spec.columns if old not in dataset.column_names and new_name_absent(spec.columns[old], dataset)]
+        if missing:
+            raise UserError(
+                f"{where}: data.columns maps column '{missing[0]}', which is not in the data; "
+                f"available columns: {', '.join(dataset.column_names)}"
+            )
+        if renames:
+            dataset = dataset.rename_columns(renames)
+        if source.max_samples is not None and source.max_samples < len(dataset):
+            dataset = dataset.select(range(source.max_samples))
+        if len(dataset) == 0:
+            raise UserError(f"{where}: the split is empty (0 rows); expected at least one example")
+        splits[split] = dataset
+    return splits
+
+
+def new_name_absent(new: str, dataset: datasets.Dataset) -> bool:
+    # A mapping whose target already exists is harmless (e.g. the same recipe on pre-renamed data).
+    return new not in dataset.column_names
+
+
+def read_file(path: str, where: str) -> datasets.Dataset:
+    """Read one local file into a Dataset (Arrow-backed and cached, so tokenization is cached too)."""
+    file = Path(path)
+    if not file.exists():
+        raise UserError(f"{where}: file not found: {file}")
+    if not file.is_file():
+        raise UserError(f"{where}: not a file: {file}")
+    builder = FORMATS.get(file.suffix.lower())
+    if builder is None:
+        raise UserError(f"{where}: unknown file type '{file.suffix}'; expected one of {', '.join(FORMATS)}")
+    options: dict = {}
+    if builder == "csv":
+        # TSV has no quoting (IANA text/tab-separated-values); empty cells stay "" rather than NaN.
+        options = {"keep_default_na": False}
+        if file.suffix.lower() == ".tsv":
+            options |= {"sep": "\t", "quoting": csv.QUOTE_NONE}
+    try:
+        return datasets.load_dataset(builder, data_files=str(file), split="train", **options)
+    except Exception as exc:  # datasets wraps parser errors in several layers
+        raise UserError(f"{where}: cannot read {file.name} as {file.suffix.lstrip('.')}: {_root_cause(exc)}") from None
+
+
+def _read_hub(source: DataSource, split: str, where: str) -> datasets.Dataset:
+    try:
+        return datasets.load_dataset(source.hub, source.config, split=source.split or split, revision=source.revision)
+    except Exception as exc:
+        raise UserError(
+            f"{where}: cannot load hub dataset '{source.hub}': {_root_cause(exc)}. "
+            "Offline? Save the split to a local file on a connected machine and set its `path` instead."
+        ) from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(exc).__name__
+
+
+def require_columns(dataset: datasets.Dataset, columns: dict[str, str], where: str) -> None:
+    """Fail with one line naming the recipe key, the missing column and the columns that exist.
+
+    Args:
+        columns: `{recipe key: column name}`, e.g. `{"task.text_column": "text"}`.
+    """
+    for key, column in columns.items():
+        if column not in dataset.column_names:
+            close = difflib.get_close_matches(column, dataset.column_names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(
+                f"{where}: column '{column}' ({key}) not found{hint}; available columns: {', '.join(dataset.column_names)}. "
+                f"Set {key} or map it with data.columns"
+            )

@@ -1,0 +1,110 @@
+"""Evaluate and predict with a finished run directory or any checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import data, models, runs, tasks
+from .errors import UserError
+from .recipe import DataSource, DataSpec, Recipe, apply_override, load_recipe, validate
+
+
+@dataclass
+class LoadedRun:
+    recipe: Recipe
+    task: object
+    model: object
+    tokenizer: object
+    run_dir: Path | None  # None for a bare checkpoint
+
+
+def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRun:
+    """Load a run directory (full model or adapter on its base) or a plain checkpoint.
+
+    Raises:
+        UserError: not a run directory nor a loadable checkpoint.
+    """
+    path = Path(target)
+    if path.is_dir() and (path / runs.RECIPE_FILE).is_file():
+        if not (path / runs.METRICS_FILE).is_file():
+            raise UserError(f"{path}: not a finished run (no {runs.METRICS_FILE}); did training stop early?")
+        recipe = load_recipe(path / runs.RECIPE_FILE, overrides)
+        task = tasks.create(recipe.task)
+        if (path / runs.ADAPTER_CONFIG).is_file():
+            from peft import PeftModel
+
+            base, _ = models.load_model(models.resolve_checkpoint(recipe.model), task.auto_class, recipe.model.trust_remote_code, **task.model_kwargs())
+            model = PeftModel.from_pretrained(base, str(path))
+        else:
+            model, _ = models.load_model(models.Checkpoint(str(path), str(path), "run directory"), task.auto_class, recipe.model.trust_remote_code)
+        tokenizer = models.load_tokenizer(models.Checkpoint(str(path), str(path), "run directory"))
+        return LoadedRun(recipe, task, model, tokenizer, path)
+
+    raw = {"model": {"name": str(target)}, "task": {"type": "classification"}, "data": {}, "output_dir": "."}
+    for item in overrides:
+        apply_override(raw, item)
+    recipe = validate(raw, source="command line")
+    checkpoint = models.resolve_checkpoint(recipe.model)
+    task = tasks.create(recipe.task)
+    model, _ = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code)
+    if task.label_names is None:
+        task.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        task.index_labels = True
+    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
+    return LoadedRun(recipe, task, model, tokenizer, None)
+
+
+def evaluate(target: str | Path, split: str = "test", data_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+    """Metrics and per-example predictions of a run or checkpoint on one split or a data file.
+
+    Args:
+        target: run directory, checkpoint directory or hub id.
+        split: the run recipe's split to use (train, validation, test) when no data_file is given.
+        data_file: a local file with the task's columns, instead of the recipe's split.
+
+    Raises:
+        UserError: unknown split, bad data, unloadable model.
+    """
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from .batching import PadCollator
+    from .train import eval_loader, run_evaluation
+
+    loaded = load_run(target, overrides)
+    recipe, task = loaded.recipe, loaded.task
+    if data_file is not None:
+        spec = DataSpec(test=DataSource(path=str(Path(data_file).resolve())), columns=recipe.data.columns)
+        split = "test"
+    else:
+        source = getattr(recipe.data, split, None) if split in ("train", "validation", "test") else None
+        if source is None:
+            raise UserError(f"--split {split}: the recipe has no data.{split}; choose another split or pass --data FILE")
+        spec = DataSpec(**{split: source}, columns=recipe.data.columns)
+    splits = data.load_splits(spec)
+    task.prepare(splits, spec)
+    max_length = recipe.training.max_length
+    features = task.preprocess(splits[split], loaded.tokenizer, max_length)
+    accelerator = Accelerator(mixed_precision="no")
+    collate = PadCollator(loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
+    loader: DataLoader = eval_loader(features, recipe.training.eval_batch_size or 2 * recipe.training.batch_size, collate)
+    model, loader = accelerator.prepare(loaded.model, loader)
+    return run_evaluation(model, loader, task, accelerator, splits[split], recipe.metrics)
+
+
+def predict(target: str | Path | LoadedRun, rows: list[dict] | list[str], overrides: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """Predictions for raw inputs: strings, or dicts with the task's input columns.
+
+    Raises:
+        UserError: unloadable model, or rows missing the task's input columns.
+    """
+    loaded = target if isinstance(target, LoadedRun) else load_run(target, overrides)
+    options = loaded.recipe.task
+    rows = [{options.text_column: row} if isinstance(row, str) else row for row in rows]
+    needed = [c for c in (options.text_column, options.text_pair_column) if c]
+    for number, row in enumerate(rows, 1):
+        for column in needed:
+            if not isinstance(row.get(column), str):
+                raise UserError(f"input row {number}: missing text column '{column}'; expected {needed}")
+    return loaded.task.predict(loaded.model, loaded.tokenizer, rows, loaded.recipe.training.max_length)

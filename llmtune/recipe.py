@@ -1,0 +1,374 @@
+"""The recipe: one typed schema, YAML loading, `--set` overrides and validation messages.
+
+Every section is a pydantic model that rejects unknown keys. A field's description is its
+documentation: `llmtune init` and the README's recipe reference are written from them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+SPLITS = ("train", "validation", "test")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSpec(Section):
+    """The pretrained checkpoint to start from."""
+
+    name: str = Field(description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint.")
+    revision: str | None = Field(None, description="Hub branch, tag or commit; default: the main branch.")
+    trust_remote_code: bool = Field(False, description="Run modelling code shipped with the checkpoint. Off unless you trust its author.")
+
+
+class ClassificationTask(Section):
+    """Sentiment / text classification of single texts or text pairs."""
+
+    available_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "cross_entropy")
+
+    type: Literal["classification"] = Field(description="The task; one of: classification.")
+    text_column: str = Field("text", description="Column holding the text to classify.")
+    text_pair_column: str | None = Field(None, description="Second text column for pair tasks (NLI, paraphrase); null for single texts.")
+    label_column: str = Field("label", description="Column holding the label: a label name or an integer index into label_names.")
+    label_names: list[str] | None = Field(
+        None,
+        description="Label names in index order. Default: the dataset's class names, else the sorted distinct labels of the train split.",
+    )
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_labels(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            if len(names) < 2:
+                raise ValueError("expected at least two label names")
+            if len(set(names)) != len(names):
+                raise ValueError(f"label names must be distinct, got {names}")
+        return names
+
+
+class DataSource(Section):
+    """Where one split comes from: a local file (`path`) or a hub dataset (`hub`)."""
+
+    path: str | None = Field(None, description="Local csv, tsv, json, jsonl or parquet file. Relative paths in a recipe file are relative to that file.")
+    hub: str | None = Field(None, description="Hub dataset id, for example `stanfordnlp/sst2`.")
+    config: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str | None = Field(None, description="Hub split to read; default: the split's own name (train, validation, test).")
+    revision: str | None = Field(None, description="Hub dataset branch, tag or commit.")
+    max_samples: int | None = Field(None, ge=1, description="Use only the first N rows (quick experiments).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of `path` (a local file) or `hub` (a hub dataset id)")
+        if self.path is not None and (self.config or self.split or self.revision):
+            raise ValueError("`config`, `split` and `revision` apply only to hub datasets, not to a local `path`")
+        return self
+
+
+def _source_shorthand(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class DataSpec(Section):
+    """The splits. `train` is needed to train; `validation` is evaluated during training, `test` once at the end."""
+
+    train: DataSource | None = Field(None, description="Training split (required to train): a file path, or a mapping with path/hub/config/split/max_samples.")
+    validation: DataSource | None = Field(None, description="Validation split, evaluated during training.")
+    test: DataSource | None = Field(None, description="Test split, evaluated once after training.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Rename columns before use: `{name_in_data: name_the_task_expects}`.")
+
+    _shorthand = field_validator("train", "validation", "test", mode="before")(classmethod(lambda cls, v: _source_shorthand(v)))
+
+    def sources(self) -> dict[str, DataSource]:
+        return {name: getattr(self, name) for name in SPLITS if getattr(self, name) is not None}
+
+
+class FullMethod(Section):
+    """Full fine-tuning: every weight is trained."""
+
+    type: Literal["full"] = Field(description="full | lora | ia3 | prefix_tuning")
+
+
+class LoraMethod(Section):
+    """LoRA: low-rank adapters on chosen linear layers; the new task head is trained and saved with them."""
+
+    type: Literal["lora"] = Field(description="full | lora | ia3 | prefix_tuning")
+    r: int = Field(8, ge=1, description="Rank of the adapter matrices.")
+    alpha: int = Field(16, ge=1, description="Scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(None, description="Module names to adapt; default: the architecture's attention projections.")
+
+
+class IA3Method(Section):
+    """IA3: learned rescaling vectors on keys, values and feed-forward activations."""
+
+    type: Literal["ia3"] = Field(description="full | lora | ia3 | prefix_tuning")
+    target_modules: list[str] | None = Field(None, description="Module names to rescale; default: per architecture.")
+    feedforward_modules: list[str] | None = Field(None, description="Which of target_modules are feed-forward layers; default: per architecture.")
+
+
+class PrefixTuningMethod(Section):
+    """Prefix tuning: trained key/value prefixes in every attention layer."""
+
+    type: Literal["prefix_tuning"] = Field(description="full | lora | ia3 | prefix_tuning")
+    num_virtual_tokens: int = Field(20, ge=1, description="Length of the trained prefix.")
+
+
+Method = Annotated[Union[FullMethod, LoraMethod, IA3Method, PrefixTuningMethod], Field(discriminator="type")]
+
+
+class Training(Section):
+    """Optimisation settings."""
+
+    epochs: float = Field(3, gt=0, description="Passes over the training split (fractions allowed); ignored when max_steps is set.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps instead of counting epochs.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the optimizer steps spent warming up.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
+    batch_size: int = Field(32, ge=1, description="Examples per batch and process.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
+    max_length: int = Field(128, ge=8, description="Longest tokenized input; longer inputs are truncated.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null: no clipping.")
+    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 (else fp16) mixed precision on GPU, fp32 on CPU."
+    )
+    log_every_n_steps: int = Field(10, ge=1, description="Write a training-log line every N optimizer steps.")
+
+
+class Evaluation(Section):
+    """When and what to evaluate."""
+
+    every_n_steps: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; default: at the end of each epoch.")
+    metrics: list[str] | None = Field(None, description="Metrics to report; default: all of the task's (classification: accuracy, macro_f1, cross_entropy).")
+
+
+class Recipe(Section):
+    """A fine-tuning job."""
+
+    model: ModelSpec
+    task: ClassificationTask
+    data: DataSpec
+    method: Method = Field(default_factory=lambda: FullMethod(type="full"), description="How weights are trained.")
+    training: Training = Field(default_factory=Training)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    output_dir: str = Field(description="Run directory, relative to the current directory; default: runs/<recipe file name>.")
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> Recipe:
+        available = self.task.available_metrics
+        for name in self.evaluation.metrics or ():
+            if name not in available:
+                raise ValueError(f"evaluation.metrics: unknown metric '{name}' for {self.task.type}; expected some of {list(available)}")
+        return self
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.evaluation.metrics or self.task.available_metrics)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply `key=value` overrides and validate it.
+
+    Args:
+        path: the recipe file.
+        overrides: `dotted.key=value` strings; values are parsed as YAML.
+
+    Raises:
+        UserError: unreadable file, YAML syntax error, or every schema problem, each with its location.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read recipe file: {exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}:1:1: expected a mapping of sections (model, task, data, ...), got {type(raw).__name__}")
+    _check_duplicate_keys(root, path)
+
+    base = path.resolve().parent
+    for source in _data_sources(raw):
+        if isinstance(source.get("path"), str):
+            source["path"] = str((base / source["path"]).resolve())
+    raw.setdefault("output_dir", str(Path("runs") / path.stem))
+
+    origins = {}
+    for item in overrides:
+        key, value = apply_override(raw, item)
+        origins[key] = item
+    for source_key, source in _data_sources(raw, with_keys=True):
+        if f"{source_key}.path" in origins or source_key in origins:
+            source["path"] = str(Path(source["path"]).resolve()) if isinstance(source.get("path"), str) else source.get("path")
+
+    return validate(raw, source=str(path), yaml_root=root, origins=origins)
+
+
+def validate(raw: dict, source: str = "<recipe>", yaml_root: yaml.Node | None = None, origins: dict[str, str] | None = None) -> Recipe:
+    """Validate a recipe mapping; every problem is reported with its location in one UserError."""
+    origins = origins or {}
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            lines.append(_describe(error, source, yaml_root, origins))
+        raise UserError("\n".join(dict.fromkeys(lines))) from None
+
+
+def _data_sources(raw: dict, with_keys: bool = False):
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for split in SPLITS:
+        if isinstance(data.get(split), str):
+            data[split] = {"path": data[split]}
+        if isinstance(data.get(split), dict):
+            yield (f"data.{split}", data[split]) if with_keys else data[split]
+
+
+def apply_override(raw: dict, item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set {item}: expected KEY=VALUE, for example --set training.learning_rate=3e-5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if isinstance(child, str) and part in SPLITS and parts[:depth] == ["data"]:
+            child = node[part] = {"path": child}
+        if not isinstance(child, dict):
+            raise UserError(f"--set {item}: '{'.'.join(parts[: depth + 1])}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+    return key, value
+
+
+def _check_duplicate_keys(node: yaml.Node | None, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            if key_node.value in seen:
+                mark = key_node.start_mark
+                raise UserError(f"{path}:{mark.line + 1}:{mark.column + 1}: key '{key_node.value}' appears twice")
+            seen.add(key_node.value)
+            _check_duplicate_keys(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, path)
+
+
+def _describe(error: dict, source: str, yaml_root: yaml.Node | None, origins: dict[str, str]) -> str:
+    loc = _user_loc(error["loc"])
+    dotted = ".".join(str(part) for part in loc)
+    where = _where(loc, source, yaml_root, origins)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        valid = _valid_keys(error["loc"][:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
+        return f"{where}: unknown key '{dotted}'; {hint}"
+    if kind == "missing":
+        return f"{where}: missing required key '{dotted}'"
+    if kind == "union_tag_invalid":
+        expected = error.get("ctx", {}).get("expected_tags", "")
+        return f"{where}: {dotted}.type: unknown value {error['input'].get('type')!r}; expected one of {expected}"
+    if kind == "union_tag_not_found":
+        return f"{where}: missing key '{dotted}.type'"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        message = f"{message}; got {got!r}"
+    return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
+
+
+def _user_loc(loc: tuple) -> tuple:
+    """Drop the union tags pydantic inserts into locations (`method.lora.r` -> `method.r`)."""
+    tags = {"full", "lora", "ia3", "prefix_tuning"}
+    return tuple(part for index, part in enumerate(loc) if not (index == 1 and loc[0] == "method" and part in tags))
+
+
+def _where(loc: tuple, source: str, yaml_root: yaml.Node | None, origins: dict[str, str]) -> str:
+    dotted = ".".join(str(part) for part in loc)
+    for key, item in origins.items():
+        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+            return f"--set {item}"
+    node, mark = yaml_root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            mark, node = match[0].start_mark, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            mark = node.start_mark
+        else:
+            break
+    if mark is None:
+        return source
+    return f"{source}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _valid_keys(parent: tuple) -> list[str]:
+    """Keys of the section at `parent`, a pydantic location (union tags included)."""
+    model: Any = Recipe
+    parts = list(parent)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
+            return []
+        candidates = _section_classes(field.annotation)
+        if len(candidates) > 1 and parts:
+            tag = parts.pop(0)
+            candidates = [c for c in candidates if typing.get_args(c.model_fields["type"].annotation) == (tag,)]
+        if not candidates:
+            return []
+        model = candidates[0]
+    return list(model.model_fields)
+
+
+def _section_classes(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [found for arg in typing.get_args(annotation) for found in _section_classes(arg)]
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, the form saved in every run directory."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,27 @@
+"""Tasks plug into the one training loop through a small interface.
+
+A task module provides a class with:
+
+- `auto_class`, `peft_task_type`: how to load the model and which peft task type adapters use;
+- `prepare(splits, spec)`: check columns and label values before anything heavy is loaded;
+- `model_kwargs()`: extra `from_pretrained` arguments (e.g. label names);
+- `preprocess(dataset, tokenizer, max_length)`: tokenized features with `index` and `length` columns;
+- `loss(model, batch)`: the training loss of one batch;
+- `eval_step(model, batch)`: per-example tensors (loss, prediction, ...) for one batch;
+- `new_accumulator()`: an object with `add(outputs)` and `result(dataset)` -> (metrics, predictions);
+- `predict(model, tokenizer, rows)`: predictions for raw input rows.
+
+A new task is one module here and one entry in TASKS.
+"""
+
+from __future__ import annotations
+
+from ..recipe import ClassificationTask
+from .classification import Classification
+
+TASKS = {"classification": Classification}
+
+
+def create(options: ClassificationTask):
+    """The task object for the recipe's `task` section."""
+    return TASKS[options.type](options)
