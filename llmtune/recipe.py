@@ -307,6 +307,7 @@ def _describe(error: dict, source: str, yaml_root: yaml.Node | None, origins: di
         return f"{where}: missing required key '{dotted}'"
     if kind == "union_tag_invalid":
         expected = error.get("ctx", {}).get("expected_tags", "")
+        where = _where((*loc, "type"), source, yaml_root, origins)
         return f"{where}: {dotted}.type: unknown value {error['input'].get('type')!r}; expected one of {expected}"
     if kind == "union_tag_not_found":
         return f"{where}: missing key '{dotted}.type'"

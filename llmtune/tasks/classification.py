@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from .. import metrics as metric_modules
-from ..data import describe, require_columns
+from ..data import describe, require_columns, row_location
 from ..errors import UserError
 from ..recipe import ClassificationTask, DataSpec
 
@@ -39,7 +39,7 @@ class Classification:
             for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
                 for row, text in enumerate(dataset[column]):
                     if not isinstance(text, str):
-                        raise UserError(f"{where} row {row + 1}: column '{column}' holds {text!r}; expected text")
+                        raise UserError(f"{where} {row_location(sources[split], row)}: column '{column}' holds {text!r}; expected text")
         if self.label_names is None:
             train = splits["train"] if "train" in splits else next(iter(splits.values()))
             self.index_labels = isinstance(train.features[self.options.label_column], datasets.ClassLabel)
@@ -49,7 +49,7 @@ class Classification:
             for row, value in enumerate(dataset[self.options.label_column]):
                 if self.label_id(value) is None:
                     raise UserError(
-                        f"{where} row {row + 1}: label {value!r} in column '{self.options.label_column}' is not among the "
+                        f"{where} {row_location(sources[split], row)}: label {value!r} in column '{self.options.label_column}' is not among the "
                         f"label names {self.label_names}; expected one of them or an index 0..{len(self.label_names) - 1} (task.label_names)"
                     )
 

@@ -1,0 +1,40 @@
+"""Every method trains the task head and saves a run that plain transformers / peft load back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import write_recipe
+
+from llmtune import load_recipe, predict, train
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "ia3", "prefix_tuning"])
+def test_method_trains_and_reloads(method, tiny_bert, sentiment_files, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files), [f"method.type={method}", "training.learning_rate=1e-3"])
+    result = train(recipe, echo=lambda *a: None)
+    run_dir = result.run_dir
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"train", "validation", "test"}
+    assert {"accuracy", "macro_f1", "cross_entropy"} <= set(metrics["test"])
+
+    ours = predict(run_dir, ["a wonderful, moving film", "dull and far too long"])
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    if method == "full":
+        model = AutoModelForSequenceClassification.from_pretrained(run_dir)
+    else:
+        from peft import PeftModel
+
+        assert (run_dir / "adapter_model.safetensors").exists() and not (run_dir / "model.safetensors").exists()
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+        model = PeftModel.from_pretrained(base, run_dir)
+    model.eval()
+    batch = tokenizer(["a wonderful, moving film", "dull and far too long"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model(**batch).logits.softmax(-1)
+    expected = [[row["probabilities"][name] for name in ("negative", "positive")] for row in ours]
+    assert torch.allclose(probabilities, torch.tensor(expected), atol=1e-5)
