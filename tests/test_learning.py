@@ -1,0 +1,82 @@
+"""Real learning: the real MiniLM checkpoint on real SST-2 sentences, and the shipped quickstart recipe.
+
+These take minutes on 2 CPU cores; they are marked slow (`pytest -m "not slow"` skips them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import RECIPES, ROOT
+
+from llmtune import load_recipe, predict, train
+
+
+def sst2_overrides(sst2, *extra: str) -> list[str]:
+    return [
+        f"data.train.path={sst2 / 'train.tsv'}", "data.train.max_samples=4000",
+        f"data.validation={sst2 / 'validation.tsv'}", "data.test=null",
+        "task.text_column=sentence", "task.label_names=null",
+        "training.epochs=1", "training.batch_size=32", *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_full_finetuning_learns_sst2(sst2, tmp_path):
+    recipe = load_recipe(RECIPES / "sentiment.yaml", sst2_overrides(sst2, "training.learning_rate=1e-4"))
+    result = train(recipe, output_dir=tmp_path / "full", echo=lambda *a: None)
+    assert result.metrics["validation"]["num_examples"] == 872
+    assert result.metrics["validation"]["accuracy"] >= 0.80
+
+
+@pytest.mark.slow
+def test_lora_learns_sst2_and_reloads_with_plain_peft(sst2, minilm_path, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    recipe = load_recipe(
+        RECIPES / "sentiment.yaml",
+        sst2_overrides(sst2, "method.type=lora", "method.r=16", "method.alpha=32", "training.learning_rate=5e-4"),
+    )
+    result = train(recipe, output_dir=tmp_path / "lora", echo=lambda *a: None)
+    assert result.metrics["validation"]["accuracy"] >= 0.75
+
+    run_dir = result.run_dir
+    assert not (run_dir / "model.safetensors").exists()
+    assert (run_dir / "adapter_model.safetensors").stat().st_size < 5_000_000
+    saved = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()][:64]
+    sentences = [row["text"] for row in saved]
+
+    # Without llmtune: the base checkpoint, the adapter (with its classification head) and the tokenizer.
+    base = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+    model = PeftModel.from_pretrained(base, run_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    with torch.no_grad():
+        probabilities = model(**tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")).logits.softmax(-1)
+    label_names = load_recipe(run_dir / "recipe.yaml").task.label_names  # resolved from the data: ["0", "1"]
+    assert [label_names[i] for i in probabilities.argmax(-1).tolist()] == [row["predicted"] for row in saved]
+
+    ours = predict(run_dir, sentences)
+    expected = torch.tensor([[row["probabilities"][name] for name in label_names] for row in ours])
+    assert torch.allclose(probabilities, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_quickstart_recipe_end_to_end(tmp_path):
+    """The README's main command, as a user runs it from the repository root. HF_HUB_OFFLINE is not
+    set: on a machine without hub access the model must come from the offline package."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    command = [sys.executable, "-m", "llmtune", "train", "recipes/sentiment.yaml", "--output", str(tmp_path / "run")]
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    test_line = next(line for line in finished.stdout.splitlines() if line.startswith("test: "))
+    for metric in ("accuracy=", "macro_f1=", "cross_entropy="):
+        assert metric in test_line
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.8
+    assert "Traceback" not in finished.stderr
