@@ -28,8 +28,11 @@ class TrainResult:
 
 
 def mixed_precision(precision: str) -> str:
+    """Accelerate's mixed_precision for the recipe's `training.precision`."""
     if precision == "fp32":
         return "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("training.precision: fp16 needs a GPU and none is available; use auto or fp32 (bf16 runs on CPU, but slowly)")
     if precision in ("bf16", "fp16"):
         return precision
     if torch.cuda.is_available():
@@ -62,6 +65,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
     """
     run_dir = Path(output_dir or recipe.output_dir)
     runs.check_output_dir(run_dir, overwrite)
+    precision = mixed_precision(recipe.training.precision)
     if recipe.data.train is None:
         raise UserError("data.train: missing; training needs a train split")
     task = tasks.create(recipe.task)
@@ -71,7 +75,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
     recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"label_names": task.label_names})})
     cfg = recipe.training
 
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.precision), gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     say = echo if accelerator.is_main_process else (lambda *args, **kwargs: None)
     set_seed(cfg.seed)
     say(f"model: {checkpoint.name} ({checkpoint.origin})")

@@ -228,3 +228,14 @@ def test_console_entry_point(tiny_bert, sentiment_files, tmp_path):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: data.train ({bad}): cannot read ragged.csv as csv"), result.stderr
+
+
+def test_fp16_without_gpu(cli, tiny_bert, sentiment_files, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without a GPU")
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    code, out, err = cli("train", recipe, "--set", "training.precision=fp16")
+    assert code == 2 and err.startswith("error: training.precision: fp16 needs a GPU")
+    assert not (tmp_path / "run").exists()
