@@ -11,13 +11,13 @@ export HF_HUB_OFFLINE=1
 mkdir -p "$(dirname "$out")"
 common=(--set data.train.path="$sst2/train.tsv" --set data.validation="$sst2/validation.tsv" --set data.test=null
         --set task.text_column=sentence --set task.label_names=null
-        --set training.epochs=1 --set training.batch_size=32 --set training.warmup_ratio=0.06
-        --set evaluation.every_n_steps=500 --overwrite)
+        --set training.epochs=1 --set training.warmup_ratio=0.06
+        --set evaluation.every_n_steps=1000 --overwrite)
 if [[ "$which" == full || "$which" == both ]]; then
-  /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set training.learning_rate=1e-4 \
+  /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set training.batch_size=16 --set training.learning_rate=5e-5 \
     --output "$out/full" 2>&1 | tee "$out-full.log"
 fi
 if [[ "$which" == lora || "$which" == both ]]; then
   /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set method.type=lora --set method.r=16 --set method.alpha=32 \
-    --set training.learning_rate=5e-4 --output "$out/lora" 2>&1 | tee "$out-lora.log"
+    --set training.batch_size=32 --set training.learning_rate=5e-4 --output "$out/lora" 2>&1 | tee "$out-lora.log"
 fi
