@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .errors import UserError
+from .errors import DataWarning, UserError
 
 app = typer.Typer(
     help="Fine-tune BERT- and GPT-style checkpoints on NLP tasks from one YAML recipe.\n\n"
@@ -37,6 +38,17 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
     # Not even errors: dataset builders log a parse error just before raising it, and llmtune reports it itself.
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, DataWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+warnings.showwarning = _show_warning
 
 
 def _fail(error: UserError) -> None:
@@ -69,7 +81,7 @@ def validate(
         _fail(error)
     _echo(f"{recipe}: ok")
     _echo(f"  model: {checkpoint.name} ({checkpoint.origin})")
-    _echo(f"  task: {loaded.task.type}, labels: {', '.join(task.label_names)}")
+    _echo(f"  task: {loaded.task.type}" + (f", labels: {', '.join(task.label_names)}" if task.label_names else ""))
     for split, dataset in splits.items():
         _echo(f"  data.{split}: {len(dataset):,} examples")
     _echo(f"  method: {loaded.method.type}; output: {loaded.output_dir}")
@@ -127,21 +139,28 @@ def eval_(
 def predict(
     target: Annotated[str, typer.Argument(help="Run directory, or a checkpoint directory / hub id.")],
     text: Annotated[Optional[list[str]], typer.Option("--text", help="Text to label (repeatable).")] = None,
+    question: Annotated[Optional[str], typer.Option(help="Question answering: the question (with --context).")] = None,
+    context: Annotated[Optional[str], typer.Option(help="Question answering: the context the answer is taken from.")] = None,
     input_file: Annotated[Optional[Path], typer.Option("--input", help="File of rows (csv, tsv, json, jsonl, parquet) with the recipe's text column(s).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write predictions as JSONL here instead of printing them.")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Label texts with a fine-tuned run: label and class probabilities for each."""
+    """Predict with a fine-tuned run: labels and class probabilities, or answers to questions."""
     from .data import read_file
     from .inference import predict as run_predict
     from .runs import write_jsonl
 
-    if not text and input_file is None:
-        typer.echo("error: give --text TEXT (repeatable) or --input FILE", err=True)
+    if (question is None) != (context is None):
+        typer.echo("error: --question and --context go together", err=True)
+        raise typer.Exit(2)
+    if not text and input_file is None and question is None:
+        typer.echo("error: give --text TEXT (repeatable), --question Q --context C, or --input FILE", err=True)
         raise typer.Exit(2)
     _quiet_libraries()
     try:
         rows: list = list(text or [])
+        if question is not None:
+            rows.append({"question": question, "context": context})
         if input_file is not None:
             rows += read_file(str(input_file), f"--input {input_file}").to_list()
         predictions = run_predict(target, rows, overrides=set_ or [])

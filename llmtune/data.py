@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
+import json
 from pathlib import Path
 
 import datasets
@@ -65,6 +67,10 @@ def read_file(path: str, where: str) -> datasets.Dataset:
     builder = FORMATS.get(file.suffix.lower())
     if builder is None:
         raise UserError(f"{where}: unknown file type '{file.suffix}'; expected one of {', '.join(FORMATS)}")
+    if file.suffix.lower() == ".json":
+        squad = _read_squad_json(file, where)
+        if squad is not None:
+            return squad
     options: dict = {}
     if builder == "csv":
         # TSV has no quoting (IANA text/tab-separated-values); empty cells stay "" rather than NaN.
@@ -77,6 +83,41 @@ def read_file(path: str, where: str) -> datasets.Dataset:
         if _has_no_rows(file, builder, options):  # datasets cannot build an empty split and fails obscurely
             raise UserError(f"{where}: {file.name} has no rows (0 examples); expected at least one example") from None
         raise UserError(f"{where}: cannot read {file.name} as {file.suffix.lstrip('.')}: {_root_cause(exc)}") from None
+
+
+def _read_squad_json(file: Path, where: str) -> datasets.Dataset | None:
+    """SQuAD v1.1 layout (`data[].paragraphs[].qas[]`) flattened to one row per question; None for other JSON."""
+    import json
+
+    with open(file, "rb") as handle:
+        start = handle.read(4096).lstrip()
+    if not start.startswith(b"{") or b'"data"' not in start:
+        return None
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where}: cannot read {file.name} as json: {exc}") from None
+    articles = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(articles, list) or not articles or not isinstance(articles[0], dict) or "paragraphs" not in articles[0]:
+        return None
+    rows = []
+    for article in articles:
+        for paragraph in article.get("paragraphs", []):
+            for qa in paragraph.get("qas", []):
+                answers = qa.get("answers", [])
+                rows.append({
+                    "id": str(qa.get("id", len(rows))),
+                    "title": article.get("title", ""),
+                    "context": paragraph.get("context"),
+                    "question": qa.get("question"),
+                    "answers": {"text": [a["text"] for a in answers], "answer_start": [int(a["answer_start"]) for a in answers]},
+                })
+    features = datasets.Features({
+        "id": datasets.Value("string"), "title": datasets.Value("string"), "context": datasets.Value("string"),
+        "question": datasets.Value("string"),
+        "answers": {"text": datasets.Sequence(datasets.Value("string")), "answer_start": datasets.Sequence(datasets.Value("int32"))},
+    })
+    return datasets.Dataset.from_list(rows, features=features)
 
 
 def _has_no_rows(file: Path, builder: str, options: dict) -> bool:
@@ -138,3 +179,17 @@ def require_columns(dataset: datasets.Dataset, columns: dict[str, str], where: s
                 f"{where}: column '{column}' ({key}) not found{hint}; available columns: {', '.join(dataset.column_names)}. "
                 f"Set {key} or map it with data.columns"
             )
+
+
+def tokenization_fingerprint(dataset: datasets.Dataset, tokenizer, *settings) -> str:
+    """Cache key of a tokenization `map`: the data, the tokenizer's full definition and the settings.
+
+    Passed as `new_fingerprint`: otherwise datasets pickles the whole tokenizer to fingerprint the map
+    function, which takes seconds per split, on every run.
+    """
+    digest = hashlib.sha256(dataset._fingerprint.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    digest.update(definition.encode())
+    digest.update(repr((type(tokenizer).__name__, tokenizer.padding_side, tokenizer.model_input_names, settings)).encode())
+    return digest.hexdigest()[:32]

@@ -7,3 +7,7 @@ class UserError(Exception):
     The message must say what is wrong, where (key, file, line, column) and what was expected.
     Internal bugs raise ordinary exceptions instead, so they keep their traceback.
     """
+
+
+class DataWarning(UserWarning):
+    """Data that llmtune skips or changes (and goes on): the CLI prints it as one `warning:` line."""

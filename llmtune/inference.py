@@ -88,9 +88,9 @@ def evaluate(target: str | Path, split: str = "test", data_file: str | None = No
     features = task.preprocess(splits[split], loaded.tokenizer, max_length)
     accelerator = Accelerator(mixed_precision="no")
     collate = PadCollator(loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
-    loader: DataLoader = eval_loader(features, recipe.training.eval_batch_size or 2 * recipe.training.batch_size, collate)
+    loader: DataLoader = eval_loader(features, task, recipe.training.eval_batch_size or 2 * recipe.training.batch_size, collate)
     model, loader = accelerator.prepare(loaded.model, loader)
-    return run_evaluation(model, loader, task, accelerator, splits[split], recipe.metrics)
+    return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics)
 
 
 def predict(target: str | Path | LoadedRun, rows: list[dict] | list[str], overrides: list[str] | tuple[str, ...] = ()) -> list[dict]:
@@ -101,10 +101,17 @@ def predict(target: str | Path | LoadedRun, rows: list[dict] | list[str], overri
     """
     loaded = target if isinstance(target, LoadedRun) else load_run(target, overrides)
     options = loaded.recipe.task
-    rows = [{options.text_column: row} if isinstance(row, str) else row for row in rows]
-    needed = [c for c in (options.text_column, options.text_pair_column) if c]
+    if options.type == "classification":
+        rows = [{options.text_column: row} if isinstance(row, str) else row for row in rows]
+        needed = [c for c in (options.text_column, options.text_pair_column) if c]
+    else:
+        rows = [{options.question_column: row["question"], options.context_column: row["context"]}
+                if set(row) == {"question", "context"} else row for row in rows]
+        needed = [options.question_column, options.context_column]
     for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise UserError(f"input row {number}: expected a mapping with columns {needed}, got {type(row).__name__}")
         for column in needed:
             if not isinstance(row.get(column), str):
-                raise UserError(f"input row {number}: missing text column '{column}'; expected {needed}")
+                raise UserError(f"input row {number}: missing text column '{column}'; expected columns {needed}")
     return loaded.task.predict(loaded.model, loaded.tokenizer, rows, loaded.recipe.training.max_length)

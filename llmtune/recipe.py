@@ -36,7 +36,7 @@ class ClassificationTask(Section):
 
     available_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "cross_entropy")
 
-    type: Literal["classification"] = Field(description="The task; one of: classification.")
+    type: Literal["classification"] = Field(description="The task; one of: classification, question_answering.")
     text_column: str = Field("text", description="Column holding the text to classify.")
     text_pair_column: str | None = Field(None, description="Second text column for pair tasks (NLI, paraphrase); null for single texts.")
     label_column: str = Field("label", description="Column holding the label: a label name or an integer index into label_names.")
@@ -54,6 +54,24 @@ class ClassificationTask(Section):
             if len(set(names)) != len(names):
                 raise ValueError(f"label names must be distinct, got {names}")
         return names
+
+
+class QuestionAnsweringTask(Section):
+    """Extractive question answering: the answer is a span of the context (SQuAD)."""
+
+    available_metrics: ClassVar[tuple[str, ...]] = ("exact_match", "f1", "cross_entropy")
+
+    type: Literal["question_answering"] = Field(description="The task; one of: classification, question_answering.")
+    question_column: str = Field("question", description="Column holding the question.")
+    context_column: str = Field("context", description="Column holding the context the answer is taken from.")
+    answers_column: str = Field("answers", description="Column holding the gold answers: `{text: [...], answer_start: [...]}` (SQuAD layout).")
+    id_column: str | None = Field("id", description="Column holding an example id, copied into predictions; null: row numbers.")
+    doc_stride: int = Field(128, ge=1, description="Tokens shared by consecutive windows when a context is longer than max_length.")
+    max_answer_length: int = Field(30, ge=1, description="Longest answer, in tokens, considered when decoding.")
+    n_best: int = Field(20, ge=1, description="Start and end candidates per window considered when decoding.")
+
+
+Task = Annotated[Union[ClassificationTask, QuestionAnsweringTask], Field(discriminator="type")]
 
 
 class DataSource(Section):
@@ -162,7 +180,7 @@ class Recipe(Section):
     """A fine-tuning job."""
 
     model: ModelSpec
-    task: ClassificationTask
+    task: Task
     data: DataSpec
     method: Method = Field(default_factory=lambda: FullMethod(type="full"), description="How weights are trained.")
     training: Training = Field(default_factory=Training)
@@ -175,6 +193,11 @@ class Recipe(Section):
         for name in self.evaluation.metrics or ():
             if name not in available:
                 raise ValueError(f"evaluation.metrics: unknown metric '{name}' for {self.task.type}; expected some of {list(available)}")
+        if isinstance(self.task, QuestionAnsweringTask) and self.task.doc_stride >= self.training.max_length:
+            raise ValueError(
+                f"task.doc_stride ({self.task.doc_stride}) must be smaller than training.max_length ({self.training.max_length}): "
+                "it is the overlap between consecutive windows of a long context"
+            )
         return self
 
     @property
@@ -318,10 +341,12 @@ def _describe(error: dict, source: str, yaml_root: yaml.Node | None, origins: di
     return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
 
 
+UNION_TAGS = {"method": {"full", "lora", "ia3", "prefix_tuning"}, "task": {"classification", "question_answering"}}
+
+
 def _user_loc(loc: tuple) -> tuple:
     """Drop the union tags pydantic inserts into locations (`method.lora.r` -> `method.r`)."""
-    tags = {"full", "lora", "ia3", "prefix_tuning"}
-    return tuple(part for index, part in enumerate(loc) if not (index == 1 and loc[0] == "method" and part in tags))
+    return tuple(part for index, part in enumerate(loc) if not (index == 1 and part in UNION_TAGS.get(loc[0], ())))
 
 
 def _where(loc: tuple, source: str, yaml_root: yaml.Node | None, origins: dict[str, str]) -> str:

@@ -40,11 +40,16 @@ def mixed_precision(precision: str) -> str:
     return "no"  # bf16 on CPU is far slower than fp32
 
 
-def eval_loader(features, batch_size: int, collate) -> DataLoader:
-    return DataLoader(features, batch_sampler=SortedBatches(features["length"], batch_size), collate_fn=collate)
+def model_features(features, task):
+    """The columns batches are made of; tasks keep decoding metadata (e.g. QA offsets) out of the model's way."""
+    return features.remove_columns(list(task.metadata_columns)) if task.metadata_columns else features
 
 
-def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, metric_names) -> tuple[dict, list[dict]]:
+def eval_loader(features, task, batch_size: int, collate) -> DataLoader:
+    return DataLoader(model_features(features, task), batch_sampler=SortedBatches(features["length"], batch_size), collate_fn=collate)
+
+
+def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, features, metric_names) -> tuple[dict, list[dict]]:
     """Metrics and predictions over a whole split; every example counted once, whatever the process count."""
     model.eval()
     accumulator = task.new_accumulator(metric_names)
@@ -52,7 +57,7 @@ def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, metri
         for batch in loader:
             accumulator.add(accelerator.gather_for_metrics(task.eval_step(model, batch)))
     model.train()
-    return accumulator.result(dataset)
+    return accumulator.result(dataset, features)
 
 
 def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool = False, echo=print) -> TrainResult:
@@ -72,7 +77,8 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
     splits = data.load_splits(recipe.data)
     task.prepare(splits, recipe.data)
     checkpoint = models.resolve_checkpoint(recipe.model)
-    recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"label_names": task.label_names})})
+    if "label_names" in type(recipe.task).model_fields:  # saved with the run, so eval/predict need no data to know them
+        recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"label_names": task.label_names})})
     cfg = recipe.training
 
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
@@ -92,9 +98,9 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
         features = {split: task.preprocess(dataset, tokenizer, max_length) for split, dataset in splits.items()}
     collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
     sampler = LengthGroupedBatches(features["train"]["length"], cfg.batch_size, cfg.seed)
-    train_loader = DataLoader(features["train"], batch_sampler=sampler, collate_fn=collate)
+    train_loader = DataLoader(model_features(features["train"], task), batch_sampler=sampler, collate_fn=collate)
     eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    eval_loaders = {split: eval_loader(features[split], eval_batch_size, collate) for split in ("validation", "test") if split in features}
+    eval_loaders = {split: eval_loader(features[split], task, eval_batch_size, collate) for split in ("validation", "test") if split in features}
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -160,7 +166,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
                 progress.update(step, mean_loss, entry["samples_per_s"])
                 window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
             if "validation" in eval_loaders and (step % eval_every == 0 or step == total_steps):
-                metrics, predictions = run_evaluation(model, eval_loaders["validation"], task, accelerator, splits["validation"], recipe.metrics)
+                metrics, predictions = run_evaluation(model, eval_loaders["validation"], task, accelerator, splits["validation"], features["validation"], recipe.metrics)
                 history["validation"] = {"step": step, "metrics": metrics, "predictions": predictions}
                 log({"step": step, "split": "validation", **metrics})
                 progress.note(f"step {step}: validation " + format_metrics(metrics))
@@ -177,7 +183,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
         if split == "validation" and history.get("validation", {}).get("step") == step:
             metrics, final_predictions = history["validation"]["metrics"], history["validation"]["predictions"]
         else:
-            metrics, final_predictions = run_evaluation(model, eval_loaders[split], task, accelerator, splits[split], recipe.metrics)
+            metrics, final_predictions = run_evaluation(model, eval_loaders[split], task, accelerator, splits[split], features[split], recipe.metrics)
             log({"step": step, "split": split, **metrics})
         results[split] = metrics
 

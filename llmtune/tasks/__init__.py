@@ -8,7 +8,8 @@ A task module provides a class with:
 - `preprocess(dataset, tokenizer, max_length)`: tokenized features with `index` and `length` columns;
 - `loss(model, batch)`: the training loss of one batch;
 - `eval_step(model, batch)`: per-example tensors (loss, prediction, ...) for one batch;
-- `new_accumulator()`: an object with `add(outputs)` and `result(dataset)` -> (metrics, predictions);
+- `metadata_columns`: feature columns kept for decoding but not fed to the model;
+- `new_accumulator(metric_names)`: an object with `add(outputs)` and `result(dataset, features)` -> (metrics, predictions);
 - `predict(model, tokenizer, rows)`: predictions for raw input rows.
 
 A new task is one module here and one entry in TASKS.
@@ -16,12 +17,13 @@ A new task is one module here and one entry in TASKS.
 
 from __future__ import annotations
 
-from ..recipe import ClassificationTask
+from ..recipe import Task
 from .classification import Classification
+from .question_answering import QuestionAnswering
 
-TASKS = {"classification": Classification}
+TASKS = {"classification": Classification, "question_answering": QuestionAnswering}
 
 
-def create(options: ClassificationTask):
+def create(options: Task):
     """The task object for the recipe's `task` section."""
     return TASKS[options.type](options)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from .. import metrics as metric_modules
-from ..data import describe, require_columns, row_location
+from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import UserError
 from ..recipe import ClassificationTask, DataSpec
 
@@ -16,6 +16,7 @@ from ..recipe import ClassificationTask, DataSpec
 class Classification:
     auto_class = AutoModelForSequenceClassification
     peft_task_type = "SEQ_CLS"
+    metadata_columns: tuple[str, ...] = ()
 
     def __init__(self, options: ClassificationTask):
         self.options = options
@@ -107,7 +108,8 @@ class Classification:
                 features["labels"] = [self.label_id(value) for value in batch[label]]
             return features
 
-        return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing")
+        fingerprint = tokenization_fingerprint(dataset, tokenizer, "classification/1", self.options.model_dump(), self.label_names, max_length)
+        return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing", new_fingerprint=fingerprint)
 
     # ------------------------------------------------------------------ training and evaluation
 
@@ -169,7 +171,7 @@ class ClassificationAccumulator:
         for key, value in outputs.items():
             self.parts.setdefault(key, []).append(value.detach().cpu())
 
-    def result(self, dataset: datasets.Dataset) -> tuple[dict, list[dict]]:
+    def result(self, dataset: datasets.Dataset, features: datasets.Dataset | None = None) -> tuple[dict, list[dict]]:
         """Metrics over everything added, and one prediction row per example in dataset order."""
         columns = {key: torch.cat(values) for key, values in self.parts.items()}
         order = columns["index"].argsort()
