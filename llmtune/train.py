@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -83,9 +84,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
             differs from the resumed run's.
         checkpoints.Interrupted: stopped by a signal; a checkpoint was saved.
     """
-    from accelerate.state import PartialState
-
-    with checkpoints.StopSignals(announce=PartialState().is_main_process) as stop:
+    with checkpoints.StopSignals(announce=os.environ.get("RANK", "0") == "0") as stop:
         return _train(recipe, output_dir, overwrite, echo, resume, stop)
 
 
@@ -108,7 +107,9 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
     if recipe.evaluation.metric_for_best and "validation" not in splits:
         raise UserError("evaluation.metric_for_best: needs data.validation, the split the best checkpoint is chosen on")
 
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
+    launched_cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=launched_cpu_processes)
     say = echo if accelerator.is_main_process else (lambda *args, **kwargs: None)
     resume_from = None
     if resume:
