@@ -21,15 +21,20 @@ PAD_WITH_IGNORE = ("labels",)
 class LengthGroupedBatches:
     """Training batch sampler: shuffle, cut into mega-batches, sort each by length, batch, shuffle the batches.
 
-    Every example appears exactly once per epoch. Call `set_epoch` before each epoch for a new order.
+    Every example appears exactly once per epoch. Call `set_epoch` before each epoch for a new order;
+    setting `skip` leaves out the epoch's first batches (a resumed run continues where the checkpoint stopped).
+
+    The size is deliberately not called `batch_size`: Accelerate's batch-sampler sharding assumes
+    equal-sized batches when it finds that attribute and then drops the shorter ones.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batch_factor: int = 50):
         self.lengths = list(lengths)
-        self.batch_size = batch_size
+        self.size = batch_size
         self.seed = seed
         self.mega_batch_size = batch_size * mega_batch_factor
         self.epoch = 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -41,23 +46,32 @@ class LengthGroupedBatches:
         batches = []
         for start in range(0, len(order), self.mega_batch_size):
             mega = sorted(order[start : start + self.mega_batch_size], key=lambda i: -self.lengths[i])
-            batches += [mega[i : i + self.batch_size] for i in range(0, len(mega), self.batch_size)]
+            batches += [mega[i : i + self.size] for i in range(0, len(mega), self.size)]
         rng.shuffle(batches)
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        return iter(self.batches()[self.skip :])
 
     def __len__(self) -> int:
-        return sum(-(-len(self.lengths[s : s + self.mega_batch_size]) // self.batch_size) for s in range(0, len(self.lengths), self.mega_batch_size))
+        return max(0, self.full_length() - self.skip)
+
+    def full_length(self) -> int:
+        """Batches in a whole epoch, skipped ones included."""
+        return sum(-(-len(self.lengths[s : s + self.mega_batch_size]) // self.size) for s in range(0, len(self.lengths), self.mega_batch_size))
 
 
 class SortedBatches:
-    """Evaluation batch sampler: longest first (memory problems show at once), little padding."""
+    """Evaluation batch sampler: longest first (memory problems show at once), little padding.
 
-    def __init__(self, lengths: Sequence[int], batch_size: int):
+    With several processes each takes every n-th batch, without padding: every example is evaluated
+    exactly once, in the same batch as in a single process (so with the same result).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, num_processes: int = 1, process_index: int = 0):
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        self._batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self._batches = batches[process_index::num_processes]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -93,6 +94,10 @@ def train(
     set_: SetOption = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (overrides output_dir).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the output directory.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output directory from its newest complete checkpoint.")] = False,
+    resume_from: Annotated[
+        Optional[Path], typer.Option("--resume-from", help="Continue from this run directory or checkpoint directory (implies --resume).")
+    ] = None,
 ) -> None:
     """Fine-tune as the recipe says, evaluate on validation and test, and write the run directory.
 
@@ -102,12 +107,21 @@ def train(
     from .recipe import load_recipe
     from .train import train as run_training
 
+    from .checkpoints import Interrupted
+
+    if (resume or resume_from) and overwrite:
+        typer.echo("error: --resume and --overwrite contradict each other; give one of them", err=True)
+        raise typer.Exit(2)
     try:
         loaded = load_recipe(recipe, set_ or [])
         _quiet_libraries()
-        run_training(loaded, output_dir=output, overwrite=overwrite, echo=_echo)
+        run_training(loaded, output_dir=output, overwrite=overwrite, echo=_echo, resume=resume_from or resume)
     except UserError as error:
         _fail(error)
+    except Interrupted as stopped:
+        command = ["llmtune", "train", str(recipe), *(f"--set={item}" for item in set_ or []), "--resume-from", str(stopped.checkpoint.parent.parent)]
+        typer.echo(f"{stopped}\nresume with: {shlex.join(command)}", err=True)
+        raise typer.Exit(stopped.exit_code) from None
 
 
 @app.command("eval")

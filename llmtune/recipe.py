@@ -174,6 +174,33 @@ class Evaluation(Section):
 
     every_n_steps: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; default: at the end of each epoch.")
     metrics: list[str] | None = Field(None, description="Metrics to report; default: all of the task's (classification: accuracy, macro_f1, cross_entropy).")
+    metric_for_best: str | None = Field(
+        None,
+        description="Validation metric that picks the best checkpoint; when set, the best checkpoint is kept and its weights are the saved model "
+        "and the ones evaluated on test. Needs data.validation.",
+    )
+    mode: Literal["max", "min"] | None = Field(None, description="Whether metric_for_best is better when higher (max) or lower (min); default: min for cross_entropy, max otherwise.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop training after this many validation evaluations without improvement of metric_for_best; null: never stop early."
+    )
+
+    @model_validator(mode="after")
+    def _patience_needs_metric(self) -> Evaluation:
+        if self.early_stopping_patience is not None and self.metric_for_best is None:
+            raise ValueError("early_stopping_patience needs evaluation.metric_for_best (the metric that must keep improving)")
+        return self
+
+    @property
+    def best_mode(self) -> str:
+        return self.mode or ("min" if self.metric_for_best == "cross_entropy" else "max")
+
+
+class Checkpointing(Section):
+    """Resumable checkpoints under RUN_DIR/checkpoints/step-N (model or adapter, optimizer, scheduler, RNG states, data position)."""
+
+    every_n_steps: int | None = Field(None, ge=1, description="Write a checkpoint every N optimizer steps; null: only at epoch ends (if at_epoch_end).")
+    at_epoch_end: bool = Field(True, description="Write a checkpoint at the end of each epoch.")
+    keep_last: int = Field(1, ge=1, description="Keep the newest N checkpoints (the best one, with evaluation.metric_for_best, is kept as well).")
 
 
 class Recipe(Section):
@@ -185,6 +212,7 @@ class Recipe(Section):
     method: Method = Field(default_factory=lambda: FullMethod(type="full"), description="How weights are trained.")
     training: Training = Field(default_factory=Training)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    checkpointing: Checkpointing = Field(default_factory=Checkpointing)
     output_dir: str = Field(description="Run directory, relative to the current directory; default: runs/<recipe file name>.")
 
     @model_validator(mode="after")
@@ -198,6 +226,9 @@ class Recipe(Section):
                 f"task.doc_stride ({self.task.doc_stride}) must be smaller than training.max_length ({self.training.max_length}): "
                 "it is the overlap between consecutive windows of a long context"
             )
+        best = self.evaluation.metric_for_best
+        if best is not None and best not in self.metrics:
+            raise ValueError(f"evaluation.metric_for_best: '{best}' is not among the reported metrics {list(self.metrics)}")
         return self
 
     @property

@@ -5,6 +5,7 @@
     adapter_config.json, adapter_model.safetensors   adapter methods: a plain peft adapter (+ task head)
     tokenizer files
     train_log.jsonl     one JSON object per logged step and per evaluation
+    checkpoints/step-N  resumable training checkpoints (see checkpoints.py)
     predictions.jsonl   the final evaluation's predictions, one per example
     metrics.json        per split metrics; written last, so its presence marks a finished run
 """
@@ -46,6 +47,17 @@ def clear_output_dir(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+
+
+def reopen_run(path: Path, step: int) -> None:
+    """A resumed run is unfinished again until it writes metrics.json; log lines written after the
+    checkpoint's step, and the final test evaluation of a run being extended, are dropped: the resumed run writes them again."""
+    (path / METRICS_FILE).unlink(missing_ok=True)
+    log = path / LOG_FILE
+    if log.is_file():
+        entries = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [json.dumps(entry) + "\n" for entry in entries if entry["step"] <= step and entry.get("split") != "test"]
+        write_atomic(log, "".join(kept))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from . import data, models, runs, tasks
+from accelerate.utils import gather_object, send_to_device
+
+from . import checkpoints, data, models, runs, tasks
 from .batching import LengthGroupedBatches, PadCollator, SortedBatches
 from .errors import UserError
 from .recipe import Recipe, dump_recipe
@@ -45,31 +48,58 @@ def model_features(features, task):
     return features.remove_columns(list(task.metadata_columns)) if task.metadata_columns else features
 
 
-def eval_loader(features, task, batch_size: int, collate) -> DataLoader:
-    return DataLoader(model_features(features, task), batch_sampler=SortedBatches(features["length"], batch_size), collate_fn=collate)
+def eval_loader(features, task, batch_size: int, collate, accelerator: Accelerator) -> DataLoader:
+    """This process's share of the evaluation batches (not passed to `accelerator.prepare`: see run_evaluation)."""
+    batches = SortedBatches(features["length"], batch_size, accelerator.num_processes, accelerator.process_index)
+    return DataLoader(model_features(features, task), batch_sampler=batches, collate_fn=collate)
 
 
 def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, features, metric_names) -> tuple[dict, list[dict]]:
-    """Metrics and predictions over a whole split; every example counted once, whatever the process count."""
+    """Metrics and predictions over a whole split; every example counted once, whatever the process count.
+
+    Each process evaluates its own batches and the per-example outputs are gathered once at the end.
+    (Accelerate's sharding pads uneven shards with repeated examples, and `gather_for_metrics` cannot
+    drop them for batch samplers with varying batch sizes such as ours.)
+    """
     model.eval()
-    accumulator = task.new_accumulator(metric_names)
+    outputs = []
     with torch.inference_mode():
         for batch in loader:
-            accumulator.add(accelerator.gather_for_metrics(task.eval_step(model, batch)))
+            result = task.eval_step(model, send_to_device(batch, accelerator.device))
+            outputs.append({key: value.detach().cpu() for key, value in result.items()})
     model.train()
+    accumulator = task.new_accumulator(metric_names)
+    for result in gather_object(outputs) if accelerator.num_processes > 1 else outputs:
+        accumulator.add(result)
     return accumulator.result(dataset, features)
 
 
-def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool = False, echo=print) -> TrainResult:
+def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool = False, echo=print, resume: bool | str | Path = False) -> TrainResult:
     """Fine-tune as the recipe says and write the run directory.
 
     Every recipe and data problem is found before the model is loaded and before anything is written.
+    SIGINT / SIGTERM stop training after the current step with a checkpoint (raising Interrupted).
+
+    Args:
+        resume: continue from the newest complete checkpoint of the run directory (True), or from the
+            run directory or checkpoint at this path.
 
     Raises:
-        UserError: bad recipe, data, model or output directory.
+        UserError: bad recipe, data, model or output directory; nothing to resume, or a recipe that
+            differs from the resumed run's.
+        checkpoints.Interrupted: stopped by a signal; a checkpoint was saved.
     """
+    with checkpoints.StopSignals(announce=os.environ.get("RANK", "0") == "0") as stop:
+        return _train(recipe, output_dir, overwrite, echo, resume, stop)
+
+
+def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: checkpoints.StopSignals) -> TrainResult:
     run_dir = Path(output_dir or recipe.output_dir)
-    runs.check_output_dir(run_dir, overwrite)
+    explicit_checkpoint = None
+    if resume:
+        run_dir, explicit_checkpoint = checkpoints.resume_target(resume, run_dir)
+    else:
+        runs.check_output_dir(run_dir, overwrite)
     precision = mixed_precision(recipe.training.precision)
     if recipe.data.train is None:
         raise UserError("data.train: missing; training needs a train split")
@@ -80,9 +110,17 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
     if "label_names" in type(recipe.task).model_fields:  # saved with the run, so eval/predict need no data to know them
         recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"label_names": task.label_names})})
     cfg = recipe.training
+    if recipe.evaluation.metric_for_best and "validation" not in splits:
+        raise UserError("evaluation.metric_for_best: needs data.validation, the split the best checkpoint is chosen on")
 
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
+    launched_cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=launched_cpu_processes)
     say = echo if accelerator.is_main_process else (lambda *args, **kwargs: None)
+    resume_from = None
+    if resume:
+        checkpoints.check_same_recipe(run_dir, recipe)
+        resume_from = checkpoints.find_resumable(run_dir, explicit_checkpoint, say)
     set_seed(cfg.seed)
     say(f"model: {checkpoint.name} ({checkpoint.origin})")
     tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
@@ -100,7 +138,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
     sampler = LengthGroupedBatches(features["train"]["length"], cfg.batch_size, cfg.seed)
     train_loader = DataLoader(model_features(features["train"], task), batch_sampler=sampler, collate_fn=collate)
     eval_batch_size = cfg.eval_batch_size or 2 * cfg.batch_size
-    eval_loaders = {split: eval_loader(features[split], task, eval_batch_size, collate) for split in ("validation", "test") if split in features}
+    eval_loaders = {split: eval_loader(features[split], task, eval_batch_size, collate, accelerator) for split in ("validation", "test") if split in features}
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -111,16 +149,25 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
         ],
         lr=cfg.learning_rate,
     )
-    model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_loader, *eval_loaders.values())
-    eval_loaders = dict(zip(eval_loaders, prepared))
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     eval_every = recipe.evaluation.every_n_steps or steps_per_epoch
+    state, process_state = checkpoints.TrainingState(), None
+    if resume_from is not None:
+        state, process_state = checkpoints.load(resume_from, accelerator, model, optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        say(f"resuming from {resume_from} (step {state.step})")
+    best = checkpoints.BestCheckpoint(recipe.evaluation, state.best)
 
     if accelerator.is_main_process:
-        runs.clear_output_dir(run_dir)
+        if resume_from is None:
+            runs.clear_output_dir(run_dir)
+        else:
+            checkpoints.remove_leftovers(run_dir)
+            runs.reopen_run(run_dir, state.step)
         runs.write_atomic(run_dir / runs.RECIPE_FILE, dump_recipe(recipe))
     log_file = open(run_dir / runs.LOG_FILE, "a", encoding="utf-8") if accelerator.is_main_process else None
 
@@ -133,12 +180,26 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
         f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}")
     progress = Progress(total_steps, enabled=accelerator.is_main_process, echo=say)
     history: dict[str, dict] = {}
-    step, epoch, examples_seen, started = 0, 0, 0, time.perf_counter()
-    window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+    step, epoch, examples_seen, started = state.step, state.epoch, state.examples_seen, time.perf_counter()
+    window_loss, window_batches = torch.zeros((), device=accelerator.device), state.window_batches
+    pending_rng = None
+    if process_state is not None:
+        window_loss += process_state["window_loss"].to(accelerator.device)
+        pending_rng = process_state["rng"]
     model.train()
-    while step < total_steps:
+    while step < total_steps and not best.should_stop:
+        train_loader.set_epoch(epoch)  # Accelerate passes it on to the sampler, with one process
         sampler.set_epoch(epoch)
+        sampler.skip = batches_done = state.batches_done if epoch == state.epoch else 0
+        # Restore the RNG states where the checkpoint took them: starting the loader draws from the RNG,
+        # which the uninterrupted run did at the start of the epoch, not in its middle.
+        if pending_rng is not None and not sampler.skip:
+            checkpoints.restore_rng(pending_rng)
+            pending_rng = None
         for batch in train_loader:
+            if pending_rng is not None:
+                checkpoints.restore_rng(pending_rng)
+                pending_rng = None
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch)
                 accelerator.backward(loss)
@@ -149,6 +210,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
                 optimizer.zero_grad(set_to_none=True)
             window_loss += loss.detach()
             window_batches += 1
+            batches_done += accelerator.num_processes
             examples_seen += len(batch["index"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
@@ -165,16 +227,34 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool 
                 log(entry)
                 progress.update(step, mean_loss, entry["samples_per_s"])
                 window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+            improved = False
             if "validation" in eval_loaders and (step % eval_every == 0 or step == total_steps):
                 metrics, predictions = run_evaluation(model, eval_loaders["validation"], task, accelerator, splits["validation"], features["validation"], recipe.metrics)
                 history["validation"] = {"step": step, "metrics": metrics, "predictions": predictions}
                 log({"step": step, "split": "validation", **metrics})
                 progress.note(f"step {step}: validation " + format_metrics(metrics))
-            if step >= total_steps:
+                improved = best.update(step, metrics)
+            epoch_done = accelerator.gradient_state.end_of_dataloader
+            signum = stop.requested(accelerator)
+            if checkpoints.due(recipe, step, epoch_done) or signum or improved:
+                position = {"epoch": epoch + 1, "batches_done": 0} if epoch_done else {"epoch": epoch, "batches_done": batches_done}
+                saved = checkpoints.save(run_dir, accelerator, model, optimizer, checkpoints.TrainingState(
+                    step=step, **position, examples_seen=examples_seen, window_batches=window_batches, best=best.state(),
+                    scheduler=scheduler.state_dict(), num_processes=accelerator.num_processes,
+                ), window_loss, recipe.checkpointing.keep_last, best.step)
+                if signum:
+                    raise checkpoints.Interrupted(signum, step, saved)
+            if step >= total_steps or best.should_stop:
                 break
         epoch += 1
     train_seconds = time.perf_counter() - started
     progress.close()
+    if best.should_stop:
+        say(f"early stopping at step {step}: {best.metric} has not improved for {best.patience} evaluation(s)")
+    if best.enabled and best.step != step:  # the saved model and the final evaluations use the best weights
+        checkpoints.load_weights(run_dir / checkpoints.CHECKPOINTS_DIR / f"step-{best.step}", accelerator.unwrap_model(model))
+        history.pop("validation", None)
+        say(f"using the best checkpoint: step {best.step}, {best.metric}={best.value:.4f}")
 
     results = {"train": {"steps": step, "epochs": round(step / steps_per_epoch, 4), "examples": examples_seen,
                          "runtime_s": round(train_seconds, 2), "samples_per_s": round(examples_seen / train_seconds, 2)}}

@@ -56,7 +56,7 @@ def test_eval_on_a_data_file_and_on_a_bare_checkpoint(cli, trained_run, sentimen
     bare = tmp_path / "bare"
     bare.mkdir()
     for file in trained_run.iterdir():
-        if file.name not in ("recipe.yaml", "metrics.json", "predictions.jsonl", "train_log.jsonl"):
+        if file.is_file() and file.name not in ("recipe.yaml", "metrics.json", "predictions.jsonl", "train_log.jsonl"):
             shutil.copy(file, bare)
     code, out2, err = cli("eval", bare, "--data", sentiment_files["test"])
     assert code == 0, err

@@ -1,0 +1,367 @@
+"""Checkpoints, resuming, interruption by signals, and the best-checkpoint / early-stopping bookkeeping.
+
+A checkpoint is a directory `RUN_DIR/checkpoints/step-N/`:
+
+    trainable.safetensors   the trainable parameters (the whole model for full fine-tuning, the adapter
+                            and the new head for adapter methods)
+    optimizer.pt            the optimizer state (tensors only; loaded with torch.load(weights_only=True))
+    state.json              step, data position, scheduler, best metric / patience, samples seen
+    process-R.pt            per process R: the RNG states (python, numpy, torch, cuda) and the unlogged loss
+    manifest.json           size and sha256 of every file above; written last
+
+It is written to `checkpoints/.tmp-step-N` and renamed into place when complete, so a half-written
+checkpoint never has its final name; a checkpoint whose files do not match its manifest (a truncated
+file, a disk that filled up) is skipped with a warning. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import yaml
+from accelerate.utils import gather_object
+
+from . import runs
+from .errors import UserError
+from .recipe import Evaluation, Recipe, dump_recipe
+
+CHECKPOINTS_DIR = "checkpoints"
+MANIFEST = "manifest.json"
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.pt"
+STATE = "state.json"
+STEP_DIR = re.compile(r"step-(\d+)")
+
+# Recipe keys that must equal the original run's for a resume to continue the same training: what is
+# trained (model, method), on what (data, task), and what fixes the batch order (seed, batch size, length).
+# Anything else, such as max_steps, epochs or the learning-rate schedule, may change (extending a run).
+RESUME_MUST_MATCH = ("model", "task", "data", "method", "training.seed", "training.batch_size", "training.max_length")
+
+
+@dataclass
+class TrainingState:
+    """Where training stands; saved in every checkpoint's state.json."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0  # batches of `epoch` trained on, counted over all processes (the sampler's batches)
+    examples_seen: int = 0
+    window_batches: int = 0  # batches summed into the not yet logged training loss
+    best: dict = field(default_factory=dict)  # BestCheckpoint.state()
+    scheduler: dict = field(default_factory=dict)
+    num_processes: int = 1
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT / SIGTERM after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved to {checkpoint}")
+
+
+# --------------------------------------------------------------------------- finding checkpoints
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete-looking checkpoint directories (final names only), newest first."""
+    root = run_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and p.is_dir()]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def verify(path: Path) -> str | None:
+    """None when every file matches the manifest; otherwise what is wrong."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"no readable {MANIFEST}"
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["size"]:
+            return f"{name} has {file.stat().st_size} bytes, expected {expected['size']}"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def find_resumable(run_dir: Path, explicit: Path | None, warn) -> Path:
+    """The checkpoint to resume from: `explicit` if given, else the newest one that verifies.
+
+    Raises:
+        UserError: the explicit checkpoint is damaged, or the run has no complete checkpoint.
+    """
+    if explicit is not None:
+        problem = verify(explicit)
+        if problem:
+            raise UserError(f"--resume {explicit}: checkpoint is incomplete or damaged ({problem}); pass another checkpoint or the run directory")
+        return explicit
+    for path in checkpoint_dirs(run_dir):
+        problem = verify(path)
+        if problem is None:
+            return path
+        warn(f"warning: skipping checkpoint {path}: incomplete or damaged ({problem})")
+    raise UserError(f"--resume: {run_dir} has no complete checkpoint under {CHECKPOINTS_DIR}/; start again with --overwrite")
+
+
+def resume_target(resume: bool | str | Path, default_run_dir: Path) -> tuple[Path, Path | None]:
+    """(run directory, explicit checkpoint or None) for `--resume [PATH]`.
+
+    PATH may be a run directory or one of its checkpoints; without PATH the recipe's run directory is used.
+    """
+    path = default_run_dir if resume is True or resume in ("", None) else Path(resume)
+    explicit = None
+    if (path / MANIFEST).is_file() or STEP_DIR.fullmatch(path.name):
+        explicit, path = path, path.parent.parent
+    if not (path / runs.RECIPE_FILE).is_file():
+        raise UserError(f"--resume: {path} is not a run directory (no {runs.RECIPE_FILE}); expected the run directory or one of its checkpoints")
+    return path, explicit
+
+
+def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse to resume when the recipe changes what is trained or on what.
+
+    Raises:
+        UserError: naming every differing key.
+    """
+    saved = _flatten(yaml.safe_load((run_dir / runs.RECIPE_FILE).read_text(encoding="utf-8")) or {})
+    current = _flatten(yaml.safe_load(dump_recipe(recipe)))
+    differing = sorted(
+        key for key in set(saved) | set(current)
+        if saved.get(key) != current.get(key) and any(key == k or key.startswith(k + ".") for k in RESUME_MUST_MATCH)
+    )
+    if differing:
+        shown = "; ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in differing)
+        raise UserError(
+            f"--resume: the recipe differs from the one {run_dir} was started with in keys that must match ({shown}); "
+            "use the original recipe, or start a new run with --output DIR"
+        )
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save(run_dir: Path, accelerator, model, optimizer, state: TrainingState, window_loss: torch.Tensor, keep_last: int, keep_step: int | None) -> Path:
+    """Write `checkpoints/step-N` atomically and prune old ones (all processes call this; the main one writes).
+
+    keep_step: a step whose checkpoint survives pruning (the best one).
+    """
+    process_states = gather_object([{"rng": capture_rng(), "window_loss": window_loss.detach().cpu()}])
+    root = run_dir / CHECKPOINTS_DIR
+    final = root / f"step-{state.step}"
+    if accelerator.is_main_process:
+        root.mkdir(exist_ok=True)
+        temporary = root / f".tmp-step-{state.step}"
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        temporary.mkdir()
+        unwrapped = accelerator.unwrap_model(model)
+        weights = {name: p.detach().cpu().contiguous() for name, p in unwrapped.named_parameters() if p.requires_grad}
+        safetensors.torch.save_file(weights, temporary / WEIGHTS)
+        torch.save(optimizer.state_dict(), temporary / OPTIMIZER)
+        (temporary / STATE).write_text(json.dumps(asdict(state), indent=1))
+        for rank, process_state in enumerate(process_states):
+            torch.save(process_state, temporary / f"process-{rank}.pt")
+        files = {}
+        for file in sorted(temporary.iterdir()):
+            _fsync(file)
+            files[file.name] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+        (temporary / MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
+        _fsync(temporary / MANIFEST)
+        if final.exists():
+            _remove(final)
+        os.replace(temporary, final)
+        _prune(run_dir, keep_last, keep_step)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(run_dir: Path, keep_last: int, keep_step: int | None) -> None:
+    for path in checkpoint_dirs(run_dir)[keep_last:]:
+        if path.name != f"step-{keep_step}":
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """Rename first, so an interrupted deletion never leaves a damaged checkpoint under its final name."""
+    doomed = path.with_name(f".tmp-delete-{path.name}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Temporary directories of checkpoints that were being written or deleted when a run was killed."""
+    root = run_dir / CHECKPOINTS_DIR
+    for path in root.glob(".tmp-*") if root.is_dir() else ():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: Path, accelerator, model, optimizer) -> tuple[TrainingState, dict]:
+    """Restore weights and optimizer from a checkpoint; returns its TrainingState and this process's state.
+
+    The process state (RNG states, unlogged loss) is applied by the caller at the right moment: see `restore_rng`.
+    """
+    load_weights(path, accelerator.unwrap_model(model))
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
+    state = TrainingState(**json.loads((path / STATE).read_text()))
+    # The same process's RNG states when the process count is unchanged; otherwise the main process's.
+    own = path / f"process-{accelerator.process_index}.pt"
+    process_state = torch.load(own if own.is_file() else path / "process-0.pt", map_location="cpu", weights_only=True)
+    return state, process_state
+
+
+def load_weights(path: Path, model) -> None:
+    weights = safetensors.torch.load_file(path / WEIGHTS)
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != set(params):
+        raise UserError(f"--resume: checkpoint {path} does not hold this model's trainable weights; was it written by another recipe?")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+
+
+def capture_rng() -> dict:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- when to save, when to stop
+
+
+def due(recipe: Recipe, step: int, epoch_done: bool) -> bool:
+    options = recipe.checkpointing
+    return bool(options.every_n_steps and step % options.every_n_steps == 0) or (options.at_epoch_end and epoch_done)
+
+
+class BestCheckpoint:
+    """Tracks the best validation metric, and patience for early stopping."""
+
+    def __init__(self, options: Evaluation, saved: dict | None = None):
+        self.metric, self.mode, self.patience = options.metric_for_best, options.best_mode, options.early_stopping_patience
+        saved = saved or {}
+        self.step: int | None = saved.get("step")
+        self.value: float | None = saved.get("value")
+        self.metrics: dict | None = saved.get("metrics")
+        self.evals_without_improvement: int = saved.get("evals_without_improvement", 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.metric is not None
+
+    def update(self, step: int, metrics: dict) -> bool:
+        """Record an evaluation; True when it is the best so far (its checkpoint must be saved)."""
+        if not self.enabled:
+            return False
+        value = metrics[self.metric]
+        better = self.value is None or (value > self.value if self.mode == "max" else value < self.value)
+        if better:
+            self.step, self.value, self.metrics, self.evals_without_improvement = step, value, metrics, 0
+        else:
+            self.evals_without_improvement += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.evals_without_improvement >= self.patience
+
+    def state(self) -> dict:
+        return {"step": self.step, "value": self.value, "metrics": self.metrics, "evals_without_improvement": self.evals_without_improvement}
+
+
+class StopSignals:
+    """SIGINT / SIGTERM ask training to stop after the current step (with a checkpoint); a second one exits at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool):
+        self.received: int | None = None
+        self.announce = announce
+        self.previous = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.SIGNALS:
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. an embedding application): leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            print(f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.received = signum
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint "
+                  "(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def requested(self, accelerator) -> int | None:
+        """The signal received by any process (all processes must stop at the same step), or None."""
+        if accelerator.num_processes == 1:
+            return self.received
+        flag = torch.tensor([self.received or 0], device=accelerator.device)
+        received = int(accelerator.reduce(flag, "max").item())
+        return received or None
