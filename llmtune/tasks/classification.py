@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification
 from .. import metrics as metric_modules
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import UserError
+from .outputs import CollectedOutputs
 from ..recipe import ClassificationTask, DataSpec
 
 
@@ -159,21 +160,12 @@ class Classification:
         return results
 
 
-class ClassificationAccumulator:
+class ClassificationAccumulator(CollectedOutputs):
     """Streams per-example results; keeps only ids, losses and confidences, never logits."""
-
-    def __init__(self, task: Classification, metric_names: tuple[str, ...]):
-        self.task = task
-        self.metric_names = metric_names
-        self.parts: dict[str, list[torch.Tensor]] = {}
-
-    def add(self, outputs: dict[str, torch.Tensor]) -> None:
-        for key, value in outputs.items():
-            self.parts.setdefault(key, []).append(value.detach().cpu())
 
     def result(self, dataset: datasets.Dataset, features: datasets.Dataset | None = None) -> tuple[dict, list[dict]]:
         """Metrics over everything added, and one prediction row per example in dataset order."""
-        columns = {key: torch.cat(values) for key, values in self.parts.items()}
+        columns = self.columns()
         order = columns["index"].argsort()
         columns = {key: value[order] for key, value in columns.items()}
         predictions = columns["prediction"].tolist()

@@ -19,6 +19,7 @@ from transformers import AutoModelForQuestionAnswering
 from .. import metrics as metric_modules
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import DataWarning, UserError
+from .outputs import CollectedOutputs
 from ..recipe import DataSpec, QuestionAnsweringTask
 
 
@@ -206,21 +207,12 @@ def window_loss(start_logits, end_logits, start_positions, end_positions) -> tor
     return (start + end) / 2
 
 
-class QuestionAnsweringAccumulator:
+class QuestionAnsweringAccumulator(CollectedOutputs):
     """Keeps n_best candidates per window; decodes each example's best span at the end."""
-
-    def __init__(self, task: QuestionAnswering, metric_names: tuple[str, ...]):
-        self.task = task
-        self.metric_names = metric_names
-        self.parts: dict[str, list[torch.Tensor]] = {}
-
-    def add(self, outputs: dict[str, torch.Tensor]) -> None:
-        for key, value in outputs.items():
-            self.parts.setdefault(key, []).append(value.detach().cpu())
 
     def result(self, dataset: datasets.Dataset, windows: datasets.Dataset) -> tuple[dict, list[dict]]:
         o = self.task.options
-        columns = {key: torch.cat(values) for key, values in self.parts.items()}
+        columns = self.columns()
         window_ids = columns["index"].tolist()
         offsets = windows["offset_mapping"]
         example_of = windows["example_index"]
