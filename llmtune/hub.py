@@ -223,7 +223,8 @@ def push(
         else:
             source = run_dir
             patterns = (ADAPTER_FILES if adapter else MODEL_FILES) + TOKENIZER_FILES + RUN_FILES
-        files = artifact_files(source, patterns) + [p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in artifact_files(source, patterns)}]
+        files = artifact_files(source, patterns)
+        files += [p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}]  # asked for by name
         card = model_card(recipe, metrics, repo_id, adapter=adapter and not merged, revision=revision, license=license)
         operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))

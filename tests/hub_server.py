@@ -339,6 +339,8 @@ def _handler(hub: HubServer):
             if snapshot is None:
                 return self.reply(404, error_code="RevisionNotFound", message=f"Invalid rev id: {rev}")
             folder = snapshot / sub
+            if not folder.is_dir():
+                return self.reply(404, error_code="EntryNotFound", message=f"{sub} does not exist", headers={"X-Repo-Commit": snapshot.name})
             recursive = query.get("recursive", ["False"])[0].lower() in ("true", "1")
             paths = sorted(folder.rglob("*") if recursive else folder.iterdir())
             self.reply(200, self.entries(snapshot, paths))

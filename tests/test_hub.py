@@ -27,7 +27,7 @@ def point_hub_client_at(monkeypatch, url: str, home: Path) -> None:
 
     huggingface_hub reads its environment once at import, so the in-process constants are set as well.
     """
-    from huggingface_hub import constants
+    from huggingface_hub import constants, hf_api
 
     home.mkdir(parents=True, exist_ok=True)
     env = {"HF_ENDPOINT": url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "0",
@@ -37,6 +37,8 @@ def point_hub_client_at(monkeypatch, url: str, home: Path) -> None:
     monkeypatch.setattr(constants, "ENDPOINT", url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # Module-level helpers (huggingface_hub.file_exists, used by peft) share one HfApi made at import.
+    monkeypatch.setattr(hf_api.api, "endpoint", url)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
@@ -350,3 +352,9 @@ def test_minilm_lora_round_trip_through_the_hub(minilm_path, local_hub, cli, tmp
     assert ran.returncode == 0, ran.stderr
     probabilities = eval(ran.stdout.strip().splitlines()[-1])
     assert set(probabilities) == {"negative", "positive"} and abs(sum(probabilities.values()) - 1) < 1e-3
+
+
+def test_include_adds_named_run_files_only(tiny_runs, local_hub, cli):
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/with-log", "--include", "train_log.jsonl")
+    assert code == 0, err
+    assert set(local_hub.files("acme/with-log")) == ADAPTER_REPO_FILES | {"train_log.jsonl"}
