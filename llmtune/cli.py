@@ -188,6 +188,49 @@ def predict(
             _echo(json.dumps(row, ensure_ascii=False))
 
 
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Target repository, ORG/NAME (created if missing).")],
+    private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created from main if missing); default: main.")] = None,
+    merged: Annotated[bool, typer.Option(help="Push the adapter merged into its base model (a standalone model) instead of the adapter.")] = False,
+    commit_message: Annotated[Optional[str], typer.Option(help="Commit message.")] = None,
+    include: Annotated[Optional[list[str]], typer.Option(help="Also upload run-directory files matching this glob, e.g. train_log.jsonl (repeatable).")] = None,
+    license: Annotated[Optional[str], typer.Option(help="License id for the model card, e.g. apache-2.0.")] = None,
+) -> None:
+    """Upload a run to the Hugging Face Hub (or HF_ENDPOINT) with a generated model card.
+
+    Uploads only the run's artifacts: the adapter (LoRA runs, a few MB) or the model, the tokenizer,
+    recipe.yaml and metrics.json, plus README.md. Authenticates with HF_TOKEN or `hf auth login`.
+    """
+    from .hub import push as run_push
+
+    _quiet_libraries()
+    try:
+        run_push(run_dir, repo_id, private=private, revision=revision, merged=merged, commit_message=commit_message,
+                 include=include or [], license=license, echo=_echo)
+    except UserError as error:
+        _fail(error)
+
+
+@app.command()
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="A finished LoRA or IA3 run directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged model.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory at --output.")] = False,
+) -> None:
+    """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
+    from .hub import merge as run_merge
+
+    _quiet_libraries()
+    try:
+        run_merge(run_dir, output, overwrite=overwrite)
+    except UserError as error:
+        _fail(error)
+    _echo(f"merged model saved to {output}")
+
+
 def main() -> None:
     app()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, models, runs, tasks
+from . import data, hub, models, runs, tasks
 from .errors import UserError
 from .recipe import DataSource, DataSpec, Recipe, apply_override, load_recipe, validate
 
@@ -20,12 +20,14 @@ class LoadedRun:
 
 
 def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRun:
-    """Load a run directory (full model or adapter on its base) or a plain checkpoint.
+    """Load a run directory (full model or adapter on its base), a run pushed to the hub, or a plain checkpoint.
 
     Raises:
         UserError: not a run directory nor a loadable checkpoint.
     """
     path = Path(target)
+    if not path.is_dir() and hub.is_hub_id(str(target)):
+        path = hub.pull_run(str(target)) or path  # a run pushed with `llmtune push` loads like its run directory
     if path.is_dir() and (path / runs.RECIPE_FILE).is_file():
         if not (path / runs.METRICS_FILE).is_file():
             raise UserError(f"{path}: not a finished run (no {runs.METRICS_FILE}); did training stop early?")

@@ -1,0 +1,298 @@
+"""Sharing runs: push a run's artifacts (allow-listed) with a model card to a model hub, and merge adapters.
+
+Everything goes through `huggingface_hub`, so HF_ENDPOINT, HF_TOKEN and a saved `hf auth login` are
+honoured. The token is only ever handed to `huggingface_hub`; llmtune never prints or writes it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from . import runs
+from .errors import UserError
+from .recipe import LoraMethod, Recipe, dump_recipe, load_recipe
+
+# Owner and name: letters, digits, '-', '_', '.'; no leading punctuation, no '--' or '..' (the Hub's rules).
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
+ADAPTER_FILES = [runs.ADAPTER_CONFIG, "adapter_model.safetensors"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "*.model", "chat_template.jinja"]
+RUN_FILES = [runs.RECIPE_FILE, runs.METRICS_FILE]
+
+# Waits between commit attempts when the hub fails (5xx) or the connection drops; a commit is atomic on the
+# hub, so retrying the whole commit never leaves half of it behind.
+RETRY_WAITS_S = (1.0, 2.0, 4.0)
+
+
+def check_repo_id(repo_id: str) -> None:
+    if not REPO_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id or repo_id.endswith((".", "-")):
+        raise UserError(
+            f"--repo-id '{repo_id}': not a valid repository id; expected ORG/NAME (letters, digits, '-', '_', '.'; "
+            "no '--' or '..'), for example my-org/sentiment-lora"
+        )
+
+
+def check_finished_run(run_dir: Path) -> Recipe:
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    if not runs.is_finished_run(run_dir):
+        missing = runs.RECIPE_FILE if not (run_dir / runs.RECIPE_FILE).is_file() else runs.METRICS_FILE
+        raise UserError(f"{run_dir}: not a finished llmtune run (no {missing}); train it to the end first")
+    return load_recipe(run_dir / runs.RECIPE_FILE)
+
+
+def artifact_files(folder: Path, patterns: list[str]) -> list[Path]:
+    """Files directly in `folder` whose names match the allow-list; nothing else is ever uploaded."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in patterns))
+
+
+def is_hub_id(name: str) -> bool:
+    return not Path(name).expanduser().exists() and REPO_ID.fullmatch(name) is not None
+
+
+def pull_run(repo_id: str) -> Path | None:
+    """Download a pushed llmtune run (a repo holding recipe.yaml); None when the repo is not one or cannot be reached.
+
+    Reaching the repo fails for plain checkpoints too (offline, private, missing); the caller then
+    resolves the id as a plain checkpoint, which reports those problems in full.
+    """
+    from huggingface_hub import snapshot_download
+
+    from .models import HUB_FILES
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + [runs.RECIPE_FILE]))
+    except Exception:
+        return None
+    return folder if (folder / runs.RECIPE_FILE).is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------- card
+
+
+def model_card(recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revision: str | None = None, license: str | None = None) -> str:
+    """README.md for the pushed repo: Hub metadata (model-index holds the run's metrics), usage, hyper-parameters, recipe."""
+    base = recipe.model.name
+    datasets = [source.hub for source in recipe.data.sources().values() if source.hub]
+    metadata: dict = {}
+    if is_hub_id(base):
+        metadata["base_model"] = base
+    metadata["library_name"] = "peft" if adapter else "transformers"
+    metadata["pipeline_tag"] = "text-classification"
+    metadata["tags"] = ["llmtune", "text-classification", recipe.method.type] + (["base_model:adapter:" + base] if adapter and is_hub_id(base) else [])
+    if datasets:
+        metadata["datasets"] = sorted(set(datasets))
+    if license:
+        metadata["license"] = license
+    results = []
+    for split, values in metrics.items():
+        if split == "train" or not isinstance(values, dict):
+            continue
+        source = recipe.data.sources().get(split)
+        dataset_name = (source.hub or Path(source.path).name) if source else split
+        results.append({
+            "task": {"type": "text-classification", "name": "Text Classification"},
+            "dataset": {"name": dataset_name, "type": source.hub if source and source.hub else dataset_name, "split": split},
+            "metrics": [{"type": name, "value": value, "name": f"{split} {name}"} for name, value in values.items() if name != "num_examples"],
+        })
+    metadata["model-index"] = [{"name": repo_id.split("/")[1], "results": results}]
+
+    labels = recipe.task.label_names
+    revision_arg = f', revision="{revision}"' if revision and revision != "main" else ""
+    pair = recipe.task.text_pair_column
+    inputs = 'tokenizer(["first text"], ["second text"], return_tensors="pt", truncation=True)' if pair else 'tokenizer(["an example text"], return_tensors="pt", truncation=True)'
+    if adapter:
+        load = (
+            f"labels = {labels!r}\n"
+            f'base = AutoModelForSequenceClassification.from_pretrained(\n    "{base}", num_labels=len(labels),\n'
+            "    id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})\n"
+            f'model = PeftModel.from_pretrained(base, "{repo_id}"{revision_arg}).eval()\n'
+        )
+        imports = "from peft import PeftModel\n"
+    else:
+        load = f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}"{revision_arg}).eval()\nlabels = [model.config.id2label[i] for i in range(model.config.num_labels)]\n'
+        imports = ""
+    snippet = (
+        "import torch\n" + imports + "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n" + load
+        + f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{revision_arg})\n'
+        + f"inputs = {inputs}\n"
+        + "with torch.no_grad():\n    probabilities = model(**inputs).logits.softmax(-1)[0]\n"
+        + "print({label: round(p.item(), 4) for label, p in zip(labels, probabilities)})\n"
+    )
+    hyper = {"method": recipe.method.model_dump(mode="json"), "training": recipe.training.model_dump(mode="json")}
+    metric_rows = "\n".join(
+        f"| {split} | " + " | ".join(f"{values.get(name, float('nan')):.4f}" for name in ("accuracy", "macro_f1", "cross_entropy")) + f" | {values.get('num_examples', '')} |"
+        for split, values in metrics.items() if split != "train" and isinstance(values, dict)
+    )
+    what = f"A {recipe.method.type} adapter for [{base}]" if adapter else f"[{base}] fine-tuned ({'merged ' + recipe.method.type + ' adapter' if recipe.method.type != 'full' else 'full fine-tuning'})"
+    return (
+        "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n"
+        f"# {repo_id.split('/')[1]}\n\n"
+        f"{what} for text classification (labels: {', '.join(labels)}), trained with llmtune from the recipe below.\n\n"
+        "## Results\n\n| split | accuracy | macro-F1 | cross-entropy | examples |\n|---|---|---|---|---|\n" + metric_rows + "\n\n"
+        "## Usage\n\n```python\n" + snippet + "```\n\n"
+        f"or with llmtune: `llmtune eval {repo_id}` (the recipe's test split) and `llmtune predict {repo_id} --text \"...\"`.\n\n"
+        "## Training hyper-parameters\n\n```yaml\n" + yaml.safe_dump(hyper, sort_keys=False) + "```\n\n"
+        "## Recipe\n\n```yaml\n" + dump_recipe(recipe) + "```\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- merge
+
+
+def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> Path:
+    """Fold a run's LoRA (or IA3) adapter into its base weights and save a standalone transformers model.
+
+    Raises:
+        UserError: not a finished adapter run, a method that cannot merge, or an occupied output directory.
+    """
+    run_dir, output = Path(run_dir), Path(output)
+    recipe = check_finished_run(run_dir)
+    if not (run_dir / runs.ADAPTER_CONFIG).is_file():
+        raise UserError(f"{run_dir}: a full fine-tuning run (no {runs.ADAPTER_CONFIG}); it already is a standalone model, nothing to merge")
+    if recipe.method.type == "prefix_tuning":
+        raise UserError(f"{run_dir}: prefix tuning adds virtual tokens instead of changing weights, so it cannot be merged; push the adapter instead")
+    runs.check_output_dir(output, overwrite)
+    from .inference import load_run
+
+    loaded = load_run(run_dir)
+    merged = loaded.model.merge_and_unload()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(staging)
+        runs.write_atomic(staging / runs.RECIPE_FILE, dump_recipe(recipe))
+        shutil.copy2(run_dir / runs.METRICS_FILE, staging / runs.METRICS_FILE)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)  # the output appears complete or not at all
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+# ---------------------------------------------------------------------------------------------- push
+
+
+def push(
+    run_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    merged: bool = False,
+    commit_message: str | None = None,
+    include: list[str] | tuple[str, ...] = (),
+    license: str | None = None,
+    echo=print,
+) -> str:
+    """Upload a finished run (adapter, or full / merged model) with a generated model card; returns the commit URL.
+
+    Raises:
+        UserError: bad repo id, unfinished run, no or rejected token, no write access, hub unreachable or failing.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+
+    check_repo_id(repo_id)
+    run_dir = Path(run_dir)
+    recipe = check_finished_run(run_dir)
+    adapter = (run_dir / runs.ADAPTER_CONFIG).is_file()
+    if merged and not adapter:
+        raise UserError(f"--merged: {run_dir} is a full fine-tuning run; it is pushed as a full model without --merged")
+    token = get_token()
+    if token is None:
+        raise UserError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`, then push again")
+    api = HfApi()
+    metrics = json.loads((run_dir / runs.METRICS_FILE).read_text())
+
+    with tempfile.TemporaryDirectory(prefix="llmtune-push-") as scratch:
+        if merged:
+            source = merge(run_dir, Path(scratch) / "merged")
+            patterns = MODEL_FILES + TOKENIZER_FILES + RUN_FILES
+        else:
+            source = run_dir
+            patterns = (ADAPTER_FILES if adapter else MODEL_FILES) + TOKENIZER_FILES + RUN_FILES
+        files = artifact_files(source, patterns)
+        files += [p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}]  # asked for by name
+        card = model_card(recipe, metrics, repo_id, adapter=adapter and not merged, revision=revision, license=license)
+        operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+        size = sum(p.stat().st_size for p in files)
+        echo(f"pushing {len(operations)} files ({size / 1e6:.1f} MB) to {repo_id}" + (f" (branch {revision})" if revision else ""))
+
+        with _hub_errors(repo_id, api.endpoint):
+            user = api.whoami(token=token)["name"]
+            api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+            if revision and revision != "main":
+                api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+            message = commit_message or f"Upload {recipe.method.type} run from llmtune"
+            info = _commit_with_retries(api, repo_id, operations, message, revision, token, echo)
+    echo(f"pushed as {user}: {info.commit_url}")
+    return info.commit_url
+
+
+def _commit_with_retries(api, repo_id, operations, message, revision, token, echo):
+    """One atomic commit, retried with backoff on server errors and dropped connections."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt, wait in enumerate((*RETRY_WAITS_S, None), 1):
+        try:
+            return api.create_commit(repo_id, operations, commit_message=message, revision=revision, token=token)
+        except (HfHubHTTPError, httpx2.TransportError) as error:
+            status = getattr(getattr(error, "response", None), "status_code", None)
+            transient = status is None or status >= 500 or status == 429
+            if not transient or wait is None:
+                raise
+            echo(f"hub answered {status or type(error).__name__}; retrying in {wait:g}s (attempt {attempt + 1} of {len(RETRY_WAITS_S) + 1})")
+            time.sleep(wait)
+
+
+class _hub_errors:
+    """Turn huggingface_hub / connection errors into one line for the user (never containing the token)."""
+
+    def __init__(self, repo_id: str, endpoint: str):
+        self.repo_id, self.endpoint = repo_id, endpoint
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or isinstance(error, UserError):
+            return False
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if isinstance(error, httpx2.TransportError):
+            raise UserError(
+                f"cannot reach the hub at {self.endpoint} ({type(error).__name__}); check the network or HF_ENDPOINT; nothing was pushed"
+            ) from None
+        if not isinstance(error, HfHubHTTPError) or error.response is None:
+            return False
+        status = error.response.status_code
+        server_says = error.server_message or error.response.headers.get("X-Error-Message") or ""
+        detail = f" (hub says: {server_says.strip()})" if server_says else ""
+        if status == 401:
+            raise UserError(f"the hub at {self.endpoint} rejected the token (401){detail}; set a valid HF_TOKEN or run `hf auth login`") from None
+        if status == 403:
+            raise UserError(
+                f"--repo-id {self.repo_id}: no write access (403){detail}; the namespace '{self.repo_id.split('/')[0]}' "
+                "belongs to another user or organisation, or the token is read-only"
+            ) from None
+        if status >= 500 or status == 429:
+            raise UserError(
+                f"the hub at {self.endpoint} kept failing ({status}){detail} after {len(RETRY_WAITS_S) + 1} attempts; "
+                "nothing was committed; try again later"
+            ) from None
+        raise UserError(f"--repo-id {self.repo_id}: the hub refused the push ({status}){detail}") from None

@@ -1,0 +1,360 @@
+"""Push / pull / merge against a real HTTP hub on 127.0.0.1 (tests/hub_server.py), with the unmodified huggingface_hub client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MINILM_ID, RECIPES, ROOT, write_recipe
+from hub_server import HubServer, forbid_remote_connections
+
+TOKEN = "hf_llmtuneTestSecretToken0123456789"
+BOB_TOKEN = "hf_bobsOwnSecretToken9876543210"
+ADAPTER_REPO_FILES = {".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors", "metrics.json",
+                      "recipe.yaml", "tokenizer.json", "tokenizer_config.json"}
+
+
+def point_hub_client_at(monkeypatch, url: str, home: Path) -> None:
+    """Send huggingface_hub (in this process and in child processes) to `url`, with a fresh cache and no saved login.
+
+    huggingface_hub reads its environment once at import, so the in-process constants are set as well.
+    """
+    from huggingface_hub import constants, hf_api
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = {"HF_ENDPOINT": url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "0",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # Module-level helpers (huggingface_hub.file_exists, used by peft) share one HfApi made at import.
+    monkeypatch.setattr(hf_api.api, "endpoint", url)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+
+
+@pytest.fixture()
+def local_hub(tmp_path, monkeypatch):
+    import llmtune.hub
+
+    with HubServer(tmp_path / "hub-storage", {TOKEN: "alice", BOB_TOKEN: "bob"}, {"alice": ["acme"]}) as hub:
+        forbid_remote_connections(monkeypatch)
+        point_hub_client_at(monkeypatch, hub.url, tmp_path / "hf-home")
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setattr(llmtune.hub, "RETRY_WAITS_S", (0.05, 0.1, 0.2))
+        yield hub
+
+
+def fresh_cache(monkeypatch, hub: HubServer, home: Path) -> None:
+    point_hub_client_at(monkeypatch, hub.url, home)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_bert, tmp_path_factory):
+    """A finished tiny LoRA run and a finished tiny full fine-tuning run (seconds each)."""
+    from llmtune.recipe import load_recipe
+    from llmtune.train import train
+
+    folder = tmp_path_factory.mktemp("tiny-runs")
+    rows = [("a wonderful, moving film", "positive"), ("dull and far too long", "negative"),
+            ("I loved every minute", "positive"), ("a waste of money", "negative")] * 6
+    files = {}
+    for split in ("train", "validation", "test"):
+        files[split] = folder / f"{split}.csv"
+        files[split].write_text("text,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows))
+    made = {}
+    for method in ("lora", "full"):
+        recipe = write_recipe(folder / f"{method}.yaml", tiny_bert, files, extra=f"method:\n  type: {method}\n")
+        made[method] = train(load_recipe(recipe), output_dir=folder / f"run-{method}", echo=lambda *a: None).run_dir
+    return made
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / run.name
+    shutil.copytree(run, target)
+    return target
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and needle in p.read_bytes()]
+
+
+# ------------------------------------------------------------------------------------------ push / pull
+
+
+def test_push_uploads_only_the_run_artifacts_and_eval_of_the_hub_id_matches_the_run(tiny_runs, local_hub, cli, tmp_path, monkeypatch):
+    run = copy_run(tiny_runs["lora"], tmp_path)
+    (run / ".env").write_text("HF_TOKEN=do-not-upload\n")
+    (run / "checkpoint-5").mkdir()
+    (run / "checkpoint-5" / "optimizer.pt").write_bytes(b"state")
+    (run / "notes.txt").write_text("private notes")
+
+    code, out, err = cli("push", run, "--repo-id", "acme/tiny-lora")
+    assert code == 0, err
+    assert "acme/tiny-lora" in out
+    pushed = local_hub.files("acme/tiny-lora")
+    assert set(pushed) == ADAPTER_REPO_FILES
+    assert pushed["adapter_model.safetensors"] == (run / "adapter_model.safetensors").read_bytes()
+    assert json.loads(pushed["adapter_config.json"])["base_model_name_or_path"] == json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+    code, local_out, err = cli("eval", run, "--output", tmp_path / "local.json")
+    assert code == 0, err
+    fresh_cache(monkeypatch, local_hub, tmp_path / "another-machine")
+    code, hub_out, err = cli("eval", "acme/tiny-lora", "--output", tmp_path / "hub.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "hub.json").read_text()) == json.loads((tmp_path / "local.json").read_text())
+    assert any(("another-machine" in str(p)) for p in (tmp_path / "another-machine").rglob("adapter_model.safetensors"))
+    code, predicted, err = cli("predict", "acme/tiny-lora", "--text", "I loved every minute")
+    code_local, predicted_local, _ = cli("predict", run, "--text", "I loved every minute")
+    assert code == 0 and code_local == 0 and predicted == predicted_local
+
+
+def test_model_card_parses_and_holds_the_runs_metrics(tiny_runs, local_hub, cli, tmp_path):
+    from huggingface_hub import ModelCard
+
+    run = tiny_runs["lora"]
+    code, _, err = cli("push", run, "--repo-id", "acme/carded", "--license", "apache-2.0")
+    assert code == 0, err
+    card = ModelCard.load("acme/carded")
+    assert card.data.library_name == "peft"
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.license == "apache-2.0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    found = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    expected = {(split, name): value for split in ("validation", "test") for name, value in metrics[split].items() if name != "num_examples"}
+    assert found == expected
+    assert "PeftModel.from_pretrained" in card.text and "```yaml" in card.text
+
+
+def test_full_run_pushes_the_model_and_merged_push_is_a_standalone_model(tiny_runs, local_hub, cli, tmp_path, monkeypatch):
+    code, _, err = cli("push", tiny_runs["full"], "--repo-id", "alice/tiny-full")
+    assert code == 0, err
+    assert {"config.json", "model.safetensors"} <= set(local_hub.files("alice/tiny-full"))
+    assert "adapter_config.json" not in local_hub.files("alice/tiny-full")
+
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/tiny-merged", "--merged")
+    assert code == 0, err
+    files = set(local_hub.files("acme/tiny-merged"))
+    assert {"config.json", "model.safetensors", "recipe.yaml", "metrics.json"} <= files and "adapter_config.json" not in files
+    code, local, _ = cli("eval", tiny_runs["lora"])
+    code2, pulled, err = cli("eval", "acme/tiny-merged")
+    assert code == 0 and code2 == 0, err
+    assert pulled.split("(n=")[0] == local.split("(n=")[0] or _close_metrics(pulled, local)
+
+
+def _close_metrics(a: str, b: str) -> bool:
+    parse = lambda line: {k: float(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split("(n=")[0].split())}
+    first, second = parse(a), parse(b)
+    return first.keys() == second.keys() and all(abs(first[k] - second[k]) < 1e-4 for k in first)
+
+
+def test_push_to_a_branch_leaves_main_alone(tiny_runs, local_hub, cli):
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/branched", "--revision", "experiment", "--commit-message", "try r=8")
+    assert code == 0, err
+    assert set(local_hub.files("acme/branched", "main")) == {".gitattributes"}
+    assert set(local_hub.files("acme/branched", "experiment")) == ADAPTER_REPO_FILES
+    assert local_hub.meta("models", "acme/branched")["commits"][-1]["message"] == "try r=8"
+
+
+def test_the_token_is_never_printed_or_written(tiny_runs, local_hub, cli, tmp_path, monkeypatch):
+    run = copy_run(tiny_runs["lora"], tmp_path)
+    outputs = []
+    outputs.append(cli("push", run, "--repo-id", "acme/secret-safe"))
+    outputs.append(cli("push", run, "--repo-id", "bob/not-mine"))  # fails: 403
+    outputs.append(cli("eval", "acme/secret-safe"))
+    outputs.append(cli("merge", run, "--output", tmp_path / "merged"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN + "x")
+    outputs.append(cli("push", run, "--repo-id", "acme/secret-safe"))  # fails: 401
+    assert [code for code, _, _ in outputs] == [0, 2, 0, 0, 2]
+    for _, out, err in outputs:
+        assert TOKEN not in out and TOKEN not in err
+    # The run directory, the merged model, the pushed repo (card included), the download cache, logs.
+    assert files_containing(tmp_path, TOKEN.encode()) == []
+    assert local_hub.files("acme/secret-safe")  # the check above did look at pushed files
+
+
+# ------------------------------------------------------------------------------------------ bad input and faults
+
+
+@pytest.mark.parametrize("repo_id", ["no-slash", "a/b/c", "-org/name", "org/na me", "org/name--x", "org/"])
+def test_malformed_repo_id(tiny_runs, local_hub, cli, repo_id):
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", repo_id)
+    assert code == 2
+    assert err.startswith(f"error: --repo-id '{repo_id}': not a valid repository id; expected ORG/NAME")
+    assert local_hub.requests == []
+
+
+def test_no_token(tiny_runs, local_hub, cli, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/x")
+    assert code == 2
+    assert err == "error: no Hugging Face token: set HF_TOKEN or log in with `hf auth login`, then push again\n"
+    assert local_hub.requests == []
+
+
+def test_saved_login_is_used_when_no_env_token(tiny_runs, local_hub, cli, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN")
+    Path(constants.HF_TOKEN_PATH).write_text(TOKEN)
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/from-login")
+    assert code == 0, err
+    assert "README.md" in local_hub.files("acme/from-login")
+
+
+def test_rejected_token(tiny_runs, local_hub, cli, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_revokedToken")
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/x")
+    assert code == 2
+    assert err.startswith("error: the hub at http://127.0.0.1:") and "rejected the token (401)" in err
+    assert len(err.splitlines()) == 1 and "hf_revokedToken" not in err
+    assert local_hub.meta("models", "acme/x") is None
+
+
+def test_repo_of_someone_else(tiny_runs, local_hub, cli):
+    local_hub.create_repo("models", "bob/sentiment", owner="bob")
+    for repo_id in ("bob/sentiment", "bob/new-repo"):  # existing repo of another user; namespace of another user
+        code, _, err = cli("push", tiny_runs["lora"], "--repo-id", repo_id)
+        assert code == 2
+        assert err.startswith(f"error: --repo-id {repo_id}: no write access (403)") and "belongs to another user" in err
+        assert len(err.splitlines()) == 1
+    assert local_hub.commit_count("bob/sentiment") == 1 and local_hub.meta("models", "bob/new-repo") is None
+
+
+def test_hub_unreachable(tiny_runs, local_hub, cli, monkeypatch, tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    point_hub_client_at(monkeypatch, closed, tmp_path / "home-offline")
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/x")
+    assert code == 2
+    assert err == f"error: cannot reach the hub at {closed} (ConnectError); check the network or HF_ENDPOINT; nothing was pushed\n"
+
+
+def test_commit_failures_are_retried_then_succeed(tiny_runs, local_hub, cli):
+    local_hub.fail_commits = 2
+    code, out, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/flaky")
+    assert code == 0, err
+    assert out.count("hub answered 500; retrying") == 2
+    assert set(local_hub.files("acme/flaky")) == ADAPTER_REPO_FILES
+    assert local_hub.commit_count("acme/flaky") == 2  # repo creation + one upload, no duplicates
+
+
+def test_hub_failing_on_every_commit_leaves_nothing_half_committed(tiny_runs, local_hub, cli):
+    local_hub.fail_commits = 100
+    code, out, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/down")
+    assert code == 2
+    assert err.startswith("error: the hub at http://127.0.0.1:") and "kept failing (500)" in err and "nothing was committed" in err
+    assert out.count("retrying") == 3
+    assert set(local_hub.files("acme/down")) == {".gitattributes"} and local_hub.commit_count("acme/down") == 1
+
+
+def test_unfinished_run(tiny_runs, local_hub, cli, tmp_path):
+    run = copy_run(tiny_runs["lora"], tmp_path)
+    (run / "metrics.json").unlink()
+    code, _, err = cli("push", run, "--repo-id", "acme/x")
+    assert (code, err) == (2, f"error: {run}: not a finished llmtune run (no metrics.json); train it to the end first\n")
+    code, _, err = cli("push", tmp_path / "missing", "--repo-id", "acme/x")
+    assert (code, err) == (2, f"error: {tmp_path / 'missing'}: no such run directory\n")
+    code, _, err = cli("merge", run, "--output", tmp_path / "merged")
+    assert code == 2 and "not a finished llmtune run" in err
+    assert local_hub.requests == [] and not (tmp_path / "merged").exists()
+
+
+# ------------------------------------------------------------------------------------------ merge
+
+
+def test_merge_matches_the_adapter_and_loads_with_plain_transformers(tiny_runs, cli, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from llmtune.recipe import load_recipe
+
+    run = tiny_runs["lora"]
+    code, out, err = cli("merge", run, "--output", tmp_path / "merged")
+    assert code == 0, err
+    recipe = load_recipe(run / "recipe.yaml")
+    labels = recipe.task.label_names
+    base = AutoModelForSequenceClassification.from_pretrained(recipe.model.name, num_labels=len(labels))
+    adapter = PeftModel.from_pretrained(base, str(run)).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in name for name in merged.state_dict())
+    assert merged.config.id2label == dict(enumerate(labels))
+    batch = tokenizer(["a wonderful, moving film", "dull and far too long", "so-so"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        difference = (adapter(**batch).logits - merged(**batch).logits).abs().max().item()
+    assert difference <= 1e-4
+
+    code, _, err = cli("merge", run, "--output", tmp_path / "merged")
+    assert code == 2 and "already holds" in err
+    code, _, err = cli("merge", tiny_runs["full"], "--output", tmp_path / "merged-full")
+    assert code == 2 and "nothing to merge" in err and not (tmp_path / "merged-full").exists()
+
+
+# ------------------------------------------------------------------------------------------ the real round trip
+
+
+def run_guarded(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """Run Python in a child process whose sockets may only reach 127.0.0.1."""
+    prelude = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import hub_server; hub_server.forbid_remote_connections(); "
+    return subprocess.run([sys.executable, "-c", prelude + args[0], *args[1:]], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_minilm_lora_round_trip_through_the_hub(minilm_path, local_hub, cli, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    # The hub serves MiniLM too, so the pulled adapter's base model comes through the real download path.
+    local_hub.add_repo_from_dir(MINILM_ID, minilm_path)
+    run = tmp_path / "run"
+    code, out, err = cli("train", RECIPES / "sentiment.yaml", "--set", "method.type=lora", "--set", "training.epochs=1", "--output", run)
+    assert code == 0, err
+    code, _, err = cli("eval", run, "--output", tmp_path / "local.json")
+    assert code == 0, err
+
+    code, out, err = cli("push", run, "--repo-id", "acme/minilm-sentiment-lora")
+    assert code == 0, err
+    pushed = local_hub.files("acme/minilm-sentiment-lora")
+    assert set(pushed) == ADAPTER_REPO_FILES
+    assert sum(len(content) for content in pushed.values()) < 10_000_000
+
+    card = ModelCard(pushed["README.md"].decode())
+    assert card.data.base_model == MINILM_ID and card.data.library_name == "peft"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
+        (split, name): value for split in ("validation", "test") for name, value in metrics[split].items() if name != "num_examples"}
+
+    # Another machine: a fresh cache, only the hub's HTTP API, in a separate process configured by environment alone.
+    home = tmp_path / "elsewhere"
+    env = {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN}
+    evaluated = run_guarded(["from llmtune.cli import main; sys.argv = ['llmtune'] + sys.argv[1:]; main()",
+                             "eval", "acme/minilm-sentiment-lora", "--output", str(tmp_path / "hub.json")], env, ROOT)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "hub.json").read_text()) == json.loads((tmp_path / "local.json").read_text())
+    assert (home / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2").is_dir()  # the base came from the hub
+
+    # The card's usage snippet, run as written: plain transformers + PeftModel.from_pretrained(base, "ORG/NAME").
+    snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "snippet.py").write_text(snippet)
+    ran = run_guarded([f"exec(open({str(tmp_path / 'snippet.py')!r}).read())"], {**env, "HF_HOME": str(tmp_path / "third")}, tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    probabilities = eval(ran.stdout.strip().splitlines()[-1])
+    assert set(probabilities) == {"negative", "positive"} and abs(sum(probabilities.values()) - 1) < 1e-3
+
+
+def test_include_adds_named_run_files_only(tiny_runs, local_hub, cli):
+    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/with-log", "--include", "train_log.jsonl")
+    assert code == 0, err
+    assert set(local_hub.files("acme/with-log")) == ADAPTER_REPO_FILES | {"train_log.jsonl"}
