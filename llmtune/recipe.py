@@ -167,6 +167,10 @@ class Recipe(Section):
     method: Method = Field(default_factory=lambda: FullMethod(type="full"), description="How weights are trained.")
     training: Training = Field(default_factory=Training)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    tracking: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers besides train_log.jsonl: tensorboard (event files in the run's tensorboard/ folder), wandb, mlflow.",
+    )
     output_dir: str = Field(description="Run directory, relative to the current directory; default: runs/<recipe file name>.")
 
     @model_validator(mode="after")
