@@ -231,6 +231,76 @@ def merge(
     _echo(f"merged model saved to {output}")
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    format_: Annotated[str, typer.Option("--format", help="html (one self-contained page) or md (Markdown, plots as PNG files of the run).")] = "html",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Report file; default: report.html / report.md in the run directory.")] = None,
+) -> None:
+    """Write a run report: recipe, metrics per split, plots, throughput and memory, sample predictions (worst mistakes first)."""
+    from .report import write_report
+
+    try:
+        written = write_report(run_dir, format_, output)
+    except UserError as error:
+        _fail(error)
+    _echo(f"report written to {written}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more finished run directories.")],
+) -> None:
+    """Put several runs' metrics side by side (a Markdown table)."""
+    from .report import compare as compare_runs
+    from .report import markdown_table
+
+    try:
+        header, rows = compare_runs(run_dirs)
+    except UserError as error:
+        _fail(error)
+    _echo(markdown_table(header, rows))
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes, one line each."""
+    from .starter import builtin_recipes
+
+    try:
+        found = builtin_recipes()
+    except UserError as error:
+        _fail(error)
+    width = max((len(str(path.relative_to(path.parent.parent))) for path, _ in found), default=0)
+    for path, summary in found:
+        _echo(f"{str(path.relative_to(path.parent.parent)):<{width}}  {summary}")
+
+
+@app.command()
+def init(
+    task: Annotated[str, typer.Argument(help="The task, e.g. classification.")],
+    model: Annotated[str, typer.Option(help="Hub id or local checkpoint directory to start from.")] = "sentence-transformers/all-MiniLM-L6-v2",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the recipe here instead of printing it (refuses to replace a file).")] = None,
+) -> None:
+    """Write a starter recipe with every key, its default and what it does."""
+    from .runs import write_atomic
+    from .starter import starter_recipe
+
+    try:
+        if output is not None and output.exists():
+            raise UserError(f"--output {output}: already exists; choose another file name")
+        text = starter_recipe(task, model, output_dir=f"runs/{output.stem}" if output else None)
+        if output is not None and not output.parent.is_dir():
+            raise UserError(f"--output {output}: the directory {output.parent} does not exist")
+    except UserError as error:
+        _fail(error)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        write_atomic(output, text)
+        _echo(f"recipe written to {output}; check it with: llmtune validate {output}")
+
+
 def main() -> None:
     app()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import data, hub, models, runs, tasks
 from .errors import UserError
+from .quiet import quiet_libraries
 from .recipe import DataSource, DataSpec, Recipe, apply_override, load_recipe, validate
 
 
@@ -19,6 +20,7 @@ class LoadedRun:
     run_dir: Path | None  # None for a bare checkpoint
 
 
+@quiet_libraries
 def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRun:
     """Load a run directory (full model or adapter on its base), a run pushed to the hub, or a plain checkpoint.
 
@@ -57,6 +59,7 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     return LoadedRun(recipe, task, model, tokenizer, None)
 
 
+@quiet_libraries
 def evaluate(target: str | Path, split: str = "test", data_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
     """Metrics and per-example predictions of a run or checkpoint on one split or a data file.
 
@@ -95,6 +98,7 @@ def evaluate(target: str | Path, split: str = "test", data_file: str | None = No
     return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics)
 
 
+@quiet_libraries
 def predict(target: str | Path | LoadedRun, rows: list[dict] | list[str], overrides: list[str] | tuple[str, ...] = ()) -> list[dict]:
     """Predictions for raw inputs: strings, or dicts with the task's input columns.
 

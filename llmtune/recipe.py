@@ -213,6 +213,10 @@ class Recipe(Section):
     training: Training = Field(default_factory=Training)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     checkpointing: Checkpointing = Field(default_factory=Checkpointing)
+    tracking: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers besides train_log.jsonl: tensorboard (event files in the run's tensorboard/ folder), wandb, mlflow.",
+    )
     output_dir: str = Field(description="Run directory, relative to the current directory; default: runs/<recipe file name>.")
 
     @model_validator(mode="after")

@@ -7,6 +7,8 @@
     train_log.jsonl     one JSON object per logged step and per evaluation
     checkpoints/step-N  resumable training checkpoints (see checkpoints.py)
     predictions.jsonl   the final evaluation's predictions, one per example
+    loss.png, metric.png, confusion_matrix.png   plots of the log and the predictions (llmtune.plots)
+    tensorboard/        TensorBoard event files, when the recipe's tracking asks for them
     metrics.json        per split metrics; written last, so its presence marks a finished run
 """
 
@@ -62,10 +64,14 @@ def reopen_run(path: Path, step: int) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see half a file."""
+    write_atomic_bytes(path, text.encode("utf-8"))
+
+
+def write_atomic_bytes(path: Path, content: bytes) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -18,9 +18,10 @@ from transformers import get_scheduler
 
 from accelerate.utils import gather_object, send_to_device
 
-from . import checkpoints, data, models, runs, tasks
+from . import checkpoints, data, models, plots, runs, tasks, tracking
 from .batching import LengthGroupedBatches, PadCollator, SortedBatches
 from .errors import UserError
+from .quiet import quiet_libraries
 from .recipe import Recipe, dump_recipe
 
 
@@ -74,10 +75,12 @@ def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, featu
     return accumulator.result(dataset, features)
 
 
-def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool = False, echo=print, resume: bool | str | Path = False) -> TrainResult:
+@quiet_libraries
+def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool = False, echo=None, resume: bool | str | Path = False) -> TrainResult:
     """Fine-tune as the recipe says and write the run directory.
 
     Every recipe and data problem is found before the model is loaded and before anything is written.
+    Silent unless `echo` is given (e.g. `echo=print`): progress and summary lines go to it.
     SIGINT / SIGTERM stop training after the current step with a checkpoint (raising Interrupted).
 
     Args:
@@ -101,6 +104,7 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
     else:
         runs.check_output_dir(run_dir, overwrite)
     precision = mixed_precision(recipe.training.precision)
+    tracking.check_installed(recipe.tracking)
     if recipe.data.train is None:
         raise UserError("data.train: missing; training needs a train split")
     task = tasks.create(recipe.task)
@@ -115,8 +119,9 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
 
     # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
     launched_cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps, cpu=launched_cpu_processes)
-    say = echo if accelerator.is_main_process else (lambda *args, **kwargs: None)
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              cpu=launched_cpu_processes, **tracking.accelerator_options(recipe.tracking, run_dir))
+    say = echo if accelerator.is_main_process and echo is not None else (lambda *args, **kwargs: None)
     resume_from = None
     if resume:
         checkpoints.check_same_recipe(run_dir, recipe)
@@ -169,16 +174,18 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
             checkpoints.remove_leftovers(run_dir)
             runs.reopen_run(run_dir, state.step)
         runs.write_atomic(run_dir / runs.RECIPE_FILE, dump_recipe(recipe))
+    tracking.start(accelerator, recipe.model_dump(mode="json"))
     log_file = open(run_dir / runs.LOG_FILE, "a", encoding="utf-8") if accelerator.is_main_process else None
 
     def log(entry: dict) -> None:
         if log_file:
             log_file.write(json.dumps(entry) + "\n")
             log_file.flush()
+        accelerator.log(tracking.scalars(entry), step=entry["step"])
 
     say(f"training: {len(splits['train']):,} examples, {total_steps:,} steps of {cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes} examples, "
         f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}")
-    progress = Progress(total_steps, enabled=accelerator.is_main_process, echo=say)
+    progress = Progress(total_steps, enabled=accelerator.is_main_process and echo is not None, echo=say)
     history: dict[str, dict] = {}
     step, epoch, examples_seen, started = state.step, state.epoch, state.examples_seen, time.perf_counter()
     window_loss, window_batches = torch.zeros((), device=accelerator.device), state.window_batches
@@ -257,7 +264,8 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
         say(f"using the best checkpoint: step {best.step}, {best.metric}={best.value:.4f}")
 
     results = {"train": {"steps": step, "epochs": round(step / steps_per_epoch, 4), "examples": examples_seen,
-                         "runtime_s": round(train_seconds, 2), "samples_per_s": round(examples_seen / train_seconds, 2)}}
+                         "runtime_s": round(train_seconds, 2), "samples_per_s": round(examples_seen / train_seconds, 2),
+                         "peak_memory_mb": tracking.peak_memory_mb()}}
     final_predictions = None
     for split in eval_loaders:  # test last, so predictions.jsonl holds the test split when there is one
         if split == "validation" and history.get("validation", {}).get("step") == step:
@@ -272,7 +280,9 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
         save_model(accelerator.unwrap_model(model), tokenizer, run_dir, recipe)
         if final_predictions is not None:
             runs.write_jsonl(run_dir / runs.PREDICTIONS_FILE, final_predictions)
+        plots.save_plots(run_dir)
         runs.write_json(run_dir / runs.METRICS_FILE, results)
+    tracking.finish(accelerator)
     accelerator.wait_for_everyone()
     for split in ("validation", "test"):
         if split in results:
@@ -299,22 +309,24 @@ def format_metrics(metrics: dict) -> str:
 class Progress:
     """A progress bar on a terminal; plain log lines otherwise, so CI logs stay readable."""
 
-    def __init__(self, total: int, enabled: bool, echo):
+    def __init__(self, total: int, enabled: bool, echo, stream=None):
         self.total, self.echo, self.enabled = total, echo, enabled
-        self.interactive = enabled and sys.stderr.isatty()
+        stream = stream or sys.stderr
+        self.interactive = enabled and stream.isatty()
         self.started = time.perf_counter()
         self.last_line = 0.0
         self.bar = None
         if self.interactive:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+            # tqdm's own meter shows step/total, elapsed<ETA and steps/s; the postfix adds loss and samples/s.
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=stream)
 
     def update(self, step: int, loss: float, samples_per_s: float) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.n = step
+            self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.1f}", refresh=True)
             return
         now = time.perf_counter()

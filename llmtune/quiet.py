@@ -1,0 +1,37 @@
+"""Keep library chatter (load reports, download and map progress bars) away from notebook and script users."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+
+def quiet_libraries(function):
+    """Run `function` with transformers / datasets logging and progress bars silenced, then restore them."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import datasets
+        import transformers
+
+        verbosity = transformers.logging.get_verbosity()
+        datasets_verbosity = datasets.logging.get_verbosity()
+        transformers_bars = transformers.utils.logging.is_progress_bar_enabled()
+        datasets_bars = datasets.is_progress_bar_enabled()
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        # Not even errors: dataset builders log a parse error just before raising it, and llmtune reports it itself.
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+            datasets.logging.set_verbosity(datasets_verbosity)
+            if transformers_bars:
+                transformers.utils.logging.enable_progress_bar()
+            if datasets_bars:
+                datasets.enable_progress_bars()
+
+    return wrapper
