@@ -14,7 +14,7 @@ common=(--set data.train.path="$sst2/train.tsv" --set data.validation="$sst2/val
         --set training.epochs=1 --set training.warmup_ratio=0.06
         --set evaluation.every_n_steps=1000 --overwrite)
 if [[ "$which" == full || "$which" == both ]]; then
-  /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set training.batch_size=32 --set training.learning_rate=2e-4 \
+  /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set training.batch_size=32 --set training.learning_rate=1e-4 \
     --output "$out/full" 2>&1 | tee "$out-full.log"
 fi
 if [[ "$which" == lora || "$which" == both ]]; then

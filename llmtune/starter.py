@@ -106,6 +106,7 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
             lines.append(f"  # {name}: {_value(_default(field))}  # with type {kind}: {field.description}")
     lines += ["", f"training:  # {schema.Training.__doc__}", *_fields(schema.Training, "  "),
               "", f"evaluation:  # {schema.Evaluation.__doc__}", *_fields(schema.Evaluation, "  "),
+              "", f"checkpointing:  # {schema.Checkpointing.__doc__}", *_fields(schema.Checkpointing, "  "),
               "", f"tracking: []  # {fields['tracking'].description}",
               f"output_dir: {output_dir or 'runs/' + task}  # {fields['output_dir'].description}", ""]
     return "\n".join(lines)

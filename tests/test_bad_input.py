@@ -192,10 +192,10 @@ def test_output_dir_holds_finished_run(cli, tiny_bert, sentiment_files, tmp_path
     code, out, err = cli("train", recipe)
     assert code == 0, (out, err)
     metrics = run_dir / "metrics.json"
-    before = {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.iterdir()}
+    before = {str(path.relative_to(run_dir)): (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()}
 
     assert_user_error(cli("train", recipe), f"output_dir: {run_dir} already holds a finished run", "--overwrite")
-    assert {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.iterdir()} == before
+    assert {str(path.relative_to(run_dir)): (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()} == before
 
     code, out, err = cli("train", recipe, "--overwrite")
     assert code == 0, (out, err)
