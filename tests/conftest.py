@@ -48,17 +48,22 @@ def tiny_bert(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture()
-def sentiment_files(tmp_path) -> dict[str, Path]:
-    """Small train/validation/test CSVs in a temporary directory."""
+def write_sentiment_files(folder: Path, repeat: int = 8) -> dict[str, Path]:
+    """Small train/validation/test CSVs (the same 4 reviews, `repeat` times) in `folder`."""
     rows = [("a wonderful, moving film", "positive"), ("dull and far too long", "negative"),
-            ("I loved every minute", "positive"), ("a waste of money", "negative")] * 8
+            ("I loved every minute", "positive"), ("a waste of money", "negative")] * repeat
     files = {}
     for split in ("train", "validation", "test"):
-        file = tmp_path / f"{split}.csv"
+        file = folder / f"{split}.csv"
         file.write_text("text,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows))
         files[split] = file
     return files
+
+
+@pytest.fixture()
+def sentiment_files(tmp_path) -> dict[str, Path]:
+    """Small train/validation/test CSVs in a temporary directory."""
+    return write_sentiment_files(tmp_path)
 
 
 def write_recipe(path: Path, model: Path | str, files: dict[str, Path], extra: str = "") -> Path:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, write_recipe
+from conftest import ROOT, write_recipe, write_sentiment_files
 from safetensors.torch import load_file
 
 # 32 examples, batches of 4: 8 steps per epoch, 16 in all; dropout is on, so RNG restoring matters.
@@ -56,12 +56,7 @@ def assert_same_result(run, reference) -> None:
 def setup(tmp_path_factory, tiny_bert):
     """The recipe and an uninterrupted reference run."""
     base = tmp_path_factory.mktemp("resume")
-    rows = [("a wonderful, moving film", "positive"), ("dull and far too long", "negative"),
-            ("I loved every minute", "positive"), ("a waste of money", "negative")] * 8
-    files = {}
-    for split in ("train", "validation", "test"):
-        files[split] = base / f"{split}.csv"
-        files[split].write_text("text,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows))
+    files = write_sentiment_files(base, repeat=8)
     recipe = write_recipe(base / "r.yaml", tiny_bert, files)
     code, out, err = finish(llmtune("train", recipe, *sets(*SETTINGS), "--output", base / "reference"))
     assert code == 0, err

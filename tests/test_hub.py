@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MINILM_ID, RECIPES, ROOT, write_recipe
+from conftest import MINILM_ID, RECIPES, ROOT, write_recipe, write_sentiment_files
 from hub_server import HubServer, forbid_remote_connections
 
 TOKEN = "hf_llmtuneTestSecretToken0123456789"
@@ -67,12 +67,7 @@ def tiny_runs(tiny_bert, tmp_path_factory):
     from llmtune.train import train
 
     folder = tmp_path_factory.mktemp("tiny-runs")
-    rows = [("a wonderful, moving film", "positive"), ("dull and far too long", "negative"),
-            ("I loved every minute", "positive"), ("a waste of money", "negative")] * 6
-    files = {}
-    for split in ("train", "validation", "test"):
-        files[split] = folder / f"{split}.csv"
-        files[split].write_text("text,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows))
+    files = write_sentiment_files(folder, repeat=6)
     made = {}
     for method in ("lora", "full"):
         recipe = write_recipe(folder / f"{method}.yaml", tiny_bert, files, extra=f"method:\n  type: {method}\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RECIPES, write_recipe
+from conftest import RECIPES, write_recipe, write_sentiment_files
 
 from llmtune import recipe as schema
 
@@ -24,12 +24,7 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 def tracked_run(tiny_bert, tmp_path_factory):
     """A tiny classification run with TensorBoard tracking and validation every 2 steps."""
     directory = tmp_path_factory.mktemp("tracked")
-    rows = [("a wonderful, moving film", "positive"), ("dull and far too long", "negative"),
-            ("I loved every minute", "positive"), ("a waste of money", "negative")] * 8
-    files = {}
-    for split in ("train", "validation", "test"):
-        files[split] = directory / f"{split}.csv"
-        files[split].write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in rows))
+    files = write_sentiment_files(directory, repeat=8)
     recipe = write_recipe(directory / "r.yaml", tiny_bert, files, "tracking: [tensorboard]\nevaluation:\n  every_n_steps: 2\n")
     import llmtune
 
