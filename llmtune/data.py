@@ -36,7 +36,8 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
         where = describe(split, source)
         dataset = read_file(source.path, where) if source.path is not None else _read_hub(source, split, where)
         renames = {old: new for old, new in spec.columns.items() if old in dataset.column_names}
-        missing = [old for old in spec.columns if old not in dataset.column_names and new_name_absent(spec.columns[old], dataset)]
+        # A mapping whose target already exists is harmless (the same recipe on data renamed beforehand).
+        missing = [old for old, new in spec.columns.items() if old not in dataset.column_names and new not in dataset.column_names]
         if missing:
             raise UserError(
                 f"{where}: data.columns maps column '{missing[0]}', which is not in the data; "
@@ -50,11 +51,6 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
             raise UserError(f"{where}: the split is empty (0 rows); expected at least one example")
         splits[split] = dataset
     return splits
-
-
-def new_name_absent(new: str, dataset: datasets.Dataset) -> bool:
-    # A mapping whose target already exists is harmless (e.g. the same recipe on pre-renamed data).
-    return new not in dataset.column_names
 
 
 def read_file(path: str, where: str) -> datasets.Dataset:

@@ -39,10 +39,6 @@ class Checkpoint:
     path: str  # local directory holding the files
     origin: str  # where the files came from, for the log
 
-    @property
-    def is_hub_id(self) -> bool:
-        return self.origin != "local directory"
-
 
 def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
     """Find the checkpoint's files: local directory, hub (or its cache), then an installed offline package.

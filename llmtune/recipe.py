@@ -376,12 +376,17 @@ def _describe(error: dict, source: str, yaml_root: yaml.Node | None, origins: di
     return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
 
 
-UNION_TAGS = {"method": {"full", "lora", "ia3", "prefix_tuning"}, "task": {"classification", "question_answering"}}
+def union_members(section: str) -> dict[str, type[BaseModel]]:
+    """The classes a `type`-tagged section (task, method) may hold, by tag: read off the schema, so new members count at once."""
+    classes = _section_classes(Recipe.model_fields[section].annotation)
+    return {typing.get_args(cls.model_fields["type"].annotation)[0]: cls for cls in classes}
 
 
 def _user_loc(loc: tuple) -> tuple:
     """Drop the union tags pydantic inserts into locations (`method.lora.r` -> `method.r`)."""
-    return tuple(part for index, part in enumerate(loc) if not (index == 1 and part in UNION_TAGS.get(loc[0], ())))
+    if len(loc) > 1 and loc[0] in ("task", "method") and loc[1] in union_members(loc[0]):
+        return (loc[0], *loc[2:])
+    return loc
 
 
 def _where(loc: tuple, source: str, yaml_root: yaml.Node | None, origins: dict[str, str]) -> str:

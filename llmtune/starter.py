@@ -67,8 +67,7 @@ def _choices(field) -> str:
 
 def task_sections() -> dict[str, type]:
     """Task name -> its recipe section class, from the schema's `task` field."""
-    classes = schema._section_classes(schema.Recipe.model_fields["task"].annotation)
-    return {typing.get_args(cls.model_fields["type"].annotation)[0]: cls for cls in classes}
+    return schema.union_members("task")
 
 
 def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None = None) -> str:
@@ -97,7 +96,7 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
         lines.append(f"  {split}: data/{split}.csv  # {data_fields[split].description}")
     lines.append(f"  columns: {{}}  # {data_fields['columns'].description}")
 
-    methods = schema._section_classes(fields["method"].annotation)
+    methods = schema.union_members("method").values()
     lines += ["", f"method:  # {fields['method'].description}", f"  type: full  # {schema.FullMethod.model_fields['type'].description}"]
     for method in methods:
         kind = typing.get_args(method.model_fields["type"].annotation)[0]
