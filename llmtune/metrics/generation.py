@@ -1,0 +1,91 @@
+"""Metrics of generated text against one or several references, computed offline.
+
+ROUGE (summarization): Google's `rouge-score` package with the Porter stemmer, as the transformers
+summarization example and the SciTLDR paper report it: ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum
+F-measures, the mean over examples, as percentages. ROUGE-Lsum is computed on text with one sentence
+per line; sentences are split with a simple regular expression (end punctuation followed by white
+space), not nltk's punkt model, which cannot be downloaded offline. With several references an example
+scores the best of them for each ROUGE type (rouge-score's `score_multi`, the SciTLDR convention).
+The mean is taken directly, not through rouge-score's bootstrap aggregator, whose "mid" value is a
+resampled estimate of the same mean.
+
+BLEU and chrF (translation): `sacrebleu` on detokenized text with its defaults (BLEU: 13a tokenizer,
+exponential smoothing; chrF: character 6-grams, beta 2); several references per example are separate
+reference streams, and examples with fewer references leave their place in the later streams empty.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+# A sentence ends with . ! or ? (optionally followed by closing quotes or brackets) and white space.
+SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
+
+
+def split_sentences(text: str) -> str:
+    """One sentence per line, the form ROUGE-Lsum expects (replaces nltk.sent_tokenize, which needs downloaded data)."""
+    return "\n".join(sentence for sentence in (part.strip() for part in SENTENCE_END.split(text.strip())) if sentence)
+
+
+@lru_cache(maxsize=None)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def rouge_per_example(predictions: list[str], references: list[list[str]]) -> list[dict[str, float]]:
+    """Per example: ROUGE F-measures (fractions) against the best reference for each type."""
+    scorer = _rouge_scorer()
+    scores = []
+    for prediction, golds in zip(predictions, references, strict=True):
+        best = scorer.score_multi([split_sentences(gold) for gold in golds], split_sentences(prediction))
+        scores.append({name: best[name].fmeasure for name in ROUGE_TYPES})
+    return scores
+
+
+def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F-measures over examples, in percent.
+
+    Args:
+        predictions: one generated text per example.
+        references: one or more reference texts per example.
+    """
+    scores = rouge_per_example(predictions, references)
+    return {name: 100 * sum(s[name] for s in scores) / len(scores) for name in ROUGE_TYPES} if scores else {}
+
+
+def reference_streams(references: list[list[str]]) -> list[list[str | None]]:
+    """Per-example reference lists as sacrebleu's reference streams (None where an example has fewer references)."""
+    width = max(len(golds) for golds in references)
+    return [[golds[k] if k < len(golds) else None for golds in references] for k in range(width)]
+
+
+def bleu_chrf(predictions: list[str], references: list[list[str]]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu defaults) and their sacrebleu signatures.
+
+    Returns:
+        {"bleu": float, "chrf": float, "signature": "BLEU|nrefs:1|case:mixed|... chrF2|..."}
+    """
+    from sacrebleu.metrics import BLEU, CHRF
+
+    streams = reference_streams(references)
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score = bleu.corpus_score(predictions, streams)
+    chrf_score = chrf.corpus_score(predictions, streams)
+    signature = f"BLEU|{bleu.get_signature()} chrF2|{chrf.get_signature()}"
+    return {"bleu": bleu_score.score, "chrf": chrf_score.score, "signature": signature}
+
+
+@lru_cache(maxsize=None)
+def _sentence_bleu():
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(effective_order=True)
+
+
+def sentence_bleu(prediction: str, golds: list[str]) -> float:
+    """One example's BLEU, as sacrebleu's `sentence_bleu` computes it (effective n-gram order), for ranking predictions."""
+    return _sentence_bleu().sentence_score(prediction, golds).score
