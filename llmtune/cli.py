@@ -78,10 +78,11 @@ def validate(
         splits = data.load_splits(loaded.data)
         task.prepare(splits, loaded.data)
         checkpoint = models.resolve_checkpoint(loaded.model)
+        decoder = models.resolve_decoder(loaded.model)
     except UserError as error:
         _fail(error)
     _echo(f"{recipe}: ok")
-    _echo(f"  model: {checkpoint.name} ({checkpoint.origin})")
+    _echo(f"  model: {checkpoint.name} ({checkpoint.origin})" + (f", decoder: {decoder.name} ({decoder.origin})" if decoder else ""))
     _echo(f"  task: {loaded.task.type}" + (f", labels: {', '.join(task.label_names)}" if task.label_names else ""))
     for split, dataset in splits.items():
         _echo(f"  data.{split}: {len(dataset):,} examples")
@@ -132,7 +133,7 @@ def eval_(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics and predictions as JSON/JSONL here (FILE.json; predictions next to it).")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Evaluate a fine-tuned run or any checkpoint on a split: accuracy, macro-F1, cross-entropy."""
+    """Evaluate a fine-tuned run or any checkpoint on a split: the task's metrics (accuracy / F1 / ROUGE / BLEU ...) and cross-entropy."""
     from .inference import evaluate
     from .runs import write_json, write_jsonl
     from .train import format_metrics
@@ -152,14 +153,14 @@ def eval_(
 @app.command()
 def predict(
     target: Annotated[str, typer.Argument(help="Run directory, or a checkpoint directory / hub id.")],
-    text: Annotated[Optional[list[str]], typer.Option("--text", help="Text to label (repeatable).")] = None,
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="Text to label, or to summarize / translate (repeatable).")] = None,
     question: Annotated[Optional[str], typer.Option(help="Question answering: the question (with --context).")] = None,
     context: Annotated[Optional[str], typer.Option(help="Question answering: the context the answer is taken from.")] = None,
     input_file: Annotated[Optional[Path], typer.Option("--input", help="File of rows (csv, tsv, json, jsonl, parquet) with the recipe's text column(s).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write predictions as JSONL here instead of printing them.")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Predict with a fine-tuned run: labels and class probabilities, or answers to questions."""
+    """Predict with a fine-tuned run: labels and class probabilities, answers to questions, or summaries / translations."""
     from .data import read_file
     from .inference import predict as run_predict
     from .runs import write_jsonl

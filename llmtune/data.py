@@ -20,6 +20,8 @@ def describe(split: str, source: DataSource) -> str:
     """How messages name a split: `data.train (path/to/file.csv)`."""
     if source.path is not None:
         return f"data.{split} ({source.path})"
+    if source.parallel is not None:
+        return f"data.{split} ({', '.join(source.parallel.values())})"
     detail = ", ".join(part for part in (source.config, f"split {source.split or split}") if part)
     return f"data.{split} (hub {source.hub}, {detail})"
 
@@ -34,7 +36,12 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
     splits = {}
     for split, source in spec.sources().items():
         where = describe(split, source)
-        dataset = read_file(source.path, where) if source.path is not None else _read_hub(source, split, where)
+        if source.path is not None:
+            dataset = read_file(source.path, where)
+        elif source.parallel is not None:
+            dataset = read_parallel(source.parallel, where)
+        else:
+            dataset = _read_hub(source, split, where)
         renames = {old: new for old, new in spec.columns.items() if old in dataset.column_names}
         # A mapping whose target already exists is harmless (the same recipe on data renamed beforehand).
         missing = [old for old, new in spec.columns.items() if old not in dataset.column_names and new not in dataset.column_names]
@@ -79,6 +86,31 @@ def read_file(path: str, where: str) -> datasets.Dataset:
         if _has_no_rows(file, builder, options):  # datasets cannot build an empty split and fails obscurely
             raise UserError(f"{where}: {file.name} has no rows (0 examples); expected at least one example") from None
         raise UserError(f"{where}: cannot read {file.name} as {file.suffix.lstrip('.')}: {_root_cause(exc)}") from None
+
+
+def read_parallel(files: dict[str, str], where: str) -> datasets.Dataset:
+    """Line-aligned plain-text files (a parallel corpus such as Multi30k's train.de / train.en) as one column each.
+
+    Raises:
+        UserError: a missing or unreadable file, or files with different numbers of lines.
+    """
+    columns, counts = {}, {}
+    for column, path in files.items():
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"{where}: parallel.{column}: file not found: {file}")
+        try:
+            lines = file.read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{where}: parallel.{column}: cannot read {file.name} as UTF-8 text: {exc}") from None
+        if lines and lines[-1] == "":  # the newline that ends the last line
+            lines.pop()
+        columns[column] = [line.removesuffix("\r") for line in lines]
+        counts[column] = len(lines)
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{Path(files[column]).name}: {count:,}" for column, count in counts.items())
+        raise UserError(f"{where}: parallel files must have the same number of lines (line N of each is example N); got {shown}")
+    return datasets.Dataset.from_dict(columns)
 
 
 def _read_squad_json(file: Path, where: str) -> datasets.Dataset | None:
@@ -154,6 +186,8 @@ def _root_cause(exc: BaseException) -> str:
 def row_location(source: DataSource, index: int) -> str:
     """A 0-based row index as a user finds it: the file line for line-based files, else the row number."""
     suffix = Path(source.path).suffix.lower() if source.path else ""
+    if source.parallel is not None:
+        return f"line {index + 1}"
     if suffix in (".csv", ".tsv"):
         return f"line {index + 2}"  # after the header; exact unless a quoted field spans lines
     if suffix == ".jsonl":

@@ -99,7 +99,7 @@ def model_card(recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revis
         if split == "train" or not isinstance(values, dict):
             continue
         source = recipe.data.sources().get(split)
-        dataset_name = (source.hub or Path(source.path).name) if source else split
+        dataset_name = (source.hub or Path(source.local_files()[0]).name) if source else split
         results.append({
             "task": {"type": "text-classification", "name": "Text Classification"},
             "dataset": {"name": dataset_name, "type": source.hub if source and source.hub else dataset_name, "split": split},

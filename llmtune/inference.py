@@ -8,7 +8,7 @@ from pathlib import Path
 from . import data, hub, models, runs, tasks
 from .errors import UserError
 from .quiet import quiet_libraries
-from .recipe import DataSource, DataSpec, Recipe, apply_override, load_recipe, validate
+from .recipe import SEQ2SEQ_TASKS, DataSource, DataSpec, Recipe, apply_override, load_recipe, validate
 
 
 @dataclass
@@ -38,7 +38,8 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if (path / runs.ADAPTER_CONFIG).is_file():
             from peft import PeftModel
 
-            base, _ = models.load_model(models.resolve_checkpoint(recipe.model), task.auto_class, recipe.model.trust_remote_code, **task.model_kwargs())
+            base, _ = models.load_model(models.resolve_checkpoint(recipe.model), task.auto_class, recipe.model.trust_remote_code,
+                                        decoder=models.resolve_decoder(recipe.model), **task.model_kwargs())
             model = PeftModel.from_pretrained(base, str(path))
         else:
             model, _ = models.load_model(models.Checkpoint(str(path), str(path), "run directory"), task.auto_class, recipe.model.trust_remote_code)
@@ -110,6 +111,9 @@ def predict(target: str | Path | LoadedRun, rows: list[dict] | list[str], overri
     if options.type == "classification":
         rows = [{options.text_column: row} if isinstance(row, str) else row for row in rows]
         needed = [c for c in (options.text_column, options.text_pair_column) if c]
+    elif options.type in SEQ2SEQ_TASKS:
+        rows = [loaded.task.row_from_text(row) if isinstance(row, str) else row for row in rows]
+        needed = []  # the task finds the source itself: a column, or a language inside a nested translation column
     else:
         rows = [{options.question_column: row["question"], options.context_column: row["context"]}
                 if set(row) == {"question", "context"} else row for row in rows]

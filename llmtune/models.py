@@ -87,6 +87,20 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
     )
 
 
+def resolve_decoder(spec: ModelSpec) -> Checkpoint | None:
+    """The checkpoint `model.decoder` names (a warm-started encoder-decoder), or None.
+
+    Raises:
+        UserError: as resolve_checkpoint, with the key named.
+    """
+    if spec.decoder is None:
+        return None
+    try:
+        return resolve_checkpoint(ModelSpec(name=spec.decoder, trust_remote_code=spec.trust_remote_code))
+    except UserError as error:
+        raise UserError(str(error).replace("model.name", "model.decoder", 1)) from None
+
+
 def load_tokenizer(checkpoint: Checkpoint, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -100,12 +114,15 @@ def load_tokenizer(checkpoint: Checkpoint, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(checkpoint: Checkpoint, auto_class, trust_remote_code: bool = False, **kwargs):
+def load_model(checkpoint: Checkpoint, auto_class, trust_remote_code: bool = False, decoder: Checkpoint | None = None, **kwargs):
     """Load weights with `auto_class`; returns the model and the names of modules that were newly initialised.
 
     The new modules (a classification head, say) have no pretrained weights, so adapter methods must
-    train and save them in full.
+    train and save them in full. With `decoder`, `checkpoint` is the encoder of a warm-started
+    encoder-decoder (see warm_start_encoder_decoder).
     """
+    if decoder is not None:
+        return warm_start_encoder_decoder(checkpoint, decoder, trust_remote_code)
     try:
         model, info = auto_class.from_pretrained(
             checkpoint.path, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True, **kwargs
@@ -118,6 +135,45 @@ def load_model(checkpoint: Checkpoint, auto_class, trust_remote_code: bool = Fal
     return model, new_modules
 
 
+def warm_start_encoder_decoder(encoder: Checkpoint, decoder: Checkpoint, trust_remote_code: bool = False):
+    """An `EncoderDecoderModel` from two pretrained checkpoints (BERT2BERT, Rothe et al. 2020).
+
+    The decoder copy gets causal self-attention and new cross-attention layers (and an LM head when the
+    checkpoint has none). It generates in the encoder tokenizer's vocabulary, starting from its [CLS]
+    and ending with its [SEP] (BERT tokenizers; BOS / EOS for others), so both checkpoints must share
+    that vocabulary. The saved model is a plain `EncoderDecoderModel` (`AutoModelForSeq2SeqLM` loads it).
+
+    Raises:
+        UserError: unloadable checkpoints, or a decoder whose vocabulary differs from the tokenizer's.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, EncoderDecoderModel
+
+    tokenizer = load_tokenizer(encoder, trust_remote_code)
+    try:
+        encoder_model = AutoModel.from_pretrained(encoder.path, trust_remote_code=trust_remote_code, use_safetensors=True)
+        decoder_config = AutoConfig.from_pretrained(decoder.path, trust_remote_code=trust_remote_code)
+        decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
+        decoder_model, info = AutoModelForCausalLM.from_pretrained(
+            decoder.path, config=decoder_config, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.decoder: cannot warm-start an encoder-decoder from {encoder.name} and {decoder.name}: {' '.join(str(exc).split())}") from None
+    if decoder_config.vocab_size != len(tokenizer):
+        raise UserError(
+            f"model.decoder: {decoder.name} has a vocabulary of {decoder_config.vocab_size:,} tokens but the tokenizer of {encoder.name} "
+            f"{len(tokenizer):,}; the decoder must generate in the encoder's vocabulary (e.g. two BERT checkpoints with one tokenizer)"
+        )
+    model = EncoderDecoderModel(encoder=encoder_model, decoder=decoder_model)
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id, config.bos_token_id = start, start
+        config.eos_token_id, config.pad_token_id = end, tokenizer.pad_token_id
+    model.config.vocab_size = decoder_config.vocab_size
+    new_modules = sorted({"decoder." + key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+    return model, new_modules
+
+
 def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
     """Wrap the model for the recipe's method; full fine-tuning returns it unchanged."""
     if isinstance(method, FullMethod):
@@ -125,6 +181,8 @@ def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
     import peft
 
     model_type = model.config.model_type
+    if model_type == "encoder-decoder":  # BERT2BERT: adapt the layers the encoder's architecture adapts
+        model_type = model.config.encoder.model_type
     modules_to_save = new_modules or None
     if isinstance(method, LoraMethod):
         targets = method.target_modules or peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type, "all-linear")

@@ -7,6 +7,7 @@ documentation: `llmtune init` and the README's recipe reference are written from
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -29,6 +30,14 @@ class ModelSpec(Section):
     name: str = Field(description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint.")
     revision: str | None = Field(None, description="Hub branch, tag or commit; default: the main branch.")
     trust_remote_code: bool = Field(False, description="Run modelling code shipped with the checkpoint. Off unless you trust its author.")
+    decoder: str | None = Field(
+        None,
+        description="Summarization / translation: warm-start an encoder-decoder (BERT2BERT) from two checkpoints: `name` is the encoder, "
+        "this hub id or directory the decoder (cross-attention is new). Null: `name` is already an encoder-decoder checkpoint.",
+    )
+
+
+TASK_TYPES = "The task; one of: classification, question_answering, summarization, translation."
 
 
 class ClassificationTask(Section):
@@ -36,7 +45,7 @@ class ClassificationTask(Section):
 
     available_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "cross_entropy")
 
-    type: Literal["classification"] = Field(description="The task; one of: classification, question_answering.")
+    type: Literal["classification"] = Field(description=TASK_TYPES)
     text_column: str = Field("text", description="Column holding the text to classify.")
     text_pair_column: str | None = Field(None, description="Second text column for pair tasks (NLI, paraphrase); null for single texts.")
     label_column: str = Field("label", description="Column holding the label: a label name or an integer index into label_names.")
@@ -61,7 +70,7 @@ class QuestionAnsweringTask(Section):
 
     available_metrics: ClassVar[tuple[str, ...]] = ("exact_match", "f1", "cross_entropy")
 
-    type: Literal["question_answering"] = Field(description="The task; one of: classification, question_answering.")
+    type: Literal["question_answering"] = Field(description=TASK_TYPES)
     question_column: str = Field("question", description="Column holding the question.")
     context_column: str = Field("context", description="Column holding the context the answer is taken from.")
     answers_column: str = Field("answers", description="Column holding the gold answers: `{text: [...], answer_start: [...]}` (SQuAD layout).")
@@ -71,13 +80,72 @@ class QuestionAnsweringTask(Section):
     n_best: int = Field(20, ge=1, description="Start and end candidates per window considered when decoding.")
 
 
-Task = Annotated[Union[ClassificationTask, QuestionAnsweringTask], Field(discriminator="type")]
+class Seq2SeqTask(Section):
+    """Options shared by the text-to-text tasks (summarization, translation)."""
+
+    prefix: str = Field("", description="Text put before every source, e.g. `summarize: ` for T5 checkpoints; empty for most others.")
+    max_source_length: int | None = Field(None, ge=1, description="Longest tokenized source; longer sources are truncated. Default: training.max_length.")
+    max_target_length: int = Field(128, ge=1, description="Longest tokenized target (reference); longer targets are truncated, with one warning per split that counts them.")
+    num_beams: int = Field(4, ge=1, le=64, description="Evaluation and prediction: beam width of the generation (1: greedy).")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Evaluation and prediction: most tokens generated per example; default: max_target_length.")
+    length_penalty: float = Field(1.0, ge=-10, le=10, description="Beam search: exponent on the length the scores are divided by; above 1 favours longer outputs.")
+    no_repeat_ngram_size: int = Field(0, ge=0, le=20, description="Generation never repeats an n-gram of this size; 0: no constraint.")
+
+
+class SummarizationTask(Seq2SeqTask):
+    """Abstractive summarization with an encoder-decoder model: source document -> summary."""
+
+    available_metrics: ClassVar[tuple[str, ...]] = ("rouge1", "rouge2", "rougeL", "rougeLsum", "cross_entropy", "perplexity")
+
+    type: Literal["summarization"] = Field(description=TASK_TYPES)
+    source_column: str = Field("document", description="Column holding the document: a text, or a list of sentences (joined with spaces).")
+    target_column: str = Field(
+        "summary", description="Column holding the reference summary: a text, or a list of references (trained on the first, ROUGE takes the best)."
+    )
+
+
+class TranslationTask(Seq2SeqTask):
+    """Translation with an encoder-decoder model: source-language text -> target-language text."""
+
+    available_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "cross_entropy", "perplexity")
+
+    type: Literal["translation"] = Field(description=TASK_TYPES)
+    source_lang: str = Field(description="Language code of the source text, e.g. de (ISO 639-1, or a dataset's own codes).")
+    target_lang: str = Field(description="Language code of the target text, e.g. en.")
+    source_column: str | None = Field(
+        None, description="Column holding the source text; default: the column named source_lang, else `translation_column[source_lang]`."
+    )
+    target_column: str | None = Field(
+        None, description="Column holding the reference translation (a text, or a list of references); default: the column named target_lang, "
+        "else `translation_column[target_lang]`.",
+    )
+    translation_column: str = Field("translation", description="Nested column `{de: ..., en: ...}` as in WMT datasets, used when there are no flat columns.")
+
+    @model_validator(mode="after")
+    def _two_languages(self) -> TranslationTask:
+        for key in ("source_lang", "target_lang"):
+            code = getattr(self, key)
+            if not re.fullmatch(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*", code):
+                raise ValueError(f"{key}: '{code}' is not a language code; expected e.g. de, en, pt_BR, zh-Hans")
+        if self.source_lang == self.target_lang:
+            raise ValueError(f"source_lang and target_lang are both '{self.source_lang}'; expected two different languages")
+        return self
+
+
+SEQ2SEQ_TASKS = ("summarization", "translation")
+
+Task = Annotated[Union[ClassificationTask, QuestionAnsweringTask, SummarizationTask, TranslationTask], Field(discriminator="type")]
 
 
 class DataSource(Section):
-    """Where one split comes from: a local file (`path`) or a hub dataset (`hub`)."""
+    """Where one split comes from: a local file (`path`), line-aligned text files (`parallel`) or a hub dataset (`hub`)."""
 
     path: str | None = Field(None, description="Local csv, tsv, json, jsonl or parquet file. Relative paths in a recipe file are relative to that file.")
+    parallel: dict[str, str] | None = Field(
+        None,
+        description="Line-aligned plain-text files, one column each: `{column: file}`, e.g. `{de: train.de, en: train.en}` for a parallel "
+        "corpus; line N of every file is example N.",
+    )
     hub: str | None = Field(None, description="Hub dataset id, for example `stanfordnlp/sst2`.")
     config: str | None = Field(None, description="Hub dataset configuration name.")
     split: str | None = Field(None, description="Hub split to read; default: the split's own name (train, validation, test).")
@@ -86,11 +154,17 @@ class DataSource(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("give exactly one of `path` (a local file) or `hub` (a hub dataset id)")
-        if self.path is not None and (self.config or self.split or self.revision):
-            raise ValueError("`config`, `split` and `revision` apply only to hub datasets, not to a local `path`")
+        if [self.path, self.parallel, self.hub].count(None) != 2:
+            raise ValueError("give exactly one of `path` (a local file), `parallel` (line-aligned text files) or `hub` (a hub dataset id)")
+        if self.hub is None and (self.config or self.split or self.revision):
+            raise ValueError("`config`, `split` and `revision` apply only to hub datasets, not to local files")
+        if self.parallel is not None and not self.parallel:
+            raise ValueError("`parallel` needs at least one `{column: file}` entry")
         return self
+
+    def local_files(self) -> list[str]:
+        """The local files this split is read from (none for a hub dataset)."""
+        return [self.path] if self.path is not None else list((self.parallel or {}).values())
 
 
 def _source_shorthand(value: Any) -> Any:
@@ -179,7 +253,7 @@ class Evaluation(Section):
         description="Validation metric that picks the best checkpoint; when set, the best checkpoint is kept and its weights are the saved model "
         "and the ones evaluated on test. Needs data.validation.",
     )
-    mode: Literal["max", "min"] | None = Field(None, description="Whether metric_for_best is better when higher (max) or lower (min); default: min for cross_entropy, max otherwise.")
+    mode: Literal["max", "min"] | None = Field(None, description="Whether metric_for_best is better when higher (max) or lower (min); default: min for cross_entropy and perplexity, max otherwise.")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop training after this many validation evaluations without improvement of metric_for_best; null: never stop early."
     )
@@ -192,7 +266,7 @@ class Evaluation(Section):
 
     @property
     def best_mode(self) -> str:
-        return self.mode or ("min" if self.metric_for_best == "cross_entropy" else "max")
+        return self.mode or ("min" if self.metric_for_best in ("cross_entropy", "perplexity") else "max")
 
 
 class Checkpointing(Section):
@@ -229,6 +303,13 @@ class Recipe(Section):
             raise ValueError(
                 f"task.doc_stride ({self.task.doc_stride}) must be smaller than training.max_length ({self.training.max_length}): "
                 "it is the overlap between consecutive windows of a long context"
+            )
+        if self.model.decoder is not None and self.task.type not in SEQ2SEQ_TASKS:
+            raise ValueError(f"model.decoder: warm-starting an encoder-decoder applies to {' and '.join(SEQ2SEQ_TASKS)}, not to {self.task.type}")
+        if self.model.decoder is not None and self.method.type != "full":
+            raise ValueError(
+                f"model.decoder: a warm-started encoder-decoder has new cross-attention layers that must be trained in full; "
+                f"use method.type: full (got {self.method.type})"
             )
         best = self.evaluation.metric_for_best
         if best is not None and best not in self.metrics:
@@ -275,8 +356,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
     base = path.resolve().parent
     for source in _data_sources(raw):
-        if isinstance(source.get("path"), str):
-            source["path"] = str((base / source["path"]).resolve())
+        _resolve_paths(source, base)
     raw.setdefault("output_dir", str(Path("runs") / path.stem))
 
     origins = {}
@@ -284,8 +364,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         key, value = apply_override(raw, item)
         origins[key] = item
     for source_key, source in _data_sources(raw, with_keys=True):
-        if f"{source_key}.path" in origins or source_key in origins:
-            source["path"] = str(Path(source["path"]).resolve()) if isinstance(source.get("path"), str) else source.get("path")
+        if any(key == source_key or key.startswith(source_key + ".") for key in origins):
+            _resolve_paths(source, Path.cwd())  # paths given on the command line are relative to where it runs
 
     return validate(raw, source=str(path), yaml_root=root, origins=origins)
 
@@ -311,6 +391,14 @@ def _data_sources(raw: dict, with_keys: bool = False):
             data[split] = {"path": data[split]}
         if isinstance(data.get(split), dict):
             yield (f"data.{split}", data[split]) if with_keys else data[split]
+
+
+def _resolve_paths(source: dict, base: Path) -> None:
+    """Make a data source's local paths absolute, relative to `base` (absolute paths stay as they are)."""
+    if isinstance(source.get("path"), str):
+        source["path"] = str((base / source["path"]).resolve())
+    if isinstance(source.get("parallel"), dict):
+        source["parallel"] = {column: str((base / file).resolve()) if isinstance(file, str) else file for column, file in source["parallel"].items()}
 
 
 def apply_override(raw: dict, item: str) -> tuple[str, Any]:

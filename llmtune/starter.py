@@ -88,7 +88,7 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
     data_fields = schema.DataSpec.model_fields
     lines.append(f"  train:  # {data_fields['train'].description}")
     for name, field in schema.DataSource.model_fields.items():
-        if name in ("hub", "config", "split", "revision"):  # hub-only keys: shown, but a local path is the default
+        if name in ("parallel", "hub", "config", "split", "revision"):  # other sources' keys: shown, but a local path is the default
             lines.append(f"    # {name}: null  # instead of path: {field.description}")
         else:
             lines.append(f"    {name}: {_value('data/train.csv' if name == 'path' else _default(field))}  # {field.description}")

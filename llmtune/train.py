@@ -111,6 +111,7 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
     splits = data.load_splits(recipe.data)
     task.prepare(splits, recipe.data)
     checkpoint = models.resolve_checkpoint(recipe.model)
+    decoder = models.resolve_decoder(recipe.model)
     if "label_names" in type(recipe.task).model_fields:  # saved with the run, so eval/predict need no data to know them
         recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"label_names": task.label_names})})
     cfg = recipe.training
@@ -127,9 +128,9 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
         checkpoints.check_same_recipe(run_dir, recipe)
         resume_from = checkpoints.find_resumable(run_dir, explicit_checkpoint, say)
     set_seed(cfg.seed)
-    say(f"model: {checkpoint.name} ({checkpoint.origin})")
+    say(f"model: {checkpoint.name} ({checkpoint.origin})" + (f", decoder warm-started from {decoder.name} ({decoder.origin})" if decoder else ""))
     tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
-    model, new_modules = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, **task.model_kwargs())
+    model, new_modules = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, decoder=decoder, **task.model_kwargs())
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
@@ -303,7 +304,8 @@ def save_model(model, tokenizer, run_dir: Path, recipe: Recipe) -> None:
 
 def format_metrics(metrics: dict) -> str:
     shown = {k: v for k, v in metrics.items() if k not in ("step", "num_examples")}
-    return "  ".join(f"{k}={v:.4f}" for k, v in shown.items()) + f"  (n={metrics.get('num_examples', '?')})"
+    # Text values (sacrebleu's signature) are shown as they are.
+    return "  ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:.4f}" for k, v in shown.items()) + f"  (n={metrics.get('num_examples', '?')})"
 
 
 class Progress:

@@ -20,8 +20,9 @@ from __future__ import annotations
 from ..recipe import Task
 from .classification import Classification
 from .question_answering import QuestionAnswering
+from .seq2seq import Summarization, Translation
 
-TASKS = {"classification": Classification, "question_answering": QuestionAnswering}
+TASKS = {"classification": Classification, "question_answering": QuestionAnswering, "summarization": Summarization, "translation": Translation}
 
 
 def create(options: Task):

@@ -1,0 +1,403 @@
+"""Summarization and translation: a source text in, a target text out.
+
+Both tasks share one implementation and differ only in where the texts come from (summarization: a
+document column, possibly a list of sentences; translation: language-named columns or a nested
+`translation: {de: ..., en: ...}` column) and in their metrics (ROUGE; BLEU and chrF). Every split
+also gets the teacher-forced cross-entropy of its references (mean per target token, natural log)
+and its perplexity.
+
+What depends on the model family (how source and target become model inputs and labels, how text
+is generated) sits behind `EncoderDecoder`: T5, BART, Marian and warm-started BERT2BERT models all
+use it. A decoder-only family (prompt and completion in one sequence) would provide the same methods.
+
+A target may be one text or a list of references: the loss is taught on the first, ROUGE takes the
+best reference per example, BLEU and chrF use the references as sacrebleu reference streams.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import datasets
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSeq2SeqLM
+
+from ..data import describe, require_columns, row_location, tokenization_fingerprint
+from ..errors import DataWarning, UserError
+from ..metrics import generation as generation_metrics
+from ..recipe import DataSpec, Seq2SeqTask, SummarizationTask, TranslationTask
+from .outputs import CollectedOutputs
+
+
+def unwrapped(model):
+    """The model under a DistributedDataParallel wrapper (generate and helper methods live there)."""
+    return getattr(model, "module", model)
+
+
+class EncoderDecoder:
+    """An encoder reads the source; the decoder is taught the target (teacher forcing) and generates it."""
+
+    auto_class = AutoModelForSeq2SeqLM
+    peft_task_type = "SEQ_2_SEQ_LM"
+
+    def encode(self, tokenizer, sources: list[str], targets: list[str] | None, source_limit: int, target_limit: int) -> tuple[dict, list[bool]]:
+        """Model inputs (and `labels` when targets are given); which targets were cut at target_limit tokens."""
+        encoded = tokenizer(sources, truncation=True, max_length=source_limit)
+        features = {key: encoded[key] for key in tokenizer.model_input_names if key in encoded}
+        if targets is None:
+            return features, [False] * len(sources)
+        # text_target: tokenizers with separate target vocabularies (Marian) switch to them.
+        labels = tokenizer(text_target=targets)["input_ids"]
+        truncated = [len(ids) > target_limit for ids in labels]
+        if any(truncated):
+            cut = [target for target, long in zip(targets, truncated) if long]
+            shortened = iter(tokenizer(text_target=cut, truncation=True, max_length=target_limit)["input_ids"])
+            labels = [next(shortened) if long else ids for ids, long in zip(labels, truncated)]
+        features["labels"] = labels
+        return features, truncated
+
+    def logits(self, model, batch: dict) -> torch.Tensor:
+        """Teacher-forced next-token logits aligned with `batch["labels"]` (the decoder input is the labels shifted right)."""
+        decoder_input_ids = unwrapped(model).prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids).logits
+
+    def generate(self, model, batch: dict, settings: dict) -> torch.Tensor:
+        """Generated token ids, padded, one row per example."""
+        return unwrapped(model).generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: summed negative log-likelihood of the target tokens, and their number (padding, -100, excluded)."""
+    losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return losses.sum(-1), (labels != -100).sum(-1)
+
+
+@dataclass(frozen=True)
+class Field:
+    """Where a text lives in a row: a column, or a key inside a nested column (`translation[de]`)."""
+
+    column: str
+    key: str | None = None
+
+    def read(self, values: list) -> list:
+        return [value.get(self.key) if isinstance(value, dict) else None for value in values] if self.key else values
+
+    def __str__(self) -> str:
+        return f"{self.column}[{self.key}]" if self.key else self.column
+
+
+def source_text(value) -> str | None:
+    """A source as one string: a list of sentences (SciTLDR) is joined with spaces."""
+    if isinstance(value, list) and all(isinstance(part, str) for part in value):
+        value = " ".join(part.strip() for part in value)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def reference_texts(value) -> list[str] | None:
+    """A target as a list of references: one text, or a list of texts."""
+    golds = value if isinstance(value, list) else [value]
+    return golds if golds and all(isinstance(gold, str) and gold.strip() for gold in golds) else None
+
+
+class Seq2Seq:
+    """What summarization and translation share; subclasses say where the texts are and how they are scored."""
+
+    family = EncoderDecoder()
+    auto_class = family.auto_class
+    peft_task_type = family.peft_task_type
+    # Per-example flag kept for the truncation count; not a model input.
+    metadata_columns = ("target_truncated",)
+
+    def __init__(self, options: Seq2SeqTask):
+        self.options = options
+        self.label_names = None
+        self.tokenizer = None  # set by preprocess / predict: the accumulator decodes generated ids with it
+
+    # ------------------------------------------------------------------ where the texts are
+
+    def fields(self, column_names: list[str], where: str) -> tuple[Field, Field | None]:
+        """The source field and the target field (None when the split has no references).
+
+        Raises:
+            UserError: the source column is missing.
+        """
+        raise NotImplementedError
+
+    def texts(self, dataset: datasets.Dataset) -> tuple[list[str], list[list[str]] | None]:
+        """Every row's source text and references (None without a target column), as prepare checked them."""
+        source, target = self.fields(dataset.column_names, "")
+        sources = [source_text(value) or "" for value in source.read(dataset[source.column])]
+        references = [reference_texts(value) or [""] for value in target.read(dataset[target.column])] if target else None
+        return sources, references
+
+    def row_from_text(self, text: str) -> dict:
+        """A prediction input row holding only a source text."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ checks
+
+    def prepare(self, splits: dict[str, datasets.Dataset], spec: DataSpec) -> None:
+        """Check that every split has its source texts and that train has non-empty targets.
+
+        Raises:
+            UserError: a missing column, an unknown language code, an empty source or target.
+        """
+        sources = spec.sources()
+        for split, dataset in splits.items():
+            where = describe(split, sources[split])
+            source, target = self.fields(dataset.column_names, where)
+            if target is None and split == "train":
+                self.require_target(dataset.column_names, where)
+            for field, parse, what in ((source, source_text, "source"), (target, reference_texts, "target")):
+                if field is None:
+                    continue
+                for row, value in enumerate(field.read(dataset[field.column])):
+                    if parse(value) is None:
+                        raise UserError(
+                            f"{where} {row_location(sources[split], row)}: empty {what} in column '{field}' ({value!r:.60}); "
+                            "expected a non-empty text" + (" or a list of non-empty texts" if what == "target" else "")
+                        )
+
+    def require_target(self, column_names: list[str], where: str) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ model inputs
+
+    def model_kwargs(self) -> dict:
+        return {}
+
+    def source_limit(self, tokenizer, max_length: int) -> int:
+        limit = self.options.max_source_length or max_length
+        model_max = getattr(tokenizer, "model_max_length", None)
+        return min(limit, model_max) if isinstance(model_max, int) and 0 < model_max < 1_000_000 else limit
+
+    def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+        """Tokenized sources (`input_ids`, `attention_mask`), target `labels`, `index`, `length` (source tokens)."""
+        o = self.options
+        self.tokenizer = tokenizer
+        source, target = self.fields(dataset.column_names, "")
+        source_limit = self.source_limit(tokenizer, max_length)
+
+        def encode(batch, indices):
+            texts = [o.prefix + (source_text(value) or "") for value in source.read(batch[source.column])]
+            targets = [(reference_texts(value) or [""])[0] for value in target.read(batch[target.column])] if target else None
+            features, truncated = self.family.encode(tokenizer, texts, targets, source_limit, o.max_target_length)
+            features["index"] = indices
+            features["length"] = [len(ids) for ids in features["input_ids"]]
+            features["target_truncated"] = truncated
+            return features
+
+        settings = (str(source), str(target), o.prefix, source_limit, o.max_target_length)
+        fingerprint = tokenization_fingerprint(dataset, tokenizer, f"{o.type}/1", settings)
+        features = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing", new_fingerprint=fingerprint)
+        truncated = sum(features["target_truncated"])
+        if truncated:
+            warnings.warn(
+                f"{truncated:,} of {len(features):,} targets are longer than task.max_target_length ({o.max_target_length} tokens) "
+                "and were truncated for the loss (metrics still compare with the full references)",
+                DataWarning, stacklevel=2,
+            )
+        return features
+
+    # ------------------------------------------------------------------ training and evaluation
+
+    def generation_settings(self) -> dict:
+        o = self.options
+        settings = {"num_beams": o.num_beams, "max_new_tokens": o.max_new_tokens or o.max_target_length, "do_sample": False,
+                    "no_repeat_ngram_size": o.no_repeat_ngram_size}
+        if o.num_beams > 1:  # length_penalty only exists for beam search; transformers warns otherwise
+            settings["length_penalty"] = o.length_penalty
+        return settings
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy per target token of the batch (padding ignored)."""
+        logits = self.family.logits(model, batch)
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+
+    def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        """Per example: summed target-token loss and token count (teacher forcing), and the generated ids.
+
+        The batch's logits are reduced to two numbers per example here; only ids leave the step.
+        """
+        outputs = {"index": batch["index"]}
+        if "labels" in batch:
+            outputs["nll"], outputs["target_tokens"] = token_losses(self.family.logits(model, batch), batch["labels"])
+        outputs["generated"] = self.family.generate(model, batch, self.generation_settings())
+        return outputs
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def new_accumulator(self, metric_names: tuple[str, ...]) -> Seq2SeqAccumulator:
+        return Seq2SeqAccumulator(self, metric_names)
+
+    def scores(self, generated: list[str], references: list[list[str]], metric_names: tuple[str, ...]) -> tuple[dict, list[dict]]:
+        """Corpus metrics, and per-example scores for the prediction rows."""
+        raise NotImplementedError
+
+    def predict(self, model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 32) -> list[dict]:
+        """Generated text for each row (a dict with the source column), batched by source length.
+
+        Raises:
+            UserError: a row without a source text.
+        """
+        from ..batching import PadCollator, SortedBatches
+
+        self.tokenizer = tokenizer
+        texts = []
+        for number, row in enumerate(rows, 1):
+            source, _ = self.fields(list(row), f"input row {number}")
+            text = source_text(source.read([row[source.column]])[0])
+            if text is None:
+                raise UserError(f"input row {number}: empty source in column '{source}'; expected a non-empty text")
+            texts.append(self.options.prefix + text)
+        features, _ = self.family.encode(tokenizer, texts, None, self.source_limit(tokenizer, max_length), self.options.max_target_length)
+        lengths = [len(ids) for ids in features["input_ids"]]
+        collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+        device = next(model.parameters()).device
+        generated: dict[int, str] = {}
+        model.eval()
+        with torch.inference_mode():
+            for batch_rows in SortedBatches(lengths, batch_size):
+                batch = collate([{key: features[key][i] for key in features} for i in batch_rows])
+                ids = self.family.generate(model, {key: value.to(device) for key, value in batch.items()}, self.generation_settings())
+                generated.update(zip(batch_rows, self.decode(ids)))
+        return [{**row, "generated": generated[i]} for i, row in enumerate(rows)]
+
+
+class Seq2SeqAccumulator(CollectedOutputs):
+    """Decodes generated ids batch by batch (only text is kept) and scores everything at the end."""
+
+    def __init__(self, task: Seq2Seq, metric_names: tuple[str, ...]):
+        super().__init__(task, metric_names)
+        self.generated: list[str] = []
+
+    def add(self, outputs: dict[str, torch.Tensor]) -> None:
+        outputs = dict(outputs)
+        self.generated += self.task.decode(outputs.pop("generated"))
+        super().add(outputs)
+
+    def result(self, dataset: datasets.Dataset, features: datasets.Dataset | None = None) -> tuple[dict, list[dict]]:
+        """Metrics over the split, and one prediction row per example in dataset order."""
+        columns = self.columns()
+        order = columns["index"].argsort().tolist()
+        indices = columns["index"][order].tolist()
+        generated = [self.generated[k] for k in order]
+        sources, references = self.task.texts(dataset)
+        metrics: dict = {"num_examples": len(indices)}
+        rows = [{"index": i, "source": sources[i]} for i in indices]
+        for row, text in zip(rows, generated):
+            if references is not None:
+                golds = references[row["index"]]
+                row["reference"] = golds[0] if len(golds) == 1 else golds
+            row["generated"] = text
+        if references is not None:
+            split_references = [references[i] for i in indices]
+            corpus, per_example = self.task.scores(generated, split_references, self.metric_names)
+            metrics.update(corpus)
+            for row, scores in zip(rows, per_example):
+                row.update(scores)
+            if {"cross_entropy", "perplexity"} & set(self.metric_names):
+                cross_entropy = float(columns["nll"].double().sum() / columns["target_tokens"].sum())
+                if "cross_entropy" in self.metric_names:
+                    metrics["cross_entropy"] = cross_entropy
+                if "perplexity" in self.metric_names:
+                    metrics["perplexity"] = math.exp(cross_entropy) if cross_entropy < 700 else float("inf")
+            if "signature" in metrics:  # sacrebleu's signature last: a line, not a number
+                metrics["signature"] = metrics.pop("signature")
+        return metrics, rows
+
+
+class Summarization(Seq2Seq):
+    def __init__(self, options: SummarizationTask):
+        super().__init__(options)
+
+    def fields(self, column_names, where):
+        o = self.options
+        require_columns_named(column_names, {"task.source_column": o.source_column}, where)
+        return Field(o.source_column), Field(o.target_column) if o.target_column in column_names else None
+
+    def require_target(self, column_names, where):
+        require_columns_named(column_names, {"task.target_column": self.options.target_column}, where)
+
+    def row_from_text(self, text: str) -> dict:
+        return {self.options.source_column: text}
+
+    def scores(self, generated, references, metric_names):
+        wanted = [name for name in generation_metrics.ROUGE_TYPES if name in metric_names]
+        if not wanted:
+            return {}, [{} for _ in generated]
+        per_example = generation_metrics.rouge_per_example(generated, references)
+        corpus = {name: 100 * sum(s[name] for s in per_example) / len(per_example) for name in wanted}
+        return corpus, [{"rougeL": round(100 * s["rougeL"], 4)} for s in per_example]
+
+
+class Translation(Seq2Seq):
+    def __init__(self, options: TranslationTask):
+        super().__init__(options)
+
+    def _field(self, column_names, column: str | None, lang: str, lang_key: str, column_key: str, where: str, required: bool) -> Field | None:
+        o = self.options
+        if column is not None:
+            if required or column in column_names:
+                require_columns_named(column_names, {column_key: column}, where)
+                return Field(column)
+            return None
+        if lang in column_names:
+            return Field(lang)
+        if o.translation_column in column_names:
+            return Field(o.translation_column, lang)
+        if required:
+            raise UserError(
+                f"{where}: no column '{lang}' ({lang_key}) and no nested column '{o.translation_column}' (task.translation_column); "
+                f"available columns: {', '.join(column_names)}. Set {column_key} or map a column with data.columns"
+            )
+        return None
+
+    def fields(self, column_names, where):
+        o = self.options
+        source = self._field(column_names, o.source_column, o.source_lang, "task.source_lang", "task.source_column", where, required=True)
+        target = self._field(column_names, o.target_column, o.target_lang, "task.target_lang", "task.target_column", where, required=False)
+        return source, target
+
+    def require_target(self, column_names, where):
+        o = self.options
+        self._field(column_names, o.target_column, o.target_lang, "task.target_lang", "task.target_column", where, required=True)
+
+    def prepare(self, splits, spec):
+        """Also checks that a nested translation column holds the recipe's languages.
+
+        Raises:
+            UserError: as Seq2Seq.prepare, or a language code the nested column does not hold.
+        """
+        sources = spec.sources()
+        for split, dataset in splits.items():
+            where = describe(split, sources[split])
+            for field, key in zip(self.fields(dataset.column_names, where), ("task.source_lang", "task.target_lang")):
+                if field is None or field.key is None:
+                    continue
+                feature = dataset.features[field.column]
+                languages = list(getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else []))
+                if languages and field.key not in languages:
+                    raise UserError(f"{where}: unknown language code '{field.key}' ({key}): column '{field.column}' holds {', '.join(languages)}")
+        super().prepare(splits, spec)
+
+    def row_from_text(self, text: str) -> dict:
+        return {self.options.source_column or self.options.source_lang: text}
+
+    def scores(self, generated, references, metric_names):
+        corpus = {}
+        if {"bleu", "chrf"} & set(metric_names):
+            scored = generation_metrics.bleu_chrf(generated, references)
+            corpus = {name: scored[name] for name in ("bleu", "chrf") if name in metric_names} | {"signature": scored["signature"]}
+        per_example = [{"bleu": round(generation_metrics.sentence_bleu(text, golds), 4)} for text, golds in zip(generated, references)]
+        return corpus, per_example
+
+
+def require_columns_named(column_names: list[str], columns: dict[str, str], where: str) -> None:
+    """`data.require_columns` for a list of column names (a split's, or a prediction input row's keys)."""
+    require_columns(SimpleNamespace(column_names=column_names), columns, where)
