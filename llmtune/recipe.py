@@ -83,6 +83,7 @@ class QuestionAnsweringTask(Section):
 class Seq2SeqTask(Section):
     """Options shared by the text-to-text tasks (summarization, translation)."""
 
+    type: str = Field(description=TASK_TYPES)  # narrowed to one Literal by each task; declared here so it comes first
     prefix: str = Field("", description="Text put before every source, e.g. `summarize: ` for T5 checkpoints; empty for most others.")
     max_source_length: int | None = Field(None, ge=1, description="Longest tokenized source; longer sources are truncated. Default: training.max_length.")
     max_target_length: int = Field(128, ge=1, description="Longest tokenized target (reference); longer targets are truncated, with one warning per split that counts them.")
@@ -110,8 +111,8 @@ class TranslationTask(Seq2SeqTask):
     available_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "cross_entropy", "perplexity")
 
     type: Literal["translation"] = Field(description=TASK_TYPES)
-    source_lang: str = Field(description="Language code of the source text, e.g. de (ISO 639-1, or a dataset's own codes).")
-    target_lang: str = Field(description="Language code of the target text, e.g. en.")
+    source_lang: str = Field(examples=["de"], description="Language code of the source text, e.g. de (ISO 639-1, or a dataset's own codes).")
+    target_lang: str = Field(examples=["en"], description="Language code of the target text, e.g. en.")
     source_column: str | None = Field(
         None, description="Column holding the source text; default: the column named source_lang, else `translation_column[source_lang]`."
     )
@@ -121,12 +122,15 @@ class TranslationTask(Seq2SeqTask):
     )
     translation_column: str = Field("translation", description="Nested column `{de: ..., en: ...}` as in WMT datasets, used when there are no flat columns.")
 
+    @field_validator("source_lang", "target_lang")
+    @classmethod
+    def _language_code(cls, code: str) -> str:
+        if not re.fullmatch(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*", code):
+            raise ValueError(f"'{code}' is not a language code; expected e.g. de, en, pt_BR, zh-Hans")
+        return code
+
     @model_validator(mode="after")
     def _two_languages(self) -> TranslationTask:
-        for key in ("source_lang", "target_lang"):
-            code = getattr(self, key)
-            if not re.fullmatch(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*", code):
-                raise ValueError(f"{key}: '{code}' is not a language code; expected e.g. de, en, pt_BR, zh-Hans")
         if self.source_lang == self.target_lang:
             raise ValueError(f"source_lang and target_lang are both '{self.source_lang}'; expected two different languages")
         return self

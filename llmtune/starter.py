@@ -55,8 +55,13 @@ def _fields(section, indent: str, values: dict | None = None, commented: bool = 
     """`key: default  # description` lines for every field of a section."""
     values = values or {}
     mark = "# " if commented else ""
-    return [f"{indent}{mark}{name}: {_value(values.get(name, _default(field)))}  # {prefix_note}{field.description}{_choices(field)}"
+    return [f"{indent}{mark}{name}: {_value(values.get(name, _example(field)))}  # {prefix_note}{field.description}{_choices(field)}"
             for name, field in section.model_fields.items()]
+
+
+def _example(field):
+    """The default, or for a required field its documented example (so the starter recipe validates)."""
+    return field.examples[0] if field.is_required() and field.examples else _default(field)
 
 
 def _choices(field) -> str:

@@ -220,3 +220,125 @@ def test_summarization_recipe_trains_evaluates_and_predicts_with_t5(cli, tiny_t5
     assert code == 0, err
     assert set(json.loads(out)) == {"source", "generated"}
     assert_reloads_with_identical_generations(run, ["We propose a new method for training neural networks. It is fast."], "summarize: ")
+
+
+def test_bert2bert_warm_start_trains_and_reloads_with_plain_transformers(cli, tiny_bert, tmp_path):
+    """model.decoder: an EncoderDecoderModel from two BERT checkpoints (here the tiny BERT with MiniLM's uncased tokenizer)."""
+    from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel
+
+    run = tmp_path / "run"
+    args = run_args(translation_settings(tiny_bert, run, f"model.decoder={tiny_bert}", "training.epochs=6", "evaluation.every_n_steps=48"))
+    code, out, err = cli("train", RECIPES / "translation.yaml", *args)
+    assert code == 0, err
+    assert f"decoder warm-started from {tiny_bert} (local directory)" in out
+    losses = training_losses(run)
+    assert losses[-1] < losses[0] * 0.9, losses
+    model = AutoModelForSeq2SeqLM.from_pretrained(run)
+    assert isinstance(model, EncoderDecoderModel)
+    assert model.config.decoder_start_token_id == 101 and model.config.eos_token_id == 102 and model.config.pad_token_id == 0  # [CLS], [SEP], [PAD]
+    assert model.decoder.config.is_decoder and model.decoder.config.add_cross_attention
+    assert_reloads_with_identical_generations(run, GERMAN)
+
+
+def test_lora_uses_the_architectures_default_targets_and_reloads(cli, tiny_t5, tmp_path):
+    from peft import PeftConfig
+
+    run = tmp_path / "run"
+    args = run_args(translation_settings(tiny_t5, run, "method.type=lora", "method.r=4", "training.learning_rate=1e-2"))
+    code, out, err = cli("train", RECIPES / "translation.yaml", *args)
+    assert code == 0, err
+    assert sorted(PeftConfig.from_pretrained(run).target_modules) == ["q", "v"]  # T5's attention query / value
+    losses = training_losses(run)
+    assert losses[-1] < losses[0], losses
+    code, out, err = cli("predict", run, "--text", GERMAN[0])
+    assert code == 0, err
+    assert set(json.loads(out)) == {"de", "generated"}
+
+
+@pytest.fixture()
+def translation_rows(tmp_path):
+    def write(rows: list[dict], name: str = "pairs.jsonl") -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        return path
+
+    return write
+
+
+PAIR = {"translation": {"de": "Ein Hund läuft.", "en": "A dog runs."}}
+
+
+@pytest.mark.parametrize(
+    "rows, sets, expected",
+    [
+        ([PAIR, {"translation": {"de": "Zwei Katzen.", "en": "  "}}], [], "line 2: empty target in column 'translation[en]'"),
+        ([PAIR] * 2, ["task.target_lang=fr"], "unknown language code 'fr' (task.target_lang): column 'translation' holds de, en"),
+        ([{"text": "Ein Hund.", "label": "A dog."}] * 2, [], "no column 'de' (task.source_lang) and no nested column 'translation'"),
+        ([{"de": "Ein Hund.", "english": "A dog."}] * 2, ["task.target_column=en"], "column 'en' (task.target_column) not found"),
+        ([PAIR] * 2, ["task.source_lang=deutsch!"], "task.source_lang: 'deutsch!' is not a language code"),
+        ([PAIR] * 2, ["task.num_beams=0"], "task.num_beams: Input should be greater than or equal to 1"),
+        ([PAIR] * 2, ["task.max_new_tokens=100000"], "task.max_new_tokens: Input should be less than or equal to 4096"),
+        ([PAIR] * 2, ["task.no_repeat_ngram_size=-1"], "task.no_repeat_ngram_size: Input should be greater than or equal to 0"),
+        ([PAIR] * 2, ["method.type=lora", "model.decoder=MODEL"], "model.decoder: a warm-started encoder-decoder has new cross-attention layers"),
+    ],
+)
+def test_bad_translation_input_stops_with_one_line(rows, sets, expected, cli, tiny_marian, translation_rows, tmp_path):
+    data = translation_rows(rows)
+    sets = [item.replace("MODEL", str(tiny_marian)) for item in sets]
+    args = run_args([f"model.name={tiny_marian}", f"data.train={data}", "data.validation=null", "data.test=null", f"output_dir={tmp_path / 'run'}", *sets])
+    code, out, err = cli("train", RECIPES / "translation.yaml", *args)
+    assert code == 2, err
+    assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_summary_and_missing_document_column(cli, tiny_t5, tmp_path):
+    data = tmp_path / "docs.jsonl"
+    data.write_text(json.dumps({"source": ["One.", "Two."], "target": ["A summary."]}) + "\n" + json.dumps({"source": ["Three."], "target": []}) + "\n")
+    base = [f"model.name={tiny_t5}", f"data.train={data}", "data.validation=null", "data.test=null", f"output_dir={tmp_path / 'run'}"]
+    code, out, err = cli("train", RECIPES / "summarization.yaml", *run_args(base))
+    assert code == 2 and "line 2: empty target in column 'target'" in err, err
+    code, out, err = cli("train", RECIPES / "summarization.yaml", *run_args([*base, "task.source_column=document"]))
+    assert code == 2 and "column 'document' (task.source_column) not found" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_long_targets_are_truncated_with_one_counted_warning(tiny_marian, translation_rows):
+    import datasets
+
+    from llmtune.errors import DataWarning
+    from llmtune.models import Checkpoint, load_tokenizer
+    from llmtune.recipe import TranslationTask
+    from llmtune.tasks.seq2seq import Translation
+
+    task = Translation(TranslationTask(type="translation", source_lang="de", target_lang="en", max_target_length=8))
+    long = "A man in a blue shirt is standing on a ladder cleaning windows of a tall building."
+    rows = [{"de": "Ein Hund.", "en": "A dog."}, {"de": "Ein Mann putzt Fenster.", "en": long}, {"de": "Ein Mann.", "en": long}]
+    tokenizer = load_tokenizer(Checkpoint("tiny", str(tiny_marian), "local directory"))
+    with pytest.warns(DataWarning, match=r"^2 of 3 targets are longer than task.max_target_length \(8 tokens\) and were truncated") as caught:
+        features = task.preprocess(datasets.Dataset.from_list(rows), tokenizer, 64)
+    assert len([w for w in caught if issubclass(w.category, DataWarning)]) == 1
+    assert [len(labels) for labels in features["labels"]][1:] == [8, 8]
+    assert features["labels"][1][-1] == tokenizer.eos_token_id  # truncated, still ended
+    assert features["labels"][0] == tokenizer(text_target="A dog.")["input_ids"]
+
+
+def test_parallel_files_must_be_line_aligned(tmp_path):
+    from llmtune.data import read_parallel
+
+    (tmp_path / "a.de").write_text("Eins\nZwei\n")
+    (tmp_path / "a.en").write_text("One\nTwo\nThree\n")
+    with pytest.raises(UserError, match=r"same number of lines .* a.de: 2, a.en: 3"):
+        read_parallel({"de": str(tmp_path / "a.de"), "en": str(tmp_path / "a.en")}, "data.train")
+    (tmp_path / "a.en").write_text("One\nTwo")  # no newline after the last line
+    assert read_parallel({"de": str(tmp_path / "a.de"), "en": str(tmp_path / "a.en")}, "data.train").to_list() == [
+        {"de": "Eins", "en": "One"}, {"de": "Zwei", "en": "Two"}]
+
+
+def test_parallel_paths_resolve_against_the_recipe_file(tmp_path):
+    (tmp_path / "recipe.yaml").write_text(
+        "model: {name: m}\ntask: {type: translation, source_lang: de, target_lang: en}\n"
+        "data: {train: {parallel: {de: data/train.de, en: data/train.en}}}\n"
+    )
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    assert recipe.data.train.parallel == {"de": str(tmp_path / "data" / "train.de"), "en": str(tmp_path / "data" / "train.en")}

@@ -51,14 +51,24 @@ class EncoderDecoder:
         if targets is None:
             return features, [False] * len(sources)
         # text_target: tokenizers with separate target vocabularies (Marian) switch to them.
-        labels = tokenizer(text_target=targets)["input_ids"]
+        labels = [self.without_cls(tokenizer, ids) for ids in tokenizer(text_target=targets)["input_ids"]]
         truncated = [len(ids) > target_limit for ids in labels]
         if any(truncated):
             cut = [target for target, long in zip(targets, truncated) if long]
-            shortened = iter(tokenizer(text_target=cut, truncation=True, max_length=target_limit)["input_ids"])
+            shortened = iter(self.without_cls(tokenizer, ids) for ids in tokenizer(text_target=cut, truncation=True, max_length=target_limit + self.cls_count(tokenizer))["input_ids"])
             labels = [next(shortened) if long else ids for ids, long in zip(labels, truncated)]
         features["labels"] = labels
         return features, truncated
+
+    @staticmethod
+    def cls_count(tokenizer) -> int:
+        """1 when targets are tokenized with a leading [CLS] that is not a BOS token (BERT tokenizers), else 0."""
+        return int(tokenizer.cls_token_id is not None and tokenizer.cls_token_id != tokenizer.bos_token_id)
+
+    def without_cls(self, tokenizer, ids: list[int]) -> list[int]:
+        """Target ids without a leading [CLS]: a BERT2BERT decoder starts from [CLS] (decoder_start_token_id), so the
+        first token it must predict is the first word. BOS tokens (BART's <s>) stay: those models are taught to emit them."""
+        return ids[1:] if self.cls_count(tokenizer) and ids and ids[0] == tokenizer.cls_token_id else ids
 
     def logits(self, model, batch: dict) -> torch.Tensor:
         """Teacher-forced next-token logits aligned with `batch["labels"]` (the decoder input is the labels shifted right)."""
