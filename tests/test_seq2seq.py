@@ -215,7 +215,8 @@ def test_summarization_recipe_trains_evaluates_and_predicts_with_t5(cli, tiny_t5
     assert metrics["test"]["rougeL"] == pytest.approx(expected["rougeL"], abs=1e-6)
     assert metrics["test"]["rougeL"] == pytest.approx(sum(p["rougeL"] for p in predictions) / 8, abs=1e-3)
     code, out, err = cli("eval", run, "--split", "test")
-    assert code == 0, err and f"rouge1={metrics['test']['rouge1']:.4f}" in out
+    assert code == 0, err
+    assert f"rouge1={metrics['test']['rouge1']:.4f}" in out
     code, out, err = cli("predict", run, "--text", "We propose a new method for training neural networks. It is fast.")
     assert code == 0, err
     assert set(json.loads(out)) == {"source", "generated"}
@@ -342,3 +343,30 @@ def test_parallel_paths_resolve_against_the_recipe_file(tmp_path):
     )
     recipe = load_recipe(tmp_path / "recipe.yaml")
     assert recipe.data.train.parallel == {"de": str(tmp_path / "data" / "train.de"), "en": str(tmp_path / "data" / "train.en")}
+
+
+def test_builtin_recipes_validate_as_shipped():
+    summarization = load_recipe(RECIPES / "summarization.yaml")
+    assert summarization.model.name == "google-t5/t5-small" and summarization.task.prefix == "summarize: "
+    assert summarization.data.train.hub == "allenai/scitldr"
+    translation = load_recipe(RECIPES / "translation.yaml")
+    assert translation.model.name == "Helsinki-NLP/opus-mt-de-en"
+    assert (translation.task.source_lang, translation.task.target_lang) == ("de", "en")
+
+
+def test_translation_scores_several_references_as_sacrebleu_streams():
+    import sacrebleu
+
+    from llmtune.recipe import TranslationTask
+    from llmtune.tasks.seq2seq import Translation
+
+    task = Translation(TranslationTask(type="translation", source_lang="de", target_lang="en"))
+    generated = ["A man rides a bike.", "Two dogs play in the snow.", "A woman sits."]
+    references = [["A man is riding a bicycle.", "A man rides a bike down the road."], ["Two dogs are playing in snow."],
+                  ["A woman is sitting on a bench.", "A lady sits.", "Someone sits on a bench."]]
+    corpus, per_example = task.scores(generated, references, ("bleu", "chrf", "cross_entropy"))
+    streams = [[golds[k] if k < len(golds) else None for golds in references] for k in range(3)]
+    assert corpus["bleu"] == pytest.approx(sacrebleu.corpus_bleu(generated, streams).score, abs=1e-6)
+    assert corpus["chrf"] == pytest.approx(sacrebleu.corpus_chrf(generated, streams).score, abs=1e-6)
+    assert "nrefs:var" in corpus["signature"]
+    assert per_example[0]["bleu"] == pytest.approx(sacrebleu.sentence_bleu(generated[0], references[0]).score, abs=1e-4)
