@@ -93,7 +93,7 @@ def evaluate(target: str | Path, split: str = "test", data_file: str | None = No
     features = task.preprocess(splits[split], loaded.tokenizer, max_length)
     accelerator = Accelerator(mixed_precision="no")
     collate = PadCollator(loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
-    loader: DataLoader = eval_loader(features, task, recipe.training.eval_batch_size or 2 * recipe.training.batch_size, collate, accelerator)
+    loader: DataLoader = eval_loader(features, task, recipe.training, collate, accelerator)
     model = accelerator.prepare(loaded.model)
     return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics)
 

@@ -151,13 +151,21 @@ class Training(Section):
     epochs: float = Field(3, gt=0, description="Passes over the training split (fractions allowed); ignored when max_steps is set.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps instead of counting epochs.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    head_learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate of the newly initialised task head (classifier, QA outputs); default: learning_rate. "
+        "A higher one lets a fresh head catch up with the pretrained body in short runs.",
+    )
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"] = Field(
         "linear", description="Learning-rate schedule after warmup."
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the optimizer steps spent warming up.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
-    batch_size: int = Field(32, ge=1, description="Examples per batch and process.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size.")
+    batch_size: int = Field(32, ge=1, description="Examples per batch and process (ignored when max_tokens is set).")
+    max_tokens: int | None = Field(
+        None, ge=8, description="Token budget per batch and process instead of a fixed batch size: each batch holds as many examples as fit "
+        "in this many padded tokens (examples x longest), so every step costs about the same; evaluation batches get twice the budget.",
+    )
+    eval_batch_size: int | None = Field(None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size (or 2 x max_tokens tokens).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
     max_length: int = Field(128, ge=8, description="Longest tokenized input; longer inputs are truncated.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
@@ -167,6 +175,7 @@ class Training(Section):
         "auto", description="auto: bf16 (else fp16) mixed precision on GPU, fp32 on CPU."
     )
     log_every_n_steps: int = Field(10, ge=1, description="Write a training-log line every N optimizer steps.")
+    compile: bool = Field(False, description="Compile the model with torch.compile (worth it on GPU for long runs; the first steps are slow).")
 
 
 class Evaluation(Section):
