@@ -61,6 +61,7 @@ class Throughput:
         self.tokens = int(self.tokens)
         tokens_per_s = self.tokens / seconds if seconds else 0.0
         return {
+            "training_s": round(seconds, 2),  # without evaluations and checkpoints
             "samples_per_s": round(examples / seconds, 2) if seconds else 0.0,
             "tokens_per_s": round(tokens_per_s, 1),
             "padding_share": round(1 - self.tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
