@@ -169,11 +169,9 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
     if on_gpu:  # TF32 matmuls: fp32 parameters and optimizer, tensor-core speed (Ampere and newer)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, cfg, new_modules), lr=cfg.learning_rate,
-        # One fused kernel for the whole update on GPU; on CPU the multi-tensor (foreach) path is the fast one.
-        **({"fused": True} if on_gpu else {"foreach": True}),
-    )
+    # The fused kernel updates every tensor in one pass: on CPU 5x faster than the multi-tensor (foreach)
+    # path for MiniLM (49 vs 277 ms a step), which is a quarter of a step on short sentences.
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg, new_modules), lr=cfg.learning_rate, fused=True)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if cfg.compile:
         model = torch.compile(model)
