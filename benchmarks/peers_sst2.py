@@ -167,7 +167,7 @@ def table(results: dict, n: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8000, help="training sentences (the first N of SST-2 train)")
-    parser.add_argument("--pad128-fraction", type=float, default=0.25, help="share of the epoch the pad-to-128 peer trains (1: all)")
+    parser.add_argument("--pad128-fraction", type=float, default=1.0, help="share of the epoch the pad-to-128 peer trains (1: all)")
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     parser.add_argument("--markdown", type=Path, help="also write the table and the setup to this file")
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
