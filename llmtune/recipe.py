@@ -26,8 +26,13 @@ class Section(BaseModel):
 class ModelSpec(Section):
     """The pretrained checkpoint to start from."""
 
-    name: str = Field(description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint.")
+    name: str = Field(description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint, or a local .gguf file.")
     revision: str | None = Field(None, description="Hub branch, tag or commit; default: the main branch.")
+    gguf_file: str | None = Field(
+        None,
+        description="Load this GGUF file (config, tokenizer and weights in one file; dequantized to float32 for training): a file name "
+        "in the model.name directory or hub repository, or an absolute path. The run saves ordinary safetensors.",
+    )
     trust_remote_code: bool = Field(False, description="Run modelling code shipped with the checkpoint. Off unless you trust its author.")
 
 

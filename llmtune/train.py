@@ -150,9 +150,8 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
     set_seed(cfg.seed)
     say(f"model: {checkpoint.name} ({checkpoint.origin})")
     tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
-    model, new_modules = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, **task.model_kwargs())
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model, new_modules = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id, **task.model_kwargs())
+    task.setup(model, tokenizer)
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
     trainable, total = models.count_parameters(model)
     say(f"method: {recipe.method.type}, training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")

@@ -81,6 +81,9 @@ class QuestionAnswering:
     def model_kwargs(self) -> dict:
         return {}
 
+    def setup(self, model, tokenizer) -> None:
+        """Nothing to adapt: windows are built from the tokenizer's own padding side."""
+
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
         """One row per window: model inputs, start/end labels, offsets (None outside the context), example index."""
         o = self.options
