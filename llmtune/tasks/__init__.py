@@ -20,11 +20,15 @@ from __future__ import annotations
 
 from ..recipe import Task
 from .classification import Classification
-from .question_answering import QuestionAnswering
+from .question_answering import GenerativeQuestionAnswering, QuestionAnswering
 
 TASKS = {"classification": Classification, "question_answering": QuestionAnswering}
+# Tasks that also come as prompt -> completion fine-tuning of a causal LM, chosen by `task.generative`.
+GENERATIVE_TASKS = {"question_answering": GenerativeQuestionAnswering}
 
 
 def create(options: Task):
     """The task object for the recipe's `task` section."""
+    if getattr(options, "generative", False):
+        return GENERATIVE_TASKS[options.type](options)
     return TASKS[options.type](options)
