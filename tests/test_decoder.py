@@ -69,3 +69,46 @@ def test_decoder_classification_trains_saves_and_reloads_with_plain_transformers
     ours = predict(run, ["a wonderful, moving film", "a waste of money"])
     for row, probabilities in zip(ours, plain):
         assert [row["probabilities"][name] for name in ("negative", "positive")] == pytest.approx(probabilities.tolist(), abs=1e-4)
+
+
+def sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_sentiment_gpt_recipe_runs_with_a_local_decoder(cli, tiny_llama, sst2, tmp_path):
+    run = tmp_path / "run"
+    args = sets(f"model.name={tiny_llama}", f"data.train={sst2 / 'train.tsv'}", "data.train.max_samples=64",
+                f"data.validation={sst2 / 'validation.tsv'}", "data.validation.max_samples=32", "training.batch_size=8")
+    code, out, err = cli("train", RECIPES / "sentiment-gpt.yaml", *args, "--output", run)
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["validation"]["num_examples"] == 32 and 0 <= metrics["validation"]["accuracy"] <= 1
+    assert "score" in json.loads((run / "adapter_config.json").read_text())["modules_to_save"]
+    code, out, err = cli("predict", run, "--text", "a wonderful, moving film")
+    assert code == 0, err
+    assert json.loads(out)["label"] in ("negative", "positive")
+
+
+def test_qa_gpt_recipe_trains_evaluates_by_generation_and_predicts(cli, tiny_llama, tmp_path):
+    from conftest import SHARED_DATA
+
+    run = tmp_path / "run"
+    xquad, squadshifts = SHARED_DATA / "xquad" / "xquad.en.json", SHARED_DATA / "squadshifts" / "new_wiki_v1.0.json"
+    args = sets(f"model.name={tiny_llama}", f"data.train={squadshifts}", "data.train.max_samples=24", f"data.validation={xquad}",
+                "data.validation.max_samples=6", f"data.test={xquad}", "data.test.max_samples=6", "training.max_length=192",
+                "training.batch_size=4", "task.max_new_tokens=4", "evaluation.every_n_steps=null")
+    code, out, err = cli("validate", RECIPES / "qa-gpt.yaml", *args)
+    assert code == 0, err
+    code, out, err = cli("train", RECIPES / "qa-gpt.yaml", *args, "--output", run)
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert set(metrics) >= {"exact_match", "f1", "cross_entropy", "perplexity", "num_examples"}
+    assert metrics["num_examples"] == 6 and metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["cross_entropy"], rel=1e-6)
+    predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 6 and all(isinstance(p["predicted"], str) and p["answers"] for p in predictions)
+    code, out, err = cli("eval", run, "--split", "test")
+    assert code == 0, err
+    assert f"f1={metrics['f1']:.4f}" in out  # the same greedy generation, the same score
+    code, out, err = cli("predict", run, "--question", "Where is the treasure?", "--context", "The treasure is buried under the old oak tree.")
+    assert code == 0, err
+    assert isinstance(json.loads(out)["answer"], str)

@@ -26,6 +26,7 @@ class PromptCompletionTask:
     peft_task_type = "CAUSAL_LM"
     metadata_columns: tuple[str, ...] = ()
     label_names = None
+    prediction_key = "completion"  # the key `predict` puts the generated text under
 
     def __init__(self, options):
         self.options = options
@@ -55,6 +56,7 @@ class PromptCompletionTask:
         raise NotImplementedError
 
     def prediction_row(self, row: dict, index: int, text: str) -> dict:
+        """One line of predictions.jsonl: the example's id and inputs worth showing, the generated text, the references."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ checks
@@ -143,7 +145,7 @@ class PromptCompletionTask:
                     for row in chunk
                 ]
                 texts = prompting.decode(tokenizer, prompting.generate(model, prompts, tokenizer, self.options.max_new_tokens, self.options.num_beams))
-                results += [self.prediction_row(row, start + k, text) for k, (row, text) in enumerate(zip(chunk, texts))]
+                results += [{**row, self.prediction_key: text} for row, text in zip(chunk, texts)]
         return results
 
 

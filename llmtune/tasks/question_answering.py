@@ -267,6 +267,8 @@ class GenerativeQuestionAnswering(PromptCompletionTask):
     SQuAD v1.1 exact match and F1 against all gold answers, as the extractive task is.
     """
 
+    prediction_key = "answer"
+
     def default_template(self) -> str:
         o = self.options
         return f"Context: {{{o.context_column}}}\nQuestion: {{{o.question_column}}}\nAnswer: {{{prompting.COMPLETION}}}"
