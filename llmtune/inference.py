@@ -45,7 +45,7 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             model = PeftModel.from_pretrained(base, str(path))
         else:
             model, _ = models.load_model(run_checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id)
-        task.setup(model, tokenizer)
+        task.setup(model.config, tokenizer)
         return LoadedRun(recipe, task, model, tokenizer, path)
 
     raw = {"model": {"name": str(target)}, "task": {"type": "classification"}, "data": {}, "output_dir": "."}
@@ -59,7 +59,7 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if task.label_names is None:
         task.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         task.index_labels = True
-    task.setup(model, tokenizer)
+    task.setup(model.config, tokenizer)
     return LoadedRun(recipe, task, model, tokenizer, None)
 
 

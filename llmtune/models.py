@@ -150,6 +150,16 @@ def load_tokenizer(checkpoint: Checkpoint, trust_remote_code: bool = False):
     return tokenizer
 
 
+def load_config(checkpoint: Checkpoint, trust_remote_code: bool = False):
+    """The checkpoint's model config alone (no weights): what tasks need to know before preprocessing."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name: cannot load the config of {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}") from None
+
+
 def load_model(checkpoint: Checkpoint, auto_class, trust_remote_code: bool = False, pad_token_id: int | None = None, **kwargs):
     """Load weights with `auto_class`; returns the model and the names of modules that were newly initialised.
 

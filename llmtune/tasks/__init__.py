@@ -5,7 +5,7 @@ A task module provides a class with:
 - `auto_class`, `peft_task_type`: how to load the model and which peft task type adapters use;
 - `prepare(splits, spec)`: check columns and label values before anything heavy is loaded;
 - `model_kwargs()`: extra `from_pretrained` arguments (e.g. label names);
-- `setup(model, tokenizer)`: adapt to the loaded model and tokenizer (e.g. decoder-only models), before preprocessing;
+- `setup(config, tokenizer)`: adapt to the model config and tokenizer (e.g. decoder-only models) before preprocessing; check the tokenizer;
 - `preprocess(dataset, tokenizer, max_length)`: tokenized features with `index` and `length` columns;
 - `loss(model, batch)`: the training loss of one batch;
 - `eval_step(model, batch)`: per-example tensors (loss, prediction, ...) for one batch;

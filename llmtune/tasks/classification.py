@@ -96,13 +96,13 @@ class Classification:
             "label2id": {name: index for index, name in enumerate(self.label_names)},
         }
 
-    def setup(self, model, tokenizer) -> None:
+    def setup(self, config, tokenizer) -> None:
         """Decoder-only models (GPT-2, Llama, ...) get explicit position ids, so an example is classified the
         same whether it is padded on the left, on the right, or not at all (the model pools its last
         non-pad token; absolute position embeddings would otherwise shift with left padding)."""
         from ..models import is_decoder_only
 
-        self.position_ids = is_decoder_only(model.config)
+        self.position_ids = is_decoder_only(config)
 
     def _encode(self, tokenizer, texts, pairs, max_length: int) -> list[dict]:
         """Model inputs per text (position ids 0..n-1 for decoder-only models; the collator pads them with 0)."""

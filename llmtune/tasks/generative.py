@@ -88,13 +88,13 @@ class PromptCompletionTask:
     def model_kwargs(self) -> dict:
         return {}
 
-    def setup(self, model, tokenizer) -> None:
+    def setup(self, config, tokenizer) -> None:
         """Check the tokenizer (EOS, chat template if asked for) and keep it for decoding.
 
         Raises:
             UserError: no EOS token, or no chat template when task.chat_template is set.
         """
-        prompting.check_tokenizer(tokenizer, getattr(model, "name_or_path", "the model"), self.options.chat_template)
+        prompting.check_tokenizer(tokenizer, tokenizer.name_or_path, self.options.chat_template)
         self.tokenizer = tokenizer
 
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:

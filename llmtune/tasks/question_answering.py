@@ -83,7 +83,7 @@ class QuestionAnswering:
     def model_kwargs(self) -> dict:
         return {}
 
-    def setup(self, model, tokenizer) -> None:
+    def setup(self, config, tokenizer) -> None:
         """Nothing to adapt: windows are built from the tokenizer's own padding side."""
 
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
