@@ -148,11 +148,10 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
         checkpoints.check_same_recipe(run_dir, recipe)
         resume_from = checkpoints.find_resumable(run_dir, explicit_checkpoint, say)
     set_seed(cfg.seed)
-    say(f"model: {checkpoint.name} ({checkpoint.origin})")
     tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
-    model, new_modules = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, **task.model_kwargs())
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    task.setup(models.load_config(checkpoint, recipe.model.trust_remote_code), tokenizer)
+    say(f"model: {checkpoint.name} ({checkpoint.origin})")
+    model, new_modules = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id, **task.model_kwargs())
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
     trainable, total = models.count_parameters(model)
     say(f"method: {recipe.method.type}, training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
