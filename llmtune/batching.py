@@ -3,6 +3,10 @@
 Random batches of short sentences are mostly padding. Training batches are grouped by length inside
 shuffled mega-batches, so the batch order stays random; evaluation batches are sorted by length and
 results are put back in the original order by each example's `index`.
+
+Batches hold a fixed number of examples, or, with a token budget, as many examples as fit in
+`max_tokens` padded tokens (examples x longest example): short sentences then come in large batches
+and long ones in small batches, so every step costs about the same.
 """
 
 from __future__ import annotations
@@ -18,6 +22,26 @@ PAD_WITH_TOKEN = ("input_ids", "decoder_input_ids")
 PAD_WITH_IGNORE = ("labels",)
 
 
+def cut_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int | None, max_tokens: int | None = None) -> list[list[int]]:
+    """Cut `order` (sorted by length, longest first) into consecutive batches.
+
+    `batch_size` examples each, or with `max_tokens` as many as fit in that many padded tokens (the
+    first, longest example sets the width); an example longer than the budget makes a batch of its own.
+    """
+    if max_tokens is None:
+        return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    batches, batch, width = [], [], 0
+    for index in order:
+        if batch and max(width, lengths[index]) * (len(batch) + 1) > max_tokens:
+            batches.append(batch)
+            batch = []
+        width = max(width, lengths[index]) if batch else lengths[index]
+        batch.append(index)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 class LengthGroupedBatches:
     """Training batch sampler: shuffle, cut into mega-batches, sort each by length, batch, shuffle the batches.
 
@@ -28,26 +52,34 @@ class LengthGroupedBatches:
     equal-sized batches when it finds that attribute and then drops the shorter ones.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batch_factor: int = 50):
+    def __init__(self, lengths: Sequence[int], batch_size: int | None, seed: int, max_tokens: int | None = None, mega_batch_factor: int = 50):
         self.lengths = list(lengths)
         self.size = batch_size
+        self.max_tokens = max_tokens
         self.seed = seed
-        self.mega_batch_size = batch_size * mega_batch_factor
+        # With a token budget, a mega-batch spans about as many tokens as 50 batches.
+        per_batch = batch_size or max(1, max_tokens // max(1, round(sum(self.lengths) / max(1, len(self.lengths)))))
+        self.mega_batch_size = per_batch * mega_batch_factor
         self.epoch = 0
         self.skip = 0
+        self._cached: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        """The epoch's batches, skipped ones included (the same list for the same seed and epoch)."""
+        if self._cached is not None and self._cached[0] == self.epoch:
+            return self._cached[1]
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         batches = []
         for start in range(0, len(order), self.mega_batch_size):
             mega = sorted(order[start : start + self.mega_batch_size], key=lambda i: -self.lengths[i])
-            batches += [mega[i : i + self.size] for i in range(0, len(mega), self.size)]
+            batches += cut_batches(mega, self.lengths, self.size, self.max_tokens)
         rng.shuffle(batches)
+        self._cached = (self.epoch, batches)
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -58,6 +90,8 @@ class LengthGroupedBatches:
 
     def full_length(self) -> int:
         """Batches in a whole epoch, skipped ones included."""
+        if self.max_tokens is not None:  # the count depends on how lengths fall into mega-batches
+            return len(self.batches())
         return sum(-(-len(self.lengths[s : s + self.mega_batch_size]) // self.size) for s in range(0, len(self.lengths), self.mega_batch_size))
 
 
@@ -68,10 +102,9 @@ class SortedBatches:
     exactly once, in the same batch as in a single process (so with the same result).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, num_processes: int = 1, process_index: int = 0):
+    def __init__(self, lengths: Sequence[int], batch_size: int | None, num_processes: int = 1, process_index: int = 0, max_tokens: int | None = None):
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        self._batches = batches[process_index::num_processes]
+        self._batches = cut_batches(order, lengths, batch_size, max_tokens)[process_index::num_processes]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches)

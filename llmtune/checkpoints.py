@@ -47,7 +47,7 @@ STEP_DIR = re.compile(r"step-(\d+)")
 # Recipe keys that must equal the original run's for a resume to continue the same training: what is
 # trained (model, method), on what (data, task), and what fixes the batch order (seed, batch size, length).
 # Anything else, such as max_steps, epochs or the learning-rate schedule, may change (extending a run).
-RESUME_MUST_MATCH = ("model", "task", "data", "method", "training.seed", "training.batch_size", "training.max_length")
+RESUME_MUST_MATCH = ("model", "task", "data", "method", "training.seed", "training.batch_size", "training.max_tokens", "training.max_length")
 
 
 @dataclass

@@ -103,7 +103,7 @@ def model_card(recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revis
         results.append({
             "task": {"type": "text-classification", "name": "Text Classification"},
             "dataset": {"name": dataset_name, "type": source.hub if source and source.hub else dataset_name, "split": split},
-            "metrics": [{"type": name, "value": value, "name": f"{split} {name}"} for name, value in values.items() if name != "num_examples"],
+            "metrics": [{"type": name, "value": value, "name": f"{split} {name}"} for name, value in values.items() if name not in runs.NOT_METRICS],
         })
     metadata["model-index"] = [{"name": repo_id.split("/")[1], "results": results}]
 

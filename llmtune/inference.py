@@ -35,15 +35,17 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise UserError(f"{path}: not a finished run (no {runs.METRICS_FILE}); did training stop early?")
         recipe = load_recipe(path / runs.RECIPE_FILE, overrides)
         task = tasks.create(recipe.task)
+        run_checkpoint = models.Checkpoint(str(path), str(path), "run directory")
+        tokenizer = models.load_tokenizer(run_checkpoint)
         if (path / runs.ADAPTER_CONFIG).is_file():
             from peft import PeftModel
 
             base, _ = models.load_model(models.resolve_checkpoint(recipe.model), task.auto_class, recipe.model.trust_remote_code,
-                                        decoder=models.resolve_decoder(recipe.model), **task.model_kwargs())
+                                        tokenizer.pad_token_id, decoder=models.resolve_decoder(recipe.model), **task.model_kwargs())
             model = PeftModel.from_pretrained(base, str(path))
         else:
-            model, _ = models.load_model(models.Checkpoint(str(path), str(path), "run directory"), task.auto_class, recipe.model.trust_remote_code)
-        tokenizer = models.load_tokenizer(models.Checkpoint(str(path), str(path), "run directory"))
+            model, _ = models.load_model(run_checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id)
+        task.setup(model.config, tokenizer)
         return LoadedRun(recipe, task, model, tokenizer, path)
 
     raw = {"model": {"name": str(target)}, "task": {"type": "classification"}, "data": {}, "output_dir": "."}
@@ -52,11 +54,12 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     recipe = validate(raw, source="command line")
     checkpoint = models.resolve_checkpoint(recipe.model)
     task = tasks.create(recipe.task)
-    model, _ = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
+    model, _ = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id)
     if task.label_names is None:
         task.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         task.index_labels = True
-    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
+    task.setup(model.config, tokenizer)
     return LoadedRun(recipe, task, model, tokenizer, None)
 
 
@@ -94,7 +97,7 @@ def evaluate(target: str | Path, split: str = "test", data_file: str | None = No
     features = task.preprocess(splits[split], loaded.tokenizer, max_length)
     accelerator = Accelerator(mixed_precision="no")
     collate = PadCollator(loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
-    loader: DataLoader = eval_loader(features, task, recipe.training.eval_batch_size or 2 * recipe.training.batch_size, collate, accelerator)
+    loader: DataLoader = eval_loader(features, task, recipe.training, collate, accelerator)
     model = accelerator.prepare(loaded.model)
     return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics)
 

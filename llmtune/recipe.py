@@ -27,8 +27,13 @@ class Section(BaseModel):
 class ModelSpec(Section):
     """The pretrained checkpoint to start from."""
 
-    name: str = Field(description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint.")
+    name: str = Field(description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint, or a local .gguf file.")
     revision: str | None = Field(None, description="Hub branch, tag or commit; default: the main branch.")
+    gguf_file: str | None = Field(
+        None,
+        description="Load this GGUF file (config, tokenizer and weights in one file; dequantized to float32 for training): a file name "
+        "in the model.name directory or hub repository, or an absolute path. The run saves ordinary safetensors.",
+    )
     trust_remote_code: bool = Field(False, description="Run modelling code shipped with the checkpoint. Off unless you trust its author.")
     decoder: str | None = Field(
         None,
@@ -66,9 +71,8 @@ class ClassificationTask(Section):
 
 
 class QuestionAnsweringTask(Section):
-    """Extractive question answering: the answer is a span of the context (SQuAD)."""
-
-    available_metrics: ClassVar[tuple[str, ...]] = ("exact_match", "f1", "cross_entropy")
+    """Question answering on a context (SQuAD): extractive (the answer is a span of the context), or
+    generative (a causal language model writes the answer as text)."""
 
     type: Literal["question_answering"] = Field(description=TASK_TYPES)
     question_column: str = Field("question", description="Column holding the question.")
@@ -78,6 +82,46 @@ class QuestionAnsweringTask(Section):
     doc_stride: int = Field(128, ge=1, description="Tokens shared by consecutive windows when a context is longer than max_length.")
     max_answer_length: int = Field(30, ge=1, description="Longest answer, in tokens, considered when decoding.")
     n_best: int = Field(20, ge=1, description="Start and end candidates per window considered when decoding.")
+    generative: bool = Field(
+        False,
+        description="Answer as text with a causal (GPT-style) language model: prompt -> completion fine-tuning on the first gold answer, "
+        "evaluated by generation (SQuAD exact match / F1) and by cross-entropy and perplexity of the gold answers.",
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="Generative only: the prompt, with `{column}` fields, ending in the `{completion}` slot the answer goes into. "
+        "Default: 'Context: {context}\\nQuestion: {question}\\nAnswer: {completion}' (with the task's column names).",
+    )
+    chat_template: bool = Field(False, description="Generative only: send the prompt as the user turn of the tokenizer's chat template (instruct models).")
+    packing: bool = Field(
+        False,
+        description="Generative only: train on a batch's examples packed into rows of max_length tokens; attention and loss stay within each example.",
+    )
+    max_new_tokens: int = Field(32, ge=1, description="Generative only: longest generated answer, in tokens.")
+    num_beams: int = Field(1, ge=1, description="Generative only: beam-search width when generating; 1 is greedy decoding.")
+
+    _template_syntax = field_validator("prompt_template")(classmethod(lambda cls, value: _check_template(value)))
+
+    @model_validator(mode="after")
+    def _generative_keys(self) -> QuestionAnsweringTask:
+        if not self.generative:
+            defaults = {"prompt_template": None, "chat_template": False, "packing": False, "max_new_tokens": 32, "num_beams": 1}
+            for key, default in defaults.items():
+                if getattr(self, key) != default:
+                    raise ValueError(f"task.{key} applies to generative question answering only; set task.generative: true (and a causal LM)")
+        return self
+
+    @property
+    def available_metrics(self) -> tuple[str, ...]:
+        return ("exact_match", "f1", "cross_entropy", "perplexity") if self.generative else ("exact_match", "f1", "cross_entropy")
+
+
+def _check_template(template: str | None) -> str | None:
+    if template is not None:
+        from .prompting import template_fields
+
+        template_fields(template)  # ValueError: pydantic reports it at the key's location
+    return template
 
 
 class Seq2SeqTask(Section):
@@ -229,13 +273,21 @@ class Training(Section):
     epochs: float = Field(3, gt=0, description="Passes over the training split (fractions allowed); ignored when max_steps is set.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps instead of counting epochs.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    head_learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate of the newly initialised task head (classifier, QA outputs); default: learning_rate. "
+        "A higher one lets a fresh head catch up with the pretrained body in short runs.",
+    )
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"] = Field(
         "linear", description="Learning-rate schedule after warmup."
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the optimizer steps spent warming up.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
-    batch_size: int = Field(32, ge=1, description="Examples per batch and process.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size.")
+    batch_size: int = Field(32, ge=1, description="Examples per batch and process (ignored when max_tokens is set).")
+    max_tokens: int | None = Field(
+        None, ge=8, description="Token budget per batch and process instead of a fixed batch size: each batch holds as many examples as fit "
+        "in this many padded tokens (examples x longest), so every step costs about the same; evaluation batches get twice the budget.",
+    )
+    eval_batch_size: int | None = Field(None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size (or 2 x max_tokens tokens).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
     max_length: int = Field(128, ge=8, description="Longest tokenized input; longer inputs are truncated.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
@@ -245,6 +297,7 @@ class Training(Section):
         "auto", description="auto: bf16 (else fp16) mixed precision on GPU, fp32 on CPU."
     )
     log_every_n_steps: int = Field(10, ge=1, description="Write a training-log line every N optimizer steps.")
+    compile: bool = Field(False, description="Compile the model with torch.compile (worth it on GPU for long runs; the first steps are slow).")
 
 
 class Evaluation(Section):
@@ -303,7 +356,7 @@ class Recipe(Section):
         for name in self.evaluation.metrics or ():
             if name not in available:
                 raise ValueError(f"evaluation.metrics: unknown metric '{name}' for {self.task.type}; expected some of {list(available)}")
-        if isinstance(self.task, QuestionAnsweringTask) and self.task.doc_stride >= self.training.max_length:
+        if isinstance(self.task, QuestionAnsweringTask) and not self.task.generative and self.task.doc_stride >= self.training.max_length:
             raise ValueError(
                 f"task.doc_stride ({self.task.doc_stride}) must be smaller than training.max_length ({self.training.max_length}): "
                 "it is the overlap between consecutive windows of a long context"

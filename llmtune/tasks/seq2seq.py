@@ -125,7 +125,7 @@ class Seq2Seq:
     def __init__(self, options: Seq2SeqTask):
         self.options = options
         self.label_names = None
-        self.tokenizer = None  # set by preprocess / predict: the accumulator decodes generated ids with it
+        self.tokenizer = None  # set by setup / preprocess / predict: the accumulator decodes generated ids with it
 
     # ------------------------------------------------------------------ where the texts are
 
@@ -179,6 +179,10 @@ class Seq2Seq:
 
     def model_kwargs(self) -> dict:
         return {}
+
+    def setup(self, config, tokenizer) -> None:
+        """Keep the tokenizer: the accumulator decodes generated ids with it."""
+        self.tokenizer = tokenizer
 
     def source_limit(self, tokenizer, max_length: int) -> int:
         limit = self.options.max_source_length or max_length

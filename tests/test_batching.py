@@ -1,0 +1,108 @@
+"""Length-aware batching: every example once per epoch, token budgets kept, results back in input order."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import write_recipe
+
+from llmtune.batching import LengthGroupedBatches, PadCollator, SortedBatches, cut_batches
+
+_rng = random.Random(0)
+LENGTHS = [min(120, int(_rng.lognormvariate(2.6, 0.6))) + 2 for _ in range(1000)]  # skewed like sentence lengths
+
+
+def padded(batch: list[int]) -> int:
+    return max(LENGTHS[i] for i in batch) * len(batch)
+
+
+@pytest.mark.parametrize("size, budget", [(32, None), (7, None), (None, 512), (None, 100)])
+def test_every_example_exactly_once_per_epoch(size, budget):
+    sampler = LengthGroupedBatches(LENGTHS, size, seed=1, max_tokens=budget)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == sampler.full_length()
+        assert sorted(i for batch in batches for i in batch) == list(range(len(LENGTHS)))
+        orders.append([i for batch in batches for i in batch])
+    assert orders[0] != orders[1] != orders[2]  # a new order every epoch
+
+
+def test_skipping_resumes_the_same_epoch_where_it_stopped():
+    sampler = LengthGroupedBatches(LENGTHS, None, seed=3, max_tokens=400)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.skip = 5
+    assert list(sampler) == whole[5:] and len(sampler) == len(whole) - 5
+
+
+@pytest.mark.parametrize("budget", [64, 300, 2048])
+def test_token_budget_batches_stay_within_the_budget(budget):
+    sampler = LengthGroupedBatches(LENGTHS, None, seed=0, max_tokens=budget)
+    for batch in sampler:
+        # An example longer than the budget cannot be split, so it travels alone.
+        assert padded(batch) <= budget or len(batch) == 1
+    for batch in SortedBatches(LENGTHS, None, max_tokens=budget):
+        assert padded(batch) <= budget or len(batch) == 1
+
+
+def test_token_budget_batches_are_full_so_short_examples_come_many_at_a_time():
+    order = sorted(range(len(LENGTHS)), key=lambda i: -LENGTHS[i])
+    batches = cut_batches(order, LENGTHS, None, max_tokens=1200)
+    for batch, following in zip(batches, batches[1:]):
+        # Full: one more example (the next in order) would break the budget.
+        assert max(LENGTHS[i] for i in batch) * (len(batch) + 1) > 1200 and following[0] == order[order.index(batch[-1]) + 1]
+    assert len(batches[0]) < len(batches[-2])
+
+
+def test_grouped_batches_are_mostly_real_tokens_and_random_at_batch_level():
+    grouped = LengthGroupedBatches(LENGTHS, 32, seed=0)
+    shuffled = list(range(len(LENGTHS)))
+    random.Random(0).shuffle(shuffled)
+    random_batches = [shuffled[i : i + 32] for i in range(0, len(shuffled), 32)]
+    real = sum(LENGTHS)
+    assert real / sum(map(padded, grouped)) > 0.9 > 0.6 > real / sum(map(padded, random_batches))
+    # Not sorted globally: batch widths do not simply fall or rise through the epoch.
+    widths = [max(LENGTHS[i] for i in b) for b in grouped]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+
+
+def test_sorted_batches_split_across_processes_without_repeats():
+    single = SortedBatches(LENGTHS, 16)
+    shards = [list(SortedBatches(LENGTHS, 16, num_processes=3, process_index=p)) for p in range(3)]
+    assert sorted(i for shard in shards for b in shard for i in b) == list(range(len(LENGTHS)))
+    assert sorted(map(tuple, (b for shard in shards for b in shard))) == sorted(map(tuple, single))
+
+
+def test_collator_pads_ids_masks_and_labels_on_either_side():
+    features = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [1, 2, 3]}, {"input_ids": [8], "attention_mask": [1], "labels": [4]}]
+    right = PadCollator(pad_token_id=0)(features)
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]] and right["labels"].tolist() == [[1, 2, 3], [4, -100, -100]]
+    left = PadCollator(pad_token_id=0, padding_side="left")(features)
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]] and left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert left["input_ids"].dtype == torch.long
+
+
+def test_token_budget_training_keeps_predictions_in_input_order_and_reports_speed(cli, tiny_bert, tmp_path):
+    texts = [("good " * n + "film", "positive") if n % 2 else ("bad " * n + "film", "negative") for n in range(1, 41)]
+    random.Random(1).shuffle(texts)
+    files = {}
+    for split in ("train", "validation", "test"):
+        files[split] = tmp_path / f"{split}.csv"
+        files[split].write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in texts))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, files)
+    code, out, err = cli("train", recipe, "--set", "training.max_tokens=96", "--set", "training.max_length=64")
+    assert code == 0, err
+    predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["text"] for p in predictions] == [t for t, _ in texts]
+    assert [p["label"] for p in predictions] == [label for _, label in texts]
+    train = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
+    real_tokens = sum(len(t.split()) + 2 for t, _ in texts)  # one token per word, plus [CLS] and [SEP]
+    assert train["tokens_per_s"] == pytest.approx(real_tokens / (train["examples"] / train["samples_per_s"]), rel=0.02)
+    assert 0 <= train["padding_share"] < 0.5 and 0 < train["mfu"] < 1 and train["matmul_peak_gflops"] > 1
+    assert train["peak_memory_mb"] > 0
+    assert "non-pad tokens/s" in out and "MFU" in out
