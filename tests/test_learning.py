@@ -99,11 +99,11 @@ def untrained_metrics(recipe) -> dict:
     task.prepare(splits, spec)
     checkpoint = models.resolve_checkpoint(recipe.model)
     tokenizer = models.load_tokenizer(checkpoint)
-    model, _ = models.load_model(checkpoint, task.auto_class, decoder=models.resolve_decoder(recipe.model))
+    task.setup(models.load_config(checkpoint), tokenizer)
+    model, _ = models.load_model(checkpoint, task.auto_class, False, tokenizer.pad_token_id, decoder=models.resolve_decoder(recipe.model))
     features = task.preprocess(splits["validation"], tokenizer, recipe.training.max_length)
     accelerator = Accelerator(cpu=True)
-    loader = eval_loader(features, task, recipe.training.eval_batch_size or 2 * recipe.training.batch_size,
-                         PadCollator(tokenizer.pad_token_id, tokenizer.padding_side), accelerator)
+    loader = eval_loader(features, task, recipe.training, PadCollator(tokenizer.pad_token_id, tokenizer.padding_side), accelerator)
     metrics, _ = run_evaluation(model, loader, task, accelerator, splits["validation"], features, recipe.metrics)
     return metrics
 
