@@ -108,12 +108,15 @@ def check_tokenizer(tokenizer, model_name: str, chat: bool) -> None:
         raise UserError(f"task.chat_template: the tokenizer of {model_name} has no chat template; set task.chat_template: false")
 
 
-def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int, chat: bool, reserve: int = 0) -> dict:
+def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int, chat: bool, reserve: int = 0,
+                   completion_limit: int | None = None) -> dict:
     """`input_ids`, `labels` (-100 on prompt tokens) and `prompt_length` for one example.
 
     The completion is followed by EOS. Too long an example loses the start of its prompt (the end,
-    next to the completion, matters most); the completion keeps at most `max_length - 1` tokens.
-    Without a completion (prediction), the prompt keeps room for `reserve` generated tokens.
+    next to the completion, matters most); the completion keeps at most `max_length - 1` tokens, and
+    at most `completion_limit` tokens EOS included when that is given (then `completion_truncated`
+    says whether it was cut). Without a completion (prediction), the prompt keeps room for `reserve`
+    generated tokens.
     """
     # A chat template writes its own special tokens; a plain prompt gets the tokenizer's (e.g. BOS).
     prompt_ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
@@ -121,7 +124,11 @@ def encode_example(tokenizer, prompt: str, completion: str | None, max_length: i
         prompt_ids = prompt_ids[:-1]  # tokenizers that append EOS to every text: the prompt must not end the sequence
     completion_ids = []
     if completion is not None:
-        completion_ids = (tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[: max_length - 1]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        truncated = completion_limit is not None and len(completion_ids) + 1 > completion_limit
+        if truncated:
+            completion_ids = completion_ids[: max(completion_limit - 1, 0)]
+        completion_ids = (completion_ids + [tokenizer.eos_token_id])[: max_length - 1]
     room = max_length - (len(completion_ids) if completion is not None else min(reserve, max_length - 1))
     prompt_ids = prompt_ids[-room:] if len(prompt_ids) > room else prompt_ids
     input_ids = prompt_ids + completion_ids
@@ -129,7 +136,10 @@ def encode_example(tokenizer, prompt: str, completion: str | None, max_length: i
     # first token from the previous example's last.
     labels = [IGNORE] * len(prompt_ids) + completion_ids
     labels[0] = IGNORE
-    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels, "prompt_length": len(prompt_ids)}
+    features = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels, "prompt_length": len(prompt_ids)}
+    if completion_limit is not None:
+        features["completion_truncated"] = completion is not None and truncated
+    return features
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -214,11 +224,11 @@ def completion_loss(model, batch: dict, packing_length: int | None = None, pad_t
 # ------------------------------------------------------------------------------------------ generation
 
 
-def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, num_beams: int = 1) -> torch.Tensor:
+def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, num_beams: int = 1, **options) -> torch.Tensor:
     """Greedy (or beam) continuations of token-id prompts, batched with left padding.
 
     Returns the new tokens only, one row per prompt, cut at EOS and padded with -1 to `max_new_tokens`
-    columns (a fixed width, so batches concatenate).
+    columns (a fixed width, so batches concatenate). `options` go to `generate` (e.g. length_penalty).
     """
     device = next(model.parameters()).device
     width = max(len(ids) for ids in prompts)
@@ -230,7 +240,7 @@ def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, nu
     generator = getattr(model, "module", model)  # DistributedDataParallel hides generate()
     output = generator.generate(
         input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
-        num_beams=num_beams, do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        num_beams=num_beams, do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **options,
     )
     new_tokens = output[:, width:].cpu()
     result = torch.full((len(prompts), max_new_tokens), -1, dtype=torch.long)

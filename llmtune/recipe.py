@@ -70,7 +70,52 @@ class ClassificationTask(Section):
         return names
 
 
-class QuestionAnsweringTask(Section):
+class PromptCompletionOptions(Section):
+    """The keys that switch a text task to prompt -> completion fine-tuning of a causal (GPT-style) language model.
+
+    Shared by question answering, summarization and translation; each task names its own default template.
+    """
+
+    type: str = Field(description=TASK_TYPES)  # narrowed to one Literal by each task; declared here so it comes first
+    generative: bool = Field(
+        False,
+        description="Use a causal (GPT-style) language model: prompt -> completion fine-tuning (the loss counts the completion tokens only), "
+        "evaluated by generation with the task's metrics and by cross-entropy and perplexity of the gold completions.",
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="Generative only: the prompt, with `{column}` fields, ending in the `{completion}` slot the target goes into. Default per task: "
+        "'Context: {context}\\nQuestion: {question}\\nAnswer: {completion}'; 'Summarize:\\n{document}\\nSummary: {completion}'; "
+        "'Translate German to English:\\n{de}\\nEnglish: {completion}' (with the task's column names and languages).",
+    )
+    chat_template: bool = Field(False, description="Generative only: send the prompt as the user turn of the tokenizer's chat template (instruct models).")
+    packing: bool = Field(
+        False,
+        description="Generative only: train on a batch's examples packed into rows of max_length tokens; attention and loss stay within each example.",
+    )
+
+    # Keys that only generative fine-tuning reads, with their defaults (a changed one without `generative` is a mistake).
+    generative_only: ClassVar[dict[str, Any]] = {"prompt_template": None, "chat_template": False, "packing": False}
+    # Keys that only the non-generative model family reads.
+    not_generative: ClassVar[dict[str, Any]] = {}
+
+    _template_syntax = field_validator("prompt_template")(classmethod(lambda cls, value: _check_template(value)))
+
+    @model_validator(mode="after")
+    def _generative_keys(self) -> PromptCompletionOptions:
+        task = self.type.replace("_", " ")
+        if not self.generative:
+            for key, default in self.generative_only.items():
+                if getattr(self, key) != default:
+                    raise ValueError(f"task.{key} applies to generative {task} only; set task.generative: true (and a causal LM)")
+        else:
+            for key, (default, hint) in self.not_generative.items():
+                if getattr(self, key) != default:
+                    raise ValueError(f"task.{key} does not apply to generative {task} (task.generative: true); {hint}")
+        return self
+
+
+class QuestionAnsweringTask(PromptCompletionOptions):
     """Question answering on a context (SQuAD): extractive (the answer is a span of the context), or
     generative (a causal language model writes the answer as text)."""
 
@@ -82,34 +127,10 @@ class QuestionAnsweringTask(Section):
     doc_stride: int = Field(128, ge=1, description="Tokens shared by consecutive windows when a context is longer than max_length.")
     max_answer_length: int = Field(30, ge=1, description="Longest answer, in tokens, considered when decoding.")
     n_best: int = Field(20, ge=1, description="Start and end candidates per window considered when decoding.")
-    generative: bool = Field(
-        False,
-        description="Answer as text with a causal (GPT-style) language model: prompt -> completion fine-tuning on the first gold answer, "
-        "evaluated by generation (SQuAD exact match / F1) and by cross-entropy and perplexity of the gold answers.",
-    )
-    prompt_template: str | None = Field(
-        None,
-        description="Generative only: the prompt, with `{column}` fields, ending in the `{completion}` slot the answer goes into. "
-        "Default: 'Context: {context}\\nQuestion: {question}\\nAnswer: {completion}' (with the task's column names).",
-    )
-    chat_template: bool = Field(False, description="Generative only: send the prompt as the user turn of the tokenizer's chat template (instruct models).")
-    packing: bool = Field(
-        False,
-        description="Generative only: train on a batch's examples packed into rows of max_length tokens; attention and loss stay within each example.",
-    )
     max_new_tokens: int = Field(32, ge=1, description="Generative only: longest generated answer, in tokens.")
     num_beams: int = Field(1, ge=1, description="Generative only: beam-search width when generating; 1 is greedy decoding.")
 
-    _template_syntax = field_validator("prompt_template")(classmethod(lambda cls, value: _check_template(value)))
-
-    @model_validator(mode="after")
-    def _generative_keys(self) -> QuestionAnsweringTask:
-        if not self.generative:
-            defaults = {"prompt_template": None, "chat_template": False, "packing": False, "max_new_tokens": 32, "num_beams": 1}
-            for key, default in defaults.items():
-                if getattr(self, key) != default:
-                    raise ValueError(f"task.{key} applies to generative question answering only; set task.generative: true (and a causal LM)")
-        return self
+    generative_only: ClassVar[dict[str, Any]] = {**PromptCompletionOptions.generative_only, "max_new_tokens": 32, "num_beams": 1}
 
     @property
     def available_metrics(self) -> tuple[str, ...]:
@@ -124,10 +145,9 @@ def _check_template(template: str | None) -> str | None:
     return template
 
 
-class Seq2SeqTask(Section):
-    """Options shared by the text-to-text tasks (summarization, translation)."""
+class Seq2SeqTask(PromptCompletionOptions):
+    """Options shared by the text-to-text tasks (summarization, translation): an encoder-decoder model, or a causal LM with `generative`."""
 
-    type: str = Field(description=TASK_TYPES)  # narrowed to one Literal by each task; declared here so it comes first
     prefix: str = Field("", description="Text put before every source, e.g. `summarize: ` for T5 checkpoints; empty for most others.")
     max_source_length: int | None = Field(None, ge=1, description="Longest tokenized source; longer sources are truncated. Default: training.max_length.")
     max_target_length: int = Field(128, ge=1, description="Longest tokenized target (reference); longer targets are truncated, with one warning per split that counts them.")
@@ -136,9 +156,15 @@ class Seq2SeqTask(Section):
     length_penalty: float = Field(1.0, ge=-10, le=10, description="Beam search: exponent on the length the scores are divided by; above 1 favours longer outputs.")
     no_repeat_ngram_size: int = Field(0, ge=0, le=20, description="Generation never repeats an n-gram of this size; 0: no constraint.")
 
+    not_generative: ClassVar[dict[str, Any]] = {
+        "prefix": ("", "write the instruction into task.prompt_template"),
+        # A causal LM's generated n-grams would also be checked against the prompt: no summary could quote its source.
+        "no_repeat_ngram_size": (0, "it would also forbid repeating n-grams of the prompt (the source)"),
+    }
+
 
 class SummarizationTask(Seq2SeqTask):
-    """Abstractive summarization with an encoder-decoder model: source document -> summary."""
+    """Abstractive summarization with an encoder-decoder model, or a causal LM (`generative`): source document -> summary."""
 
     available_metrics: ClassVar[tuple[str, ...]] = ("rouge1", "rouge2", "rougeL", "rougeLsum", "cross_entropy", "perplexity")
 
@@ -150,7 +176,7 @@ class SummarizationTask(Seq2SeqTask):
 
 
 class TranslationTask(Seq2SeqTask):
-    """Translation with an encoder-decoder model: source-language text -> target-language text."""
+    """Translation with an encoder-decoder model, or a causal LM (`generative`): source-language text -> target-language text."""
 
     available_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "cross_entropy", "perplexity")
 
@@ -363,6 +389,8 @@ class Recipe(Section):
             )
         if self.model.decoder is not None and self.task.type not in SEQ2SEQ_TASKS:
             raise ValueError(f"model.decoder: warm-starting an encoder-decoder applies to {' and '.join(SEQ2SEQ_TASKS)}, not to {self.task.type}")
+        if self.model.decoder is not None and getattr(self.task, "generative", False):
+            raise ValueError("model.decoder: warm-starting an encoder-decoder does not apply to task.generative: true (a causal LM)")
         if self.model.decoder is not None and self.method.type != "full":
             raise ValueError(
                 f"model.decoder: a warm-started encoder-decoder has new cross-attention layers that must be trained in full; "

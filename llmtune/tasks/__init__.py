@@ -24,12 +24,13 @@ from .question_answering import GenerativeQuestionAnswering, QuestionAnswering
 from .seq2seq import Summarization, Translation
 
 TASKS = {"classification": Classification, "question_answering": QuestionAnswering, "summarization": Summarization, "translation": Translation}
-# Tasks that also come as prompt -> completion fine-tuning of a causal LM, chosen by `task.generative`.
+# Tasks whose prompt -> completion form (`task.generative`, a causal LM) is a class of its own. Summarization and
+# translation instead swap their model family (encoder-decoder or causal LM) inside one class.
 GENERATIVE_TASKS = {"question_answering": GenerativeQuestionAnswering}
 
 
 def create(options: Task):
     """The task object for the recipe's `task` section."""
-    if getattr(options, "generative", False):
+    if getattr(options, "generative", False) and options.type in GENERATIVE_TASKS:
         return GENERATIVE_TASKS[options.type](options)
     return TASKS[options.type](options)

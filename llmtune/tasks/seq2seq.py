@@ -6,9 +6,11 @@ document column, possibly a list of sentences; translation: language-named colum
 also gets the teacher-forced cross-entropy of its references (mean per target token, natural log)
 and its perplexity.
 
-What depends on the model family (how source and target become model inputs and labels, how text
-is generated) sits behind `EncoderDecoder`: T5, BART, Marian and warm-started BERT2BERT models all
-use it. A decoder-only family (prompt and completion in one sequence) would provide the same methods.
+What depends on the model family (how source and target become model inputs and labels, the loss,
+how text is generated) sits behind a family object: `EncoderDecoder` for T5, BART, Marian and
+warm-started BERT2BERT models; `PromptCompletion` for causal (GPT-style) models with `task.generative`
+(the source fills a prompt template, the target is the completion, the loss counts completion tokens
+only). Everything else (data checks, the accumulator, metrics, predictions.jsonl) is the same for both.
 
 A target may be one text or a list of references: the loss is taught on the first, ROUGE takes the
 best reference per example, BLEU and chrF use the references as sacrebleu reference streams.
@@ -24,8 +26,9 @@ from types import SimpleNamespace
 import datasets
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+from .. import prompting
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import DataWarning, UserError
 from ..metrics import generation as generation_metrics
@@ -43,10 +46,27 @@ class EncoderDecoder:
 
     auto_class = AutoModelForSeq2SeqLM
     peft_task_type = "SEQ_2_SEQ_LM"
+    prompt_columns: tuple[str, ...] = ()  # data columns besides the source that the model input reads
 
-    def encode(self, tokenizer, sources: list[str], targets: list[str] | None, source_limit: int, target_limit: int) -> tuple[dict, list[bool]]:
-        """Model inputs (and `labels` when targets are given); which targets were cut at target_limit tokens."""
-        encoded = tokenizer(sources, truncation=True, max_length=source_limit)
+    def __init__(self, options: Seq2SeqTask):
+        self.options = options
+
+    def setup(self, tokenizer) -> None:
+        pass
+
+    def settings(self, tokenizer, max_length: int) -> tuple:
+        """What else the tokenized features depend on (for the dataset cache fingerprint)."""
+        return (self.options.prefix, self.source_limit(tokenizer, max_length), self.options.max_target_length)
+
+    def source_limit(self, tokenizer, max_length: int) -> int:
+        limit = self.options.max_source_length or max_length
+        model_max = getattr(tokenizer, "model_max_length", None)
+        return min(limit, model_max) if isinstance(model_max, int) and 0 < model_max < 1_000_000 else limit
+
+    def encode(self, tokenizer, sources: list[str], targets: list[str] | None, max_length: int, columns: list[dict]) -> tuple[dict, list[bool]]:
+        """Model inputs (and `labels` when targets are given); which targets were cut at max_target_length tokens."""
+        target_limit = self.options.max_target_length
+        encoded = tokenizer([self.options.prefix + source for source in sources], truncation=True, max_length=self.source_limit(tokenizer, max_length))
         features = {key: encoded[key] for key in tokenizer.model_input_names if key in encoded}
         if targets is None:
             return features, [False] * len(sources)
@@ -75,9 +95,94 @@ class EncoderDecoder:
         decoder_input_ids = unwrapped(model).prepare_decoder_input_ids_from_labels(labels=batch["labels"])
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids).logits
 
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy per target token of the batch (padding ignored)."""
+        logits = self.logits(model, batch)
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+
+    def target_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: summed NLL of the target tokens and their number."""
+        return token_losses(self.logits(model, batch), batch["labels"])
+
     def generate(self, model, batch: dict, settings: dict) -> torch.Tensor:
         """Generated token ids, padded, one row per example."""
         return unwrapped(model).generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings)
+
+    def decode(self, tokenizer, ids: torch.Tensor) -> list[str]:
+        return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+class PromptCompletion:
+    """A causal LM reads a prompt (the template filled with the source) and is taught to continue it with the target + EOS.
+
+    The prompt -> completion machinery is `prompting`'s, the one generative question answering uses: loss on the
+    completion tokens only, optional packing, left-padded batched generation that returns the new tokens only.
+    """
+
+    auto_class = AutoModelForCausalLM
+    peft_task_type = "CAUSAL_LM"
+
+    def __init__(self, options: Seq2SeqTask, source_name: str, default_template: str):
+        self.options = options
+        self.source_name = source_name  # the template field the source text fills
+        self.template = options.prompt_template or default_template
+        self.prompt_columns = tuple(name for name in prompting.prompt_columns(self.template) if name != source_name)
+        self.tokenizer = None  # set by setup(): generation needs its EOS and pad tokens
+        self.max_length = None  # set by encode(): the packing row length
+
+    def setup(self, tokenizer) -> None:
+        """Raises UserError: the tokenizer has no EOS token, or no chat template when task.chat_template is set."""
+        prompting.check_tokenizer(tokenizer, tokenizer.name_or_path, self.options.chat_template)
+        self.tokenizer = tokenizer
+
+    def settings(self, tokenizer, max_length: int) -> tuple:
+        o = self.options
+        return (self.template, o.chat_template, max_length, o.max_source_length, o.max_target_length, o.max_new_tokens)
+
+    def shortened_source(self, tokenizer, text: str) -> str:
+        """The source cut to task.max_source_length tokens (if set), before it goes into the prompt."""
+        limit = self.options.max_source_length
+        if limit is None:
+            return text
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer.decode(ids[:limit]) if len(ids) > limit else text
+
+    def encode(self, tokenizer, sources: list[str], targets: list[str] | None, max_length: int, columns: list[dict]) -> tuple[dict, list[bool]]:
+        """Per example: prompt + completion + EOS ids, labels only on the completion, the prompt length; which targets were cut."""
+        self.max_length = max_length
+        o = self.options
+        features: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "prompt_length": []}
+        truncated = []
+        for k, source in enumerate(sources):
+            row = {**columns[k], self.source_name: self.shortened_source(tokenizer, source)}
+            prompt, lead = prompting.render_prompt(self.template, row, tokenizer, o.chat_template)
+            completion = lead + targets[k] if targets is not None else None
+            example = prompting.encode_example(tokenizer, prompt, completion, max_length, o.chat_template,
+                                               reserve=o.max_new_tokens or o.max_target_length, completion_limit=o.max_target_length)
+            truncated.append(example.pop("completion_truncated"))
+            for key, value in example.items():
+                features[key].append(value)
+        return features, truncated
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy per completion token; prompt tokens and padding do not count."""
+        packing = self.max_length if self.options.packing else None
+        return prompting.completion_loss(model, batch, packing, self.tokenizer.pad_token_id)
+
+    def target_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: summed NLL of the completion tokens (the target and EOS) and their number."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return prompting.token_losses(logits, prompting.completion_labels(batch))
+
+    def generate(self, model, batch: dict, settings: dict) -> torch.Tensor:
+        """The new tokens after each example's prompt (its completion, if any, is dropped), -1 padded."""
+        mask = batch["attention_mask"].bool()
+        prompts = [batch["input_ids"][i][mask[i]][: int(batch["prompt_length"][i])].tolist() for i in range(len(mask))]
+        options = {"length_penalty": settings["length_penalty"]} if "length_penalty" in settings else {}
+        return prompting.generate(model, prompts, self.tokenizer, settings["max_new_tokens"], settings["num_beams"], **options)
+
+    def decode(self, tokenizer, ids: torch.Tensor) -> list[str]:
+        return prompting.decode(tokenizer, ids)
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +221,6 @@ def reference_texts(value) -> list[str] | None:
 class Seq2Seq:
     """What summarization and translation share; subclasses say where the texts are and how they are scored."""
 
-    family = EncoderDecoder()
-    auto_class = family.auto_class
-    peft_task_type = family.peft_task_type
     # Per-example flag kept for the truncation count; not a model input.
     metadata_columns = ("target_truncated",)
 
@@ -126,6 +228,9 @@ class Seq2Seq:
         self.options = options
         self.label_names = None
         self.tokenizer = None  # set by setup / preprocess / predict: the accumulator decodes generated ids with it
+        self.family = PromptCompletion(options, self.source_name(), self.default_template()) if options.generative else EncoderDecoder(options)
+        self.auto_class = self.family.auto_class
+        self.peft_task_type = self.family.peft_task_type
 
     # ------------------------------------------------------------------ where the texts are
 
@@ -148,6 +253,24 @@ class Seq2Seq:
         """A prediction input row holding only a source text."""
         raise NotImplementedError
 
+    def source_name(self) -> str:
+        """The prompt template's field for the source text (generative): the source column, or the source language."""
+        raise NotImplementedError
+
+    def default_template(self) -> str:
+        """The prompt template when the recipe gives none (generative)."""
+        raise NotImplementedError
+
+    def prompt_values(self, rows, count: int) -> list[dict]:
+        """Per example: the values of the template's columns other than the source (none for encoder-decoder models).
+
+        `rows` is a list of row dicts, or a batch (a mapping of columns) from `datasets.map`.
+        """
+        names = self.family.prompt_columns
+        if isinstance(rows, list):
+            return [{name: row[name] for name in names} for row in rows]
+        return [{name: rows[name][k] for name in names} for k in range(count)]
+
     # ------------------------------------------------------------------ checks
 
     def prepare(self, splits: dict[str, datasets.Dataset], spec: DataSpec) -> None:
@@ -160,6 +283,8 @@ class Seq2Seq:
         for split, dataset in splits.items():
             where = describe(split, sources[split])
             source, target = self.fields(dataset.column_names, where)
+            if self.options.generative:  # the source fills its own field, whatever column it comes from
+                prompting.check_template_columns(self.family.template, "task.prompt_template", [*dataset.column_names, self.source_name()], where)
             if target is None and split == "train":
                 self.require_target(dataset.column_names, where)
             for field, parse, what in ((source, source_text, "source"), (target, reference_texts, "target")):
@@ -181,31 +306,31 @@ class Seq2Seq:
         return {}
 
     def setup(self, config, tokenizer) -> None:
-        """Keep the tokenizer: the accumulator decodes generated ids with it."""
+        """Keep the tokenizer (the accumulator decodes generated ids with it); a causal LM's is checked.
+
+        Raises:
+            UserError: generative, and the tokenizer has no EOS token (or no chat template when task.chat_template is set).
+        """
+        self.family.setup(tokenizer)
         self.tokenizer = tokenizer
 
-    def source_limit(self, tokenizer, max_length: int) -> int:
-        limit = self.options.max_source_length or max_length
-        model_max = getattr(tokenizer, "model_max_length", None)
-        return min(limit, model_max) if isinstance(model_max, int) and 0 < model_max < 1_000_000 else limit
-
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-        """Tokenized sources (`input_ids`, `attention_mask`), target `labels`, `index`, `length` (source tokens)."""
+        """Tokenized model inputs and target `labels` (encoder-decoder: the source and the target; causal LM: prompt and
+        completion in one sequence, plus `prompt_length`), `index`, `length` (input tokens)."""
         o = self.options
         self.tokenizer = tokenizer
         source, target = self.fields(dataset.column_names, "")
-        source_limit = self.source_limit(tokenizer, max_length)
 
         def encode(batch, indices):
-            texts = [o.prefix + (source_text(value) or "") for value in source.read(batch[source.column])]
+            texts = [source_text(value) or "" for value in source.read(batch[source.column])]
             targets = [(reference_texts(value) or [""])[0] for value in target.read(batch[target.column])] if target else None
-            features, truncated = self.family.encode(tokenizer, texts, targets, source_limit, o.max_target_length)
+            features, truncated = self.family.encode(tokenizer, texts, targets, max_length, self.prompt_values(batch, len(texts)))
             features["index"] = indices
             features["length"] = [len(ids) for ids in features["input_ids"]]
             features["target_truncated"] = truncated
             return features
 
-        settings = (str(source), str(target), o.prefix, source_limit, o.max_target_length)
+        settings = (str(source), str(target), type(self.family).__name__, self.family.settings(tokenizer, max_length))
         fingerprint = tokenization_fingerprint(dataset, tokenizer, f"{o.type}/1", settings)
         features = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing", new_fingerprint=fingerprint)
         truncated = sum(features["target_truncated"])
@@ -228,9 +353,8 @@ class Seq2Seq:
         return settings
 
     def loss(self, model, batch: dict) -> torch.Tensor:
-        """Mean cross-entropy per target token of the batch (padding ignored)."""
-        logits = self.family.logits(model, batch)
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        """Mean cross-entropy per target token of the batch (padding, and a causal LM's prompt, ignored)."""
+        return self.family.loss(model, batch)
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Per example: summed target-token loss and token count (teacher forcing), and the generated ids.
@@ -239,12 +363,12 @@ class Seq2Seq:
         """
         outputs = {"index": batch["index"]}
         if "labels" in batch:
-            outputs["nll"], outputs["target_tokens"] = token_losses(self.family.logits(model, batch), batch["labels"])
+            outputs["nll"], outputs["target_tokens"] = self.family.target_losses(model, batch)
         outputs["generated"] = self.family.generate(model, batch, self.generation_settings())
         return outputs
 
     def decode(self, ids: torch.Tensor) -> list[str]:
-        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return self.family.decode(self.tokenizer, ids)
 
     def new_accumulator(self, metric_names: tuple[str, ...]) -> Seq2SeqAccumulator:
         return Seq2SeqAccumulator(self, metric_names)
@@ -257,7 +381,7 @@ class Seq2Seq:
         """Generated text for each row (a dict with the source column), batched by source length.
 
         Raises:
-            UserError: a row without a source text.
+            UserError: a row without a source text, or without a column the prompt template reads.
         """
         from ..batching import PadCollator, SortedBatches
 
@@ -268,8 +392,10 @@ class Seq2Seq:
             text = source_text(source.read([row[source.column]])[0])
             if text is None:
                 raise UserError(f"input row {number}: empty source in column '{source}'; expected a non-empty text")
-            texts.append(self.options.prefix + text)
-        features, _ = self.family.encode(tokenizer, texts, None, self.source_limit(tokenizer, max_length), self.options.max_target_length)
+            if self.family.prompt_columns:
+                prompting.check_template_columns(self.family.template, "task.prompt_template", [*row, self.source_name()], f"input row {number}")
+            texts.append(text)
+        features, _ = self.family.encode(tokenizer, texts, None, max_length, self.prompt_values(rows, len(rows)))
         lengths = [len(ids) for ids in features["input_ids"]]
         collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
         device = next(model.parameters()).device
@@ -341,6 +467,12 @@ class Summarization(Seq2Seq):
     def row_from_text(self, text: str) -> dict:
         return {self.options.source_column: text}
 
+    def source_name(self) -> str:
+        return self.options.source_column
+
+    def default_template(self) -> str:
+        return f"Summarize:\n{{{self.options.source_column}}}\nSummary: {{{prompting.COMPLETION}}}"
+
     def scores(self, generated, references, metric_names):
         wanted = [name for name in generation_metrics.ROUGE_TYPES if name in metric_names]
         if not wanted:
@@ -401,7 +533,14 @@ class Translation(Seq2Seq):
         super().prepare(splits, spec)
 
     def row_from_text(self, text: str) -> dict:
-        return {self.options.source_column or self.options.source_lang: text}
+        return {self.source_name(): text}
+
+    def source_name(self) -> str:
+        return self.options.source_column or self.options.source_lang
+
+    def default_template(self) -> str:
+        source, target = (language_name(code) for code in (self.options.source_lang, self.options.target_lang))
+        return f"Translate {source} to {target}:\n{{{self.source_name()}}}\n{target}: {{{prompting.COMPLETION}}}"
 
     def scores(self, generated, references, metric_names):
         corpus = {}
@@ -415,3 +554,15 @@ class Translation(Seq2Seq):
 def require_columns_named(column_names: list[str], columns: dict[str, str], where: str) -> None:
     """`data.require_columns` for a list of column names (a split's, or a prediction input row's keys)."""
     require_columns(SimpleNamespace(column_names=column_names), columns, where)
+
+
+# Names for the default translation prompt; other codes appear as they are.
+LANGUAGE_NAMES = {
+    "ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fi": "Finnish", "fr": "French", "hi": "Hindi",
+    "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian",
+    "ru": "Russian", "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
+}
+
+
+def language_name(code: str) -> str:
+    return LANGUAGE_NAMES.get(code.lower().replace("_", "-").split("-")[0], code)

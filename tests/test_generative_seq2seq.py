@@ -1,0 +1,206 @@
+"""Summarization and translation with decoder-only (GPT-style) models: `task.generative: true` turns the
+source into a prompt and the target into its completion. The built-in -gpt recipes run on the tiny GPT-2 /
+Llama fixtures and the shared data; bad input; a real learning test with SmolLM2-135M on Multi30k."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+from conftest import RECIPES, SHARED_DATA
+from test_bad_input import assert_user_error
+
+from llmtune import load_recipe
+
+MULTI30K = SHARED_DATA / "multi30k"
+SCITLDR = SHARED_DATA / "scitldr"
+GERMAN = (MULTI30K / "train.de").read_text(encoding="utf-8").splitlines()[:2]
+
+
+def parallel(split: str, samples: int) -> str:
+    """A Multi30k split as a `data.SPLIT` override value: line-aligned German and English files."""
+    return f"{{parallel: {{de: {MULTI30K / (split + '.de')}, en: {MULTI30K / (split + '.en')}}}, max_samples: {samples}}}"
+
+
+def run_args(settings: list[str]) -> list[str]:
+    return [arg for item in settings for arg in ("--set", item)]
+
+
+def translation_settings(model, run, *extra: str) -> list[str]:
+    return [f"model.name={model}", f"data.train={parallel('train', 48)}", f"data.validation={parallel('val', 8)}",
+            f"data.test={parallel('test_2016_flickr', 8)}", "training.epochs=3", "training.batch_size=8", "training.learning_rate=3e-3",
+            "training.log_every_n_steps=2", "evaluation.every_n_steps=null", "method.target_modules=null", "task.max_new_tokens=8",
+            f"output_dir={run}", *extra]
+
+
+def summarization_settings(model, run, *extra: str) -> list[str]:
+    return [f"model.name={model}", f"data.train={{path: {SCITLDR / 'train.jsonl'}, max_samples: 24}}",
+            f"data.validation={{path: {SCITLDR / 'dev.jsonl'}, max_samples: 4}}", f"data.test={{path: {SCITLDR / 'test.jsonl'}, max_samples: 4}}",
+            "training.epochs=3", "training.batch_size=4", "training.learning_rate=3e-3", "training.max_length=192", "training.log_every_n_steps=2",
+            "method.target_modules=null", "task.max_source_length=96", "task.max_target_length=48", "task.max_new_tokens=8", f"output_dir={run}", *extra]
+
+
+def training_losses(run) -> list[float]:
+    return [entry["loss"] for entry in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "split" not in entry]
+
+
+def read_predictions(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name, extra", [("tiny_gpt2", ("method={type: full}",)), ("tiny_llama", ("task.packing=false",))])
+def test_translation_gpt_recipe_trains_evaluates_and_predicts(name, extra, cli, tmp_path, request):
+    model = request.getfixturevalue(name)
+    run = tmp_path / "run"
+    args = run_args(translation_settings(model, run, *extra))
+    code, out, err = cli("validate", RECIPES / "translation-gpt.yaml", *args)
+    assert code == 0, err
+    code, out, err = cli("train", RECIPES / "translation-gpt.yaml", *args)
+    assert code == 0, err
+    losses = training_losses(run)
+    # LoRA's few adapter weights barely move a random 32-wide model (the SmolLM2 test below is the real learning check).
+    assert losses[-1] < losses[0] * (0.9 if "full" in extra[0] else 1.0), losses
+    test_line = next(line for line in out.splitlines() if line.startswith("test: "))
+    assert "signature=BLEU|nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in test_line
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert set(metrics) == {"num_examples", "runtime_s", "bleu", "chrf", "cross_entropy", "perplexity", "signature"}
+    assert metrics["num_examples"] == 8 and metrics["perplexity"] == pytest.approx(math.exp(metrics["cross_entropy"]))
+    # The same predictions.jsonl as the encoder-decoder path.
+    predictions = read_predictions(run)
+    assert len(predictions) == 8 and set(predictions[0]) == {"index", "source", "reference", "generated", "bleu"}
+    assert predictions[0]["source"] == (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[0]
+    code, out, err = cli("eval", run, "--split", "test")
+    assert code == 0, err
+    assert f"bleu={metrics['bleu']:.4f}" in out and f"cross_entropy={metrics['cross_entropy']:.4f}" in out
+    code, out, err = cli("predict", run, "--text", GERMAN[0])
+    assert code == 0, err
+    predicted = json.loads(out)
+    assert set(predicted) == {"de", "generated"} and isinstance(predicted["generated"], str)
+    assert_plain_generation_matches(run, GERMAN)
+
+
+def assert_plain_generation_matches(run, texts: list[str]) -> None:
+    """The saved run loads with plain transformers (and peft) and greedily writes what llmtune's predict writes."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmtune import predict
+
+    predicted = [row["generated"] for row in predict(run, texts)]
+    loader = AutoPeftModelForCausalLM if (run / "adapter_config.json").is_file() else AutoModelForCausalLM
+    model = loader.from_pretrained(run).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    task = load_recipe(run / "recipe.yaml").task
+    plain = []
+    with torch.inference_mode():
+        for text in texts:  # one at a time, no padding
+            prompt = task.prompt_template[: task.prompt_template.index("{completion}")].format(de=text).rstrip(" ")
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=task.max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            plain.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    assert predicted == plain
+
+
+def test_summarization_gpt_recipe_with_chat_template_and_packing(cli, tiny_llama, tmp_path):
+    """SciTLDR: a list of sentences as the source (joined into the prompt), several references per dev/test example."""
+    run = tmp_path / "run"
+    args = run_args(summarization_settings(tiny_llama, run, "task.chat_template=true", "task.packing=true"))
+    code, out, err = cli("validate", RECIPES / "summarization-gpt.yaml", *args)
+    assert code == 0, err
+    code, out, err = cli("train", RECIPES / "summarization-gpt.yaml", *args)
+    assert code == 0, err
+    losses = training_losses(run)
+    assert losses[-1] < losses[0], losses
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"num_examples", "runtime_s", "rouge1", "rouge2", "rougeL", "rougeLsum", "cross_entropy", "perplexity"}
+    predictions = read_predictions(run)
+    rows = [json.loads(line) for line in (SCITLDR / "test.jsonl").read_text().splitlines()[:4]]
+    assert [p["reference"] for p in predictions] == [row["target"] if len(row["target"]) > 1 else row["target"][0] for row in rows]
+    assert predictions[0]["source"] == " ".join(part.strip() for part in rows[0]["source"])
+    assert metrics["test"]["rougeL"] == pytest.approx(sum(p["rougeL"] for p in predictions) / 4, abs=1e-3)
+    code, out, err = cli("eval", run, "--split", "test")
+    assert code == 0, err
+    assert f"rougeL={metrics['test']['rougeL']:.4f}" in out
+    code, out, err = cli("predict", run, "--text", "We propose a new method for training neural networks. It is fast.")
+    assert code == 0, err
+    assert set(json.loads(out)) == {"source", "generated"}
+
+
+def test_cross_entropy_is_per_completion_token_and_matches_the_training_loss(tiny_llama):
+    """Evaluation's cross-entropy counts exactly the target tokens + EOS (not the prompt), as the training loss does."""
+    import datasets
+
+    from llmtune.batching import PadCollator
+    from llmtune.models import Checkpoint, load_model, load_tokenizer
+    from llmtune.recipe import TranslationTask
+    from llmtune.tasks import create
+
+    task = create(TranslationTask(type="translation", source_lang="de", target_lang="en", generative=True))
+    assert task.family.template == "Translate German to English:\n{de}\nEnglish: {completion}"
+    checkpoint = Checkpoint("tiny", str(tiny_llama), "local directory")
+    tokenizer = load_tokenizer(checkpoint)
+    task.setup(None, tokenizer)
+    model, _ = load_model(checkpoint, task.auto_class, pad_token_id=tokenizer.pad_token_id)
+    rows = [{"de": "Ein Hund läuft.", "en": "A dog runs."}, {"de": "Zwei Männer sitzen auf einer Bank im Park.", "en": "Two men sit."}]
+    features = task.preprocess(datasets.Dataset.from_list(rows), tokenizer, 64)
+    batch = PadCollator(tokenizer.pad_token_id)([{k: features[k][i] for k in ("input_ids", "attention_mask", "labels", "prompt_length")} for i in range(2)])
+    with torch.inference_mode():
+        nll, count = task.family.target_losses(model.eval(), batch)
+        loss = task.loss(model, batch)
+    assert count.tolist() == [len(tokenizer(" " + row["en"], add_special_tokens=False)["input_ids"]) + 1 for row in rows]
+    torch.testing.assert_close(nll.sum() / count.sum(), loss)
+
+
+# --------------------------------------------------------------------------- bad input (one line, exit code 2, nothing written)
+
+
+@pytest.mark.parametrize(
+    "recipe, sets, expected",
+    [
+        ("translation-gpt", ['task.prompt_template="Caption of {image}: {de}\\nEnglish: {completion}"'],
+         ["task.prompt_template references column 'image'", "available columns: de, en"]),
+        ("translation-gpt", ['task.prompt_template="Translate: {de}\\nEnglish:"'], ["task.prompt_template", "has no {completion} slot"]),
+        ("summarization-gpt", ['task.prompt_template="{completion} summarizes {source}"'], ["task.prompt_template", "slot must come once, at the end"]),
+        ("summarization-gpt", ['task.prompt_template="Venue: {venue}\\n{source}\\nTL;DR: {completion}"'],
+         ["task.prompt_template references column 'venue'", "available columns: source, source_labels, rouge_scores, paper_id, target, title"]),
+        ("summarization-gpt", ["task.prefix='summarize: '"], ["task.prefix does not apply to generative summarization"]),
+        ("translation-gpt", ["task.no_repeat_ngram_size=3"], ["task.no_repeat_ngram_size does not apply to generative translation"]),
+        ("translation.yaml", ["task.packing=true"], ["task.packing applies to generative translation only"]),
+    ],
+)
+def test_bad_generative_input_stops_with_one_line(recipe, sets, expected, cli, tiny_gpt2, tmp_path):
+    recipe = RECIPES / (recipe if recipe.endswith(".yaml") else recipe + ".yaml")
+    data = [f"data.train={parallel('train', 8)}"] if "translation" in recipe.name else [f"data.train={SCITLDR / 'dev.jsonl'}", "data.train.max_samples=8"]
+    run = tmp_path / "run"
+    args = run_args([f"model.name={tiny_gpt2}", *data, "data.validation=null", "data.test=null", f"output_dir={run}", *sets])
+    message = assert_user_error(cli("validate", recipe, *args), *expected)
+    assert assert_user_error(cli("train", recipe, *args), *expected) == message
+    assert not run.exists()
+
+
+def test_tokenizer_without_eos_stops_generative_translation(cli, tiny_llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "no-eos"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.eos_token = tokenizer.bos_token = None
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.save_pretrained(model)
+    for file in tiny_llama.iterdir():
+        if file.name in ("config.json", "model.safetensors", "generation_config.json"):
+            (model / file.name).write_bytes(file.read_bytes())
+    args = run_args([f"model.name={model}", f"data.train={parallel('train', 8)}", "data.validation=null", "data.test=null", "evaluation.metric_for_best=null",
+                     f"output_dir={tmp_path / 'run'}"])
+    assert_user_error(cli("train", RECIPES / "translation-gpt.yaml", *args), f"the tokenizer of {model} has no EOS token")
+    assert not (tmp_path / "run").exists()
+
+
+def test_builtin_gpt_recipes_validate_as_shipped():
+    for name, task_type in (("summarization-gpt", "summarization"), ("translation-gpt", "translation")):
+        recipe = load_recipe(RECIPES / f"{name}.yaml")
+        assert recipe.model.name == "HuggingFaceTB/SmolLM2-135M-Instruct" and recipe.method.type == "lora"
+        assert recipe.task.type == task_type and recipe.task.generative and recipe.data.train.hub
