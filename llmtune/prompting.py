@@ -203,6 +203,11 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return nll.sum(-1), (shifted_labels != IGNORE).sum(-1)
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token: a left-padded row gets the positions it has unpadded."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def completion_loss(model, batch: dict, packing_length: int | None = None, pad_token_id: int | None = None) -> torch.Tensor:
     """Mean cross-entropy per completion token of the batch; prompt tokens and padding do not count.
 
@@ -214,7 +219,7 @@ def completion_loss(model, batch: dict, packing_length: int | None = None, pad_t
         inputs = pack(batch, packing_length, pad_token_id)
         labels = inputs.pop("labels")
     else:
-        inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": position_ids(batch["attention_mask"])}
         labels = batch["labels"]
     # No cache: transformers looks for packed sequences in the position ids only when there is none.
     nll, count = token_losses(model(**inputs, use_cache=False).logits, labels)

@@ -121,7 +121,8 @@ class PromptCompletionTask:
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Per example: the gold completion's summed NLL and token count, and the generated tokens."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=prompting.position_ids(batch["attention_mask"]),
+                       use_cache=False).logits
         nll, count = prompting.token_losses(logits, prompting.completion_labels(batch))
         mask = batch["attention_mask"].bool()
         prompts = [batch["input_ids"][i][mask[i]][: int(batch["prompt_length"][i])].tolist() for i in range(len(mask))]

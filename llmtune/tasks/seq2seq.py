@@ -171,7 +171,8 @@ class PromptCompletion:
 
     def target_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example: summed NLL of the completion tokens (the target and EOS) and their number."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=prompting.position_ids(batch["attention_mask"]),
+                       use_cache=False).logits
         return prompting.token_losses(logits, prompting.completion_labels(batch))
 
     def generate(self, model, batch: dict, settings: dict) -> torch.Tensor:
