@@ -58,13 +58,13 @@ class Throughput:
                 self.padded_tokens += mask.numel()
 
     def summary(self, examples: int, seconds: float, parameters: int, peak_flops: float) -> dict:
-        self.tokens = int(self.tokens)
-        tokens_per_s = self.tokens / seconds if seconds else 0.0
+        tokens = int(self.tokens)
+        tokens_per_s = tokens / seconds if seconds else 0.0
         return {
             "training_s": round(seconds, 2),  # without evaluations and checkpoints
             "samples_per_s": round(examples / seconds, 2) if seconds else 0.0,
             "tokens_per_s": round(tokens_per_s, 1),
-            "padding_share": round(1 - self.tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
+            "padding_share": round(1 - tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
             "mfu": round(6 * parameters * tokens_per_s / peak_flops, 4) if peak_flops else 0.0,
             "matmul_peak_gflops": round(peak_flops / 1e9, 1),
         }
