@@ -127,13 +127,16 @@ def train(
 
 @app.command("eval")
 def eval_(
-    target: Annotated[str, typer.Argument(help="Run directory, or a checkpoint directory / hub id.")],
+    target: Annotated[str, typer.Argument(help="Run directory, checkpoint directory / hub id, or a recipe file (its model before fine-tuning).")],
     split: Annotated[str, typer.Option(help="Split of the run's recipe to evaluate: train, validation or test.")] = "test",
     data_file: Annotated[Optional[Path], typer.Option("--data", help="Evaluate on this file instead (same columns as the recipe).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics and predictions as JSON/JSONL here (FILE.json; predictions next to it).")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Evaluate a fine-tuned run or any checkpoint on a split: the task's metrics (accuracy / F1 / ROUGE / BLEU ...) and cross-entropy."""
+    """Evaluate a fine-tuned run or any checkpoint on a split: the task's metrics (accuracy / F1 / ROUGE / BLEU ...) and cross-entropy.
+
+    Given a recipe file, it scores the model the recipe would start from (zero-shot baseline) on the recipe's split.
+    """
     from .inference import evaluate
     from .runs import write_json, write_jsonl
     from .train import format_metrics

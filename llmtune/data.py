@@ -27,7 +27,7 @@ def describe(split: str, source: DataSource) -> str:
 
 
 def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
-    """Read every configured split, rename columns and apply max_samples.
+    """Read every configured split, rename columns and apply skip and max_samples.
 
     Raises:
         UserError: missing or unreadable file, unknown format, unreachable hub dataset, empty split,
@@ -52,6 +52,10 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
             )
         if renames:
             dataset = dataset.rename_columns(renames)
+        if source.skip:
+            if source.skip >= len(dataset):
+                raise UserError(f"{where}: skip: {source.skip} leaves no rows (the split has {len(dataset)}); expected fewer than {len(dataset)}")
+            dataset = dataset.select(range(source.skip, len(dataset)))
         if source.max_samples is not None and source.max_samples < len(dataset):
             dataset = dataset.select(range(source.max_samples))
         if len(dataset) == 0:

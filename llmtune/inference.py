@@ -22,7 +22,8 @@ class LoadedRun:
 
 @quiet_libraries
 def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRun:
-    """Load a run directory (full model or adapter on its base), a run pushed to the hub, or a plain checkpoint.
+    """Load a run directory (full model or adapter on its base), a run pushed to the hub, a plain checkpoint,
+    or a recipe file's starting model (before fine-tuning, to measure the zero-shot baseline).
 
     Raises:
         UserError: not a run directory nor a loadable checkpoint.
@@ -48,14 +49,25 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         task.setup(model.config, tokenizer)
         return LoadedRun(recipe, task, model, tokenizer, path)
 
-    raw = {"model": {"name": str(target)}, "task": {"type": "classification"}, "data": {}, "output_dir": "."}
-    for item in overrides:
-        apply_override(raw, item)
-    recipe = validate(raw, source="command line")
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        # A recipe: its starting model before any fine-tuning, the zero-shot / untrained baseline of a run
+        # (seeded as training is, so newly initialised weights are the ones training starts from).
+        from accelerate.utils import set_seed
+
+        recipe = load_recipe(path, overrides)
+        set_seed(recipe.training.seed)
+    else:
+        raw = {"model": {"name": str(target)}, "task": {"type": "classification"}, "data": {}, "output_dir": "."}
+        for item in overrides:
+            apply_override(raw, item)
+        recipe = validate(raw, source="command line")
     checkpoint = models.resolve_checkpoint(recipe.model)
     task = tasks.create(recipe.task)
+    if getattr(recipe.task, "label_names", True) is None and recipe.data.train is not None:
+        task.prepare(data.load_splits(recipe.data), recipe.data)  # the labels a run of this recipe would train
     tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
-    model, _ = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id)
+    model, _ = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id,
+                                 decoder=models.resolve_decoder(recipe.model), **task.model_kwargs() if task.label_names else {})
     if task.label_names is None:
         task.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         task.index_labels = True

@@ -224,7 +224,9 @@ class DataSource(Section):
     config: str | None = Field(None, description="Hub dataset configuration name.")
     split: str | None = Field(None, description="Hub split to read; default: the split's own name (train, validation, test).")
     revision: str | None = Field(None, description="Hub dataset branch, tag or commit.")
-    max_samples: int | None = Field(None, ge=1, description="Use only the first N rows (quick experiments).")
+    skip: int = Field(0, ge=0, description="Leave out the first N rows; with `max_samples`, any slice of one file (train on rows 0-799, "
+                      "evaluate on the rest: `max_samples: 800` and `skip: 800`).")
+    max_samples: int | None = Field(None, ge=1, description="Use only the first N rows (after `skip`; quick experiments).")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:

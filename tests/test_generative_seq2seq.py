@@ -82,6 +82,26 @@ def test_translation_gpt_recipe_trains_evaluates_and_predicts(name, extra, cli, 
     assert_plain_generation_matches(run, GERMAN)
 
 
+def test_eval_of_a_recipe_scores_the_model_training_starts_from(cli, tiny_gpt2, tmp_path):
+    """`llmtune eval RECIPE` is the zero-shot baseline: the recipe's own model, prompt and decoding, nothing trained or written;
+    `skip` + `max_samples` take a held-out slice of one file."""
+    run = tmp_path / "run"
+    test_slice = f"data.test={{parallel: {{de: {MULTI30K / 'test_2016_flickr.de'}, en: {MULTI30K / 'test_2016_flickr.en'}}}, skip: 3, max_samples: 4}}"
+    args = run_args(translation_settings(tiny_gpt2, run, "method={type: full}", test_slice))
+    code, out, err = cli("eval", RECIPES / "translation-gpt.yaml", "--split", "test", *args, "--output", tmp_path / "zero-shot.json")
+    assert code == 0, err
+    assert not run.exists()
+    zero_shot = json.loads((tmp_path / "zero-shot.json").read_text())
+    sources = [json.loads(line)["source"] for line in (tmp_path / "zero-shot.predictions.jsonl").read_text().splitlines()]
+    assert sources == (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[3:7]
+    assert zero_shot["num_examples"] == 4 and {"bleu", "chrf", "cross_entropy"} <= set(zero_shot)
+    code, out, err = cli("train", RECIPES / "translation-gpt.yaml", *args)
+    assert code == 0, err
+    assert json.loads((run / "metrics.json").read_text())["test"]["cross_entropy"] < zero_shot["cross_entropy"]
+    result = cli("eval", RECIPES / "translation-gpt.yaml", "--split", "test", *args, "--set", "data.test.skip=1000")
+    assert_user_error(result, "skip: 1000 leaves no rows (the split has 1000); expected fewer than 1000")
+
+
 def assert_plain_generation_matches(run, texts: list[str]) -> None:
     """The saved run loads with plain transformers (and peft) and greedily writes what llmtune's predict writes."""
     from peft import AutoPeftModelForCausalLM
@@ -221,20 +241,19 @@ def test_smollm2_lora_learns_to_translate_multi30k(smollm2_path, tmp_path):
     greedy BLEU on 200 validation sentences above the zero-shot model's (same prompt, same decoding)."""
     import os
 
-    from test_learning import untrained_metrics
-
-    from llmtune import predict, train
+    from llmtune import evaluate, predict, train
 
     steps = int(os.environ.get("LLMTUNE_GPT_MT_STEPS", "24"))
-    recipe = load_recipe(RECIPES / "translation-gpt.yaml", [
+    settings = [
         f"model.name={smollm2_path}", f"data.train={parallel('train', 16 * steps)}", f"data.validation={parallel('val', 200)}", "data.test=null",
         f"training.max_steps={steps}", "training.batch_size=16", "training.eval_batch_size=50",
         f"training.learning_rate={os.environ.get('LLMTUNE_GPT_MT_LR', '1e-3')}", "training.warmup_ratio=0.1", "training.max_length=96",
         "task.max_target_length=40", "task.max_new_tokens=40", "task.num_beams=1", f"evaluation.every_n_steps={steps}",
         "evaluation.metric_for_best=null", "checkpointing.at_epoch_end=false",
-    ])
+    ]
+    recipe = load_recipe(RECIPES / "translation-gpt.yaml", settings)
     started = time.perf_counter()
-    before = untrained_metrics(recipe)
+    before, _ = evaluate(RECIPES / "translation-gpt.yaml", split="validation", overrides=settings)
     zero_shot_s = time.perf_counter() - started
     result = train(recipe, output_dir=tmp_path / "run", echo=print)
     after = result.metrics["validation"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import RECIPES, ROOT
 
-from llmtune import load_recipe, predict, train
+from llmtune import evaluate, load_recipe, predict, train
 
 
 def sst2_overrides(sst2, *extra: str) -> list[str]:
@@ -82,32 +82,6 @@ def test_quickstart_recipe_end_to_end(tmp_path):
     assert "Traceback" not in finished.stderr
 
 
-def untrained_metrics(recipe) -> dict:
-    """Validation metrics of the model exactly as training starts from it (same seed, same warm start), before any step."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from llmtune import data, models, tasks
-    from llmtune.batching import PadCollator
-    from llmtune.recipe import DataSpec
-    from llmtune.train import eval_loader, run_evaluation
-
-    set_seed(recipe.training.seed)
-    task = tasks.create(recipe.task)
-    spec = DataSpec(validation=recipe.data.validation)
-    splits = data.load_splits(spec)
-    task.prepare(splits, spec)
-    checkpoint = models.resolve_checkpoint(recipe.model)
-    tokenizer = models.load_tokenizer(checkpoint)
-    task.setup(models.load_config(checkpoint), tokenizer)
-    model, _ = models.load_model(checkpoint, task.auto_class, False, tokenizer.pad_token_id, decoder=models.resolve_decoder(recipe.model))
-    features = task.preprocess(splits["validation"], tokenizer, recipe.training.max_length)
-    accelerator = Accelerator(cpu=True)
-    loader = eval_loader(features, task, recipe.training, PadCollator(tokenizer.pad_token_id, tokenizer.padding_side), accelerator)
-    metrics, _ = run_evaluation(model, loader, task, accelerator, splits["validation"], features, recipe.metrics)
-    return metrics
-
-
 @pytest.mark.slow
 def test_bert2bert_from_minilm_learns_to_translate_multi30k(minilm_path, tmp_path):
     """BERT2BERT warm-started from MiniLM (encoder and decoder), German -> English: MiniLM's uncased vocabulary
@@ -121,14 +95,15 @@ def test_bert2bert_from_minilm_learns_to_translate_multi30k(minilm_path, tmp_pat
         return f"{{parallel: {{de: {multi30k / (split + '.de')}, en: {multi30k / (split + '.en')}}}, max_samples: {samples}}}"
 
     steps = int(os.environ.get("LLMTUNE_B2B_STEPS", "60"))
-    recipe = load_recipe(RECIPES / "translation.yaml", [
+    settings = [
         f"model.name={minilm_path}", f"model.decoder={minilm_path}", f"data.train={parallel('train', 4000)}",
         f"data.validation={parallel('val', 200)}", "data.test=null", f"training.max_steps={steps}", "training.batch_size=16",
         "training.eval_batch_size=50", f"training.learning_rate={os.environ.get('LLMTUNE_B2B_LR', '3e-4')}", "training.warmup_ratio=0.1",
         "training.max_length=40", "task.max_target_length=40", "task.num_beams=1", "task.max_new_tokens=24",
         f"evaluation.every_n_steps={steps}", "evaluation.metric_for_best=null", "checkpointing.at_epoch_end=false",
-    ])
-    before = untrained_metrics(recipe)
+    ]
+    recipe = load_recipe(RECIPES / "translation.yaml", settings)
+    before, _ = evaluate(RECIPES / "translation.yaml", split="validation", overrides=settings)  # the model training starts from
     result = train(recipe, output_dir=tmp_path / "b2b", echo=print)
     after = result.metrics["validation"]
     print("untrained:", before, "\ntrained:", after)
