@@ -25,7 +25,7 @@ from .errors import UserError
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 # Keys of a split's metrics (and log entries) that describe the evaluation rather than measure the model.
-NOT_METRICS = ("step", "split", "epoch", "num_examples", "runtime_s")
+NOT_METRICS = ("step", "split", "epoch", "num_examples", "num_windows", "num_target_tokens", "runtime_s")
 LOG_FILE = "train_log.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
 ADAPTER_CONFIG = "adapter_config.json"
