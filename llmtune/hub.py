@@ -80,68 +80,74 @@ def pull_run(repo_id: str) -> Path | None:
 # ---------------------------------------------------------------------------------------------- card
 
 
+# Column headings of the results table; other metrics appear under their own names.
+METRIC_NAMES = {"macro_f1": "macro-F1", "cross_entropy": "cross-entropy", "exact_match": "exact match", "f1": "F1", "bleu": "BLEU", "chrf": "chrF",
+                "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "signature": "sacreBLEU signature"}
+
+
+def split_scores(values: dict) -> dict[str, float]:
+    """A split's numeric metrics: not counts or timings (NOT_METRICS), not text such as sacreBLEU's signature."""
+    return {name: value for name, value in values.items()
+            if name not in runs.NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
 def model_card(recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revision: str | None = None, license: str | None = None) -> str:
-    """README.md for the pushed repo: Hub metadata (model-index holds the run's metrics), usage, hyper-parameters, recipe."""
+    """README.md for the pushed repo: Hub metadata (model-index holds the run's metrics), results, usage, hyper-parameters, recipe.
+
+    What differs between tasks (pipeline, task name, usage snippet) comes from the task object; this stays generic.
+    """
+    from .tasks import create
+    from .tasks.card import PushedModel
+
+    task = create(recipe.task)
     base = recipe.model.name
+    name = repo_id.split("/")[1]
+    task_type, task_name = task.hub_task
     datasets = [source.hub for source in recipe.data.sources().values() if source.hub]
+    evaluated = {split: values for split, values in metrics.items() if split != "train" and isinstance(values, dict)}
+
     metadata: dict = {}
     if is_hub_id(base):
         metadata["base_model"] = base
     metadata["library_name"] = "peft" if adapter else "transformers"
-    metadata["pipeline_tag"] = "text-classification"
-    metadata["tags"] = ["llmtune", "text-classification", recipe.method.type] + (["base_model:adapter:" + base] if adapter and is_hub_id(base) else [])
+    metadata["pipeline_tag"] = task.pipeline_tag
+    metadata["tags"] = ["llmtune", *dict.fromkeys([task_type, task.pipeline_tag]), recipe.method.type] + (["base_model:adapter:" + base] if adapter and is_hub_id(base) else [])
     if datasets:
         metadata["datasets"] = sorted(set(datasets))
     if license:
         metadata["license"] = license
     results = []
-    for split, values in metrics.items():
-        if split == "train" or not isinstance(values, dict):
-            continue
+    for split, values in evaluated.items():
         source = recipe.data.sources().get(split)
         dataset_name = (source.hub or Path(source.local_files()[0]).name) if source else split
         results.append({
-            "task": {"type": "text-classification", "name": "Text Classification"},
+            "task": {"type": task_type, "name": task_name},
             "dataset": {"name": dataset_name, "type": source.hub if source and source.hub else dataset_name, "split": split},
-            "metrics": [{"type": name, "value": value, "name": f"{split} {name}"} for name, value in values.items() if name not in runs.NOT_METRICS],
+            "metrics": [{"type": metric, "value": value, "name": f"{split} {metric}"} for metric, value in split_scores(values).items()],
         })
-    metadata["model-index"] = [{"name": repo_id.split("/")[1], "results": results}]
+    metadata["model-index"] = [{"name": name, "results": results}]
 
-    labels = recipe.task.label_names
-    revision_arg = f', revision="{revision}"' if revision and revision != "main" else ""
-    pair = recipe.task.text_pair_column
-    inputs = 'tokenizer(["first text"], ["second text"], return_tensors="pt", truncation=True)' if pair else 'tokenizer(["an example text"], return_tensors="pt", truncation=True)'
-    if adapter:
-        load = (
-            f"labels = {labels!r}\n"
-            f'base = AutoModelForSequenceClassification.from_pretrained(\n    "{base}", num_labels=len(labels),\n'
-            "    id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})\n"
-            f'model = PeftModel.from_pretrained(base, "{repo_id}"{revision_arg}).eval()\n'
-        )
-        imports = "from peft import PeftModel\n"
-    else:
-        load = f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}"{revision_arg}).eval()\nlabels = [model.config.id2label[i] for i in range(model.config.num_labels)]\n'
-        imports = ""
-    snippet = (
-        "import torch\n" + imports + "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n" + load
-        + f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{revision_arg})\n'
-        + f"inputs = {inputs}\n"
-        + "with torch.no_grad():\n    probabilities = model(**inputs).logits.softmax(-1)[0]\n"
-        + "print({label: round(p.item(), 4) for label, p in zip(labels, probabilities)})\n"
+    columns = list(dict.fromkeys(metric for values in evaluated.values() for metric in split_scores(values)))
+    rows = "".join(
+        f"| {split} | " + " | ".join(f"{values[metric]:.4f}" if metric in values else "" for metric in columns) + f" | {values.get('num_examples', '')} |\n"
+        for split, values in evaluated.items()
     )
+    table = ("| split | " + " | ".join(METRIC_NAMES.get(metric, metric) for metric in columns) + " | examples |\n"
+             + "|---" * (len(columns) + 2) + "|\n" + rows)
+    texts = {(metric, value) for values in evaluated.values() for metric, value in values.items() if metric not in runs.NOT_METRICS and isinstance(value, str)}
+    notes = "".join(f"\n{METRIC_NAMES.get(metric, metric)}: `{value}`\n" for metric, value in sorted(texts))
+
+    pushed = PushedModel(repo_id, base, adapter, revision, recipe.model.revision)
+    snippet = task.usage_code(pushed, recipe.training.max_length)
     hyper = {"method": recipe.method.model_dump(mode="json"), "training": recipe.training.model_dump(mode="json")}
-    metric_rows = "\n".join(
-        f"| {split} | " + " | ".join(f"{values.get(name, float('nan')):.4f}" for name in ("accuracy", "macro_f1", "cross_entropy")) + f" | {values.get('num_examples', '')} |"
-        for split, values in metrics.items() if split != "train" and isinstance(values, dict)
-    )
     what = f"A {recipe.method.type} adapter for [{base}]" if adapter else f"[{base}] fine-tuned ({'merged ' + recipe.method.type + ' adapter' if recipe.method.type != 'full' else 'full fine-tuning'})"
     return (
         "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n"
-        f"# {repo_id.split('/')[1]}\n\n"
-        f"{what} for text classification (labels: {', '.join(labels)}), trained with llmtune from the recipe below.\n\n"
-        "## Results\n\n| split | accuracy | macro-F1 | cross-entropy | examples |\n|---|---|---|---|---|\n" + metric_rows + "\n\n"
+        f"# {name}\n\n"
+        f"{what} for {task.card_description()}, trained with llmtune from the recipe below.\n\n"
+        "## Results\n\n" + table + notes + "\n"
         "## Usage\n\n```python\n" + snippet + "```\n\n"
-        f"or with llmtune: `llmtune eval {repo_id}` (the recipe's test split) and `llmtune predict {repo_id} --text \"...\"`.\n\n"
+        f"or with llmtune: `llmtune eval {repo_id}` (the recipe's test split) and `llmtune predict {repo_id} {task.predict_options}`.\n\n"
         "## Training hyper-parameters\n\n```yaml\n" + yaml.safe_dump(hyper, sort_keys=False) + "```\n\n"
         "## Recipe\n\n```yaml\n" + dump_recipe(recipe) + "```\n"
     )

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MINILM_ID, RECIPES, ROOT, write_recipe, write_sentiment_files
+from conftest import MINILM_ID, RECIPES, ROOT, SHARED_DATA, write_recipe, write_sentiment_files
 from hub_server import HubServer, forbid_remote_connections
+from test_generative_seq2seq import GERMAN
+from test_generative_seq2seq import translation_settings as gpt_translation_settings
+from test_seq2seq import summarization_settings, tiny_t5  # noqa: F401 (fixtures)
 
 TOKEN = "hf_llmtuneTestSecretToken0123456789"
 BOB_TOKEN = "hf_bobsOwnSecretToken9876543210"
@@ -357,3 +360,116 @@ def test_include_adds_named_run_files_only(tiny_runs, local_hub, cli):
     code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/with-log", "--include", "train_log.jsonl")
     assert code == 0, err
     assert set(local_hub.files("acme/with-log")) == ADAPTER_REPO_FILES | {"train_log.jsonl"}
+
+
+# ------------------------------------------------------------------------------------------ cards of the other tasks
+
+
+def train_tiny(recipe: str, settings: list[str], run: Path) -> Path:
+    from llmtune.recipe import load_recipe
+    from llmtune.train import train
+
+    return train(load_recipe(RECIPES / recipe, settings), output_dir=run, echo=lambda *a: None).run_dir
+
+
+@pytest.fixture(scope="module")
+def t5_summarization_run(tiny_t5, tmp_path_factory):
+    """Full fine-tuning of the tiny T5 with T5's `summarize: ` prefix."""
+    run = tmp_path_factory.mktemp("t5-summarization") / "run"
+    return train_tiny("summarization.yaml", summarization_settings(tiny_t5, run, "task.prefix='summarize: '", "training.epochs=2", "data.train.max_samples=16"), run)
+
+
+@pytest.fixture(scope="module")
+def llama_translation_run(tiny_llama, tmp_path_factory):
+    """LoRA on the tiny Llama, translating through its chat template."""
+    run = tmp_path_factory.mktemp("llama-translation") / "run"
+    return train_tiny("translation-gpt.yaml", gpt_translation_settings(tiny_llama, run, "task.chat_template=true", "training.epochs=1"), run)
+
+
+@pytest.fixture(scope="module")
+def qa_run(tiny_bert, tmp_path_factory):
+    """LoRA extractive question answering on the tiny BERT (the span head is trained and saved with the adapter)."""
+    run = tmp_path_factory.mktemp("qa") / "run"
+    xquad = SHARED_DATA / "xquad" / "xquad.en.json"
+    settings = [f"model.name={tiny_bert}", f"data.train={{path: {xquad}, max_samples: 24}}", f"data.validation={{path: {xquad}, max_samples: 8}}",
+                f"data.test={{path: {xquad}, max_samples: 8}}", "training.max_length=128", "task.doc_stride=32", "training.epochs=1",
+                "training.batch_size=8", "method={type: lora}", f"output_dir={run}"]
+    return train_tiny("qa.yaml", settings, run)
+
+
+def card_of(run: Path, repo_id: str = "acme/card") -> str:
+    from llmtune.hub import model_card
+    from llmtune.recipe import load_recipe
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    return model_card(load_recipe(run / "recipe.yaml"), metrics, repo_id, adapter=(run / "adapter_config.json").is_file())
+
+
+def card_snippet(card: str) -> str:
+    return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def run_snippet(snippet: str, replace: dict[str, str]) -> str:
+    """Run a card's usage snippet with plain transformers / peft in a child process; its last printed line."""
+    for old, new in replace.items():
+        assert old in snippet, old
+        snippet = snippet.replace(old, new)
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout.splitlines()[-1]
+
+
+# pipeline tag, model-index task type, results-table columns
+CARD_EXPECTATIONS = {
+    "t5_summarization_run": ("summarization", "summarization", ["ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "cross-entropy", "perplexity"]),
+    "llama_translation_run": ("text-generation", "translation", ["BLEU", "chrF", "cross-entropy", "perplexity"]),
+    "qa_run": ("question-answering", "question-answering", ["exact match", "F1", "cross-entropy"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CARD_EXPECTATIONS))
+def test_card_of_each_task_has_its_pipeline_task_type_and_metrics(name, request):
+    from huggingface_hub import ModelCard
+
+    from llmtune.runs import NOT_METRICS
+
+    run = request.getfixturevalue(name)
+    pipeline_tag, task_type, columns = CARD_EXPECTATIONS[name]
+    card = ModelCard(card_of(run))
+    assert card.data.pipeline_tag == pipeline_tag
+    assert card.data.library_name == ("peft" if (run / "adapter_config.json").is_file() else "transformers")
+    assert {result.task_type for result in card.data.eval_results} == {task_type}
+    metrics = json.loads((run / "metrics.json").read_text())
+    expected = {(split, metric): value for split in ("validation", "test") for metric, value in metrics[split].items()
+                if metric not in NOT_METRICS and not isinstance(value, str)}
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == expected
+    header = next(line for line in card.text.splitlines() if line.startswith("| split |"))
+    assert header == "| split | " + " | ".join(columns) + " | examples |"
+    if "signature" in metrics["test"]:  # text, so a note under the table rather than a column
+        assert f"sacreBLEU signature: `{metrics['test']['signature']}`" in card.text
+
+
+@pytest.mark.parametrize("name, text", [("t5_summarization_run", "Two people walk along a beach at sunset. They carry surfboards."),
+                                        ("llama_translation_run", GERMAN[0])], ids=["t5-summarization", "llama-chat-translation"])
+def test_generation_snippet_writes_what_llmtune_predict_writes(name, text, request):
+    """The snippet, loading from the run directory instead of the repo, with plain transformers / peft only."""
+    from llmtune import predict, tasks
+    from llmtune.recipe import load_recipe
+    from llmtune.tasks.card import literal
+
+    run = request.getfixturevalue(name)
+    example = tasks.create(load_recipe(run / "recipe.yaml").task).example_source()
+    printed = run_snippet(card_snippet(card_of(run)), {'"acme/card"': literal(str(run)), literal(example): literal(text)})
+    predicted = predict(run, [text])[0]["generated"]
+    assert predicted and printed == predicted
+
+
+def test_qa_snippet_finds_the_span_llmtune_predict_finds(qa_run):
+    from llmtune import predict
+    from llmtune.tasks.card import literal
+    from llmtune.tasks.question_answering import EXAMPLE
+
+    printed = run_snippet(card_snippet(card_of(qa_run)), {'"acme/card"': literal(str(qa_run))})
+    answer = predict(qa_run, [EXAMPLE])[0]["answer"]
+    assert answer and printed == answer
+

@@ -11,7 +11,11 @@ A task module provides a class with:
 - `eval_step(model, batch)`: per-example tensors (loss, prediction, ...) for one batch;
 - `metadata_columns`: feature columns kept for decoding but not fed to the model;
 - `new_accumulator(metric_names)`: an object with `add(outputs)` and `result(dataset, features)` -> (metrics, predictions);
-- `predict(model, tokenizer, rows)`: predictions for raw input rows.
+- `predict(model, tokenizer, rows)`: predictions for raw input rows;
+- for the pushed model's card: `pipeline_tag` (the Hub pipeline: text-generation for any causal LM), `hub_task`
+  (model-index task type and name of what the metrics measure), `card_description()`, `predict_options` (how
+  `llmtune predict` is called) and `usage_code(model, max_length)`: a snippet that runs one example with plain
+  transformers / peft and prints what `llmtune predict` gives (helpers in `card.py`).
 
 A new task is one module here and one entry in TASKS.
 """

@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification
 from .. import metrics as metric_modules
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import UserError
+from .card import PushedModel
 from .outputs import CollectedOutputs
 from ..recipe import ClassificationTask, DataSpec
 
@@ -18,6 +19,9 @@ class Classification:
     auto_class = AutoModelForSequenceClassification
     peft_task_type = "SEQ_CLS"
     metadata_columns: tuple[str, ...] = ()
+    pipeline_tag = "text-classification"
+    hub_task = ("text-classification", "Text Classification")
+    predict_options = '--text "..."'
 
     def __init__(self, options: ClassificationTask):
         self.options = options
@@ -174,6 +178,27 @@ class Classification:
                          "probabilities": {name: round(float(p), 6) for name, p in zip(self.label_names, probs)}}
                     )
         return results
+
+    # ------------------------------------------------------------------ model card
+
+    def card_description(self) -> str:
+        return f"text classification (labels: {', '.join(self.label_names)})"
+
+    def usage_code(self, model: PushedModel, max_length: int) -> str:
+        """Class probabilities of one text (or text pair) with plain transformers / peft."""
+        auto = self.auto_class.__name__
+        if model.adapter:  # the base model needs the label names to build its classification head
+            labels = f"labels = {self.label_names!r}\n"
+            load = labels + model.load(auto, ", num_labels=len(labels),\n    id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}")
+        else:
+            load = model.load(auto) + "labels = [model.config.id2label[i] for i in range(model.config.num_labels)]\n"
+        texts = '["first text"], ["second text"]' if self.options.text_pair_column else '["an example text"]'
+        return (
+            "import torch\n" + model.imports(auto) + "\n" + load
+            + f'inputs = tokenizer({texts}, return_tensors="pt", truncation=True)\n'
+            + "with torch.no_grad():\n    probabilities = model(**inputs).logits.softmax(-1)[0]\n"
+            + "print({label: round(p.item(), 4) for label, p in zip(labels, probabilities)})\n"
+        )
 
 
 class ClassificationAccumulator(CollectedOutputs):

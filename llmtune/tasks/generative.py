@@ -18,6 +18,7 @@ from .. import prompting
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import UserError
 from ..recipe import DataSpec
+from .card import PushedModel, causal_lm_usage, example_row
 from .outputs import CollectedOutputs
 
 
@@ -27,6 +28,7 @@ class PromptCompletionTask:
     metadata_columns: tuple[str, ...] = ()
     label_names = None
     prediction_key = "completion"  # the key `predict` puts the generated text under
+    pipeline_tag = "text-generation"
 
     def __init__(self, options):
         self.options = options
@@ -148,6 +150,16 @@ class PromptCompletionTask:
                 texts = prompting.decode(tokenizer, prompting.generate(model, prompts, tokenizer, self.options.max_new_tokens, self.options.num_beams))
                 results += [{**row, self.prediction_key: text} for row, text in zip(chunk, texts)]
         return results
+
+    def examples(self) -> dict[str, str]:
+        """The model card's example values of the task's columns."""
+        return {}
+
+    def usage_code(self, model: PushedModel, max_length: int) -> str:
+        """The recipe's prompt, filled with example values, continued with plain transformers / peft."""
+        row = example_row(prompting.prompt_columns(self.template), self.examples())
+        generation = {"max_new_tokens": self.options.max_new_tokens, "num_beams": self.options.num_beams}
+        return causal_lm_usage(model, self.template, self.options.chat_template, row, generation)
 
 
 class PromptCompletionAccumulator(CollectedOutputs):

@@ -20,9 +20,13 @@ from .. import metrics as metric_modules
 from .. import prompting
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import DataWarning, UserError
+from .card import PushedModel, literal
 from .generative import PromptCompletionTask
 from .outputs import CollectedOutputs
 from ..recipe import DataSpec, QuestionAnsweringTask
+
+# The model card's example question.
+EXAMPLE = {"question": "Where is the treasure?", "context": "The treasure is buried under the old oak tree."}
 
 
 class QuestionAnswering:
@@ -30,6 +34,9 @@ class QuestionAnswering:
     peft_task_type = "QUESTION_ANS"
     # Per-window columns the decoder needs but the model must not see.
     metadata_columns = ("offset_mapping", "example_index")
+    pipeline_tag = "question-answering"
+    hub_task = ("question-answering", "Question Answering")
+    predict_options = '--question "..." --context "..."'
 
     def __init__(self, options: QuestionAnsweringTask):
         self.options = options
@@ -174,6 +181,29 @@ class QuestionAnswering:
         _, predictions = accumulator.result(dataset, windows)
         return [{**row, "answer": p["predicted"], "score": p["score"]} for row, p in zip(rows, predictions)]
 
+    # ------------------------------------------------------------------ model card
+
+    def card_description(self) -> str:
+        return "extractive question answering (the answer is a span of the context)"
+
+    def usage_code(self, model: PushedModel, max_length: int) -> str:
+        """The best-scoring answer span (start logit + end logit) of one question with plain transformers / peft."""
+        auto = self.auto_class.__name__
+        longest = self.options.max_answer_length
+        return (
+            "import torch\n" + model.imports(auto) + "\n" + model.load(auto)
+            + f"question = {literal(EXAMPLE['question'])}\ncontext = {literal(EXAMPLE['context'])}\n"
+            + f"# A context longer than {max_length} tokens is cut here; llmtune predict reads it in overlapping windows.\n"
+            + f'inputs = tokenizer(question, context, truncation="only_second", max_length={max_length}, return_offsets_mapping=True, return_tensors="pt")\n'
+            + 'offsets = inputs.pop("offset_mapping")[0].tolist()\n'
+            + "with torch.no_grad():\n    outputs = model(**inputs)\n"
+            + "starts, ends = outputs.start_logits[0].tolist(), outputs.end_logits[0].tolist()\n"
+            + "context_tokens = [i for i, part in enumerate(inputs.sequence_ids(0)) if part == 1]\n"
+            + f"spans = [(s, e) for s in context_tokens for e in context_tokens if s <= e < s + {longest}]  # at most {longest} tokens long\n"
+            + "start, end = max(spans, key=lambda span: starts[span[0]] + ends[span[1]])\n"
+            + "print(context[offsets[start][0]:offsets[end][1]])\n"
+        )
+
 
 def parse_answers(value, where: str) -> dict:
     """Answers as `{text: [...], answer_start: [...]}`; CSV cells may hold that mapping as JSON text."""
@@ -268,6 +298,14 @@ class GenerativeQuestionAnswering(PromptCompletionTask):
     """
 
     prediction_key = "answer"
+    hub_task = QuestionAnswering.hub_task
+    predict_options = QuestionAnswering.predict_options
+
+    def examples(self) -> dict[str, str]:
+        return {self.options.question_column: EXAMPLE["question"], self.options.context_column: EXAMPLE["context"]}
+
+    def card_description(self) -> str:
+        return "generative question answering (a causal language model writes the answer after the context and the question)"
 
     def default_template(self) -> str:
         o = self.options

@@ -33,6 +33,7 @@ from ..data import describe, require_columns, row_location, tokenization_fingerp
 from ..errors import DataWarning, UserError
 from ..metrics import generation as generation_metrics
 from ..recipe import DataSpec, Seq2SeqTask, SummarizationTask, TranslationTask
+from .card import PushedModel, causal_lm_usage, example_row, keywords, literal
 from .outputs import CollectedOutputs
 
 
@@ -111,6 +112,17 @@ class EncoderDecoder:
     def decode(self, tokenizer, ids: torch.Tensor) -> list[str]:
         return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
+    def usage_code(self, model: PushedModel, source_name: str, text: str, settings: dict, max_length: int) -> str:
+        """The model card's snippet: generate from the tokenized source (with the recipe's prefix)."""
+        auto = self.auto_class.__name__
+        source = f"{literal(self.options.prefix)} + text" if self.options.prefix else "text"
+        return (
+            model.imports(auto) + "\n" + model.load(auto) + f"text = {literal(text)}\n"
+            + f'inputs = tokenizer([{source}], return_tensors="pt", truncation=True, max_length={self.options.max_source_length or max_length})\n'
+            + f"output = model.generate(**inputs, {keywords(settings)})\n"
+            + "print(tokenizer.decode(output[0], skip_special_tokens=True).strip())\n"
+        )
+
 
 class PromptCompletion:
     """A causal LM reads a prompt (the template filled with the source) and is taught to continue it with the target + EOS.
@@ -185,6 +197,12 @@ class PromptCompletion:
     def decode(self, tokenizer, ids: torch.Tensor) -> list[str]:
         return prompting.decode(tokenizer, ids)
 
+    def usage_code(self, model: PushedModel, source_name: str, text: str, settings: dict, max_length: int) -> str:
+        """The model card's snippet: the recipe's prompt around the source, continued with the settings `generate` above uses."""
+        row = example_row(prompting.prompt_columns(self.template), {source_name: text})
+        generation = {key: settings[key] for key in ("max_new_tokens", "num_beams", "length_penalty") if key in settings}
+        return causal_lm_usage(model, self.template, self.options.chat_template, row, generation)
+
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: summed negative log-likelihood of the target tokens, and their number (padding, -100, excluded)."""
@@ -224,6 +242,7 @@ class Seq2Seq:
 
     # Per-example flag kept for the truncation count; not a model input.
     metadata_columns = ("target_truncated",)
+    predict_options = '--text "..."'  # how the card shows `llmtune predict`
 
     def __init__(self, options: Seq2SeqTask):
         self.options = options
@@ -232,6 +251,7 @@ class Seq2Seq:
         self.family = PromptCompletion(options, self.source_name(), self.default_template()) if options.generative else EncoderDecoder(options)
         self.auto_class = self.family.auto_class
         self.peft_task_type = self.family.peft_task_type
+        self.pipeline_tag = "text-generation" if options.generative else self.hub_task[0]
 
     # ------------------------------------------------------------------ where the texts are
 
@@ -409,6 +429,22 @@ class Seq2Seq:
                 generated.update(zip(batch_rows, self.decode(ids)))
         return [{**row, "generated": generated[i]} for i, row in enumerate(rows)]
 
+    # ------------------------------------------------------------------ model card
+
+    def subject(self) -> str:
+        """What the model does, for the card: "summarization", "translation from German to English"."""
+        raise NotImplementedError
+
+    def example_source(self) -> str:
+        """The card's example source text."""
+        raise NotImplementedError
+
+    def card_description(self) -> str:
+        return self.subject() + (" (a causal language model continues a prompt)" if self.options.generative else "")
+
+    def usage_code(self, model: PushedModel, max_length: int) -> str:
+        return self.family.usage_code(model, self.source_name(), self.example_source(), self.generation_settings(), max_length)
+
 
 class Seq2SeqAccumulator(CollectedOutputs):
     """Decodes generated ids batch by batch (only text is kept) and scores everything at the end."""
@@ -454,6 +490,8 @@ class Seq2SeqAccumulator(CollectedOutputs):
 
 
 class Summarization(Seq2Seq):
+    hub_task = ("summarization", "Summarization")
+
     def __init__(self, options: SummarizationTask):
         super().__init__(options)
 
@@ -474,6 +512,13 @@ class Summarization(Seq2Seq):
     def default_template(self) -> str:
         return f"Summarize:\n{{{self.options.source_column}}}\nSummary: {{{prompting.COMPLETION}}}"
 
+    def subject(self) -> str:
+        return "summarization"
+
+    def example_source(self) -> str:
+        return ("We propose a simple method that makes training neural networks faster. Experiments on three benchmarks "
+                "show that it matches the accuracy of standard training in half the time.")
+
     def scores(self, generated, references, metric_names):
         wanted = [name for name in generation_metrics.ROUGE_TYPES if name in metric_names]
         if not wanted:
@@ -484,6 +529,8 @@ class Summarization(Seq2Seq):
 
 
 class Translation(Seq2Seq):
+    hub_task = ("translation", "Translation")
+
     def __init__(self, options: TranslationTask):
         super().__init__(options)
 
@@ -542,6 +589,12 @@ class Translation(Seq2Seq):
     def default_template(self) -> str:
         source, target = (language_name(code) for code in (self.options.source_lang, self.options.target_lang))
         return f"Translate {source} to {target}:\n{{{self.source_name()}}}\n{target}: {{{prompting.COMPLETION}}}"
+
+    def subject(self) -> str:
+        return f"translation from {language_name(self.options.source_lang)} to {language_name(self.options.target_lang)}"
+
+    def example_source(self) -> str:
+        return f"<{language_name(self.options.source_lang)} text to translate>"
 
     def scores(self, generated, references, metric_names):
         corpus = {}
