@@ -25,8 +25,9 @@ REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]
 
 MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
 ADAPTER_FILES = [runs.ADAPTER_CONFIG, "adapter_model.safetensors"]
+# *.spm and target_vocab.json: Marian (OPUS-MT) tokenizers keep their sentencepiece models there, with no tokenizer.json.
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-                   "vocab.json", "merges.txt", "*.model", "chat_template.jinja"]
+                   "vocab.json", "target_vocab.json", "merges.txt", "*.model", "*.spm", "chat_template.jinja"]
 RUN_FILES = [runs.RECIPE_FILE, runs.METRICS_FILE]
 
 # Waits between commit attempts when the hub fails (5xx) or the connection drops; a commit is atomic on the

@@ -41,7 +41,8 @@ OFFLINE_PACKAGES = {
 }
 
 # Weights are read from safetensors only: pickled .bin files can run code when loaded.
-HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+# *.spm: Marian (OPUS-MT) tokenizers are sentencepiece models under that name.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.spm", "*.tiktoken", "*.jinja"]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from conftest import MINILM_ID, RECIPES, ROOT, SHARED_DATA, write_recipe, write_
 from hub_server import HubServer, forbid_remote_connections
 from test_generative_seq2seq import GERMAN
 from test_generative_seq2seq import translation_settings as gpt_translation_settings
-from test_seq2seq import summarization_settings, tiny_t5  # noqa: F401 (fixtures)
+from test_seq2seq import summarization_settings, tiny_marian, tiny_t5  # noqa: F401 (fixtures)
+from test_seq2seq import translation_settings as marian_translation_settings
 
 TOKEN = "hf_llmtuneTestSecretToken0123456789"
 BOB_TOKEN = "hf_bobsOwnSecretToken9876543210"
@@ -473,3 +474,34 @@ def test_qa_snippet_finds_the_span_llmtune_predict_finds(qa_run):
     answer = predict(qa_run, [EXAMPLE])[0]["answer"]
     assert answer and printed == answer
 
+
+def test_marian_push_runs_from_the_hub_with_its_card(tiny_marian, local_hub, cli, tmp_path, monkeypatch):
+    """End to end for a translation model: its own tokenizer files go up, `llmtune eval ORG/NAME` matches the run,
+    and the card's snippet, as written, loads the repo from the hub and translates as `llmtune predict` does."""
+    from huggingface_hub import ModelCard
+
+    run = tmp_path / "run"
+    train_tiny("translation.yaml", marian_translation_settings(tiny_marian, run, "training.epochs=2", "evaluation.every_n_steps=null"), run)
+    code, _, err = cli("push", run, "--repo-id", "acme/tiny-de-en")
+    assert code == 0, err
+    assert {"source.spm", "target.spm", "vocab.json", "model.safetensors"} <= set(local_hub.files("acme/tiny-de-en"))
+    card = ModelCard.load("acme/tiny-de-en")
+    assert card.data.pipeline_tag == "translation" and "llmtune predict acme/tiny-de-en --text" in card.text
+
+    code, _, err = cli("eval", run, "--output", tmp_path / "local.json")
+    assert code == 0, err
+    fresh_cache(monkeypatch, local_hub, tmp_path / "another-machine")
+    code, _, err = cli("eval", "acme/tiny-de-en", "--output", tmp_path / "hub.json")
+    assert code == 0, err
+    hub_metrics, local_metrics = (json.loads((tmp_path / name).read_text()) for name in ("hub.json", "local.json"))
+    assert hub_metrics.pop("runtime_s") > 0 and local_metrics.pop("runtime_s") > 0
+    assert hub_metrics == local_metrics
+
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(card_snippet(card.content).replace('"<German text to translate>"', json.dumps(GERMAN[0], ensure_ascii=False)))
+    env = {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HOME": str(tmp_path / "third"), "HF_HUB_OFFLINE": "0", "PYTHONIOENCODING": "utf-8"}
+    ran = run_guarded([f"exec(open({str(snippet)!r}).read())"], env, tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    from llmtune import predict
+
+    assert ran.stdout.splitlines()[-1] == predict(run, [GERMAN[0]])[0]["generated"]
