@@ -64,6 +64,18 @@ def fresh_cache(monkeypatch, hub: HubServer, home: Path) -> None:
     point_hub_client_at(monkeypatch, hub.url, home)
 
 
+def assert_hub_eval_matches_local(cli, run, repo_id: str, hub: HubServer, monkeypatch, tmp_path) -> None:
+    """`llmtune eval REPO_ID` on a machine with an empty cache gives the run's own metrics."""
+    code, _, err = cli("eval", run, "--output", tmp_path / "local.json")
+    assert code == 0, err
+    fresh_cache(monkeypatch, hub, tmp_path / "another-machine")
+    code, _, err = cli("eval", repo_id, "--output", tmp_path / "hub.json")
+    assert code == 0, err
+    hub_metrics, local_metrics = (json.loads((tmp_path / name).read_text()) for name in ("hub.json", "local.json"))
+    assert hub_metrics.pop("runtime_s") > 0 and local_metrics.pop("runtime_s") > 0  # the only figure allowed to differ
+    assert hub_metrics == local_metrics
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(tiny_bert, tmp_path_factory):
     """A finished tiny LoRA run and a finished tiny full fine-tuning run (seconds each)."""
@@ -107,14 +119,7 @@ def test_push_uploads_only_the_run_artifacts_and_eval_of_the_hub_id_matches_the_
     assert pushed["adapter_model.safetensors"] == (run / "adapter_model.safetensors").read_bytes()
     assert json.loads(pushed["adapter_config.json"])["base_model_name_or_path"] == json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
 
-    code, local_out, err = cli("eval", run, "--output", tmp_path / "local.json")
-    assert code == 0, err
-    fresh_cache(monkeypatch, local_hub, tmp_path / "another-machine")
-    code, hub_out, err = cli("eval", "acme/tiny-lora", "--output", tmp_path / "hub.json")
-    assert code == 0, err
-    hub_metrics, local_metrics = (json.loads((tmp_path / name).read_text()) for name in ("hub.json", "local.json"))
-    assert hub_metrics.pop("runtime_s") > 0 and local_metrics.pop("runtime_s") > 0  # the only figure allowed to differ
-    assert hub_metrics == local_metrics
+    assert_hub_eval_matches_local(cli, run, "acme/tiny-lora", local_hub, monkeypatch, tmp_path)
     assert any(("another-machine" in str(p)) for p in (tmp_path / "another-machine").rglob("adapter_model.safetensors"))
     code, predicted, err = cli("predict", "acme/tiny-lora", "--text", "I loved every minute")
     code_local, predicted_local, _ = cli("predict", run, "--text", "I loved every minute")
@@ -488,14 +493,7 @@ def test_marian_push_runs_from_the_hub_with_its_card(tiny_marian, local_hub, cli
     card = ModelCard.load("acme/tiny-de-en")
     assert card.data.pipeline_tag == "translation" and "llmtune predict acme/tiny-de-en --text" in card.text
 
-    code, _, err = cli("eval", run, "--output", tmp_path / "local.json")
-    assert code == 0, err
-    fresh_cache(monkeypatch, local_hub, tmp_path / "another-machine")
-    code, _, err = cli("eval", "acme/tiny-de-en", "--output", tmp_path / "hub.json")
-    assert code == 0, err
-    hub_metrics, local_metrics = (json.loads((tmp_path / name).read_text()) for name in ("hub.json", "local.json"))
-    assert hub_metrics.pop("runtime_s") > 0 and local_metrics.pop("runtime_s") > 0
-    assert hub_metrics == local_metrics
+    assert_hub_eval_matches_local(cli, run, "acme/tiny-de-en", local_hub, monkeypatch, tmp_path)
 
     snippet = tmp_path / "snippet.py"
     snippet.write_text(card_snippet(card.content).replace('"<German text to translate>"', json.dumps(GERMAN[0], ensure_ascii=False)))
