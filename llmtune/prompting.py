@@ -65,10 +65,12 @@ def check_template_columns(template: str, key: str, columns: list[str], where: s
     Raises:
         UserError: naming the recipe key, the missing column and the available columns.
     """
+    columns = list(dict.fromkeys(columns))
     for name in prompt_columns(template):
         if name not in columns:
             raise UserError(
-                f"{where}: {key} references column '{name}', which the data does not have; available columns: {', '.join(columns)}"
+                f"{where}: {key} references column '{name}', which the data does not have; available columns: {', '.join(columns)}. "
+                f"Rename a column to '{name}' with data.columns ({{name_in_data: {name}}}) or change the template"
             )
 
 
