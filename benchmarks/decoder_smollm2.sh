@@ -44,7 +44,7 @@ if [[ "$which" == scitldr ]]; then
 fi
 if [[ "$which" == xsum ]]; then
   x="$shared/xsum/test.jsonl"
-  xsum=(--set task.source_column=document --set task.target_column=summary --set task.max_source_length=320 --set task.max_new_tokens=64
+  xsum=(--set "data.columns={document: source, summary: target}" --set data.drop_empty=true --set task.max_source_length=320 --set task.max_new_tokens=64
         --set training.eval_batch_size=16)
   if [[ "$stage" == zero-shot || "$stage" == both ]]; then
     stage=zero-shot run xsum recipes/summarization-gpt.yaml "${chat[@]}" "${xsum[@]}" --set data.test=$x

@@ -96,13 +96,13 @@ def evaluate(target: str | Path, split: str = "test", data_file: str | None = No
     loaded = load_run(target, overrides)
     recipe, task = loaded.recipe, loaded.task
     if data_file is not None:
-        spec = DataSpec(test=DataSource(path=str(Path(data_file).resolve())), columns=recipe.data.columns)
+        spec = DataSpec(test=DataSource(path=str(Path(data_file).resolve())), columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
         split = "test"
     else:
         source = getattr(recipe.data, split, None) if split in ("train", "validation", "test") else None
         if source is None:
             raise UserError(f"--split {split}: the recipe has no data.{split}; choose another split or pass --data FILE")
-        spec = DataSpec(**{split: source}, columns=recipe.data.columns)
+        spec = DataSpec(**{split: source}, columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
     splits = data.load_splits(spec)
     task.prepare(splits, spec)
     max_length = recipe.training.max_length

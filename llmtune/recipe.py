@@ -254,6 +254,10 @@ class DataSpec(Section):
     validation: DataSource | None = Field(None, description="Validation split, evaluated during training.")
     test: DataSource | None = Field(None, description="Test split, evaluated once after training.")
     columns: dict[str, str] = Field(default_factory=dict, description="Rename columns before use: `{name_in_data: name_the_task_expects}`.")
+    drop_empty: bool = Field(
+        False, description="Summarization and translation: leave out rows with an empty source or target (counted in a warning) "
+        "instead of stopping at the first with an error; metrics then cover the rows that are left.",
+    )
 
     _shorthand = field_validator("train", "validation", "test", mode="before")(classmethod(lambda cls, v: _source_shorthand(v)))
 

@@ -298,10 +298,31 @@ def test_empty_summary_and_missing_document_column(cli, tiny_t5, tmp_path):
     data.write_text(json.dumps({"source": ["One.", "Two."], "target": ["A summary."]}) + "\n" + json.dumps({"source": ["Three."], "target": []}) + "\n")
     base = [f"model.name={tiny_t5}", f"data.train={data}", "data.validation=null", "data.test=null", f"output_dir={tmp_path / 'run'}"]
     code, out, err = cli("train", RECIPES / "summarization.yaml", *run_args(base))
-    assert code == 2 and "line 2: empty target in column 'target'" in err, err
+    assert code == 2 and "line 2: empty target in column 'target'" in err and "data.drop_empty: true leaves such rows out" in err, err
     code, out, err = cli("train", RECIPES / "summarization.yaml", *run_args([*base, "task.source_column=document"]))
     assert code == 2 and "column 'document' (task.source_column) not found" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_drop_empty_leaves_out_rows_with_an_empty_source_or_target_and_counts_them(tmp_path):
+    import datasets
+
+    from llmtune.errors import DataWarning
+    from llmtune.recipe import DataSpec, SummarizationTask
+    from llmtune.tasks.seq2seq import Summarization
+
+    rows = [{"source": "One.", "target": "A."}, {"source": "", "target": "B."}, {"source": "Three.", "target": ["", " "]}, {"source": "Four.", "target": "D."}]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = Summarization(SummarizationTask(type="summarization", source_column="source", target_column="target"))
+    spec = DataSpec(train={"path": str(path)}, drop_empty=True)
+    splits = {"train": datasets.Dataset.from_list([{**row, "target": row["target"] if isinstance(row["target"], list) else [row["target"]]} for row in rows])}
+    with pytest.warns(DataWarning, match=rf"^data.train \({path}\): left out 2 of 4 rows with an empty source or target \(line 2, line 3; data.drop_empty\)"):
+        task.prepare(splits, spec)
+    assert splits["train"]["source"] == ["One.", "Four."]
+    splits = {"train": datasets.Dataset.from_list([{"source": " ", "target": ["A."]}])}
+    with pytest.raises(UserError, match="every row has an empty source or target; nothing is left after data.drop_empty"):
+        task.prepare(splits, spec)
 
 
 def test_long_targets_are_truncated_with_one_counted_warning(tiny_marian, translation_rows):

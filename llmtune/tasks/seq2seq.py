@@ -295,28 +295,42 @@ class Seq2Seq:
     # ------------------------------------------------------------------ checks
 
     def prepare(self, splits: dict[str, datasets.Dataset], spec: DataSpec) -> None:
-        """Check that every split has its source texts and that train has non-empty targets.
+        """Check that every split has its source texts and that train has non-empty targets; with `data.drop_empty`,
+        rows with an empty source or target are removed from `splits` instead.
 
         Raises:
             UserError: a missing column, an unknown language code, an empty source or target.
         """
         sources = spec.sources()
-        for split, dataset in splits.items():
+        for split, dataset in list(splits.items()):
             where = describe(split, sources[split])
             source, target = self.fields(dataset.column_names, where)
             if self.options.generative:  # the source fills its own field, whatever column it comes from
                 prompting.check_template_columns(self.family.template, "task.prompt_template", [*dataset.column_names, self.source_name()], where)
             if target is None and split == "train":
                 self.require_target(dataset.column_names, where)
+            empty = set()
             for field, parse, what in ((source, source_text, "source"), (target, reference_texts, "target")):
                 if field is None:
                     continue
                 for row, value in enumerate(field.read(dataset[field.column])):
-                    if parse(value) is None:
+                    if parse(value) is not None:
+                        continue
+                    if not spec.drop_empty:
                         raise UserError(
                             f"{where} {row_location(sources[split], row)}: empty {what} in column '{field}' ({value!r:.60}); "
                             "expected a non-empty text" + (" or a list of non-empty texts" if what == "target" else "")
+                            + " (data.drop_empty: true leaves such rows out)"
                         )
+                    empty.add(row)
+            if empty:
+                if len(empty) == len(dataset):
+                    raise UserError(f"{where}: every row has an empty source or target; nothing is left after data.drop_empty")
+                rows = sorted(empty)
+                at = ", ".join(row_location(sources[split], row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
+                warnings.warn(f"{where}: left out {len(rows):,} of {len(dataset):,} rows with an empty source or target ({at}; data.drop_empty)",
+                              DataWarning, stacklevel=2)
+                splits[split] = dataset.select([row for row in range(len(dataset)) if row not in empty])
 
     def require_target(self, column_names: list[str], where: str) -> None:
         raise NotImplementedError
