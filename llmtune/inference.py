@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import data, hub, models, runs, tasks
 from .errors import UserError
-from .quiet import quiet_libraries
+from .quiet import peft_deprecations_silenced, quiet_libraries
 from .recipe import SEQ2SEQ_TASKS, DataSource, DataSpec, Recipe, apply_override, load_recipe, validate
 
 
@@ -43,7 +43,8 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
             base, _ = models.load_model(models.resolve_checkpoint(recipe.model), task.auto_class, recipe.model.trust_remote_code,
                                         tokenizer.pad_token_id, decoder=models.resolve_decoder(recipe.model), **task.model_kwargs())
-            model = PeftModel.from_pretrained(base, str(path))
+            with peft_deprecations_silenced():
+                model = PeftModel.from_pretrained(base, str(path))
         else:
             model, _ = models.load_model(run_checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id)
         task.setup(model.config, tokenizer)

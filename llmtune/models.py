@@ -12,6 +12,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
 from .errors import UserError
+from .quiet import peft_deprecations_silenced
 from .recipe import FullMethod, IA3Method, LoraMethod, Method, ModelSpec, PrefixTuningMethod
 
 
@@ -271,9 +272,13 @@ def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
     modules_to_save = new_modules or None
     if isinstance(method, LoraMethod):
         targets = method.target_modules or peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type, "all-linear")
+        from transformers.pytorch_utils import Conv1D
+
         config = peft.LoraConfig(
             task_type=task_type, r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
             target_modules=targets, modules_to_save=modules_to_save,
+            # GPT-2's layers are Conv1D (weights stored transposed); peft would flip this itself, with a warning per layer.
+            fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
         )
     elif isinstance(method, IA3Method):
         config = peft.IA3Config(
@@ -285,7 +290,8 @@ def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
     else:  # pragma: no cover - the schema admits no other method
         raise TypeError(method)
     try:
-        wrapped = peft.get_peft_model(model, config)
+        with peft_deprecations_silenced():
+            wrapped = peft.get_peft_model(model, config)
     except ValueError as exc:
         raise UserError(f"method: cannot apply {method.type} to {model_type}: {exc}") from None
     if isinstance(method, PrefixTuningMethod) and modules_to_save:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import warnings
 
 
 def quiet_libraries(function):
@@ -35,3 +37,11 @@ def quiet_libraries(function):
                 datasets.enable_progress_bars()
 
     return wrapper
+
+
+@contextlib.contextmanager
+def peft_deprecations_silenced():
+    """peft reads transformers 5's deprecated `is_gradient_checkpointing` on every wrap and load; nothing a user can change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
