@@ -100,6 +100,7 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
     for split in ("validation", "test"):
         lines.append(f"  {split}: data/{split}.csv  # {data_fields[split].description}")
     lines.append(f"  columns: {{}}  # {data_fields['columns'].description}")
+    lines.append(f"  drop_empty: false  # {data_fields['drop_empty'].description}")
 
     methods = schema.union_members("method").values()
     lines += ["", f"method:  # {fields['method'].description}", f"  type: full  # {schema.FullMethod.model_fields['type'].description}"]
