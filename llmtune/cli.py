@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import warnings
@@ -13,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import DataWarning, UserError
+from .quiet import silence_libraries  # for the rest of the command: never restored, the CLI is its own process
 
 app = typer.Typer(
     help="Fine-tune BERT- and GPT-style checkpoints on NLP tasks from one YAML recipe.\n\n"
@@ -26,19 +26,6 @@ SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a recipe key, e.g. --set training.learning_rate=3e-5 (repeatable; values are YAML)."),
 ]
-
-
-def _quiet_libraries() -> None:
-    """Keep library chatter (load reports, download bars) out of the user's terminal."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    # Not even errors: dataset builders log a parse error just before raising it, and llmtune reports it itself.
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -73,7 +60,7 @@ def validate(
 
     try:
         loaded = load_recipe(recipe, set_ or [])
-        _quiet_libraries()
+        silence_libraries()
         task = tasks.create(loaded.task)
         splits = data.load_splits(loaded.data)
         task.prepare(splits, loaded.data)
@@ -115,7 +102,7 @@ def train(
         raise typer.Exit(2)
     try:
         loaded = load_recipe(recipe, set_ or [])
-        _quiet_libraries()
+        silence_libraries()
         run_training(loaded, output_dir=output, overwrite=overwrite, echo=_echo, resume=resume_from or resume)
     except UserError as error:
         _fail(error)
@@ -141,7 +128,7 @@ def eval_(
     from .runs import write_json, write_jsonl
     from .train import format_metrics
 
-    _quiet_libraries()
+    silence_libraries()
     try:
         metrics, predictions = evaluate(target, split=split, data_file=str(data_file) if data_file else None, overrides=set_ or [])
     except UserError as error:
@@ -174,7 +161,7 @@ def predict(
     if not text and input_file is None and question is None:
         typer.echo("error: give --text TEXT (repeatable), --question Q --context C, or --input FILE", err=True)
         raise typer.Exit(2)
-    _quiet_libraries()
+    silence_libraries()
     try:
         rows: list = list(text or [])
         if question is not None:
@@ -210,7 +197,7 @@ def push(
     """
     from .hub import push as run_push
 
-    _quiet_libraries()
+    silence_libraries()
     try:
         run_push(run_dir, repo_id, private=private, revision=revision, merged=merged, commit_message=commit_message,
                  include=include or [], license=license, echo=_echo)
@@ -227,7 +214,7 @@ def merge(
     """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
     from .hub import merge as run_merge
 
-    _quiet_libraries()
+    silence_libraries()
     try:
         run_merge(run_dir, output, overwrite=overwrite)
     except UserError as error:

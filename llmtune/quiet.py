@@ -6,6 +6,34 @@ import contextlib
 import functools
 import os
 import warnings
+from typing import Callable
+
+
+def silence_libraries() -> Callable[[], None]:
+    """Silence transformers / datasets logging and progress bars; returns a function that restores them."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    datasets_verbosity = datasets.logging.get_verbosity()
+    transformers_bars = transformers.utils.logging.is_progress_bar_enabled()
+    datasets_bars = datasets.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    # Not even errors: dataset builders log a parse error just before raising it, and llmtune reports it itself.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+
+    def restore() -> None:
+        transformers.logging.set_verbosity(verbosity)
+        datasets.logging.set_verbosity(datasets_verbosity)
+        if transformers_bars:
+            transformers.utils.logging.enable_progress_bar()
+        if datasets_bars:
+            datasets.enable_progress_bars()
+
+    return restore
 
 
 def quiet_libraries(function):
@@ -13,28 +41,11 @@ def quiet_libraries(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        import datasets
-        import transformers
-
-        verbosity = transformers.logging.get_verbosity()
-        datasets_verbosity = datasets.logging.get_verbosity()
-        transformers_bars = transformers.utils.logging.is_progress_bar_enabled()
-        datasets_bars = datasets.is_progress_bar_enabled()
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
-        # Not even errors: dataset builders log a parse error just before raising it, and llmtune reports it itself.
-        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+        restore = silence_libraries()
         try:
             return function(*args, **kwargs)
         finally:
-            transformers.logging.set_verbosity(verbosity)
-            datasets.logging.set_verbosity(datasets_verbosity)
-            if transformers_bars:
-                transformers.utils.logging.enable_progress_bar()
-            if datasets_bars:
-                datasets.enable_progress_bars()
+            restore()
 
     return wrapper
 
