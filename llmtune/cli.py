@@ -130,7 +130,8 @@ def eval_(
 
     silence_libraries()
     try:
-        metrics, predictions = evaluate(target, split=split, data_file=str(data_file) if data_file else None, overrides=set_ or [])
+        metrics, predictions = evaluate(target, split=split, data_file=str(data_file) if data_file else None, overrides=set_ or [],
+                                        echo=lambda line: typer.echo(line, err=True))  # stdout keeps the results only
     except UserError as error:
         _fail(error)
     _echo(f"{'data' if data_file else split}: {format_metrics(metrics)}")

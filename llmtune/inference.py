@@ -77,13 +77,15 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 @quiet_libraries
-def evaluate(target: str | Path, split: str = "test", data_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, list[dict]]:
+def evaluate(target: str | Path, split: str = "test", data_file: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+             echo=None) -> tuple[dict, list[dict]]:
     """Metrics and per-example predictions of a run or checkpoint on one split or a data file.
 
     Args:
         target: run directory, checkpoint directory or hub id.
         split: the run recipe's split to use (train, validation, test) when no data_file is given.
         data_file: a local file with the task's columns, instead of the recipe's split.
+        echo: receives a progress line every 30 s while the evaluation runs (e.g. `print`).
 
     Raises:
         UserError: unknown split, bad data, unloadable model.
@@ -112,7 +114,7 @@ def evaluate(target: str | Path, split: str = "test", data_file: str | None = No
     collate = PadCollator(loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
     loader: DataLoader = eval_loader(features, task, recipe.training, collate, accelerator)
     model = accelerator.prepare(loaded.model)
-    return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics)
+    return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics, echo, "data" if data_file else split)
 
 
 @quiet_libraries

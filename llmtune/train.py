@@ -74,20 +74,30 @@ def eval_loader(features, task, training, collate, accelerator: Accelerator) -> 
     return DataLoader(model_features(features, task), batch_sampler=batches, collate_fn=collate, pin_memory=accelerator.device.type == "cuda")
 
 
-def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, features, metric_names) -> tuple[dict, list[dict]]:
+EVAL_PROGRESS_EVERY_S = 30
+
+
+def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, features, metric_names, echo=None, label: str = "evaluating") -> tuple[dict, list[dict]]:
     """Metrics and predictions over a whole split; every example counted once, whatever the process count.
 
     Each process evaluates its own batches and the per-example outputs are gathered once at the end.
     (Accelerate's sharding pads uneven shards with repeated examples, and `gather_for_metrics` cannot
     drop them for batch samplers with varying batch sizes such as ours.)
+    `echo`, on the main process: a progress line every EVAL_PROGRESS_EVERY_S (generating a test split can take many minutes).
     """
-    started = time.perf_counter()
+    started = last_line = time.perf_counter()
+    total, done = len(loader.batch_sampler), 0
     model.eval()
     outputs = []
     with torch.inference_mode():
-        for batch in loader:
+        for number, batch in enumerate(loader, 1):
             result = task.eval_step(model, send_to_device(batch, accelerator.device))
             outputs.append({key: value.detach().cpu() for key, value in result.items()})
+            done += len(batch["input_ids"])
+            now = time.perf_counter()
+            if echo is not None and accelerator.is_main_process and now - last_line >= EVAL_PROGRESS_EVERY_S and number < total:
+                last_line, elapsed = now, now - started
+                echo(f"{label}: batch {number}/{total} ({done:,} examples)  elapsed {elapsed:.0f}s  eta {elapsed / number * (total - number):.0f}s")
     model.train()
     accumulator = task.new_accumulator(metric_names)
     for result in gather_object(outputs) if accelerator.num_processes > 1 else outputs:
@@ -264,7 +274,8 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
                 window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
             improved, pause_started = False, time.perf_counter()
             if "validation" in eval_loaders and (step % eval_every == 0 or step == total_steps):
-                metrics, predictions = run_evaluation(model, eval_loaders["validation"], task, accelerator, splits["validation"], features["validation"], recipe.metrics)
+                metrics, predictions = run_evaluation(model, eval_loaders["validation"], task, accelerator, splits["validation"], features["validation"],
+                                                      recipe.metrics, progress.note, f"step {step}: validation")
                 history["validation"] = {"step": step, "metrics": metrics, "predictions": predictions}
                 log({"step": step, "split": "validation", **metrics})
                 progress.note(f"step {step}: validation " + format_metrics(metrics))
@@ -303,7 +314,8 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
         if split == "validation" and history.get("validation", {}).get("step") == step:
             metrics, final_predictions = history["validation"]["metrics"], history["validation"]["predictions"]
         else:
-            metrics, final_predictions = run_evaluation(model, eval_loaders[split], task, accelerator, splits[split], features[split], recipe.metrics)
+            metrics, final_predictions = run_evaluation(model, eval_loaders[split], task, accelerator, splits[split], features[split], recipe.metrics,
+                                                        say, split)
             log({"step": step, "split": split, **metrics})
         results[split] = metrics
 

@@ -45,6 +45,21 @@ def test_python_api_returns_results_and_prints_nothing(tracked_run, capsys, tiny
     assert captured.out == "" and "LOAD REPORT" not in captured.err
 
 
+def test_a_long_evaluation_reports_its_progress(tracked_run, monkeypatch):
+    import importlib
+
+    import llmtune
+
+    monkeypatch.setattr(importlib.import_module("llmtune.train"), "EVAL_PROGRESS_EVERY_S", 0)  # a line after every batch but the last
+    lines = []
+    metrics, _ = llmtune.evaluate(tracked_run.run_dir, split="test", overrides=["training.eval_batch_size=4"], echo=lines.append)
+    batches = -(-metrics["num_examples"] // 4)
+    assert len(lines) == batches - 1 >= 2, lines
+    for number, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"test: batch {number}/{batches} \({4 * number} examples\)  elapsed \d+s  eta \d+s", line), line
+    assert metrics["accuracy"] == pytest.approx(tracked_run.metrics["test"]["accuracy"])
+
+
 def test_tensorboard_event_files_hold_the_log_and_hyperparameters(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
