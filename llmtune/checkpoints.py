@@ -37,7 +37,7 @@ from . import runs
 from .errors import UserError
 from .recipe import Evaluation, Recipe, dump_recipe
 
-CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_DIR = runs.CHECKPOINTS_DIR
 MANIFEST = "manifest.json"
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"

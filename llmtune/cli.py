@@ -81,7 +81,7 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
     set_: SetOption = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (overrides output_dir).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the output directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the llmtune run in the output directory (never a directory holding other files).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output directory from its newest complete checkpoint.")] = False,
     resume_from: Annotated[
         Optional[Path], typer.Option("--resume-from", help="Continue from this run directory or checkpoint directory (implies --resume).")
@@ -210,7 +210,7 @@ def push(
 def merge(
     run_dir: Annotated[Path, typer.Argument(help="A finished LoRA or IA3 run directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged model.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory at --output.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the llmtune run (or merged model) at --output; never other files.")] = False,
 ) -> None:
     """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
     from .hub import merge as run_merge

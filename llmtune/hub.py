@@ -23,11 +23,7 @@ from .recipe import LoraMethod, Recipe, dump_recipe, load_recipe
 # Owner and name: letters, digits, '-', '_', '.'; no leading punctuation, no '--' or '..' (the Hub's rules).
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
-MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
-ADAPTER_FILES = [runs.ADAPTER_CONFIG, "adapter_model.safetensors"]
-# *.spm and target_vocab.json: Marian (OPUS-MT) tokenizers keep their sentencepiece models there, with no tokenizer.json.
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-                   "vocab.json", "target_vocab.json", "merges.txt", "*.model", "*.spm", "chat_template.jinja"]
+MODEL_FILES, ADAPTER_FILES, TOKENIZER_FILES = runs.MODEL_FILES, runs.ADAPTER_FILES, runs.TOKENIZER_FILES
 RUN_FILES = [runs.RECIPE_FILE, runs.METRICS_FILE]
 
 # Waits between commit attempts when the hub fails (5xx) or the connection drops; a commit is atomic on the
@@ -181,8 +177,9 @@ def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> P
         loaded.tokenizer.save_pretrained(staging)
         runs.write_atomic(staging / runs.RECIPE_FILE, dump_recipe(recipe))
         shutil.copy2(run_dir / runs.METRICS_FILE, staging / runs.METRICS_FILE)
-        if output.exists():
-            shutil.rmtree(output)
+        if output.exists():  # a run check_output_dir allowed to replace; clearing checks again that it holds nothing else
+            runs.clear_output_dir(output)
+            output.rmdir()
         staging.rename(output)  # the output appears complete or not at all
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -14,11 +14,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from .errors import UserError
 
@@ -29,28 +32,94 @@ NOT_METRICS = ("step", "split", "epoch", "num_examples", "num_windows", "num_tar
 LOG_FILE = "train_log.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
 ADAPTER_CONFIG = "adapter_config.json"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+
+# The model, adapter and tokenizer files a run saves (transformers / peft names), also what `llmtune push` uploads.
+MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
+ADAPTER_FILES = [ADAPTER_CONFIG, "adapter_model.safetensors"]
+# *.spm and target_vocab.json: Marian (OPUS-MT) tokenizers keep their sentencepiece models there, with no tokenizer.json.
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                   "vocab.json", "target_vocab.json", "merges.txt", "*.model", "*.spm", "chat_template.jinja"]
+# Everything llmtune writes into a run directory (train, report, plots; peft writes an adapter README.md).
+# `--overwrite` replaces a directory only when it holds nothing else.
+RUN_ENTRIES = [RECIPE_FILE, METRICS_FILE, LOG_FILE, PREDICTIONS_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR, "README.md",
+               "report.html", "report.md", "*.png", *MODEL_FILES, *ADAPTER_FILES, *TOKENIZER_FILES]
 
 
 def is_finished_run(path: Path) -> bool:
     return (path / RECIPE_FILE).is_file() and (path / METRICS_FILE).is_file()
 
 
+def foreign_entries(path: Path) -> list[str]:
+    """Names in a directory that llmtune does not write into a run, sorted.
+
+    Symbolic links count as foreign, whatever their name: deleting through one could reach anything.
+    """
+    def ours(entry: Path) -> bool:
+        name = entry.name
+        if entry.is_symlink():
+            return False
+        if any(fnmatch.fnmatch(name, pattern) for pattern in RUN_ENTRIES):
+            return True
+        # Temporary files of an interrupted atomic write (`.metrics.json.x1y2`) and of checkpoints (`.tmp-step-N`).
+        return name.startswith(".") and any(name[1:].startswith(known.split("*")[0]) for known in RUN_ENTRIES)
+
+    return sorted(entry.name for entry in path.iterdir() if not ours(entry))
+
+
+def is_run_dir(path: Path) -> bool:
+    """A directory llmtune may replace: it holds a run's recipe.yaml and nothing llmtune does not write into runs."""
+    recipe = path / RECIPE_FILE
+    if not recipe.is_file() or recipe.is_symlink() or foreign_entries(path):
+        return False
+    try:
+        raw = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and {"model", "task", "data"} <= set(raw)
+
+
 def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to write into a directory that holds anything, unless overwrite was asked for."""
+    """Refuse a directory that holds anything, unless it is an llmtune run and overwrite was asked for.
+
+    Only runs are ever replaced: a directory with any file llmtune does not write (a user's notes, data,
+    a plain checkpoint without a run's recipe.yaml) is refused with or without `overwrite`.
+
+    Raises:
+        UserError: naming what the directory holds and what to do instead.
+    """
     if path.exists() and not path.is_dir():
-        raise UserError(f"output_dir: {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        what = "a finished run" if is_finished_run(path) else "files (an unfinished run?)"
+        raise UserError(f"output_dir: {path} exists and is not a directory; choose another directory with --output DIR")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not is_run_dir(path):
+        foreign = foreign_entries(path)
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        what = f"files that are not part of an llmtune run ({shown})" if foreign else f"files but no llmtune {RECIPE_FILE}"
         raise UserError(
-            f"output_dir: {path} already holds {what}; pass --overwrite to replace it, "
-            "or choose another directory with --output DIR"
+            f"output_dir: {path} already holds {what}; llmtune writes only into an empty directory or replaces its "
+            "own runs, so choose another directory with --output DIR"
         )
+    if not overwrite:
+        what = "a finished run" if is_finished_run(path) else "an unfinished run"
+        raise UserError(f"output_dir: {path} already holds {what}; pass --overwrite to replace it, or choose another directory with --output DIR")
 
 
 def clear_output_dir(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
+    """Empty a run directory (check_output_dir allowed it) and create it if needed; the directory itself stays.
+
+    Deletes only what llmtune writes into runs: anything that appeared since the check is left alone and refused.
+    """
     path.mkdir(parents=True, exist_ok=True)
+    foreign = foreign_entries(path)
+    if foreign:
+        raise UserError(f"output_dir: {path} now holds files that are not part of an llmtune run ({', '.join(foreign[:5])}); nothing was deleted")
+    for entry in path.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def reopen_run(path: Path, step: int) -> None:

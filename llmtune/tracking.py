@@ -11,12 +11,13 @@ import sys
 
 import torch
 
+from . import runs
 from .errors import UserError
 
 # recipe name -> (module that must be importable, pip package that provides it)
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
 # Where TensorBoard event files go, inside the run directory.
-TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_DIR = runs.TENSORBOARD_DIR
 
 
 def check_installed(trackers: list[str]) -> None:

@@ -207,7 +207,8 @@ def test_output_dir_holds_other_files(cli, tiny_bert, sentiment_files, tmp_path)
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files)
-    assert_user_error(cli("train", recipe), f"output_dir: {run_dir} already holds files", "--overwrite")
+    err = assert_user_error(cli("train", recipe), f"output_dir: {run_dir} already holds files that are not part of an llmtune run (notes.txt)")
+    assert "--overwrite" not in err
     assert [path.name for path in run_dir.iterdir()] == ["notes.txt"]
 
 
