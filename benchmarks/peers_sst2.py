@@ -66,28 +66,57 @@ def run_llmtune(n: int, workdir: Path) -> dict:
     import llmtune
     from llmtune.recipe import validate
 
-    recipe = validate({
-        "model": {"name": minilm()},
-        "task": {"type": "classification", "text_column": "sentence", "label_column": "label"},
-        "data": {"train": {"path": str(SST2 / "train.tsv"), "max_samples": n}, "validation": str(SST2 / "validation.tsv")},
-        "training": {"epochs": 1, "batch_size": BATCH, "eval_batch_size": EVAL_BATCH, "learning_rate": LR, "weight_decay": 0.0,
-                     "max_length": MAX_LENGTH, "seed": SEED, "precision": "fp32", "log_every_n_steps": 50},
-        "checkpointing": {"at_epoch_end": False},
-        "output_dir": str(workdir / "llmtune"),
-    })
+    recipe = validate(
+        {
+            "model": {"name": minilm()},
+            "task": {"type": "classification", "text_column": "sentence", "label_column": "label"},
+            "data": {
+                "train": {"path": str(SST2 / "train.tsv"), "max_samples": n},
+                "validation": str(SST2 / "validation.tsv"),
+            },
+            "training": {
+                "epochs": 1,
+                "batch_size": BATCH,
+                "eval_batch_size": EVAL_BATCH,
+                "learning_rate": LR,
+                "weight_decay": 0.0,
+                "max_length": MAX_LENGTH,
+                "seed": SEED,
+                "precision": "fp32",
+                "log_every_n_steps": 50,
+            },
+            "checkpointing": {"at_epoch_end": False},
+            "output_dir": str(workdir / "llmtune"),
+        }
+    )
     result = llmtune.train(recipe)
     train, dev = result.metrics["train"], result.metrics["validation"]
-    return {"train_s": train["training_s"], "samples_per_s": train["samples_per_s"], "tokens_per_s": train["tokens_per_s"],
-            "padding_share": train["padding_share"], "mfu": train["mfu"], "peak_gflops": train["matmul_peak_gflops"],
-            "dev_accuracy": dev["accuracy"], "eval_s": dev["runtime_s"], "steps": train["steps"]}
+    return {
+        "train_s": train["training_s"],
+        "samples_per_s": train["samples_per_s"],
+        "tokens_per_s": train["tokens_per_s"],
+        "padding_share": train["padding_share"],
+        "mfu": train["mfu"],
+        "peak_gflops": train["matmul_peak_gflops"],
+        "dev_accuracy": dev["accuracy"],
+        "eval_s": dev["runtime_s"],
+        "steps": train["steps"],
+    }
 
 
 def run_trainer(config: str, n: int, workdir: Path, pad128_fraction: float) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, default_data_collator, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
 
     from llmtune import speed
 
@@ -114,17 +143,36 @@ def run_trainer(config: str, n: int, workdir: Path, pad128_fraction: float) -> d
     steps = math.ceil(n / BATCH)
     max_steps = max(1, round(steps * pad128_fraction)) if pad128 and pad128_fraction < 1 else -1
     args = TrainingArguments(
-        output_dir=str(workdir / config), per_device_train_batch_size=BATCH, per_device_eval_batch_size=EVAL_BATCH,
-        learning_rate=LR, weight_decay=0.0, num_train_epochs=1, max_steps=max_steps, lr_scheduler_type="linear", warmup_steps=0,
-        seed=SEED, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=50, disable_tqdm=True, use_cpu=True,
+        output_dir=str(workdir / config),
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=EVAL_BATCH,
+        learning_rate=LR,
+        weight_decay=0.0,
+        num_train_epochs=1,
+        max_steps=max_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        seed=SEED,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        logging_steps=50,
+        disable_tqdm=True,
+        use_cpu=True,
         train_sampling_strategy="group_by_length" if config == "trainer-grouped" else "random",
     )
 
     def accuracy(prediction):
         return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
 
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=dev_set, data_collator=counting_collator,
-                      compute_metrics=accuracy)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=dev_set,
+        data_collator=counting_collator,
+        compute_metrics=accuracy,
+    )
     peak = speed.matmul_peak_flops(torch.device("cpu"))
     started = time.perf_counter()
     trainer.train()
@@ -136,38 +184,60 @@ def run_trainer(config: str, n: int, workdir: Path, pad128_fraction: float) -> d
     dev = trainer.evaluate()
     eval_s = time.perf_counter() - started
     partial = done_steps < steps
-    return {"train_s": train_s * steps / done_steps, "samples_per_s": figures["samples_per_s"], "tokens_per_s": figures["tokens_per_s"],
-            "padding_share": figures["padding_share"], "mfu": figures["mfu"], "peak_gflops": figures["matmul_peak_gflops"],
-            "dev_accuracy": None if partial else dev["eval_accuracy"], "eval_s": eval_s, "steps": done_steps,
-            "extrapolated_from_steps": done_steps if partial else None}
+    return {
+        "train_s": train_s * steps / done_steps,
+        "samples_per_s": figures["samples_per_s"],
+        "tokens_per_s": figures["tokens_per_s"],
+        "padding_share": figures["padding_share"],
+        "mfu": figures["mfu"],
+        "peak_gflops": figures["matmul_peak_gflops"],
+        "dev_accuracy": None if partial else dev["eval_accuracy"],
+        "eval_s": eval_s,
+        "steps": done_steps,
+        "extrapolated_from_steps": done_steps if partial else None,
+    }
 
 
 def child(config: str, n: int, pad128_fraction: float) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_llmtune(n, Path(tmp)) if config == "llmtune" else run_trainer(config, n, Path(tmp), pad128_fraction)
+        result = (
+            run_llmtune(n, Path(tmp)) if config == "llmtune" else run_trainer(config, n, Path(tmp), pad128_fraction)
+        )
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def table(results: dict, n: int) -> str:
     ours = results["llmtune"]
-    lines = ["| configuration | train s | samples/s | non-pad tokens/s | padding | MFU | dev acc | eval s | peak RSS MB | llmtune train speed-up | llmtune eval speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | train s | samples/s | non-pad tokens/s | padding | MFU | dev acc | eval s | peak RSS MB "
+        "| llmtune train speed-up | llmtune eval speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for config, r in results.items():
-        train_s = f"{r['train_s']:.0f}" + (f" (from {r['extrapolated_from_steps']} of {math.ceil(n / BATCH)} steps)" if r.get("extrapolated_from_steps") else "")
+        train_s = f"{r['train_s']:.0f}" + (
+            f" (from {r['extrapolated_from_steps']} of {math.ceil(n / BATCH)} steps)"
+            if r.get("extrapolated_from_steps")
+            else ""
+        )
         acc = "n/a (partial epoch)" if r["dev_accuracy"] is None else f"{r['dev_accuracy']:.4f}"
         speed_up = "" if config == "llmtune" else f"{r['train_s'] / ours['train_s']:.2f}x"
         eval_up = "" if config == "llmtune" else f"{r['eval_s'] / ours['eval_s']:.2f}x"
-        lines.append(f"| {LABELS[config]} | {train_s} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | "
-                     f"{100 * r['mfu']:.1f}% | {acc} | {r['eval_s']:.1f} | {r['peak_rss_mb']:.0f} | {speed_up} | {eval_up} |")
+        lines.append(
+            f"| {LABELS[config]} | {train_s} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} "
+            f"| {100 * r['padding_share']:.0f}% | "
+            f"{100 * r['mfu']:.1f}% | {acc} | {r['eval_s']:.1f} | {r['peak_rss_mb']:.0f} | {speed_up} | {eval_up} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8000, help="training sentences (the first N of SST-2 train)")
-    parser.add_argument("--pad128-fraction", type=float, default=1.0, help="share of the epoch the pad-to-128 peer trains (1: all)")
+    parser.add_argument(
+        "--pad128-fraction", type=float, default=1.0, help="share of the epoch the pad-to-128 peer trains (1: all)"
+    )
     parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     parser.add_argument("--markdown", type=Path, help="also write the table and the setup to this file")
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -182,7 +252,16 @@ def main() -> None:
     results = {}
     for config in args.configs:
         print(f"== {LABELS[config]}", flush=True)
-        command = [sys.executable, __file__, "--child", config, "--n", str(args.n), "--pad128-fraction", str(args.pad128_fraction)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            config,
+            "--n",
+            str(args.n),
+            "--pad128-fraction",
+            str(args.pad128_fraction),
+        ]
         process = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         found = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
         if process.returncode != 0 or not found:
@@ -190,10 +269,15 @@ def main() -> None:
         results[config] = json.loads(found[-1].removeprefix("RESULT "))
         print(json.dumps(results[config]), flush=True)
     total = time.perf_counter() - started
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+    )
     command = "python benchmarks/peers_sst2.py " + " ".join(sys.argv[1:])
-    report = (f"SST-2, first {args.n:,} training sentences, 1 epoch, MiniLM full fine-tuning, dev split (872).\n"
-              f"Machine: {machine}. Whole benchmark: {total / 60:.1f} min. Command: `{command}`\n\n" + table(results, args.n))
+    report = (
+        f"SST-2, first {args.n:,} training sentences, 1 epoch, MiniLM full fine-tuning, dev split (872).\n"
+        f"Machine: {machine}. Whole benchmark: {total / 60:.1f} min. Command: `{command}`\n\n" + table(results, args.n)
+    )
     print("\n" + report)
     if args.markdown:
         args.markdown.write_text(report + "\n")

@@ -22,7 +22,9 @@ PAD_WITH_TOKEN = ("input_ids", "decoder_input_ids")
 PAD_WITH_IGNORE = ("labels",)
 
 
-def cut_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int | None, max_tokens: int | None = None) -> list[list[int]]:
+def cut_batches(
+    order: Sequence[int], lengths: Sequence[int], batch_size: int | None, max_tokens: int | None = None
+) -> list[list[int]]:
     """Cut `order` (sorted by length, longest first) into consecutive batches.
 
     `batch_size` examples each, or with `max_tokens` as many as fit in that many padded tokens (the
@@ -52,7 +54,14 @@ class LengthGroupedBatches:
     equal-sized batches when it finds that attribute and then drops the shorter ones.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int | None, seed: int, max_tokens: int | None = None, mega_batch_factor: int = 50):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int | None,
+        seed: int,
+        max_tokens: int | None = None,
+        mega_batch_factor: int = 50,
+    ):
         self.lengths = list(lengths)
         self.size = batch_size
         self.max_tokens = max_tokens
@@ -92,7 +101,10 @@ class LengthGroupedBatches:
         """Batches in a whole epoch, skipped ones included."""
         if self.max_tokens is not None:  # the count depends on how lengths fall into mega-batches
             return len(self.batches())
-        return sum(-(-len(self.lengths[s : s + self.mega_batch_size]) // self.size) for s in range(0, len(self.lengths), self.mega_batch_size))
+        return sum(
+            -(-len(self.lengths[s : s + self.mega_batch_size]) // self.size)
+            for s in range(0, len(self.lengths), self.mega_batch_size)
+        )
 
 
 class SortedBatches:
@@ -102,7 +114,14 @@ class SortedBatches:
     exactly once, in the same batch as in a single process (so with the same result).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int | None, num_processes: int = 1, process_index: int = 0, max_tokens: int | None = None):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int | None,
+        num_processes: int = 1,
+        process_index: int = 0,
+        max_tokens: int | None = None,
+    ):
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         self._batches = cut_batches(order, lengths, batch_size, max_tokens)[process_index::num_processes]
 

@@ -47,7 +47,16 @@ STEP_DIR = re.compile(r"step-(\d+)")
 # Recipe keys that must equal the original run's for a resume to continue the same training: what is
 # trained (model, method), on what (data, task), and what fixes the batch order (seed, batch size, length).
 # Anything else, such as max_steps, epochs or the learning-rate schedule, may change (extending a run).
-RESUME_MUST_MATCH = ("model", "task", "data", "method", "training.seed", "training.batch_size", "training.max_tokens", "training.max_length")
+RESUME_MUST_MATCH = (
+    "model",
+    "task",
+    "data",
+    "method",
+    "training.seed",
+    "training.batch_size",
+    "training.max_tokens",
+    "training.max_length",
+)
 
 
 @dataclass
@@ -70,7 +79,9 @@ class Interrupted(Exception):
     def __init__(self, signum: int, step: int, checkpoint: Path):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved to {checkpoint}")
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved to {checkpoint}"
+        )
 
 
 # --------------------------------------------------------------------------- finding checkpoints
@@ -111,14 +122,18 @@ def find_resumable(run_dir: Path, explicit: Path | None, warn) -> Path:
     if explicit is not None:
         problem = verify(explicit)
         if problem:
-            raise UserError(f"--resume {explicit}: checkpoint is incomplete or damaged ({problem}); pass another checkpoint or the run directory")
+            raise UserError(
+                f"--resume {explicit}: checkpoint is incomplete or damaged ({problem}); pass another checkpoint or the run directory"
+            )
         return explicit
     for path in checkpoint_dirs(run_dir):
         problem = verify(path)
         if problem is None:
             return path
         warn(f"warning: skipping checkpoint {path}: incomplete or damaged ({problem})")
-    raise UserError(f"--resume: {run_dir} has no complete checkpoint under {CHECKPOINTS_DIR}/; start again with --overwrite")
+    raise UserError(
+        f"--resume: {run_dir} has no complete checkpoint under {CHECKPOINTS_DIR}/; start again with --overwrite"
+    )
 
 
 def resume_target(resume: bool | str | Path, default_run_dir: Path) -> tuple[Path, Path | None]:
@@ -131,7 +146,9 @@ def resume_target(resume: bool | str | Path, default_run_dir: Path) -> tuple[Pat
     if (path / MANIFEST).is_file() or STEP_DIR.fullmatch(path.name):
         explicit, path = path, path.parent.parent
     if not (path / runs.RECIPE_FILE).is_file():
-        raise UserError(f"--resume: {path} is not a run directory (no {runs.RECIPE_FILE}); expected the run directory or one of its checkpoints")
+        raise UserError(
+            f"--resume: {path} is not a run directory (no {runs.RECIPE_FILE}); expected the run directory or one of its checkpoints"
+        )
     return path, explicit
 
 
@@ -144,7 +161,8 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     saved = _flatten(yaml.safe_load((run_dir / runs.RECIPE_FILE).read_text(encoding="utf-8")) or {})
     current = _flatten(yaml.safe_load(dump_recipe(recipe)))
     differing = sorted(
-        key for key in set(saved) | set(current)
+        key
+        for key in set(saved) | set(current)
         if saved.get(key) != current.get(key) and any(key == k or key.startswith(k + ".") for k in RESUME_MUST_MATCH)
     )
     if differing:
@@ -167,7 +185,16 @@ def _flatten(value, prefix: str = "") -> dict:
 # --------------------------------------------------------------------------- saving
 
 
-def save(run_dir: Path, accelerator, model, optimizer, state: TrainingState, window_loss: torch.Tensor, keep_last: int, keep_step: int | None) -> Path:
+def save(
+    run_dir: Path,
+    accelerator,
+    model,
+    optimizer,
+    state: TrainingState,
+    window_loss: torch.Tensor,
+    keep_last: int,
+    keep_step: int | None,
+) -> Path:
     """Write `checkpoints/step-N` atomically and prune old ones (all processes call this; the main one writes).
 
     keep_step: a step whose checkpoint survives pruning (the best one).
@@ -256,7 +283,9 @@ def load_weights(path: Path, model) -> None:
     weights = safetensors.torch.load_file(path / WEIGHTS)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(params):
-        raise UserError(f"--resume: checkpoint {path} does not hold this model's trainable weights; was it written by another recipe?")
+        raise UserError(
+            f"--resume: checkpoint {path} does not hold this model's trainable weights; was it written by another recipe?"
+        )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
@@ -296,7 +325,11 @@ class BestCheckpoint:
     """Tracks the best validation metric, and patience for early stopping."""
 
     def __init__(self, options: Evaluation, saved: dict | None = None):
-        self.metric, self.mode, self.patience = options.metric_for_best, options.best_mode, options.early_stopping_patience
+        self.metric, self.mode, self.patience = (
+            options.metric_for_best,
+            options.best_mode,
+            options.early_stopping_patience,
+        )
         saved = saved or {}
         self.step: int | None = saved.get("step")
         self.value: float | None = saved.get("value")
@@ -324,7 +357,12 @@ class BestCheckpoint:
         return self.patience is not None and self.evals_without_improvement >= self.patience
 
     def state(self) -> dict:
-        return {"step": self.step, "value": self.value, "metrics": self.metrics, "evals_without_improvement": self.evals_without_improvement}
+        return {
+            "step": self.step,
+            "value": self.value,
+            "metrics": self.metrics,
+            "evals_without_improvement": self.evals_without_improvement,
+        }
 
 
 class StopSignals:
@@ -351,12 +389,18 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None:
-            print(f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr, flush=True
+            )
             os._exit(128 + signum)
         self.received = signum
         if self.announce:
-            print(f"\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint "
-                  "(send it again to exit at once)", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint "
+                "(send it again to exit at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def requested(self, accelerator) -> int | None:
         """The signal received by any process (all processes must stop at the same step), or None."""

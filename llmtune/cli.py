@@ -24,7 +24,9 @@ app = typer.Typer(
 
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a recipe key, e.g. --set training.learning_rate=3e-5 (repeatable; values are YAML)."),
+    typer.Option(
+        "--set", help="Override a recipe key, e.g. --set training.learning_rate=3e-5 (repeatable; values are YAML)."
+    ),
 ]
 
 
@@ -69,7 +71,10 @@ def validate(
     except UserError as error:
         _fail(error)
     _echo(f"{recipe}: ok")
-    _echo(f"  model: {checkpoint.name} ({checkpoint.origin})" + (f", decoder: {decoder.name} ({decoder.origin})" if decoder else ""))
+    _echo(
+        f"  model: {checkpoint.name} ({checkpoint.origin})"
+        + (f", decoder: {decoder.name} ({decoder.origin})" if decoder else "")
+    )
     _echo(f"  task: {loaded.task.type}" + (f", labels: {', '.join(task.label_names)}" if task.label_names else ""))
     for split, dataset in splits.items():
         _echo(f"  data.{split}: {len(dataset):,} examples")
@@ -80,11 +85,22 @@ def validate(
 def train(
     recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
     set_: SetOption = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (overrides output_dir).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace the llmtune run in the output directory (never a directory holding other files).")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output directory from its newest complete checkpoint.")] = False,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Run directory (overrides output_dir).")
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace the llmtune run in the output directory (never a directory holding other files)."),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in the output directory from its newest complete checkpoint."),
+    ] = False,
     resume_from: Annotated[
-        Optional[Path], typer.Option("--resume-from", help="Continue from this run directory or checkpoint directory (implies --resume).")
+        Optional[Path],
+        typer.Option(
+            "--resume-from", help="Continue from this run directory or checkpoint directory (implies --resume)."
+        ),
     ] = None,
 ) -> None:
     """Fine-tune as the recipe says, evaluate on validation and test, and write the run directory.
@@ -92,10 +108,9 @@ def train(
     The run directory holds the resolved recipe, the model or adapter (loadable with plain
     transformers / peft), the tokenizer, metrics.json, predictions.jsonl and train_log.jsonl.
     """
+    from .checkpoints import Interrupted
     from .recipe import load_recipe
     from .train import train as run_training
-
-    from .checkpoints import Interrupted
 
     if (resume or resume_from) and overwrite:
         typer.echo("error: --resume and --overwrite contradict each other; give one of them", err=True)
@@ -107,17 +122,40 @@ def train(
     except UserError as error:
         _fail(error)
     except Interrupted as stopped:
-        command = ["llmtune", "train", str(recipe), *(f"--set={item}" for item in set_ or []), "--resume-from", str(stopped.checkpoint.parent.parent)]
+        command = [
+            "llmtune",
+            "train",
+            str(recipe),
+            *(f"--set={item}" for item in set_ or []),
+            "--resume-from",
+            str(stopped.checkpoint.parent.parent),
+        ]
         typer.echo(f"{stopped}\nresume with: {shlex.join(command)}", err=True)
         raise typer.Exit(stopped.exit_code) from None
 
 
 @app.command("eval")
 def eval_(
-    target: Annotated[str, typer.Argument(help="Run directory, checkpoint directory / hub id, or a recipe file (its model before fine-tuning).")],
-    split: Annotated[str, typer.Option(help="Split of the run's recipe to evaluate: train, validation or test.")] = "test",
-    data_file: Annotated[Optional[Path], typer.Option("--data", help="Evaluate on this file instead (same columns as the recipe).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write metrics and predictions as JSON/JSONL here (FILE.json; predictions next to it).")] = None,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Run directory, checkpoint directory / hub id, or a recipe file (its model before fine-tuning)."
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option(help="Split of the run's recipe to evaluate: train, validation or test.")
+    ] = "test",
+    data_file: Annotated[
+        Optional[Path], typer.Option("--data", help="Evaluate on this file instead (same columns as the recipe).")
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write metrics and predictions as JSON/JSONL here (FILE.json; predictions next to it).",
+        ),
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Evaluate a fine-tuned run or any checkpoint on a split: the task's metrics (accuracy / F1 / ROUGE / BLEU ...) and cross-entropy.
@@ -130,8 +168,13 @@ def eval_(
 
     silence_libraries()
     try:
-        metrics, predictions = evaluate(target, split=split, data_file=str(data_file) if data_file else None, overrides=set_ or [],
-                                        echo=lambda line: typer.echo(line, err=True))  # stdout keeps the results only
+        metrics, predictions = evaluate(
+            target,
+            split=split,
+            data_file=str(data_file) if data_file else None,
+            overrides=set_ or [],
+            echo=lambda line: typer.echo(line, err=True),
+        )  # stdout keeps the results only
     except UserError as error:
         _fail(error)
     _echo(f"{'data' if data_file else split}: {format_metrics(metrics)}")
@@ -144,11 +187,20 @@ def eval_(
 @app.command()
 def predict(
     target: Annotated[str, typer.Argument(help="Run directory, or a checkpoint directory / hub id.")],
-    text: Annotated[Optional[list[str]], typer.Option("--text", help="Text to label, or to summarize / translate (repeatable).")] = None,
+    text: Annotated[
+        Optional[list[str]], typer.Option("--text", help="Text to label, or to summarize / translate (repeatable).")
+    ] = None,
     question: Annotated[Optional[str], typer.Option(help="Question answering: the question (with --context).")] = None,
-    context: Annotated[Optional[str], typer.Option(help="Question answering: the context the answer is taken from.")] = None,
-    input_file: Annotated[Optional[Path], typer.Option("--input", help="File of rows (csv, tsv, json, jsonl, parquet) with the recipe's text column(s).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write predictions as JSONL here instead of printing them.")] = None,
+    context: Annotated[
+        Optional[str], typer.Option(help="Question answering: the context the answer is taken from.")
+    ] = None,
+    input_file: Annotated[
+        Optional[Path],
+        typer.Option("--input", help="File of rows (csv, tsv, json, jsonl, parquet) with the recipe's text column(s)."),
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write predictions as JSONL here instead of printing them.")
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Predict with a fine-tuned run: labels and class probabilities, answers to questions, or summaries / translations."""
@@ -185,10 +237,18 @@ def push(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     repo_id: Annotated[str, typer.Option("--repo-id", help="Target repository, ORG/NAME (created if missing).")],
     private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
-    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created from main if missing); default: main.")] = None,
-    merged: Annotated[bool, typer.Option(help="Push the adapter merged into its base model (a standalone model) instead of the adapter.")] = False,
+    revision: Annotated[
+        Optional[str], typer.Option(help="Branch to push to (created from main if missing); default: main.")
+    ] = None,
+    merged: Annotated[
+        bool,
+        typer.Option(help="Push the adapter merged into its base model (a standalone model) instead of the adapter."),
+    ] = False,
     commit_message: Annotated[Optional[str], typer.Option(help="Commit message.")] = None,
-    include: Annotated[Optional[list[str]], typer.Option(help="Also upload run-directory files matching this glob, e.g. train_log.jsonl (repeatable).")] = None,
+    include: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Also upload run-directory files matching this glob, e.g. train_log.jsonl (repeatable)."),
+    ] = None,
     license: Annotated[Optional[str], typer.Option(help="License id for the model card, e.g. apache-2.0.")] = None,
 ) -> None:
     """Upload a run to the Hugging Face Hub (or HF_ENDPOINT) with a generated model card.
@@ -200,8 +260,17 @@ def push(
 
     silence_libraries()
     try:
-        run_push(run_dir, repo_id, private=private, revision=revision, merged=merged, commit_message=commit_message,
-                 include=include or [], license=license, echo=_echo)
+        run_push(
+            run_dir,
+            repo_id,
+            private=private,
+            revision=revision,
+            merged=merged,
+            commit_message=commit_message,
+            include=include or [],
+            license=license,
+            echo=_echo,
+        )
     except UserError as error:
         _fail(error)
 
@@ -210,7 +279,9 @@ def push(
 def merge(
     run_dir: Annotated[Path, typer.Argument(help="A finished LoRA or IA3 run directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged model.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace the llmtune run (or merged model) at --output; never other files.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the llmtune run (or merged model) at --output; never other files.")
+    ] = False,
 ) -> None:
     """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
     from .hub import merge as run_merge
@@ -226,8 +297,16 @@ def merge(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    format_: Annotated[str, typer.Option("--format", help="html (one self-contained page) or md (Markdown, plots as PNG files of the run).")] = "html",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Report file; default: report.html / report.md in the run directory.")] = None,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format", help="html (one self-contained page) or md (Markdown, plots as PNG files of the run)."
+        ),
+    ] = "html",
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Report file; default: report.html / report.md in the run directory."),
+    ] = None,
 ) -> None:
     """Write a run report: recipe, metrics per split, plots, throughput and memory, sample predictions (worst mistakes first)."""
     from .report import write_report
@@ -271,8 +350,15 @@ def recipes() -> None:
 @app.command()
 def init(
     task: Annotated[str, typer.Argument(help="The task, e.g. classification.")],
-    model: Annotated[str, typer.Option(help="Hub id or local checkpoint directory to start from.")] = "sentence-transformers/all-MiniLM-L6-v2",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the recipe here instead of printing it (refuses to replace a file).")] = None,
+    model: Annotated[
+        str, typer.Option(help="Hub id or local checkpoint directory to start from.")
+    ] = "sentence-transformers/all-MiniLM-L6-v2",
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="Write the recipe here instead of printing it (refuses to replace a file)."
+        ),
+    ] = None,
 ) -> None:
     """Write a starter recipe with every key, its default and what it does."""
     from .runs import write_atomic

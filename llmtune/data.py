@@ -44,7 +44,11 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
             dataset = _read_hub(source, split, where)
         renames = {old: new for old, new in spec.columns.items() if old in dataset.column_names}
         # A mapping whose target already exists is harmless (the same recipe on data renamed beforehand).
-        missing = [old for old, new in spec.columns.items() if old not in dataset.column_names and new not in dataset.column_names]
+        missing = [
+            old
+            for old, new in spec.columns.items()
+            if old not in dataset.column_names and new not in dataset.column_names
+        ]
         if missing:
             raise UserError(
                 f"{where}: data.columns maps column '{missing[0]}', which is not in the data; "
@@ -54,7 +58,9 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
             dataset = dataset.rename_columns(renames)
         if source.skip:
             if source.skip >= len(dataset):
-                raise UserError(f"{where}: skip: {source.skip} leaves no rows (the split has {len(dataset)}); expected fewer than {len(dataset)}")
+                raise UserError(
+                    f"{where}: skip: {source.skip} leaves no rows (the split has {len(dataset)}); expected fewer than {len(dataset)}"
+                )
             dataset = dataset.select(range(source.skip, len(dataset)))
         if source.max_samples is not None and source.max_samples < len(dataset):
             dataset = dataset.select(range(source.max_samples))
@@ -113,7 +119,9 @@ def read_parallel(files: dict[str, str], where: str) -> datasets.Dataset:
         counts[column] = len(lines)
     if len(set(counts.values())) > 1:
         shown = ", ".join(f"{Path(files[column]).name}: {count:,}" for column, count in counts.items())
-        raise UserError(f"{where}: parallel files must have the same number of lines (line N of each is example N); got {shown}")
+        raise UserError(
+            f"{where}: parallel files must have the same number of lines (line N of each is example N); got {shown}"
+        )
     return datasets.Dataset.from_dict(columns)
 
 
@@ -130,25 +138,42 @@ def _read_squad_json(file: Path, where: str) -> datasets.Dataset | None:
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{where}: cannot read {file.name} as json: {exc}") from None
     articles = document.get("data") if isinstance(document, dict) else None
-    if not isinstance(articles, list) or not articles or not isinstance(articles[0], dict) or "paragraphs" not in articles[0]:
+    if (
+        not isinstance(articles, list)
+        or not articles
+        or not isinstance(articles[0], dict)
+        or "paragraphs" not in articles[0]
+    ):
         return None
     rows = []
     for article in articles:
         for paragraph in article.get("paragraphs", []):
             for qa in paragraph.get("qas", []):
                 answers = qa.get("answers", [])
-                rows.append({
-                    "id": str(qa.get("id", len(rows))),
-                    "title": article.get("title", ""),
-                    "context": paragraph.get("context"),
-                    "question": qa.get("question"),
-                    "answers": {"text": [a["text"] for a in answers], "answer_start": [int(a["answer_start"]) for a in answers]},
-                })
-    features = datasets.Features({
-        "id": datasets.Value("string"), "title": datasets.Value("string"), "context": datasets.Value("string"),
-        "question": datasets.Value("string"),
-        "answers": {"text": datasets.Sequence(datasets.Value("string")), "answer_start": datasets.Sequence(datasets.Value("int32"))},
-    })
+                rows.append(
+                    {
+                        "id": str(qa.get("id", len(rows))),
+                        "title": article.get("title", ""),
+                        "context": paragraph.get("context"),
+                        "question": qa.get("question"),
+                        "answers": {
+                            "text": [a["text"] for a in answers],
+                            "answer_start": [int(a["answer_start"]) for a in answers],
+                        },
+                    }
+                )
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "title": datasets.Value("string"),
+            "context": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "answers": {
+                "text": datasets.Sequence(datasets.Value("string")),
+                "answer_start": datasets.Sequence(datasets.Value("int32")),
+            },
+        }
+    )
     return datasets.Dataset.from_list(rows, features=features)
 
 
@@ -225,5 +250,7 @@ def tokenization_fingerprint(dataset: datasets.Dataset, tokenizer, *settings) ->
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     digest.update(definition.encode())
-    digest.update(repr((type(tokenizer).__name__, tokenizer.padding_side, tokenizer.model_input_names, settings)).encode())
+    digest.update(
+        repr((type(tokenizer).__name__, tokenizer.padding_side, tokenizer.model_input_names, settings)).encode()
+    )
     return digest.hexdigest()[:32]

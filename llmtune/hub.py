@@ -18,7 +18,7 @@ import yaml
 
 from . import runs
 from .errors import UserError
-from .recipe import LoraMethod, Recipe, dump_recipe, load_recipe
+from .recipe import Recipe, dump_recipe, load_recipe
 
 # Owner and name: letters, digits, '-', '_', '.'; no leading punctuation, no '--' or '..' (the Hub's rules).
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -50,7 +50,9 @@ def check_finished_run(run_dir: Path) -> Recipe:
 
 def artifact_files(folder: Path, patterns: list[str]) -> list[Path]:
     """Files directly in `folder` whose names match the allow-list; nothing else is ever uploaded."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in patterns))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in patterns)
+    )
 
 
 def is_hub_id(name: str) -> bool:
@@ -78,17 +80,33 @@ def pull_run(repo_id: str) -> Path | None:
 
 
 # Column headings of the results table; other metrics appear under their own names.
-METRIC_NAMES = {"macro_f1": "macro-F1", "cross_entropy": "cross-entropy", "exact_match": "exact match", "f1": "F1", "bleu": "BLEU", "chrf": "chrF",
-                "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "signature": "sacreBLEU signature"}
+METRIC_NAMES = {
+    "macro_f1": "macro-F1",
+    "cross_entropy": "cross-entropy",
+    "exact_match": "exact match",
+    "f1": "F1",
+    "bleu": "BLEU",
+    "chrf": "chrF",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "rougeLsum": "ROUGE-Lsum",
+    "signature": "sacreBLEU signature",
+}
 
 
 def split_scores(values: dict) -> dict[str, float]:
     """A split's numeric metrics: not counts or timings (NOT_METRICS), not text such as sacreBLEU's signature."""
-    return {name: value for name, value in values.items()
-            if name not in runs.NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        name: value
+        for name, value in values.items()
+        if name not in runs.NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
-def model_card(recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revision: str | None = None, license: str | None = None) -> str:
+def model_card(
+    recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revision: str | None = None, license: str | None = None
+) -> str:
     """README.md for the pushed repo: Hub metadata (model-index holds the run's metrics), results, usage, hyper-parameters, recipe.
 
     What differs between tasks (pipeline, task name, usage snippet) comes from the task object; this stays generic.
@@ -108,7 +126,9 @@ def model_card(recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revis
         metadata["base_model"] = base
     metadata["library_name"] = "peft" if adapter else "transformers"
     metadata["pipeline_tag"] = task.pipeline_tag
-    metadata["tags"] = ["llmtune", *dict.fromkeys([task_type, task.pipeline_tag]), recipe.method.type] + (["base_model:adapter:" + base] if adapter and is_hub_id(base) else [])
+    metadata["tags"] = ["llmtune", *dict.fromkeys([task_type, task.pipeline_tag]), recipe.method.type] + (
+        ["base_model:adapter:" + base] if adapter and is_hub_id(base) else []
+    )
     if datasets:
         metadata["datasets"] = sorted(set(datasets))
     if license:
@@ -117,27 +137,53 @@ def model_card(recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revis
     for split, values in evaluated.items():
         source = recipe.data.sources().get(split)
         dataset_name = (source.hub or Path(source.local_files()[0]).name) if source else split
-        results.append({
-            "task": {"type": task_type, "name": task_name},
-            "dataset": {"name": dataset_name, "type": source.hub if source and source.hub else dataset_name, "split": split},
-            "metrics": [{"type": metric, "value": value, "name": f"{split} {metric}"} for metric, value in split_scores(values).items()],
-        })
+        results.append(
+            {
+                "task": {"type": task_type, "name": task_name},
+                "dataset": {
+                    "name": dataset_name,
+                    "type": source.hub if source and source.hub else dataset_name,
+                    "split": split,
+                },
+                "metrics": [
+                    {"type": metric, "value": value, "name": f"{split} {metric}"}
+                    for metric, value in split_scores(values).items()
+                ],
+            }
+        )
     metadata["model-index"] = [{"name": name, "results": results}]
 
     columns = list(dict.fromkeys(metric for values in evaluated.values() for metric in split_scores(values)))
     rows = "".join(
-        f"| {split} | " + " | ".join(f"{values[metric]:.4f}" if metric in values else "" for metric in columns) + f" | {values.get('num_examples', '')} |\n"
+        f"| {split} | "
+        + " | ".join(f"{values[metric]:.4f}" if metric in values else "" for metric in columns)
+        + f" | {values.get('num_examples', '')} |\n"
         for split, values in evaluated.items()
     )
-    table = ("| split | " + " | ".join(METRIC_NAMES.get(metric, metric) for metric in columns) + " | examples |\n"
-             + "|---" * (len(columns) + 2) + "|\n" + rows)
-    texts = {(metric, value) for values in evaluated.values() for metric, value in values.items() if metric not in runs.NOT_METRICS and isinstance(value, str)}
+    table = (
+        "| split | "
+        + " | ".join(METRIC_NAMES.get(metric, metric) for metric in columns)
+        + " | examples |\n"
+        + "|---" * (len(columns) + 2)
+        + "|\n"
+        + rows
+    )
+    texts = {
+        (metric, value)
+        for values in evaluated.values()
+        for metric, value in values.items()
+        if metric not in runs.NOT_METRICS and isinstance(value, str)
+    }
     notes = "".join(f"\n{METRIC_NAMES.get(metric, metric)}: `{value}`\n" for metric, value in sorted(texts))
 
     pushed = PushedModel(repo_id, base, adapter, revision, recipe.model.revision)
     snippet = task.usage_code(pushed, recipe.training.max_length)
     hyper = {"method": recipe.method.model_dump(mode="json"), "training": recipe.training.model_dump(mode="json")}
-    what = f"A {recipe.method.type} adapter for [{base}]" if adapter else f"[{base}] fine-tuned ({'merged ' + recipe.method.type + ' adapter' if recipe.method.type != 'full' else 'full fine-tuning'})"
+    what = (
+        f"A {recipe.method.type} adapter for [{base}]"
+        if adapter
+        else f"[{base}] fine-tuned ({'merged ' + recipe.method.type + ' adapter' if recipe.method.type != 'full' else 'full fine-tuning'})"
+    )
     return (
         "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n"
         f"# {name}\n\n"
@@ -162,9 +208,13 @@ def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> P
     run_dir, output = Path(run_dir), Path(output)
     recipe = check_finished_run(run_dir)
     if not (run_dir / runs.ADAPTER_CONFIG).is_file():
-        raise UserError(f"{run_dir}: a full fine-tuning run (no {runs.ADAPTER_CONFIG}); it already is a standalone model, nothing to merge")
+        raise UserError(
+            f"{run_dir}: a full fine-tuning run (no {runs.ADAPTER_CONFIG}); it already is a standalone model, nothing to merge"
+        )
     if recipe.method.type == "prefix_tuning":
-        raise UserError(f"{run_dir}: prefix tuning adds virtual tokens instead of changing weights, so it cannot be merged; push the adapter instead")
+        raise UserError(
+            f"{run_dir}: prefix tuning adds virtual tokens instead of changing weights, so it cannot be merged; push the adapter instead"
+        )
     runs.check_output_dir(output, overwrite)
     from .inference import load_run
 
@@ -177,7 +227,9 @@ def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> P
         loaded.tokenizer.save_pretrained(staging)
         runs.write_atomic(staging / runs.RECIPE_FILE, dump_recipe(recipe))
         shutil.copy2(run_dir / runs.METRICS_FILE, staging / runs.METRICS_FILE)
-        if output.exists():  # a run check_output_dir allowed to replace; clearing checks again that it holds nothing else
+        if (
+            output.exists()
+        ):  # a run check_output_dir allowed to replace; clearing checks again that it holds nothing else
             runs.clear_output_dir(output)
             output.rmdir()
         staging.rename(output)  # the output appears complete or not at all
@@ -228,12 +280,17 @@ def push(
             source = run_dir
             patterns = (ADAPTER_FILES if adapter else MODEL_FILES) + TOKENIZER_FILES + RUN_FILES
         files = artifact_files(source, patterns)
-        files += [p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}]  # asked for by name
+        files += [
+            p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}
+        ]  # asked for by name
         card = model_card(recipe, metrics, repo_id, adapter=adapter and not merged, revision=revision, license=license)
         operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
         size = sum(p.stat().st_size for p in files)
-        echo(f"pushing {len(operations)} files ({size / 1e6:.1f} MB) to {repo_id}" + (f" (branch {revision})" if revision else ""))
+        echo(
+            f"pushing {len(operations)} files ({size / 1e6:.1f} MB) to {repo_id}"
+            + (f" (branch {revision})" if revision else "")
+        )
 
         with _hub_errors(repo_id, api.endpoint):
             user = api.whoami(token=token)["name"]
@@ -259,7 +316,9 @@ def _commit_with_retries(api, repo_id, operations, message, revision, token, ech
             transient = status is None or status >= 500 or status == 429
             if not transient or wait is None:
                 raise
-            echo(f"hub answered {status or type(error).__name__}; retrying in {wait:g}s (attempt {attempt + 1} of {len(RETRY_WAITS_S) + 1})")
+            echo(
+                f"hub answered {status or type(error).__name__}; retrying in {wait:g}s (attempt {attempt + 1} of {len(RETRY_WAITS_S) + 1})"
+            )
             time.sleep(wait)
 
 
@@ -288,7 +347,9 @@ class _hub_errors:
         server_says = error.server_message or error.response.headers.get("X-Error-Message") or ""
         detail = f" (hub says: {server_says.strip()})" if server_says else ""
         if status == 401:
-            raise UserError(f"the hub at {self.endpoint} rejected the token (401){detail}; set a valid HF_TOKEN or run `hf auth login`") from None
+            raise UserError(
+                f"the hub at {self.endpoint} rejected the token (401){detail}; set a valid HF_TOKEN or run `hf auth login`"
+            ) from None
         if status == 403:
             raise UserError(
                 f"--repo-id {self.repo_id}: no write access (403){detail}; the namespace '{self.repo_id.split('/')[0]}' "

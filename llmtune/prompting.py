@@ -35,7 +35,9 @@ def template_fields(template: str) -> list[str]:
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"not a valid template ({exc}); write fields as {{column}} and literal braces as {{{{ and }}}}") from None
+        raise ValueError(
+            f"not a valid template ({exc}); write fields as {{column}} and literal braces as {{{{ and }}}}"
+        ) from None
     fields = []
     for _, name, spec, conversion in parts:
         if name is None:
@@ -50,7 +52,9 @@ def template_fields(template: str) -> list[str]:
     if COMPLETION not in fields:
         raise ValueError(f"has no {{{COMPLETION}}} slot; end the template with it, e.g. 'Answer: {{{COMPLETION}}}'")
     if fields.count(COMPLETION) > 1 or not template.rstrip().endswith("{" + COMPLETION + "}"):
-        raise ValueError(f"the {{{COMPLETION}}} slot must come once, at the end: the model writes everything after the prompt")
+        raise ValueError(
+            f"the {{{COMPLETION}}} slot must come once, at the end: the model writes everything after the prompt"
+        )
     return fields
 
 
@@ -107,11 +111,20 @@ def check_tokenizer(tokenizer, model_name: str, chat: bool) -> None:
             "so the model learns where to stop. Use a checkpoint whose tokenizer defines eos_token"
         )
     if chat and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"task.chat_template: the tokenizer of {model_name} has no chat template; set task.chat_template: false")
+        raise UserError(
+            f"task.chat_template: the tokenizer of {model_name} has no chat template; set task.chat_template: false"
+        )
 
 
-def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int, chat: bool, reserve: int = 0,
-                   completion_limit: int | None = None) -> dict:
+def encode_example(
+    tokenizer,
+    prompt: str,
+    completion: str | None,
+    max_length: int,
+    chat: bool,
+    reserve: int = 0,
+    completion_limit: int | None = None,
+) -> dict:
     """`input_ids`, `labels` (-100 on prompt tokens) and `prompt_length` for one example.
 
     The completion is followed by EOS. Too long an example loses the start of its prompt (the end,
@@ -138,7 +151,12 @@ def encode_example(tokenizer, prompt: str, completion: str | None, max_length: i
     # first token from the previous example's last.
     labels = [IGNORE] * len(prompt_ids) + completion_ids
     labels[0] = IGNORE
-    features = {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels, "prompt_length": len(prompt_ids)}
+    features = {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": labels,
+        "prompt_length": len(prompt_ids),
+    }
     if completion_limit is not None:
         features["completion_truncated"] = completion is not None and truncated
     return features
@@ -210,7 +228,9 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def completion_loss(model, batch: dict, packing_length: int | None = None, pad_token_id: int | None = None) -> torch.Tensor:
+def completion_loss(
+    model, batch: dict, packing_length: int | None = None, pad_token_id: int | None = None
+) -> torch.Tensor:
     """Mean cross-entropy per completion token of the batch; prompt tokens and padding do not count.
 
     With `packing_length`, the examples are packed into rows of that many tokens first (same loss,
@@ -221,7 +241,11 @@ def completion_loss(model, batch: dict, packing_length: int | None = None, pad_t
         inputs = pack(batch, packing_length, pad_token_id)
         labels = inputs.pop("labels")
     else:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": position_ids(batch["attention_mask"])}
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "position_ids": position_ids(batch["attention_mask"]),
+        }
         labels = batch["labels"]
     # No cache: transformers looks for packed sequences in the position ids only when there is none.
     nll, count = token_losses(model(**inputs, use_cache=False).logits, labels)
@@ -231,7 +255,9 @@ def completion_loss(model, batch: dict, packing_length: int | None = None, pad_t
 # ------------------------------------------------------------------------------------------ generation
 
 
-def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, num_beams: int = 1, **options) -> torch.Tensor:
+def generate(
+    model, prompts: list[list[int]], tokenizer, max_new_tokens: int, num_beams: int = 1, **options
+) -> torch.Tensor:
     """Greedy (or beam) continuations of token-id prompts, batched with left padding.
 
     Returns the new tokens only, one row per prompt, cut at EOS and padded with -1 to `max_new_tokens`
@@ -246,8 +272,14 @@ def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, nu
         attention_mask[row, width - len(ids) :] = 1
     generator = getattr(model, "module", model)  # DistributedDataParallel hides generate()
     output = generator.generate(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
-        num_beams=num_beams, do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **options,
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **options,
     )
     new_tokens = output[:, width:].cpu()
     result = torch.full((len(prompts), max_new_tokens), -1, dtype=torch.long)

@@ -27,14 +27,18 @@ class Section(BaseModel):
 class ModelSpec(Section):
     """The pretrained checkpoint to start from."""
 
-    name: str = Field(description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint, or a local .gguf file.")
+    name: str = Field(
+        description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint, or a local .gguf file."
+    )
     revision: str | None = Field(None, description="Hub branch, tag or commit; default: the main branch.")
     gguf_file: str | None = Field(
         None,
         description="Load this GGUF file (config, tokenizer and weights in one file; dequantized to float32 for training): a file name "
         "in the model.name directory or hub repository, or an absolute path. The run saves ordinary safetensors.",
     )
-    trust_remote_code: bool = Field(False, description="Run modelling code shipped with the checkpoint. Off unless you trust its author.")
+    trust_remote_code: bool = Field(
+        False, description="Run modelling code shipped with the checkpoint. Off unless you trust its author."
+    )
     decoder: str | None = Field(
         None,
         description="Summarization / translation: warm-start an encoder-decoder (BERT2BERT) from two checkpoints: `name` is the encoder, "
@@ -52,8 +56,12 @@ class ClassificationTask(Section):
 
     type: Literal["classification"] = Field(description=TASK_TYPES)
     text_column: str = Field("text", description="Column holding the text to classify.")
-    text_pair_column: str | None = Field(None, description="Second text column for pair tasks (NLI, paraphrase); null for single texts.")
-    label_column: str = Field("label", description="Column holding the label: a label name or an integer index into label_names.")
+    text_pair_column: str | None = Field(
+        None, description="Second text column for pair tasks (NLI, paraphrase); null for single texts."
+    )
+    label_column: str = Field(
+        "label", description="Column holding the label: a label name or an integer index into label_names."
+    )
     label_names: list[str] | None = Field(
         None,
         description="Label names in index order. Default: the dataset's class names, else the sorted distinct labels of the train split.",
@@ -88,7 +96,10 @@ class PromptCompletionOptions(Section):
         "'Context: {context}\\nQuestion: {question}\\nAnswer: {completion}'; 'Summarize:\\n{document}\\nSummary: {completion}'; "
         "'Translate German to English:\\n{de}\\nEnglish: {completion}' (with the task's column names and languages).",
     )
-    chat_template: bool = Field(False, description="Generative only: send the prompt as the user turn of the tokenizer's chat template (instruct models).")
+    chat_template: bool = Field(
+        False,
+        description="Generative only: send the prompt as the user turn of the tokenizer's chat template (instruct models).",
+    )
     packing: bool = Field(
         False,
         description="Generative only: train on a batch's examples packed into rows of max_length tokens; attention and loss stay within each example.",
@@ -107,7 +118,9 @@ class PromptCompletionOptions(Section):
         if not self.generative:
             for key, default in self.generative_only.items():
                 if getattr(self, key) != default:
-                    raise ValueError(f"task.{key} applies to generative {task} only; set task.generative: true (and a causal LM)")
+                    raise ValueError(
+                        f"task.{key} applies to generative {task} only; set task.generative: true (and a causal LM)"
+                    )
         else:
             for key, (default, hint) in self.not_generative.items():
                 if getattr(self, key) != default:
@@ -122,19 +135,35 @@ class QuestionAnsweringTask(PromptCompletionOptions):
     type: Literal["question_answering"] = Field(description=TASK_TYPES)
     question_column: str = Field("question", description="Column holding the question.")
     context_column: str = Field("context", description="Column holding the context the answer is taken from.")
-    answers_column: str = Field("answers", description="Column holding the gold answers: `{text: [...], answer_start: [...]}` (SQuAD layout).")
-    id_column: str | None = Field("id", description="Column holding an example id, copied into predictions; null: row numbers.")
-    doc_stride: int = Field(128, ge=1, description="Tokens shared by consecutive windows when a context is longer than max_length.")
+    answers_column: str = Field(
+        "answers", description="Column holding the gold answers: `{text: [...], answer_start: [...]}` (SQuAD layout)."
+    )
+    id_column: str | None = Field(
+        "id", description="Column holding an example id, copied into predictions; null: row numbers."
+    )
+    doc_stride: int = Field(
+        128, ge=1, description="Tokens shared by consecutive windows when a context is longer than max_length."
+    )
     max_answer_length: int = Field(30, ge=1, description="Longest answer, in tokens, considered when decoding.")
     n_best: int = Field(20, ge=1, description="Start and end candidates per window considered when decoding.")
     max_new_tokens: int = Field(32, ge=1, description="Generative only: longest generated answer, in tokens.")
-    num_beams: int = Field(1, ge=1, description="Generative only: beam-search width when generating; 1 is greedy decoding.")
+    num_beams: int = Field(
+        1, ge=1, description="Generative only: beam-search width when generating; 1 is greedy decoding."
+    )
 
-    generative_only: ClassVar[dict[str, Any]] = {**PromptCompletionOptions.generative_only, "max_new_tokens": 32, "num_beams": 1}
+    generative_only: ClassVar[dict[str, Any]] = {
+        **PromptCompletionOptions.generative_only,
+        "max_new_tokens": 32,
+        "num_beams": 1,
+    }
 
     @property
     def available_metrics(self) -> tuple[str, ...]:
-        return ("exact_match", "f1", "cross_entropy", "perplexity") if self.generative else ("exact_match", "f1", "cross_entropy")
+        return (
+            ("exact_match", "f1", "cross_entropy", "perplexity")
+            if self.generative
+            else ("exact_match", "f1", "cross_entropy")
+        )
 
 
 def _check_template(template: str | None) -> str | None:
@@ -148,13 +177,35 @@ def _check_template(template: str | None) -> str | None:
 class Seq2SeqTask(PromptCompletionOptions):
     """Options shared by the text-to-text tasks (summarization, translation): an encoder-decoder model, or a causal LM with `generative`."""
 
-    prefix: str = Field("", description="Text put before every source, e.g. `summarize: ` for T5 checkpoints; empty for most others.")
-    max_source_length: int | None = Field(None, ge=1, description="Longest tokenized source; longer sources are truncated. Default: training.max_length.")
-    max_target_length: int = Field(128, ge=1, description="Longest tokenized target (reference); longer targets are truncated, with one warning per split that counts them.")
-    num_beams: int = Field(4, ge=1, le=64, description="Evaluation and prediction: beam width of the generation (1: greedy).")
-    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Evaluation and prediction: most tokens generated per example; default: max_target_length.")
-    length_penalty: float = Field(1.0, ge=-10, le=10, description="Beam search: exponent on the length the scores are divided by; above 1 favours longer outputs.")
-    no_repeat_ngram_size: int = Field(0, ge=0, le=20, description="Generation never repeats an n-gram of this size; 0: no constraint.")
+    prefix: str = Field(
+        "", description="Text put before every source, e.g. `summarize: ` for T5 checkpoints; empty for most others."
+    )
+    max_source_length: int | None = Field(
+        None, ge=1, description="Longest tokenized source; longer sources are truncated. Default: training.max_length."
+    )
+    max_target_length: int = Field(
+        128,
+        ge=1,
+        description="Longest tokenized target (reference); longer targets are truncated, with one warning per split that counts them.",
+    )
+    num_beams: int = Field(
+        4, ge=1, le=64, description="Evaluation and prediction: beam width of the generation (1: greedy)."
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Evaluation and prediction: most tokens generated per example; default: max_target_length.",
+    )
+    length_penalty: float = Field(
+        1.0,
+        ge=-10,
+        le=10,
+        description="Beam search: exponent on the length the scores are divided by; above 1 favours longer outputs.",
+    )
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=20, description="Generation never repeats an n-gram of this size; 0: no constraint."
+    )
 
     not_generative: ClassVar[dict[str, Any]] = {
         "prefix": ("", "write the instruction into task.prompt_template"),
@@ -166,12 +217,22 @@ class Seq2SeqTask(PromptCompletionOptions):
 class SummarizationTask(Seq2SeqTask):
     """Abstractive summarization with an encoder-decoder model, or a causal LM (`generative`): source document -> summary."""
 
-    available_metrics: ClassVar[tuple[str, ...]] = ("rouge1", "rouge2", "rougeL", "rougeLsum", "cross_entropy", "perplexity")
+    available_metrics: ClassVar[tuple[str, ...]] = (
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rougeLsum",
+        "cross_entropy",
+        "perplexity",
+    )
 
     type: Literal["summarization"] = Field(description=TASK_TYPES)
-    source_column: str = Field("document", description="Column holding the document: a text, or a list of sentences (joined with spaces).")
+    source_column: str = Field(
+        "document", description="Column holding the document: a text, or a list of sentences (joined with spaces)."
+    )
     target_column: str = Field(
-        "summary", description="Column holding the reference summary: a text, or a list of references (trained on the first, ROUGE takes the best)."
+        "summary",
+        description="Column holding the reference summary: a text, or a list of references (trained on the first, ROUGE takes the best).",
     )
 
 
@@ -181,16 +242,23 @@ class TranslationTask(Seq2SeqTask):
     available_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "cross_entropy", "perplexity")
 
     type: Literal["translation"] = Field(description=TASK_TYPES)
-    source_lang: str = Field(examples=["de"], description="Language code of the source text, e.g. de (ISO 639-1, or a dataset's own codes).")
+    source_lang: str = Field(
+        examples=["de"], description="Language code of the source text, e.g. de (ISO 639-1, or a dataset's own codes)."
+    )
     target_lang: str = Field(examples=["en"], description="Language code of the target text, e.g. en.")
     source_column: str | None = Field(
-        None, description="Column holding the source text; default: the column named source_lang, else `translation_column[source_lang]`."
+        None,
+        description="Column holding the source text; default: the column named source_lang, else `translation_column[source_lang]`.",
     )
     target_column: str | None = Field(
-        None, description="Column holding the reference translation (a text, or a list of references); default: the column named target_lang, "
+        None,
+        description="Column holding the reference translation (a text, or a list of references); default: the column named target_lang, "
         "else `translation_column[target_lang]`.",
     )
-    translation_column: str = Field("translation", description="Nested column `{de: ..., en: ...}` as in WMT datasets, used when there are no flat columns.")
+    translation_column: str = Field(
+        "translation",
+        description="Nested column `{de: ..., en: ...}` as in WMT datasets, used when there are no flat columns.",
+    )
 
     @field_validator("source_lang", "target_lang")
     @classmethod
@@ -202,19 +270,26 @@ class TranslationTask(Seq2SeqTask):
     @model_validator(mode="after")
     def _two_languages(self) -> TranslationTask:
         if self.source_lang == self.target_lang:
-            raise ValueError(f"source_lang and target_lang are both '{self.source_lang}'; expected two different languages")
+            raise ValueError(
+                f"source_lang and target_lang are both '{self.source_lang}'; expected two different languages"
+            )
         return self
 
 
 SEQ2SEQ_TASKS = ("summarization", "translation")
 
-Task = Annotated[Union[ClassificationTask, QuestionAnsweringTask, SummarizationTask, TranslationTask], Field(discriminator="type")]
+Task = Annotated[
+    Union[ClassificationTask, QuestionAnsweringTask, SummarizationTask, TranslationTask], Field(discriminator="type")
+]
 
 
 class DataSource(Section):
     """Where one split comes from: a local file (`path`), line-aligned text files (`parallel`) or a hub dataset (`hub`)."""
 
-    path: str | None = Field(None, description="Local csv, tsv, json, jsonl or parquet file. Relative paths in a recipe file are relative to that file.")
+    path: str | None = Field(
+        None,
+        description="Local csv, tsv, json, jsonl or parquet file. Relative paths in a recipe file are relative to that file.",
+    )
     parallel: dict[str, str] | None = Field(
         None,
         description="Line-aligned plain-text files, one column each: `{column: file}`, e.g. `{de: train.de, en: train.en}` for a parallel "
@@ -222,16 +297,26 @@ class DataSource(Section):
     )
     hub: str | None = Field(None, description="Hub dataset id, for example `stanfordnlp/sst2`.")
     config: str | None = Field(None, description="Hub dataset configuration name.")
-    split: str | None = Field(None, description="Hub split to read; default: the split's own name (train, validation, test).")
+    split: str | None = Field(
+        None, description="Hub split to read; default: the split's own name (train, validation, test)."
+    )
     revision: str | None = Field(None, description="Hub dataset branch, tag or commit.")
-    skip: int = Field(0, ge=0, description="Leave out the first N rows; with `max_samples`, any slice of one file (train on rows 0-799, "
-                      "evaluate on the rest: `max_samples: 800` and `skip: 800`).")
-    max_samples: int | None = Field(None, ge=1, description="Use only the first N rows (after `skip`; quick experiments).")
+    skip: int = Field(
+        0,
+        ge=0,
+        description="Leave out the first N rows; with `max_samples`, any slice of one file (train on rows 0-799, "
+        "evaluate on the rest: `max_samples: 800` and `skip: 800`).",
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="Use only the first N rows (after `skip`; quick experiments)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSource:
         if [self.path, self.parallel, self.hub].count(None) != 2:
-            raise ValueError("give exactly one of `path` (a local file), `parallel` (line-aligned text files) or `hub` (a hub dataset id)")
+            raise ValueError(
+                "give exactly one of `path` (a local file), `parallel` (line-aligned text files) or `hub` (a hub dataset id)"
+            )
         if self.hub is None and (self.config or self.split or self.revision):
             raise ValueError("`config`, `split` and `revision` apply only to hub datasets, not to local files")
         if self.parallel is not None and not self.parallel:
@@ -250,16 +335,24 @@ def _source_shorthand(value: Any) -> Any:
 class DataSpec(Section):
     """The splits. `train` is needed to train; `validation` is evaluated during training, `test` once at the end."""
 
-    train: DataSource | None = Field(None, description="Training split (required to train): a file path, or a mapping with path/hub/config/split/max_samples.")
+    train: DataSource | None = Field(
+        None,
+        description="Training split (required to train): a file path, or a mapping with path/hub/config/split/max_samples.",
+    )
     validation: DataSource | None = Field(None, description="Validation split, evaluated during training.")
     test: DataSource | None = Field(None, description="Test split, evaluated once after training.")
-    columns: dict[str, str] = Field(default_factory=dict, description="Rename columns before use: `{name_in_data: name_the_task_expects}`.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Rename columns before use: `{name_in_data: name_the_task_expects}`."
+    )
     drop_empty: bool = Field(
-        False, description="Summarization and translation: leave out rows with an empty source or target (counted in a warning) "
+        False,
+        description="Summarization and translation: leave out rows with an empty source or target (counted in a warning) "
         "instead of stopping at the first with an error; metrics then cover the rows that are left.",
     )
 
-    _shorthand = field_validator("train", "validation", "test", mode="before")(classmethod(lambda cls, v: _source_shorthand(v)))
+    _shorthand = field_validator("train", "validation", "test", mode="before")(
+        classmethod(lambda cls, v: _source_shorthand(v))
+    )
 
     def sources(self) -> dict[str, DataSource]:
         return {name: getattr(self, name) for name in SPLITS if getattr(self, name) is not None}
@@ -278,7 +371,9 @@ class LoraMethod(Section):
     r: int = Field(8, ge=1, description="Rank of the adapter matrices.")
     alpha: int = Field(16, ge=1, description="Scaling numerator: updates are scaled by alpha / r.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: list[str] | None = Field(None, description="Module names to adapt; default: the architecture's attention projections.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; default: the architecture's attention projections."
+    )
 
 
 class IA3Method(Section):
@@ -286,7 +381,9 @@ class IA3Method(Section):
 
     type: Literal["ia3"] = Field(description="full | lora | ia3 | prefix_tuning")
     target_modules: list[str] | None = Field(None, description="Module names to rescale; default: per architecture.")
-    feedforward_modules: list[str] | None = Field(None, description="Which of target_modules are feed-forward layers; default: per architecture.")
+    feedforward_modules: list[str] | None = Field(
+        None, description="Which of target_modules are feed-forward layers; default: per architecture."
+    )
 
 
 class PrefixTuningMethod(Section):
@@ -302,55 +399,82 @@ Method = Annotated[Union[FullMethod, LoraMethod, IA3Method, PrefixTuningMethod],
 class Training(Section):
     """Optimisation settings."""
 
-    epochs: float = Field(3, gt=0, description="Passes over the training split (fractions allowed); ignored when max_steps is set.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps instead of counting epochs.")
+    epochs: float = Field(
+        3, gt=0, description="Passes over the training split (fractions allowed); ignored when max_steps is set."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps instead of counting epochs."
+    )
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
     head_learning_rate: float | None = Field(
-        None, gt=0, description="Peak learning rate of the newly initialised task head (classifier, QA outputs); default: learning_rate. "
+        None,
+        gt=0,
+        description="Peak learning rate of the newly initialised task head (classifier, QA outputs); default: learning_rate. "
         "A higher one lets a fresh head catch up with the pretrained body in short runs.",
     )
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"] = Field(
-        "linear", description="Learning-rate schedule after warmup."
-    )
+    scheduler: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"
+    ] = Field("linear", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the optimizer steps spent warming up.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
     batch_size: int = Field(32, ge=1, description="Examples per batch and process (ignored when max_tokens is set).")
     max_tokens: int | None = Field(
-        None, ge=8, description="Token budget per batch and process instead of a fixed batch size: each batch holds as many examples as fit "
+        None,
+        ge=8,
+        description="Token budget per batch and process instead of a fixed batch size: each batch holds as many examples as fit "
         "in this many padded tokens (examples x longest), so every step costs about the same; evaluation batches get twice the budget.",
     )
-    eval_batch_size: int | None = Field(None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size (or 2 x max_tokens tokens).")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size (or 2 x max_tokens tokens)."
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
     max_length: int = Field(128, ge=8, description="Longest tokenized input; longer inputs are truncated.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null: no clipping.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm to this value; null: no clipping."
+    )
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 (else fp16) mixed precision on GPU, fp32 on CPU."
     )
     log_every_n_steps: int = Field(10, ge=1, description="Write a training-log line every N optimizer steps.")
-    compile: bool = Field(False, description="Compile the model with torch.compile (worth it on GPU for long runs; the first steps are slow).")
+    compile: bool = Field(
+        False,
+        description="Compile the model with torch.compile (worth it on GPU for long runs; the first steps are slow).",
+    )
 
 
 class Evaluation(Section):
     """When and what to evaluate."""
 
-    every_n_steps: int | None = Field(None, ge=1, description="Evaluate on validation every N optimizer steps; default: at the end of each epoch.")
-    metrics: list[str] | None = Field(None, description="Metrics to report; default: all of the task's (classification: accuracy, macro_f1, cross_entropy).")
+    every_n_steps: int | None = Field(
+        None, ge=1, description="Evaluate on validation every N optimizer steps; default: at the end of each epoch."
+    )
+    metrics: list[str] | None = Field(
+        None,
+        description="Metrics to report; default: all of the task's (classification: accuracy, macro_f1, cross_entropy).",
+    )
     metric_for_best: str | None = Field(
         None,
         description="Validation metric that picks the best checkpoint; when set, the best checkpoint is kept and its weights are the saved model "
         "and the ones evaluated on test. Needs data.validation.",
     )
-    mode: Literal["max", "min"] | None = Field(None, description="Whether metric_for_best is better when higher (max) or lower (min); default: min for cross_entropy and perplexity, max otherwise.")
+    mode: Literal["max", "min"] | None = Field(
+        None,
+        description="Whether metric_for_best is better when higher (max) or lower (min); default: min for cross_entropy and perplexity, max otherwise.",
+    )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop training after this many validation evaluations without improvement of metric_for_best; null: never stop early."
+        None,
+        ge=1,
+        description="Stop training after this many validation evaluations without improvement of metric_for_best; null: never stop early.",
     )
 
     @model_validator(mode="after")
     def _patience_needs_metric(self) -> Evaluation:
         if self.early_stopping_patience is not None and self.metric_for_best is None:
-            raise ValueError("early_stopping_patience needs evaluation.metric_for_best (the metric that must keep improving)")
+            raise ValueError(
+                "early_stopping_patience needs evaluation.metric_for_best (the metric that must keep improving)"
+            )
         return self
 
     @property
@@ -361,9 +485,17 @@ class Evaluation(Section):
 class Checkpointing(Section):
     """Resumable checkpoints under RUN_DIR/checkpoints/step-N (model or adapter, optimizer, scheduler, RNG states, data position)."""
 
-    every_n_steps: int | None = Field(None, ge=1, description="Write a checkpoint every N optimizer steps; null: only at epoch ends (if at_epoch_end).")
+    every_n_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Write a checkpoint every N optimizer steps; null: only at epoch ends (if at_epoch_end).",
+    )
     at_epoch_end: bool = Field(True, description="Write a checkpoint at the end of each epoch.")
-    keep_last: int = Field(1, ge=1, description="Keep the newest N checkpoints (the best one, with evaluation.metric_for_best, is kept as well).")
+    keep_last: int = Field(
+        1,
+        ge=1,
+        description="Keep the newest N checkpoints (the best one, with evaluation.metric_for_best, is kept as well).",
+    )
 
 
 class Recipe(Section):
@@ -380,23 +512,35 @@ class Recipe(Section):
         default_factory=list,
         description="Experiment trackers besides train_log.jsonl: tensorboard (event files in the run's tensorboard/ folder), wandb, mlflow.",
     )
-    output_dir: str = Field(description="Run directory, relative to the current directory; default: runs/<recipe file name>.")
+    output_dir: str = Field(
+        description="Run directory, relative to the current directory; default: runs/<recipe file name>."
+    )
 
     @model_validator(mode="after")
     def _known_metrics(self) -> Recipe:
         available = self.task.available_metrics
         for name in self.evaluation.metrics or ():
             if name not in available:
-                raise ValueError(f"evaluation.metrics: unknown metric '{name}' for {self.task.type}; expected some of {list(available)}")
-        if isinstance(self.task, QuestionAnsweringTask) and not self.task.generative and self.task.doc_stride >= self.training.max_length:
+                raise ValueError(
+                    f"evaluation.metrics: unknown metric '{name}' for {self.task.type}; expected some of {list(available)}"
+                )
+        if (
+            isinstance(self.task, QuestionAnsweringTask)
+            and not self.task.generative
+            and self.task.doc_stride >= self.training.max_length
+        ):
             raise ValueError(
                 f"task.doc_stride ({self.task.doc_stride}) must be smaller than training.max_length ({self.training.max_length}): "
                 "it is the overlap between consecutive windows of a long context"
             )
         if self.model.decoder is not None and self.task.type not in SEQ2SEQ_TASKS:
-            raise ValueError(f"model.decoder: warm-starting an encoder-decoder applies to {' and '.join(SEQ2SEQ_TASKS)}, not to {self.task.type}")
+            raise ValueError(
+                f"model.decoder: warm-starting an encoder-decoder applies to {' and '.join(SEQ2SEQ_TASKS)}, not to {self.task.type}"
+            )
         if self.model.decoder is not None and getattr(self.task, "generative", False):
-            raise ValueError("model.decoder: warm-starting an encoder-decoder does not apply to task.generative: true (a causal LM)")
+            raise ValueError(
+                "model.decoder: warm-starting an encoder-decoder does not apply to task.generative: true (a causal LM)"
+            )
         if self.model.decoder is not None and self.method.type != "full":
             raise ValueError(
                 f"model.decoder: a warm-started encoder-decoder has new cross-attention layers that must be trained in full; "
@@ -404,7 +548,9 @@ class Recipe(Section):
             )
         best = self.evaluation.metric_for_best
         if best is not None and best not in self.metrics:
-            raise ValueError(f"evaluation.metric_for_best: '{best}' is not among the reported metrics {list(self.metrics)}")
+            raise ValueError(
+                f"evaluation.metric_for_best: '{best}' is not among the reported metrics {list(self.metrics)}"
+            )
         return self
 
     @property
@@ -442,7 +588,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{path}:1:1: expected a mapping of sections (model, task, data, ...), got {type(raw).__name__}")
+        raise UserError(
+            f"{path}:1:1: expected a mapping of sections (model, task, data, ...), got {type(raw).__name__}"
+        )
     _check_duplicate_keys(root, path)
 
     base = path.resolve().parent
@@ -461,7 +609,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate(raw, source=str(path), yaml_root=root, origins=origins)
 
 
-def validate(raw: dict, source: str = "<recipe>", yaml_root: yaml.Node | None = None, origins: dict[str, str] | None = None) -> Recipe:
+def validate(
+    raw: dict, source: str = "<recipe>", yaml_root: yaml.Node | None = None, origins: dict[str, str] | None = None
+) -> Recipe:
     """Validate a recipe mapping; every problem is reported with its location in one UserError."""
     origins = origins or {}
     try:
@@ -489,7 +639,10 @@ def _resolve_paths(source: dict, base: Path) -> None:
     if isinstance(source.get("path"), str):
         source["path"] = str((base / source["path"]).resolve())
     if isinstance(source.get("parallel"), dict):
-        source["parallel"] = {column: str((base / file).resolve()) if isinstance(file, str) else file for column, file in source["parallel"].items()}
+        source["parallel"] = {
+            column: str((base / file).resolve()) if isinstance(file, str) else file
+            for column, file in source["parallel"].items()
+        }
 
 
 def apply_override(raw: dict, item: str) -> tuple[str, Any]:

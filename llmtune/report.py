@@ -18,8 +18,14 @@ SAMPLE_ROWS = 10
 GENERATION_SCORES = ("rougeL", "rouge1", "rouge2", "bleu", "sacrebleu")
 QA_SCORES = ("f1", "exact_match")
 # Run-level training figures worth showing, with their labels.
-TRAINING_FIGURES = {"steps": "optimizer steps", "epochs": "epochs", "examples": "examples seen", "runtime_s": "training time (s)",
-                    "samples_per_s": "throughput (samples/s)", "peak_memory_mb": "peak memory (MiB)"}
+TRAINING_FIGURES = {
+    "steps": "optimizer steps",
+    "epochs": "epochs",
+    "examples": "examples seen",
+    "runtime_s": "training time (s)",
+    "samples_per_s": "throughput (samples/s)",
+    "peak_memory_mb": "peak memory (MiB)",
+}
 
 
 def load_metrics(run_dir: Path) -> dict:
@@ -31,7 +37,9 @@ def load_metrics(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a directory; expected a run directory written by llmtune train")
     if not runs.is_finished_run(run_dir):
-        raise UserError(f"{run_dir}: not a finished run (expected {runs.RECIPE_FILE} and {runs.METRICS_FILE}); did training stop early?")
+        raise UserError(
+            f"{run_dir}: not a finished run (expected {runs.RECIPE_FILE} and {runs.METRICS_FILE}); did training stop early?"
+        )
     return json.loads((run_dir / runs.METRICS_FILE).read_text(encoding="utf-8"))
 
 
@@ -46,7 +54,9 @@ def sample_predictions(rows: list[dict], limit: int = SAMPLE_ROWS) -> list[tuple
     first = rows[0]
     if "label" in first and "predicted" in first:
         wrong = sorted((r for r in rows if r["label"] != r["predicted"]), key=lambda r: -r.get("score", 0))
-        groups = [(f"Worst mistakes: wrong and most confident first ({len(wrong)} of {len(rows)} wrong)", wrong[:limit])]
+        groups = [
+            (f"Worst mistakes: wrong and most confident first ({len(wrong)} of {len(rows)} wrong)", wrong[:limit])
+        ]
         if "score" in first:
             groups.append(("Least confident predictions", sorted(rows, key=lambda r: r["score"])[:limit]))
         return groups
@@ -75,10 +85,15 @@ def _columns(rows: list[dict]) -> list[str]:
 
 def _metric_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-split metrics table (splits as rows)."""
-    splits = [s for s in ("validation", "test") if s in metrics] + [s for s in metrics if s not in ("train", "validation", "test")]
+    splits = [s for s in ("validation", "test") if s in metrics] + [
+        s for s in metrics if s not in ("train", "validation", "test")
+    ]
     names = list(dict.fromkeys(k for s in splits for k in metrics[s] if k not in runs.NOT_METRICS))
     header = ["split", *names, "examples"]
-    body = [[split, *(_cell(metrics[split].get(n, "")) for n in names), _cell(metrics[split].get("num_examples", ""))] for split in splits]
+    body = [
+        [split, *(_cell(metrics[split].get(n, "")) for n in names), _cell(metrics[split].get("num_examples", ""))]
+        for split in splits
+    ]
     return header, body
 
 
@@ -97,27 +112,42 @@ def render_html(run_dir: str | Path) -> str:
         rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in body)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
-    parts = [f"<h1>Run report: {esc(run_dir.resolve().name)}</h1>",
-             f"<p>{esc(_summary(recipe))}</p>",
-             "<h2>Metrics</h2>", table(*_metric_table(metrics))]
+    parts = [
+        f"<h1>Run report: {esc(run_dir.resolve().name)}</h1>",
+        f"<p>{esc(_summary(recipe))}</p>",
+        "<h2>Metrics</h2>",
+        table(*_metric_table(metrics)),
+    ]
     figures = [(label, metrics.get("train", {}).get(key)) for key, label in TRAINING_FIGURES.items()]
     if any(value is not None for _, value in figures):
-        parts += ["<h2>Training</h2>", table(["", "value"], [[label, _cell(value)] for label, value in figures if value is not None])]
+        parts += [
+            "<h2>Training</h2>",
+            table(["", "value"], [[label, _cell(value)] for label, value in figures if value is not None]),
+        ]
     if images:
         parts.append("<h2>Plots</h2>")
         for name, png in images.items():
-            parts.append(f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>')
+            parts.append(
+                f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
+            )
     if predictions:
         parts.append(f"<h2>Sample predictions ({esc(plots.predictions_split(recipe))} split)</h2>")
         for title, rows in sample_predictions(predictions):
             columns = _columns(rows)
-            parts += [f"<h3>{esc(title)}</h3>", table(columns, [[_cell(r.get(c, "")) for c in columns] for r in rows]) if rows else "<p>none</p>"]
+            parts += [
+                f"<h3>{esc(title)}</h3>",
+                table(columns, [[_cell(r.get(c, "")) for c in columns] for r in rows]) if rows else "<p>none</p>",
+            ]
     parts += ["<h2>Recipe</h2>", f"<pre>{esc(recipe_text)}</pre>"]
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-             "th{background:#f0f0f0}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>llmtune report: {esc(run_dir.name)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+        "th{background:#f0f0f0}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>llmtune report: {esc(run_dir.name)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def render_markdown(run_dir: str | Path, output: Path) -> str:
@@ -129,23 +159,46 @@ def render_markdown(run_dir: str | Path, output: Path) -> str:
 
     def table(header, body) -> list[str]:
         clean = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        return ["| " + " | ".join(map(clean, header)) + " |", "|" + "---|" * len(header),
-                *("| " + " | ".join(map(clean, row)) + " |" for row in body), ""]
+        return [
+            "| " + " | ".join(map(clean, header)) + " |",
+            "|" + "---|" * len(header),
+            *("| " + " | ".join(map(clean, row)) + " |" for row in body),
+            "",
+        ]
 
-    lines = [f"# Run report: {run_dir.resolve().name}", "", _summary(recipe), "", "## Metrics", "", *table(*_metric_table(metrics))]
+    lines = [
+        f"# Run report: {run_dir.resolve().name}",
+        "",
+        _summary(recipe),
+        "",
+        "## Metrics",
+        "",
+        *table(*_metric_table(metrics)),
+    ]
     figures = [(label, metrics.get("train", {}).get(key)) for key, label in TRAINING_FIGURES.items()]
     if any(value is not None for _, value in figures):
-        lines += ["## Training", "", *table(["", "value"], [[label, _cell(value)] for label, value in figures if value is not None])]
+        lines += [
+            "## Training",
+            "",
+            *table(["", "value"], [[label, _cell(value)] for label, value in figures if value is not None]),
+        ]
     images = plots.save_plots(run_dir)
     if images:
         lines += ["## Plots", ""]
         for path in images:
-            lines += [f"![{path.stem}]({Path(os.path.relpath(path.resolve(), output.resolve().parent)).as_posix()})", ""]
+            lines += [
+                f"![{path.stem}]({Path(os.path.relpath(path.resolve(), output.resolve().parent)).as_posix()})",
+                "",
+            ]
     if predictions:
         lines += [f"## Sample predictions ({plots.predictions_split(recipe)} split)", ""]
         for title, rows in sample_predictions(predictions):
             columns = _columns(rows)
-            lines += [f"### {title}", "", *(table(columns, [[_cell(r.get(c, "")) for c in columns] for r in rows]) if rows else ["none", ""])]
+            lines += [
+                f"### {title}",
+                "",
+                *(table(columns, [[_cell(r.get(c, "")) for c in columns] for r in rows]) if rows else ["none", ""]),
+            ]
     lines += ["## Recipe", "", "```yaml", (run_dir / runs.RECIPE_FILE).read_text(encoding="utf-8").rstrip(), "```", ""]
     return "\n".join(lines)
 
@@ -186,8 +239,15 @@ def compare(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]]]:
     names = [p.name for p in paths]
     if len(set(names)) < len(names):  # same leaf names: show the paths as given
         names = [str(p) for p in paths]
-    keys = list(dict.fromkeys(f"{split}/{name}" for metrics in all_metrics for split in ("validation", "test", "train")
-                              if split in metrics for name in metrics[split]))
+    keys = list(
+        dict.fromkeys(
+            f"{split}/{name}"
+            for metrics in all_metrics
+            for split in ("validation", "test", "train")
+            if split in metrics
+            for name in metrics[split]
+        )
+    )
     rows = []
     for key in keys:
         split, name = key.split("/", 1)

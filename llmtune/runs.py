@@ -1,15 +1,15 @@
 """The run directory: what a finished run holds, and how it is written and read back.
 
-    recipe.yaml         the resolved recipe (label names, absolute data paths)
-    config.json, model.safetensors          full fine-tuning: a plain transformers model
-    adapter_config.json, adapter_model.safetensors   adapter methods: a plain peft adapter (+ task head)
-    tokenizer files
-    train_log.jsonl     one JSON object per logged step and per evaluation
-    checkpoints/step-N  resumable training checkpoints (see checkpoints.py)
-    predictions.jsonl   the final evaluation's predictions, one per example
-    loss.png, metric.png, confusion_matrix.png   plots of the log and the predictions (llmtune.plots)
-    tensorboard/        TensorBoard event files, when the recipe's tracking asks for them
-    metrics.json        per split metrics; written last, so its presence marks a finished run
+recipe.yaml         the resolved recipe (label names, absolute data paths)
+config.json, model.safetensors          full fine-tuning: a plain transformers model
+adapter_config.json, adapter_model.safetensors   adapter methods: a plain peft adapter (+ task head)
+tokenizer files
+train_log.jsonl     one JSON object per logged step and per evaluation
+checkpoints/step-N  resumable training checkpoints (see checkpoints.py)
+predictions.jsonl   the final evaluation's predictions, one per example
+loss.png, metric.png, confusion_matrix.png   plots of the log and the predictions (llmtune.plots)
+tensorboard/        TensorBoard event files, when the recipe's tracking asks for them
+metrics.json        per split metrics; written last, so its presence marks a finished run
 """
 
 from __future__ import annotations
@@ -36,15 +36,45 @@ CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 
 # The model, adapter and tokenizer files a run saves (transformers / peft names), also what `llmtune push` uploads.
-MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
+MODEL_FILES = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+]
 ADAPTER_FILES = [ADAPTER_CONFIG, "adapter_model.safetensors"]
 # *.spm and target_vocab.json: Marian (OPUS-MT) tokenizers keep their sentencepiece models there, with no tokenizer.json.
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-                   "vocab.json", "target_vocab.json", "merges.txt", "*.model", "*.spm", "chat_template.jinja"]
+TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "target_vocab.json",
+    "merges.txt",
+    "*.model",
+    "*.spm",
+    "chat_template.jinja",
+]
 # Everything llmtune writes into a run directory (train, report, plots; peft writes an adapter README.md).
 # `--overwrite` replaces a directory only when it holds nothing else.
-RUN_ENTRIES = [RECIPE_FILE, METRICS_FILE, LOG_FILE, PREDICTIONS_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR, "README.md",
-               "report.html", "report.md", "*.png", *MODEL_FILES, *ADAPTER_FILES, *TOKENIZER_FILES]
+RUN_ENTRIES = [
+    RECIPE_FILE,
+    METRICS_FILE,
+    LOG_FILE,
+    PREDICTIONS_FILE,
+    CHECKPOINTS_DIR,
+    TENSORBOARD_DIR,
+    "README.md",
+    "report.html",
+    "report.md",
+    "*.png",
+    *MODEL_FILES,
+    *ADAPTER_FILES,
+    *TOKENIZER_FILES,
+]
 
 
 def is_finished_run(path: Path) -> bool:
@@ -56,6 +86,7 @@ def foreign_entries(path: Path) -> list[str]:
 
     Symbolic links count as foreign, whatever their name: deleting through one could reach anything.
     """
+
     def ours(entry: Path) -> bool:
         name = entry.name
         if entry.is_symlink():
@@ -96,14 +127,18 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
     if not is_run_dir(path):
         foreign = foreign_entries(path)
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        what = f"files that are not part of an llmtune run ({shown})" if foreign else f"files but no llmtune {RECIPE_FILE}"
+        what = (
+            f"files that are not part of an llmtune run ({shown})" if foreign else f"files but no llmtune {RECIPE_FILE}"
+        )
         raise UserError(
             f"output_dir: {path} already holds {what}; llmtune writes only into an empty directory or replaces its "
             "own runs, so choose another directory with --output DIR"
         )
     if not overwrite:
         what = "a finished run" if is_finished_run(path) else "an unfinished run"
-        raise UserError(f"output_dir: {path} already holds {what}; pass --overwrite to replace it, or choose another directory with --output DIR")
+        raise UserError(
+            f"output_dir: {path} already holds {what}; pass --overwrite to replace it, or choose another directory with --output DIR"
+        )
 
 
 def clear_output_dir(path: Path) -> None:
@@ -114,7 +149,9 @@ def clear_output_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     foreign = foreign_entries(path)
     if foreign:
-        raise UserError(f"output_dir: {path} now holds files that are not part of an llmtune run ({', '.join(foreign[:5])}); nothing was deleted")
+        raise UserError(
+            f"output_dir: {path} now holds files that are not part of an llmtune run ({', '.join(foreign[:5])}); nothing was deleted"
+        )
     for entry in path.iterdir():
         if entry.is_dir():
             shutil.rmtree(entry)

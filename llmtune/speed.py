@@ -39,7 +39,9 @@ def matmul_peak_flops(device: torch.device, seconds: float = 0.5) -> float:
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:
     """Parameters outside embedding tables (looked up, not multiplied, so they cost no matmul FLOPs)."""
-    embeddings = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False))
+    embeddings = sum(
+        p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
+    )
     return sum(p.numel() for p in model.parameters()) - embeddings
 
 

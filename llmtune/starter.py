@@ -26,7 +26,9 @@ def builtin_recipes(directory: Path = RECIPES_DIR) -> list[tuple[Path, str]]:
         UserError: the recipes folder is not there (a non-editable install).
     """
     if not directory.is_dir():
-        raise UserError(f"no built-in recipes folder at {directory}; install llmtune from its repository with pip install -e .")
+        raise UserError(
+            f"no built-in recipes folder at {directory}; install llmtune from its repository with pip install -e ."
+        )
     found = []
     for path in sorted(directory.glob("*.yaml")):
         comment = []
@@ -51,12 +53,16 @@ def _default(field):
     return None if field.is_required() else field.default
 
 
-def _fields(section, indent: str, values: dict | None = None, commented: bool = False, prefix_note: str = "") -> list[str]:
+def _fields(
+    section, indent: str, values: dict | None = None, commented: bool = False, prefix_note: str = ""
+) -> list[str]:
     """`key: default  # description` lines for every field of a section."""
     values = values or {}
     mark = "# " if commented else ""
-    return [f"{indent}{mark}{name}: {_value(values.get(name, _example(field)))}  # {prefix_note}{field.description}{_choices(field)}"
-            for name, field in section.model_fields.items()]
+    return [
+        f"{indent}{mark}{name}: {_value(values.get(name, _example(field)))}  # {prefix_note}{field.description}{_choices(field)}"
+        for name, field in section.model_fields.items()
+    ]
 
 
 def _example(field):
@@ -85,33 +91,62 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
     if task not in tasks:
         raise UserError(f"TASK {task}: unknown task; expected one of {', '.join(tasks)}")
     fields = schema.Recipe.model_fields
-    lines = [f"# Starter {task} recipe: every key with its default and what it does; delete what you do not need.",
-             "# Check it with `llmtune validate FILE`, then train with `llmtune train FILE`.",
-             "", f"model:  # {schema.ModelSpec.__doc__}", *_fields(schema.ModelSpec, "  ", {"name": model}),
-             "", f"task:  # {tasks[task].__doc__}", *_fields(tasks[task], "  ", {"type": task}),
-             "", f"data:  # {schema.DataSpec.__doc__}"]
+    lines = [
+        f"# Starter {task} recipe: every key with its default and what it does; delete what you do not need.",
+        "# Check it with `llmtune validate FILE`, then train with `llmtune train FILE`.",
+        "",
+        f"model:  # {schema.ModelSpec.__doc__}",
+        *_fields(schema.ModelSpec, "  ", {"name": model}),
+        "",
+        f"task:  # {tasks[task].__doc__}",
+        *_fields(tasks[task], "  ", {"type": task}),
+        "",
+        f"data:  # {schema.DataSpec.__doc__}",
+    ]
     data_fields = schema.DataSpec.model_fields
     lines.append(f"  train:  # {data_fields['train'].description}")
     for name, field in schema.DataSource.model_fields.items():
-        if name in ("parallel", "hub", "config", "split", "revision"):  # other sources' keys: shown, but a local path is the default
+        if name in (
+            "parallel",
+            "hub",
+            "config",
+            "split",
+            "revision",
+        ):  # other sources' keys: shown, but a local path is the default
             lines.append(f"    # {name}: null  # instead of path: {field.description}")
         else:
-            lines.append(f"    {name}: {_value('data/train.csv' if name == 'path' else _default(field))}  # {field.description}")
+            lines.append(
+                f"    {name}: {_value('data/train.csv' if name == 'path' else _default(field))}  # {field.description}"
+            )
     for split in ("validation", "test"):
         lines.append(f"  {split}: data/{split}.csv  # {data_fields[split].description}")
     lines.append(f"  columns: {{}}  # {data_fields['columns'].description}")
     lines.append(f"  drop_empty: false  # {data_fields['drop_empty'].description}")
 
     methods = schema.union_members("method").values()
-    lines += ["", f"method:  # {fields['method'].description}", f"  type: full  # {schema.FullMethod.model_fields['type'].description}"]
+    lines += [
+        "",
+        f"method:  # {fields['method'].description}",
+        f"  type: full  # {schema.FullMethod.model_fields['type'].description}",
+    ]
     for method in methods:
         kind = typing.get_args(method.model_fields["type"].annotation)[0]
         other = {n: f for n, f in method.model_fields.items() if n != "type"}
         for name, field in other.items():
             lines.append(f"  # {name}: {_value(_default(field))}  # with type {kind}: {field.description}")
-    lines += ["", f"training:  # {schema.Training.__doc__}", *_fields(schema.Training, "  "),
-              "", f"evaluation:  # {schema.Evaluation.__doc__}", *_fields(schema.Evaluation, "  "),
-              "", f"checkpointing:  # {schema.Checkpointing.__doc__}", *_fields(schema.Checkpointing, "  "),
-              "", f"tracking: []  # {fields['tracking'].description}",
-              f"output_dir: {output_dir or 'runs/' + task}  # {fields['output_dir'].description}", ""]
+    lines += [
+        "",
+        f"training:  # {schema.Training.__doc__}",
+        *_fields(schema.Training, "  "),
+        "",
+        f"evaluation:  # {schema.Evaluation.__doc__}",
+        *_fields(schema.Evaluation, "  "),
+        "",
+        f"checkpointing:  # {schema.Checkpointing.__doc__}",
+        *_fields(schema.Checkpointing, "  "),
+        "",
+        f"tracking: []  # {fields['tracking'].description}",
+        f"output_dir: {output_dir or 'runs/' + task}  # {fields['output_dir'].description}",
+        "",
+    ]
     return "\n".join(lines)

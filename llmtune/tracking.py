@@ -29,8 +29,10 @@ def check_installed(trackers: list[str]) -> None:
     for name in trackers:
         module, package = PACKAGES[name]
         if importlib.util.find_spec(module) is None:
-            raise UserError(f"tracking: '{name}' needs the '{package}' package, which is not installed; "
-                            f"pip install {package}, or remove '{name}' from tracking")
+            raise UserError(
+                f"tracking: '{name}' needs the '{package}' package, which is not installed; "
+                f"pip install {package}, or remove '{name}' from tracking"
+            )
 
 
 def accelerator_options(trackers: list[str], run_dir) -> dict:
@@ -70,8 +72,11 @@ def hyperparameters(values: dict, prefix: str = "") -> dict:
 def scalars(entry: dict) -> dict:
     """A train_log.jsonl entry as tracker scalars: `train/loss`, `validation/accuracy`, ..."""
     split = entry.get("split", "train")
-    return {f"{split}/{key}": value for key, value in entry.items()
-            if key not in ("step", "split", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        f"{split}/{key}": value
+        for key, value in entry.items()
+        if key not in ("step", "split", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def peak_memory_mb() -> float:

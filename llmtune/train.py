@@ -12,11 +12,9 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
-
-from accelerate.utils import gather_object, send_to_device
 
 from . import checkpoints, data, models, plots, runs, speed, tasks, tracking
 from .batching import LengthGroupedBatches, PadCollator, SortedBatches
@@ -36,7 +34,9 @@ def mixed_precision(precision: str) -> str:
     if precision == "fp32":
         return "no"
     if precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("training.precision: fp16 needs a GPU and none is available; use auto or fp32 (bf16 runs on CPU, but slowly)")
+        raise UserError(
+            "training.precision: fp16 needs a GPU and none is available; use auto or fp32 (bf16 runs on CPU, but slowly)"
+        )
     if precision in ("bf16", "fp16"):
         return precision
     if torch.cuda.is_available():
@@ -52,7 +52,10 @@ def parameter_groups(model, training, new_modules: list[str]) -> list[dict]:
     for name, param in model.named_parameters():
         if param.requires_grad:
             is_head = any(f".{module}." in f".{name}" for module in new_modules)
-            key = (head_lr if is_head else training.learning_rate, 0.0 if name.endswith(no_decay) else training.weight_decay)
+            key = (
+                head_lr if is_head else training.learning_rate,
+                0.0 if name.endswith(no_decay) else training.weight_decay,
+            )
             groups.setdefault(key, []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
 
@@ -70,14 +73,23 @@ def eval_loader(features, task, training, collate, accelerator: Accelerator) -> 
     """
     size = training.eval_batch_size or (None if training.max_tokens else 2 * training.batch_size)
     budget = 2 * training.max_tokens if size is None else None
-    batches = SortedBatches(features["length"], size, accelerator.num_processes, accelerator.process_index, max_tokens=budget)
-    return DataLoader(model_features(features, task), batch_sampler=batches, collate_fn=collate, pin_memory=accelerator.device.type == "cuda")
+    batches = SortedBatches(
+        features["length"], size, accelerator.num_processes, accelerator.process_index, max_tokens=budget
+    )
+    return DataLoader(
+        model_features(features, task),
+        batch_sampler=batches,
+        collate_fn=collate,
+        pin_memory=accelerator.device.type == "cuda",
+    )
 
 
 EVAL_PROGRESS_EVERY_S = 30
 
 
-def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, features, metric_names, echo=None, label: str = "evaluating") -> tuple[dict, list[dict]]:
+def run_evaluation(
+    model, loader, task, accelerator: Accelerator, dataset, features, metric_names, echo=None, label: str = "evaluating"
+) -> tuple[dict, list[dict]]:
     """Metrics and predictions over a whole split; every example counted once, whatever the process count.
 
     Each process evaluates its own batches and the per-example outputs are gathered once at the end.
@@ -95,9 +107,16 @@ def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, featu
             outputs.append({key: value.detach().cpu() for key, value in result.items()})
             done += len(batch["input_ids"])
             now = time.perf_counter()
-            if echo is not None and accelerator.is_main_process and now - last_line >= EVAL_PROGRESS_EVERY_S and number < total:
+            if (
+                echo is not None
+                and accelerator.is_main_process
+                and now - last_line >= EVAL_PROGRESS_EVERY_S
+                and number < total
+            ):
                 last_line, elapsed = now, now - started
-                echo(f"{label}: batch {number}/{total} ({done:,} examples)  elapsed {elapsed:.0f}s  eta {elapsed / number * (total - number):.0f}s")
+                echo(
+                    f"{label}: batch {number}/{total} ({done:,} examples)  elapsed {elapsed:.0f}s  eta {elapsed / number * (total - number):.0f}s"
+                )
     model.train()
     accumulator = task.new_accumulator(metric_names)
     for result in gather_object(outputs) if accelerator.num_processes > 1 else outputs:
@@ -107,7 +126,13 @@ def run_evaluation(model, loader, task, accelerator: Accelerator, dataset, featu
 
 
 @quiet_libraries
-def train(recipe: Recipe, output_dir: str | Path | None = None, overwrite: bool = False, echo=None, resume: bool | str | Path = False) -> TrainResult:
+def train(
+    recipe: Recipe,
+    output_dir: str | Path | None = None,
+    overwrite: bool = False,
+    echo=None,
+    resume: bool | str | Path = False,
+) -> TrainResult:
     """Fine-tune as the recipe says and write the run directory.
 
     Every recipe and data problem is found before the model is loaded and before anything is written.
@@ -151,8 +176,12 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
 
     # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
     launched_cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                              cpu=launched_cpu_processes, **tracking.accelerator_options(recipe.tracking, run_dir))
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=launched_cpu_processes,
+        **tracking.accelerator_options(recipe.tracking, run_dir),
+    )
     say = echo if accelerator.is_main_process and echo is not None else (lambda *args, **kwargs: None)
     resume_from = None
     if resume:
@@ -161,21 +190,40 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
     set_seed(cfg.seed)
     tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
     task.setup(models.load_config(checkpoint, recipe.model.trust_remote_code), tokenizer)
-    say(f"model: {checkpoint.name} ({checkpoint.origin})" + (f", decoder warm-started from {decoder.name} ({decoder.origin})" if decoder else ""))
-    model, new_modules = models.load_model(checkpoint, task.auto_class, recipe.model.trust_remote_code, tokenizer.pad_token_id, decoder=decoder,
-                                           **task.model_kwargs())
+    say(
+        f"model: {checkpoint.name} ({checkpoint.origin})"
+        + (f", decoder warm-started from {decoder.name} ({decoder.origin})" if decoder else "")
+    )
+    model, new_modules = models.load_model(
+        checkpoint,
+        task.auto_class,
+        recipe.model.trust_remote_code,
+        tokenizer.pad_token_id,
+        decoder=decoder,
+        **task.model_kwargs(),
+    )
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
     trainable, total = models.count_parameters(model)
-    say(f"method: {recipe.method.type}, training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    say(
+        f"method: {recipe.method.type}, training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
+    )
 
     max_length = min(cfg.max_length, getattr(model.config, "max_position_embeddings", None) or cfg.max_length)
     with accelerator.main_process_first():
         features = {split: task.preprocess(dataset, tokenizer, max_length) for split, dataset in splits.items()}
     collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
-    sampler = LengthGroupedBatches(features["train"]["length"], None if cfg.max_tokens else cfg.batch_size, cfg.seed, max_tokens=cfg.max_tokens)
+    sampler = LengthGroupedBatches(
+        features["train"]["length"], None if cfg.max_tokens else cfg.batch_size, cfg.seed, max_tokens=cfg.max_tokens
+    )
     on_gpu = accelerator.device.type == "cuda"
-    train_loader = DataLoader(model_features(features["train"], task), batch_sampler=sampler, collate_fn=collate, pin_memory=on_gpu)
-    eval_loaders = {split: eval_loader(features[split], task, cfg, collate, accelerator) for split in ("validation", "test") if split in features}
+    train_loader = DataLoader(
+        model_features(features["train"], task), batch_sampler=sampler, collate_fn=collate, pin_memory=on_gpu
+    )
+    eval_loaders = {
+        split: eval_loader(features[split], task, cfg, collate, accelerator)
+        for split in ("validation", "test")
+        if split in features
+    }
 
     if on_gpu:  # TF32 matmuls: fp32 parameters and optimizer, tensor-core speed (Ampere and newer)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -217,14 +265,22 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
             log_file.flush()
         accelerator.log(tracking.scalars(entry), step=entry["step"])
 
-    per_step = f"{cfg.max_tokens * cfg.gradient_accumulation_steps * accelerator.num_processes:,} tokens" if cfg.max_tokens else \
-        f"{cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes} examples"
-    say(f"training: {len(splits['train']):,} examples, {total_steps:,} steps of {per_step}, "
-        f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}")
+    per_step = (
+        f"{cfg.max_tokens * cfg.gradient_accumulation_steps * accelerator.num_processes:,} tokens"
+        if cfg.max_tokens
+        else f"{cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes} examples"
+    )
+    say(
+        f"training: {len(splits['train']):,} examples, {total_steps:,} steps of {per_step}, "
+        f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}"
+    )
     progress = Progress(total_steps, enabled=accelerator.is_main_process and echo is not None, echo=say)
     history: dict[str, dict] = {}
     step, epoch, examples_seen, started = state.step, state.epoch, state.examples_seen, time.perf_counter()
-    examples_before, paused = examples_seen, 0.0  # paused: seconds spent evaluating and checkpointing, left out of throughput
+    examples_before, paused = (
+        examples_seen,
+        0.0,
+    )  # paused: seconds spent evaluating and checkpointing, left out of throughput
     window_loss, window_batches = torch.zeros((), device=accelerator.device), state.window_batches
     pending_rng = None
     if process_state is not None:
@@ -265,8 +321,13 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
             if step % cfg.log_every_n_steps == 0 or step == total_steps:
                 mean_loss = accelerator.reduce(window_loss, "mean").item() / window_batches
                 elapsed = time.perf_counter() - started - paused
-                entry = {"step": step, "epoch": round(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch, 4), "loss": mean_loss,
-                         "learning_rate": scheduler.get_last_lr()[0], "samples_per_s": (examples_seen - examples_before) / elapsed}
+                entry = {
+                    "step": step,
+                    "epoch": round(epoch + (step - epoch * steps_per_epoch) / steps_per_epoch, 4),
+                    "loss": mean_loss,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "samples_per_s": (examples_seen - examples_before) / elapsed,
+                }
                 if grad_norm is not None:
                     entry["grad_norm"] = float(grad_norm)
                 log(entry)
@@ -274,8 +335,17 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
                 window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
             improved, pause_started = False, time.perf_counter()
             if "validation" in eval_loaders and (step % eval_every == 0 or step == total_steps):
-                metrics, predictions = run_evaluation(model, eval_loaders["validation"], task, accelerator, splits["validation"], features["validation"],
-                                                      recipe.metrics, progress.note, f"step {step}: validation")
+                metrics, predictions = run_evaluation(
+                    model,
+                    eval_loaders["validation"],
+                    task,
+                    accelerator,
+                    splits["validation"],
+                    features["validation"],
+                    recipe.metrics,
+                    progress.note,
+                    f"step {step}: validation",
+                )
                 history["validation"] = {"step": step, "metrics": metrics, "predictions": predictions}
                 log({"step": step, "split": "validation", **metrics})
                 progress.note(f"step {step}: validation " + format_metrics(metrics))
@@ -283,11 +353,29 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
             epoch_done = accelerator.gradient_state.end_of_dataloader
             signum = stop.requested(accelerator)
             if checkpoints.due(recipe, step, epoch_done) or signum or improved:
-                position = {"epoch": epoch + 1, "batches_done": 0} if epoch_done else {"epoch": epoch, "batches_done": batches_done}
-                saved = checkpoints.save(run_dir, accelerator, model, optimizer, checkpoints.TrainingState(
-                    step=step, **position, examples_seen=examples_seen, window_batches=window_batches, best=best.state(),
-                    scheduler=scheduler.state_dict(), num_processes=accelerator.num_processes,
-                ), window_loss, recipe.checkpointing.keep_last, best.step)
+                position = (
+                    {"epoch": epoch + 1, "batches_done": 0}
+                    if epoch_done
+                    else {"epoch": epoch, "batches_done": batches_done}
+                )
+                saved = checkpoints.save(
+                    run_dir,
+                    accelerator,
+                    model,
+                    optimizer,
+                    checkpoints.TrainingState(
+                        step=step,
+                        **position,
+                        examples_seen=examples_seen,
+                        window_batches=window_batches,
+                        best=best.state(),
+                        scheduler=scheduler.state_dict(),
+                        num_processes=accelerator.num_processes,
+                    ),
+                    window_loss,
+                    recipe.checkpointing.keep_last,
+                    best.step,
+                )
                 if signum:
                     raise checkpoints.Interrupted(signum, step, saved)
             paused += time.perf_counter() - pause_started
@@ -299,23 +387,43 @@ def _train(recipe: Recipe, output_dir, overwrite: bool, echo, resume, stop: chec
     if best.should_stop:
         say(f"early stopping at step {step}: {best.metric} has not improved for {best.patience} evaluation(s)")
     if best.enabled and best.step != step:  # the saved model and the final evaluations use the best weights
-        checkpoints.load_weights(run_dir / checkpoints.CHECKPOINTS_DIR / f"step-{best.step}", accelerator.unwrap_model(model))
+        checkpoints.load_weights(
+            run_dir / checkpoints.CHECKPOINTS_DIR / f"step-{best.step}", accelerator.unwrap_model(model)
+        )
         history.pop("validation", None)
         say(f"using the best checkpoint: step {best.step}, {best.metric}={best.value:.4f}")
 
-    counts = accelerator.reduce(torch.tensor([float(throughput.tokens), float(throughput.padded_tokens)], device=accelerator.device), "sum")
+    counts = accelerator.reduce(
+        torch.tensor([float(throughput.tokens), float(throughput.padded_tokens)], device=accelerator.device), "sum"
+    )
     throughput.tokens, throughput.padded_tokens = int(counts[0]), int(counts[1])
-    results = {"train": {"steps": step, "epochs": round(step / steps_per_epoch, 4), "examples": examples_seen, "runtime_s": round(train_seconds, 2),
-                         **throughput.summary(examples_seen - examples_before, train_seconds - paused, flops_parameters, peak_flops),
-                         "peak_memory_mb": tracking.peak_memory_mb()}}
+    results = {
+        "train": {
+            "steps": step,
+            "epochs": round(step / steps_per_epoch, 4),
+            "examples": examples_seen,
+            "runtime_s": round(train_seconds, 2),
+            **throughput.summary(examples_seen - examples_before, train_seconds - paused, flops_parameters, peak_flops),
+            "peak_memory_mb": tracking.peak_memory_mb(),
+        }
+    }
     say("throughput: " + speed.describe(results["train"]))
     final_predictions = None
     for split in eval_loaders:  # test last, so predictions.jsonl holds the test split when there is one
         if split == "validation" and history.get("validation", {}).get("step") == step:
             metrics, final_predictions = history["validation"]["metrics"], history["validation"]["predictions"]
         else:
-            metrics, final_predictions = run_evaluation(model, eval_loaders[split], task, accelerator, splits[split], features[split], recipe.metrics,
-                                                        say, split)
+            metrics, final_predictions = run_evaluation(
+                model,
+                eval_loaders[split],
+                task,
+                accelerator,
+                splits[split],
+                features[split],
+                recipe.metrics,
+                say,
+                split,
+            )
             log({"step": step, "split": split, **metrics})
         results[split] = metrics
 
@@ -348,7 +456,10 @@ def save_model(model, tokenizer, run_dir: Path, recipe: Recipe) -> None:
 def format_metrics(metrics: dict) -> str:
     shown = {k: v for k, v in metrics.items() if k not in runs.NOT_METRICS}
     # Text values (sacrebleu's signature) are shown as they are.
-    return "  ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:.4f}" for k, v in shown.items()) + f"  (n={metrics.get('num_examples', '?')})"
+    return (
+        "  ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:.4f}" for k, v in shown.items())
+        + f"  (n={metrics.get('num_examples', '?')})"
+    )
 
 
 class Progress:
@@ -379,7 +490,9 @@ class Progress:
             self.last_line = now
             elapsed = now - self.started
             eta = elapsed / step * (self.total - step)
-            self.echo(f"step {step}/{self.total}  loss={loss:.4f}  {samples_per_s:.1f} samples/s  elapsed {elapsed:.0f}s  eta {eta:.0f}s")
+            self.echo(
+                f"step {step}/{self.total}  loss={loss:.4f}  {samples_per_s:.1f} samples/s  elapsed {elapsed:.0f}s  eta {eta:.0f}s"
+            )
 
     def note(self, text: str) -> None:
         if not self.enabled:

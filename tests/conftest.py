@@ -42,7 +42,14 @@ def tiny_bert(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
     return path
@@ -50,8 +57,12 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 def write_sentiment_files(folder: Path, repeat: int = 8) -> dict[str, Path]:
     """Small train/validation/test CSVs (the same 4 reviews, `repeat` times) in `folder`."""
-    rows = [("a wonderful, moving film", "positive"), ("dull and far too long", "negative"),
-            ("I loved every minute", "positive"), ("a waste of money", "negative")] * repeat
+    rows = [
+        ("a wonderful, moving film", "positive"),
+        ("dull and far too long", "negative"),
+        ("I loved every minute", "positive"),
+        ("a waste of money", "negative"),
+    ] * repeat
     files = {}
     for split in ("train", "validation", "test"):
         file = folder / f"{split}.csv"
@@ -74,14 +85,14 @@ def write_recipe(path: Path, model: Path | str, files: dict[str, Path], extra: s
 task:
   type: classification
 data:
-  train: {files['train']}
-  validation: {files['validation']}
-  test: {files['test']}
+  train: {files["train"]}
+  validation: {files["validation"]}
+  test: {files["test"]}
 training:
   epochs: 1
   batch_size: 8
   max_length: 32
-output_dir: {path.parent / 'run'}
+output_dir: {path.parent / "run"}
 {extra}"""
     )
     return path
@@ -109,9 +120,16 @@ def cli():
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_CORPUS = [
-    "a wonderful, moving film", "dull and far too long", "I loved every minute", "a waste of money",
-    "Context: The treasure is buried under the old oak tree. Question: Where is the treasure? Answer: under the old oak tree",
-    "Paris is the capital of France.", "The cat sat on the mat.", "Ein Hund läuft über die Wiese.", "A dog runs across the meadow.",
+    "a wonderful, moving film",
+    "dull and far too long",
+    "I loved every minute",
+    "a waste of money",
+    "Context: The treasure is buried under the old oak tree. "
+    "Question: Where is the treasure? Answer: under the old oak tree",
+    "Paris is the capital of France.",
+    "The cat sat on the mat.",
+    "Ein Hund läuft über die Wiese.",
+    "A dog runs across the meadow.",
 ]
 
 
@@ -123,8 +141,12 @@ def gpt2_style_tokenizer(folder: Path, chat_template: str | None = None):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(TINY_CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.train_from_iterator(
+        TINY_CORPUS * 4,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     if chat_template is not None:
         tokenizer.chat_template = chat_template
@@ -141,8 +163,15 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-gpt2")
     tokenizer = gpt2_style_tokenizer(path)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=256,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=256,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(path)
     return path
 
@@ -154,11 +183,23 @@ def tiny_llama(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("tiny-llama")
-    chat = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    chat = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     tokenizer = gpt2_style_tokenizer(path, chat_template=chat)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=256, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
 

@@ -16,6 +16,7 @@ import base64
 import fnmatch
 import hashlib
 import json
+import re
 import shutil
 import socket
 import threading
@@ -24,7 +25,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import re
 import yaml
 
 LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
@@ -71,9 +71,18 @@ class HubServer:
         base = self.repo_dir(kind, repo_id)
         base.mkdir(parents=True)
         self.save_meta(kind, repo_id, {"owner": owner, "private": private, "branches": {}, "commits": []})
-        self.commit(kind, repo_id, "main", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, [], "initial commit")
+        self.commit(
+            kind,
+            repo_id,
+            "main",
+            {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
+            [],
+            "initial commit",
+        )
 
-    def commit(self, kind: str, repo_id: str, branch: str, added: dict[str, bytes], deleted: list[str], message: str) -> str:
+    def commit(
+        self, kind: str, repo_id: str, branch: str, added: dict[str, bytes], deleted: list[str], message: str
+    ) -> str:
         """Write a new snapshot (parent + changes) and only then move the branch: all or nothing."""
         meta = self.meta(kind, repo_id)
         commit_id = hashlib.sha1(uuid.uuid4().bytes).hexdigest()
@@ -93,7 +102,9 @@ class HubServer:
         self.save_meta(kind, repo_id, meta)
         return commit_id
 
-    def add_repo_from_dir(self, repo_id: str, source: Path, kind: str = "models", patterns=("*.json", "*.safetensors", "*.txt")) -> None:
+    def add_repo_from_dir(
+        self, repo_id: str, source: Path, kind: str = "models", patterns=("*.json", "*.safetensors", "*.txt")
+    ) -> None:
         """Publish a local directory (say the offline MiniLM files) as a public repo owned by its namespace."""
         files = {
             str(p.relative_to(source)): p.read_bytes()
@@ -107,7 +118,9 @@ class HubServer:
         meta = self.meta(kind, repo_id)
         if meta is None:
             return None
-        commit_id = meta["branches"].get(revision) or (revision if revision in {c["id"] for c in meta["commits"]} else None)
+        commit_id = meta["branches"].get(revision) or (
+            revision if revision in {c["id"] for c in meta["commits"]} else None
+        )
         return self.repo_dir(kind, repo_id) / "commits" / commit_id if commit_id else None
 
     def files(self, repo_id: str, revision: str = "main", kind: str = "models") -> dict[str, bytes]:
@@ -127,7 +140,15 @@ def _handler(hub: HubServer):
             pass
 
         # --- plumbing ------------------------------------------------------------------------
-        def reply(self, status: int, body=None, headers: dict | None = None, error_code: str | None = None, message: str | None = None, head: bool = False) -> None:
+        def reply(
+            self,
+            status: int,
+            body=None,
+            headers: dict | None = None,
+            error_code: str | None = None,
+            message: str | None = None,
+            head: bool = False,
+        ) -> None:
             if isinstance(body, (dict, list)):
                 data = json.dumps(body).encode()
                 content_type = "application/json"
@@ -156,7 +177,7 @@ def _handler(hub: HubServer):
 
         def user(self) -> str | None:
             auth = self.headers.get("Authorization", "")
-            return hub.tokens.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else None
+            return hub.tokens.get(auth[len("Bearer ") :]) if auth.startswith("Bearer ") else None
 
         def can_write(self, user: str | None, namespace: str) -> bool:
             return user is not None and (namespace == user or namespace in hub.orgs.get(user, []))
@@ -187,7 +208,8 @@ def _handler(hub: HubServer):
             authorization = self.headers.get("Authorization")
             if authorization and self.user() is None:
                 # The Hub rejects unknown tokens everywhere, even on public resources.
-                body = self.body() if method == "POST" else b""
+                if method == "POST":
+                    self.body()  # read the request before answering it
                 self.reply(401, message="Invalid credentials in Authorization header", head=method == "HEAD")
                 return
             repo = r"(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)"
@@ -201,8 +223,16 @@ def _handler(hub: HubServer):
                 ("POST", rf"/api/{repo}/branch/(?P<rev>[^/]+)", self.branch),
                 ("GET", rf"/api/{repo}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self.tree),
                 ("POST", rf"/api/{repo}/paths-info/(?P<rev>[^/]+)", self.paths_info),
-                ("GET", r"/(?P<prefix>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self.resolve),
-                ("HEAD", r"/(?P<prefix>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self.resolve),
+                (
+                    "GET",
+                    r"/(?P<prefix>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)",
+                    self.resolve,
+                ),
+                (
+                    "HEAD",
+                    r"/(?P<prefix>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)",
+                    self.resolve,
+                ),
             ]
             for verb, pattern, action in routes:
                 match = re.fullmatch(pattern, path)
@@ -217,8 +247,15 @@ def _handler(hub: HubServer):
             if user is None:
                 self.reply(401, message="Invalid credentials in Authorization header")
                 return
-            self.reply(200, {"type": "user", "name": user, "orgs": [{"name": org} for org in hub.orgs.get(user, [])],
-                             "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}})
+            self.reply(
+                200,
+                {
+                    "type": "user",
+                    "name": user,
+                    "orgs": [{"name": org} for org in hub.orgs.get(user, [])],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                },
+            )
 
         def create(self, query, head) -> None:
             payload = json.loads(self.body())
@@ -234,9 +271,16 @@ def _handler(hub: HubServer):
                     self.reply(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
                     return
                 if not self.can_write(user, namespace):
-                    self.reply(403, message=f"You don't have the rights to create a model under the namespace \"{namespace}\"")
+                    self.reply(
+                        403, message=f'You don\'t have the rights to create a model under the namespace "{namespace}"'
+                    )
                     return
-                hub.create_repo(kind, repo_id, owner=namespace, private=payload.get("visibility") == "private" or bool(payload.get("private")))
+                hub.create_repo(
+                    kind,
+                    repo_id,
+                    owner=namespace,
+                    private=payload.get("visibility") == "private" or bool(payload.get("private")),
+                )
             self.reply(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
 
         def validate_yaml(self, query, head) -> None:
@@ -257,8 +301,20 @@ def _handler(hub: HubServer):
             if snapshot is None:
                 return self.reply(404, error_code="RevisionNotFound", message=f"Invalid rev id: {rev}")
             files = [str(p.relative_to(snapshot)) for p in sorted(snapshot.rglob("*")) if p.is_file()]
-            self.reply(200, {"id": repo, "_id": repo, "author": meta["owner"], "sha": snapshot.name, "private": meta["private"],
-                             "disabled": False, "gated": False, "tags": [], "siblings": [{"rfilename": f} for f in files]})
+            self.reply(
+                200,
+                {
+                    "id": repo,
+                    "_id": repo,
+                    "author": meta["owner"],
+                    "sha": snapshot.name,
+                    "private": meta["private"],
+                    "disabled": False,
+                    "gated": False,
+                    "tags": [],
+                    "siblings": [{"rfilename": f} for f in files],
+                },
+            )
 
         def writable(self, kind, repo) -> dict | None:
             """Meta of a repo the caller may write to; otherwise replies 404/403 and returns None."""
@@ -305,10 +361,23 @@ def _handler(hub: HubServer):
                     elif line["key"] == "deletedFile":
                         deleted.append(line["value"]["path"])
                     else:
-                        self.reply(400, message=f"unsupported commit operation {line['key']} (this test hub stores files inline only)")
+                        self.reply(
+                            400,
+                            message=(
+                                f"unsupported commit operation {line['key']} (this test hub stores files inline only)"
+                            ),
+                        )
                         return
                 commit_id = hub.commit(kind, repo, rev, added, deleted, summary)
-            self.reply(200, {"success": True, "commitOid": commit_id, "commitUrl": f"{hub.url}/{repo}/commit/{commit_id}", "pullRequestUrl": None})
+            self.reply(
+                200,
+                {
+                    "success": True,
+                    "commitOid": commit_id,
+                    "commitUrl": f"{hub.url}/{repo}/commit/{commit_id}",
+                    "pullRequestUrl": None,
+                },
+            )
 
         def branch(self, kind, repo, rev, query, head) -> None:
             payload = json.loads(self.body() or b"{}")
@@ -327,9 +396,18 @@ def _handler(hub: HubServer):
             out = []
             for path in paths:
                 if path.is_file():
-                    out.append({"type": "file", "path": str(path.relative_to(snapshot)), "size": path.stat().st_size, "oid": git_blob_id(path.read_bytes())})
+                    out.append(
+                        {
+                            "type": "file",
+                            "path": str(path.relative_to(snapshot)),
+                            "size": path.stat().st_size,
+                            "oid": git_blob_id(path.read_bytes()),
+                        }
+                    )
                 elif path.is_dir():
-                    out.append({"type": "directory", "path": str(path.relative_to(snapshot)), "size": 0, "oid": "0" * 40})
+                    out.append(
+                        {"type": "directory", "path": str(path.relative_to(snapshot)), "size": 0, "oid": "0" * 40}
+                    )
             return out
 
         def tree(self, kind, repo, rev, query, head, sub="") -> None:
@@ -340,7 +418,12 @@ def _handler(hub: HubServer):
                 return self.reply(404, error_code="RevisionNotFound", message=f"Invalid rev id: {rev}")
             folder = snapshot / sub
             if not folder.is_dir():
-                return self.reply(404, error_code="EntryNotFound", message=f"{sub} does not exist", headers={"X-Repo-Commit": snapshot.name})
+                return self.reply(
+                    404,
+                    error_code="EntryNotFound",
+                    message=f"{sub} does not exist",
+                    headers={"X-Repo-Commit": snapshot.name},
+                )
             recursive = query.get("recursive", ["False"])[0].lower() in ("true", "1")
             paths = sorted(folder.rglob("*") if recursive else folder.iterdir())
             self.reply(200, self.entries(snapshot, paths))
@@ -367,7 +450,13 @@ def _handler(hub: HubServer):
                 return self.reply(404, error_code="RevisionNotFound", message=f"Invalid rev id: {rev}", head=head)
             target = snapshot / file
             if not target.is_file():
-                return self.reply(404, error_code="EntryNotFound", message=f"{file} does not exist", headers={"X-Repo-Commit": snapshot.name}, head=head)
+                return self.reply(
+                    404,
+                    error_code="EntryNotFound",
+                    message=f"{file} does not exist",
+                    headers={"X-Repo-Commit": snapshot.name},
+                    head=head,
+                )
             content = target.read_bytes()
             etag = f'"{git_blob_id(content)}"'
             self.reply(200, content, headers={"X-Repo-Commit": snapshot.name, "ETag": etag}, head=head)

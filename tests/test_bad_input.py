@@ -12,7 +12,14 @@ import pytest
 from conftest import write_recipe
 
 
-def make_recipe(tmp_path: Path, model, files: dict[str, Path], replace: dict[str, str] | None = None, extra: str = "", name: str = "r.yaml") -> Path:
+def make_recipe(
+    tmp_path: Path,
+    model,
+    files: dict[str, Path],
+    replace: dict[str, str] | None = None,
+    extra: str = "",
+    name: str = "r.yaml",
+) -> Path:
     """write_recipe, then textual replacements (to put a bad value inside a section)."""
     path = write_recipe(tmp_path / name, model, files, extra)
     text = path.read_text()
@@ -56,25 +63,40 @@ def assert_rejected(cli, recipe: Path, *fragments: str, args: tuple = ()) -> Non
 
 def test_unknown_key_in_yaml(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files, {"  epochs: 1\n": "  epochs: 1\n  learnign_rate: 0.1\n"})
-    assert_rejected(cli, recipe, location(recipe, "learnign_rate") + ":", "'training.learnign_rate'", "did you mean 'learning_rate'")
+    assert_rejected(
+        cli, recipe, location(recipe, "learnign_rate") + ":", "'training.learnign_rate'", "did you mean 'learning_rate'"
+    )
 
 
 def test_unknown_key_in_set(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files)
     assert_rejected(
-        cli, recipe, "error: --set training.learnign_rate=1: ", "'training.learnign_rate'", "did you mean 'learning_rate'",
+        cli,
+        recipe,
+        "error: --set training.learnign_rate=1: ",
+        "'training.learnign_rate'",
+        "did you mean 'learning_rate'",
         args=("--set", "training.learnign_rate=1"),
     )
 
 
 def test_unknown_key_in_method_section(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files, extra="method:\n  type: lora\n  rank: 4\n")
-    assert_rejected(cli, recipe, location(recipe, "rank:") + ":", "'method.rank'", "valid keys here: type, r, alpha, dropout, target_modules")
+    assert_rejected(
+        cli,
+        recipe,
+        location(recipe, "rank:") + ":",
+        "'method.rank'",
+        "valid keys here: type, r, alpha, dropout, target_modules",
+    )
 
 
 @pytest.mark.parametrize(
     ("line", "key", "expected"),
-    [("  batch_size: many\n", "training.batch_size", "valid integer"), ("  learning_rate: abc\n", "training.learning_rate", "valid number")],
+    [
+        ("  batch_size: many\n", "training.batch_size", "valid integer"),
+        ("  learning_rate: abc\n", "training.learning_rate", "valid number"),
+    ],
 )
 def test_wrong_type(cli, tiny_bert, sentiment_files, tmp_path, line, key, expected):
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files, {"  batch_size: 8\n": line})
@@ -84,19 +106,45 @@ def test_wrong_type(cli, tiny_bert, sentiment_files, tmp_path, line, key, expect
 
 def test_wrong_type_in_set(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files)
-    assert_rejected(cli, recipe, "--set training.batch_size=many", "valid integer", "got 'many'", args=("--set", "training.batch_size=many"))
+    assert_rejected(
+        cli,
+        recipe,
+        "--set training.batch_size=many",
+        "valid integer",
+        "got 'many'",
+        args=("--set", "training.batch_size=many"),
+    )
 
 
 def test_invalid_method_type(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files, extra="method:\n  type: qlora\n")
     assert_rejected(
-        cli, recipe, location(recipe, "type: qlora") + ":", "method.type", "'qlora'", "expected one of", "'full'", "'lora'", "'ia3'", "'prefix_tuning'"
+        cli,
+        recipe,
+        location(recipe, "type: qlora") + ":",
+        "method.type",
+        "'qlora'",
+        "expected one of",
+        "'full'",
+        "'lora'",
+        "'ia3'",
+        "'prefix_tuning'",
     )
 
 
 def test_invalid_precision(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files, {"  epochs: 1\n": "  epochs: 1\n  precision: fp8\n"})
-    assert_rejected(cli, recipe, location(recipe, "precision: fp8") + ":", "training.precision", "'fp8'", "'auto'", "'fp32'", "'bf16'", "'fp16'")
+    assert_rejected(
+        cli,
+        recipe,
+        location(recipe, "precision: fp8") + ":",
+        "training.precision",
+        "'fp8'",
+        "'auto'",
+        "'fp32'",
+        "'bf16'",
+        "'fp16'",
+    )
 
 
 def test_malformed_yaml(cli, tmp_path):
@@ -113,22 +161,32 @@ def test_recipe_file_missing(cli, tmp_path):
 
 def test_set_without_equals(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files)
-    assert_rejected(cli, recipe, "--set training.learning_rate: expected KEY=VALUE", args=("--set", "training.learning_rate"))
+    assert_rejected(
+        cli, recipe, "--set training.learning_rate: expected KEY=VALUE", args=("--set", "training.learning_rate")
+    )
 
 
 # --------------------------------------------------------------------------- data
 
 
 def test_missing_data_file(cli, tiny_bert, sentiment_files, tmp_path):
-    recipe = make_recipe(tmp_path, tiny_bert, sentiment_files, {f"  train: {sentiment_files['train']}\n": "  train: missing.csv\n"})
-    assert_rejected(cli, recipe, "data.train", "file not found", str(tmp_path / "missing.csv"))  # relative to the recipe file
+    recipe = make_recipe(
+        tmp_path, tiny_bert, sentiment_files, {f"  train: {sentiment_files['train']}\n": "  train: missing.csv\n"}
+    )
+    assert_rejected(
+        cli, recipe, "data.train", "file not found", str(tmp_path / "missing.csv")
+    )  # relative to the recipe file
 
 
 @pytest.mark.parametrize(
     ("name", "content", "expected"),
     [
         ("garbage.csv", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, "can't decode"),
-        ("ragged.csv", b'text,label\n"a film",positive\n"bad, bad",negative,extra,more\n', "Expected 2 fields in line 3, saw 4"),
+        (
+            "ragged.csv",
+            b'text,label\n"a film",positive\n"bad, bad",negative,extra,more\n',
+            "Expected 2 fields in line 3, saw 4",
+        ),
         ("quote.csv", b'text,label\n"a film,positive\nbad,negative\n', "EOF inside string"),
     ],
 )
@@ -143,22 +201,44 @@ def test_unknown_file_type(cli, tiny_bert, sentiment_files, tmp_path):
     bad = tmp_path / "train.xlsx"
     bad.write_bytes(b"PK\x03\x04 not really a workbook")
     recipe = make_recipe(tmp_path, tiny_bert, {**sentiment_files, "train": bad})
-    assert_rejected(cli, recipe, f"data.train ({bad})", "unknown file type '.xlsx'", "expected one of .csv, .tsv, .json, .jsonl, .parquet")
+    assert_rejected(
+        cli,
+        recipe,
+        f"data.train ({bad})",
+        "unknown file type '.xlsx'",
+        "expected one of .csv, .tsv, .json, .jsonl, .parquet",
+    )
 
 
 def test_missing_column(cli, tiny_bert, sentiment_files, tmp_path):
-    recipe = make_recipe(tmp_path, tiny_bert, sentiment_files, {"  type: classification\n": "  type: classification\n  text_column: sentence\n"})
-    assert_rejected(cli, recipe, "data.train", "column 'sentence'", "task.text_column", "available columns: text, label")
+    recipe = make_recipe(
+        tmp_path,
+        tiny_bert,
+        sentiment_files,
+        {"  type: classification\n": "  type: classification\n  text_column: sentence\n"},
+    )
+    assert_rejected(
+        cli, recipe, "data.train", "column 'sentence'", "task.text_column", "available columns: text, label"
+    )
 
 
 def test_label_not_in_label_names(cli, tiny_bert, sentiment_files, tmp_path):
     bad = tmp_path / "labels.csv"
     bad.write_text("text,label\ngreat,positive\nawful,negative\nso-so,neutral\n")
     recipe = make_recipe(
-        tmp_path, tiny_bert, {**sentiment_files, "validation": bad},
+        tmp_path,
+        tiny_bert,
+        {**sentiment_files, "validation": bad},
         {"  type: classification\n": "  type: classification\n  label_names: [negative, positive]\n"},
     )
-    assert_rejected(cli, recipe, f"data.validation ({bad}) line 4", "label 'neutral'", "['negative', 'positive']", "task.label_names")
+    assert_rejected(
+        cli,
+        recipe,
+        f"data.validation ({bad}) line 4",
+        "label 'neutral'",
+        "['negative', 'positive']",
+        "task.label_names",
+    )
 
 
 @pytest.mark.parametrize("content", ["text,label\n", ""], ids=["header-only", "zero-bytes"])
@@ -175,14 +255,25 @@ def test_empty_split(cli, tiny_bert, sentiment_files, tmp_path, content):
 def test_local_model_not_found(cli, sentiment_files, tmp_path):
     missing = tmp_path / "no-such-model"
     recipe = make_recipe(tmp_path, missing, sentiment_files)
-    assert_rejected(cli, recipe, "model.name", f"directory not found: {missing}", "expected a local checkpoint directory or a hub id")
+    assert_rejected(
+        cli,
+        recipe,
+        "model.name",
+        f"directory not found: {missing}",
+        "expected a local checkpoint directory or a hub id",
+    )
 
 
 def test_hub_model_offline(cli, sentiment_files, tmp_path):
     recipe = make_recipe(tmp_path, "nobody/no-such-model-xyz", sentiment_files)
     assert_rejected(
-        cli, recipe, "model.name", "'nobody/no-such-model-xyz' is not available offline", "HF_HUB_OFFLINE is set; not in the local hub cache): download it",
-        "hf download nobody/no-such-model-xyz --local-dir DIR", "set model.name to DIR",
+        cli,
+        recipe,
+        "model.name",
+        "'nobody/no-such-model-xyz' is not available offline",
+        "HF_HUB_OFFLINE is set; not in the local hub cache): download it",
+        "hf download nobody/no-such-model-xyz --local-dir DIR",
+        "set model.name to DIR",
     )
 
 
@@ -192,10 +283,18 @@ def test_output_dir_holds_finished_run(cli, tiny_bert, sentiment_files, tmp_path
     code, out, err = cli("train", recipe)
     assert code == 0, (out, err)
     metrics = run_dir / "metrics.json"
-    before = {str(path.relative_to(run_dir)): (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()}
+    before = {
+        str(path.relative_to(run_dir)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in run_dir.rglob("*")
+        if path.is_file()
+    }
 
     assert_user_error(cli("train", recipe), f"output_dir: {run_dir} already holds a finished run", "--overwrite")
-    assert {str(path.relative_to(run_dir)): (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()} == before
+    assert {
+        str(path.relative_to(run_dir)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in run_dir.rglob("*")
+        if path.is_file()
+    } == before
 
     code, out, err = cli("train", recipe, "--overwrite")
     assert code == 0, (out, err)
@@ -207,7 +306,10 @@ def test_output_dir_holds_other_files(cli, tiny_bert, sentiment_files, tmp_path)
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
     recipe = make_recipe(tmp_path, tiny_bert, sentiment_files)
-    err = assert_user_error(cli("train", recipe), f"output_dir: {run_dir} already holds files that are not part of an llmtune run (notes.txt)")
+    err = assert_user_error(
+        cli("train", recipe),
+        f"output_dir: {run_dir} already holds files that are not part of an llmtune run (notes.txt)",
+    )
     assert "--overwrite" not in err
     assert [path.name for path in run_dir.iterdir()] == ["notes.txt"]
 
@@ -228,7 +330,9 @@ def test_console_entry_point(tiny_bert, sentiment_files, tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: data.train ({bad}): cannot read ragged.csv as csv"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: data.train ({bad}): cannot read ragged.csv as csv"), (
+        result.stderr
+    )
 
 
 def test_fp16_without_gpu(cli, tiny_bert, sentiment_files, tmp_path):

@@ -55,7 +55,10 @@ def test_token_budget_batches_are_full_so_short_examples_come_many_at_a_time():
     batches = cut_batches(order, LENGTHS, None, max_tokens=1200)
     for batch, following in zip(batches, batches[1:]):
         # Full: one more example (the next in order) would break the budget.
-        assert max(LENGTHS[i] for i in batch) * (len(batch) + 1) > 1200 and following[0] == order[order.index(batch[-1]) + 1]
+        assert (
+            max(LENGTHS[i] for i in batch) * (len(batch) + 1) > 1200
+            and following[0] == order[order.index(batch[-1]) + 1]
+        )
     assert len(batches[0]) < len(batches[-2])
 
 
@@ -79,11 +82,20 @@ def test_sorted_batches_split_across_processes_without_repeats():
 
 
 def test_collator_pads_ids_masks_and_labels_on_either_side():
-    features = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [1, 2, 3]}, {"input_ids": [8], "attention_mask": [1], "labels": [4]}]
+    features = [
+        {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [1, 2, 3]},
+        {"input_ids": [8], "attention_mask": [1], "labels": [4]},
+    ]
     right = PadCollator(pad_token_id=0)(features)
-    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]] and right["labels"].tolist() == [[1, 2, 3], [4, -100, -100]]
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]] and right["labels"].tolist() == [
+        [1, 2, 3],
+        [4, -100, -100],
+    ]
     left = PadCollator(pad_token_id=0, padding_side="left")(features)
-    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]] and left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]] and left["attention_mask"].tolist() == [
+        [1, 1, 1],
+        [0, 0, 1],
+    ]
     assert left["input_ids"].dtype == torch.long
 
 

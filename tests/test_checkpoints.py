@@ -17,8 +17,16 @@ from conftest import ROOT, write_recipe, write_sentiment_files
 from safetensors.torch import load_file
 
 # 32 examples, batches of 4: 8 steps per epoch, 16 in all; dropout is on, so RNG restoring matters.
-SETTINGS = ["training.batch_size=4", "training.epochs=2", "training.learning_rate=1e-2", "training.log_every_n_steps=1",
-            "training.eval_batch_size=5", "evaluation.every_n_steps=4", "checkpointing.every_n_steps=1", "checkpointing.keep_last=3"]
+SETTINGS = [
+    "training.batch_size=4",
+    "training.epochs=2",
+    "training.learning_rate=1e-2",
+    "training.log_every_n_steps=1",
+    "training.eval_batch_size=5",
+    "evaluation.every_n_steps=4",
+    "checkpointing.every_n_steps=1",
+    "checkpointing.keep_last=3",
+]
 
 
 def sets(*items: str) -> list[str]:
@@ -26,8 +34,14 @@ def sets(*items: str) -> list[str]:
 
 
 def llmtune(*args, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llmtune", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmtune", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
@@ -46,7 +60,10 @@ def assert_same_result(run, reference) -> None:
     assert weights.keys() == expected.keys()
     for name in expected:
         assert torch.allclose(weights[name], expected[name], atol=1e-6, rtol=0), name
-    logged = lambda path: [e for e in map(json.loads, (path / "train_log.jsonl").read_text().splitlines()) if "loss" in e]
+
+    def logged(path):
+        return [e for e in map(json.loads, (path / "train_log.jsonl").read_text().splitlines()) if "loss" in e]
+
     ours_log, their_log = logged(run), logged(reference)
     assert [e["step"] for e in ours_log] == [e["step"] for e in their_log]  # every step logged once
     assert [e["loss"] for e in ours_log] == pytest.approx([e["loss"] for e in their_log], abs=1e-6)
@@ -120,7 +137,13 @@ def test_sigterm_saves_prints_resume_command_and_resumes_identically(setup, tmp_
 
 def test_damaged_newest_checkpoint_is_skipped_with_a_warning(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
-    settings = sets("training.batch_size=4", "training.max_steps=6", "training.log_every_n_steps=1", "checkpointing.every_n_steps=2", "checkpointing.keep_last=5")
+    settings = sets(
+        "training.batch_size=4",
+        "training.max_steps=6",
+        "training.log_every_n_steps=1",
+        "checkpointing.every_n_steps=2",
+        "checkpointing.keep_last=5",
+    )
     code, out, err = cli("train", recipe, *settings)
     assert code == 0, err
     run = tmp_path / "run"
@@ -142,22 +165,42 @@ def test_resume_refuses_a_recipe_that_changes_what_is_trained(cli, tiny_bert, se
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
     code, out, err = cli("train", recipe, *sets("training.max_steps=2"))
     assert code == 0, err
-    code, out, err = cli("train", recipe, *sets("training.max_steps=4", "method.type=lora", f"data.test={sentiment_files['train']}"), "--resume")
+    code, out, err = cli(
+        "train",
+        recipe,
+        *sets("training.max_steps=4", "method.type=lora", f"data.test={sentiment_files['train']}"),
+        "--resume",
+    )
     assert code == 2
-    assert err.startswith("error: --resume: the recipe differs") and "method.type: 'full' -> 'lora'" in err and "data.test.path" in err
+    assert (
+        err.startswith("error: --resume: the recipe differs")
+        and "method.type: 'full' -> 'lora'" in err
+        and "data.test.path" in err
+    )
     assert "training.max_steps" not in err  # extending a run is allowed
     code, out, err = cli("train", recipe, "--resume-from", tmp_path / "nowhere")
     assert code == 2 and "is not a run directory" in err
 
 
 def test_early_stopping_keeps_and_uses_the_best_checkpoint(cli, tiny_bert, sentiment_files, tmp_path):
-    # Cross-entropy falls as the model learns, so "best = highest cross-entropy" stops improving after the first evaluation.
+    # Cross-entropy falls as the model learns, so "best = highest cross-entropy" stops improving
+    # after the first evaluation.
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
-    code, out, err = cli("train", recipe, *sets(
-        "training.batch_size=4", "training.max_steps=20", "training.learning_rate=1e-2", "evaluation.every_n_steps=2",
-        "evaluation.metric_for_best=cross_entropy", "evaluation.mode=max", "evaluation.early_stopping_patience=1",
-        "checkpointing.at_epoch_end=false", "training.log_every_n_steps=1",
-    ))
+    code, out, err = cli(
+        "train",
+        recipe,
+        *sets(
+            "training.batch_size=4",
+            "training.max_steps=20",
+            "training.learning_rate=1e-2",
+            "evaluation.every_n_steps=2",
+            "evaluation.metric_for_best=cross_entropy",
+            "evaluation.mode=max",
+            "evaluation.early_stopping_patience=1",
+            "checkpointing.at_epoch_end=false",
+            "training.log_every_n_steps=1",
+        ),
+    )
     assert code == 0, err
     run = tmp_path / "run"
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
@@ -185,11 +228,19 @@ def test_same_seed_gives_the_same_metrics(cli, tiny_bert, sentiment_files, tmp_p
     results = []
     for name in ("first", "second"):
         recipe = write_recipe(tmp_path / f"{name}.yaml", tiny_bert, sentiment_files)
-        code, out, err = cli("train", recipe, *sets("training.batch_size=4", "training.max_steps=6", "training.learning_rate=1e-2"), "--output", tmp_path / name)
+        code, out, err = cli(
+            "train",
+            recipe,
+            *sets("training.batch_size=4", "training.max_steps=6", "training.learning_rate=1e-2"),
+            "--output",
+            tmp_path / name,
+        )
         assert code == 0, err
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         # Everything but the evaluation's wall time must match.
-        results.append({split: {k: v for k, v in metrics[split].items() if k != "runtime_s"} for split in ("validation", "test")})
+        results.append(
+            {split: {k: v for k, v in metrics[split].items() if k != "runtime_s"} for split in ("validation", "test")}
+        )
     assert results[0] == results[1]
 
 
@@ -197,11 +248,32 @@ def test_same_seed_gives_the_same_metrics(cli, tiny_bert, sentiment_files, tmp_p
 def test_two_processes_train_evaluate_once_and_resume_across_process_counts(setup, tmp_path, cli):
     recipe, _ = setup
     run = tmp_path / "run"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "llmtune", "train", str(recipe), "--output", str(run)]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llmtune",
+        "train",
+        str(recipe),
+        "--output",
+        str(run),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run([*torchrun, *sets(*SETTINGS, "training.max_steps=6")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(
+        [*torchrun, *sets(*SETTINGS, "training.max_steps=6")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert "2 process(es)" in finished.stdout and finished.stdout.count("run saved to") == 1  # only the main process talks
+    assert (
+        "2 process(es)" in finished.stdout and finished.stdout.count("run saved to") == 1
+    )  # only the main process talks
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4, 5, 6]  # written once, not once per process
     assert len((run / "predictions.jsonl").read_text().splitlines()) == 32
@@ -216,11 +288,22 @@ def test_two_processes_train_evaluate_once_and_resume_across_process_counts(setu
         assert single[metric] == pytest.approx(trained[metric], abs=1e-6)
 
     # Written by 2 processes, extended in 1, then extended again in 2.
-    code, out, err = finish(llmtune("train", recipe, *sets(*SETTINGS, "training.max_steps=9"), "--output", run, "--resume"))
+    code, out, err = finish(
+        llmtune("train", recipe, *sets(*SETTINGS, "training.max_steps=9"), "--output", run, "--resume")
+    )
     assert code == 0, err
     assert "(step 6)" in out and "1 process(es)" in out
-    finished = subprocess.run([*torchrun, *sets(*SETTINGS, "training.max_steps=12"), "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(
+        [*torchrun, *sets(*SETTINGS, "training.max_steps=12"), "--resume"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "(step 9)" in finished.stdout
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 12
-    assert [e["step"] for e in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "loss" in e] == list(range(1, 13))
+    assert [
+        e["step"] for e in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "loss" in e
+    ] == list(range(1, 13))

@@ -31,7 +31,15 @@ def test_train_prints_test_metrics_and_writes_the_run(cli, tiny_bert, sentiment_
     test_line = next(line for line in out.splitlines() if line.startswith("test: "))
     assert "accuracy=" in test_line and "macro_f1=" in test_line and "cross_entropy=" in test_line
     run = tmp_path / "run"
-    for name in ("recipe.yaml", "config.json", "model.safetensors", "tokenizer.json", "metrics.json", "predictions.jsonl", "train_log.jsonl"):
+    for name in (
+        "recipe.yaml",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.json",
+        "predictions.jsonl",
+        "train_log.jsonl",
+    ):
         assert (run / name).is_file(), name
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 32 and [row["index"] for row in predictions] == list(range(32))
@@ -93,9 +101,13 @@ def test_text_pairs(cli, tiny_bert, tmp_path):
     files = {}
     for split in ("train", "validation", "test"):
         files[split] = tmp_path / f"{split}.jsonl"
-        files[split].write_text("".join(json.dumps({"premise": p, "hypothesis": h, "label": l}) + "\n" for p, h, l in rows))
+        files[split].write_text(
+            "".join(json.dumps({"premise": p, "hypothesis": h, "label": label}) + "\n" for p, h, label in rows)
+        )
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, files)
-    code, out, err = cli("train", recipe, "--set", "task.text_column=premise", "--set", "task.text_pair_column=hypothesis")
+    code, out, err = cli(
+        "train", recipe, "--set", "task.text_column=premise", "--set", "task.text_pair_column=hypothesis"
+    )
     assert code == 0, err
     code, out, err = cli("predict", tmp_path / "run", "--input", files["test"])
     assert code == 0, err

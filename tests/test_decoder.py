@@ -20,7 +20,9 @@ def classifier(path):
     checkpoint = models.Checkpoint(str(path), str(path), "test")
     tokenizer = models.load_tokenizer(checkpoint)
     task = Classification(ClassificationTask(type="classification", label_names=["negative", "positive"]))
-    model, new_modules = models.load_model(checkpoint, task.auto_class, pad_token_id=tokenizer.pad_token_id, **task.model_kwargs())
+    model, new_modules = models.load_model(
+        checkpoint, task.auto_class, pad_token_id=tokenizer.pad_token_id, **task.model_kwargs()
+    )
     task.setup(model.config, tokenizer)
     return task, model.eval(), tokenizer, new_modules
 
@@ -44,7 +46,9 @@ def test_pad_token_and_pooling_whatever_the_padding_side(name, request):
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_decoder_classification_trains_saves_and_reloads_with_plain_transformers(method, tiny_gpt2, sentiment_files, tmp_path):
+def test_decoder_classification_trains_saves_and_reloads_with_plain_transformers(
+    method, tiny_gpt2, sentiment_files, tmp_path
+):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -58,7 +62,9 @@ def test_decoder_classification_trains_saves_and_reloads_with_plain_transformers
         adapter = json.loads((run / "adapter_config.json").read_text())
         assert adapter["base_model_name_or_path"] == str(tiny_gpt2)
         assert "score" in adapter["modules_to_save"]
-        base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2, pad_token_id=tokenizer.pad_token_id)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            tiny_gpt2, num_labels=2, pad_token_id=tokenizer.pad_token_id
+        )
         model = PeftModel.from_pretrained(base, run).eval()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(run).eval()
@@ -68,7 +74,9 @@ def test_decoder_classification_trains_saves_and_reloads_with_plain_transformers
         plain = model(**batch).logits.softmax(-1)
     ours = predict(run, ["a wonderful, moving film", "a waste of money"])
     for row, probabilities in zip(ours, plain):
-        assert [row["probabilities"][name] for name in ("negative", "positive")] == pytest.approx(probabilities.tolist(), abs=1e-4)
+        assert [row["probabilities"][name] for name in ("negative", "positive")] == pytest.approx(
+            probabilities.tolist(), abs=1e-4
+        )
 
 
 def sets(*items: str) -> list[str]:
@@ -77,8 +85,14 @@ def sets(*items: str) -> list[str]:
 
 def test_sentiment_gpt_recipe_runs_with_a_local_decoder(cli, tiny_llama, sst2, tmp_path):
     run = tmp_path / "run"
-    args = sets(f"model.name={tiny_llama}", f"data.train={sst2 / 'train.tsv'}", "data.train.max_samples=64",
-                f"data.validation={sst2 / 'validation.tsv'}", "data.validation.max_samples=32", "training.batch_size=8")
+    args = sets(
+        f"model.name={tiny_llama}",
+        f"data.train={sst2 / 'train.tsv'}",
+        "data.train.max_samples=64",
+        f"data.validation={sst2 / 'validation.tsv'}",
+        "data.validation.max_samples=32",
+        "training.batch_size=8",
+    )
     code, out, err = cli("train", RECIPES / "sentiment-gpt.yaml", *args, "--output", run)
     assert code == 0, err
     metrics = json.loads((run / "metrics.json").read_text())
@@ -94,32 +108,58 @@ def test_qa_gpt_recipe_trains_evaluates_by_generation_and_predicts(cli, tiny_lla
 
     run = tmp_path / "run"
     xquad, squadshifts = SHARED_DATA / "xquad" / "xquad.en.json", SHARED_DATA / "squadshifts" / "new_wiki_v1.0.json"
-    args = sets(f"model.name={tiny_llama}", f"data.train={squadshifts}", "data.train.max_samples=24", f"data.validation={xquad}",
-                "data.validation.max_samples=6", f"data.test={xquad}", "data.test.max_samples=6", "training.max_length=192",
-                "training.batch_size=4", "task.max_new_tokens=4", "evaluation.every_n_steps=null")
+    args = sets(
+        f"model.name={tiny_llama}",
+        f"data.train={squadshifts}",
+        "data.train.max_samples=24",
+        f"data.validation={xquad}",
+        "data.validation.max_samples=6",
+        f"data.test={xquad}",
+        "data.test.max_samples=6",
+        "training.max_length=192",
+        "training.batch_size=4",
+        "task.max_new_tokens=4",
+        "evaluation.every_n_steps=null",
+    )
     code, out, err = cli("validate", RECIPES / "qa-gpt.yaml", *args)
     assert code == 0, err
     code, out, err = cli("train", RECIPES / "qa-gpt.yaml", *args, "--output", run)
     assert code == 0, err
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert set(metrics) >= {"exact_match", "f1", "cross_entropy", "perplexity", "num_examples"}
-    assert metrics["num_examples"] == 6 and metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["cross_entropy"], rel=1e-6)
+    assert metrics["num_examples"] == 6 and metrics["perplexity"] == pytest.approx(
+        2.718281828 ** metrics["cross_entropy"], rel=1e-6
+    )
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 6 and all(isinstance(p["predicted"], str) and p["answers"] for p in predictions)
     code, out, err = cli("eval", run, "--split", "test")
     assert code == 0, err
     assert f"f1={metrics['f1']:.4f}" in out  # the same greedy generation, the same score
-    code, out, err = cli("predict", run, "--question", "Where is the treasure?", "--context", "The treasure is buried under the old oak tree.")
+    code, out, err = cli(
+        "predict",
+        run,
+        "--question",
+        "Where is the treasure?",
+        "--context",
+        "The treasure is buried under the old oak tree.",
+    )
     assert code == 0, err
     assert isinstance(json.loads(out)["answer"], str)
 
 
-# --------------------------------------------------------------------------- bad input (one line, exit code 2, nothing written)
+# ------------------------------------------------------------- bad input (one line, exit code 2, nothing written)
 
 
-def qa_recipe(tmp_path, model, extra: str = "") -> "Path":
-    rows = [{"id": str(i), "question": "Where is the treasure?", "context": "The treasure is under the old oak tree.",
-             "answers": {"text": ["under the old oak tree"], "answer_start": [16]}} for i in range(8)]
+def qa_recipe(tmp_path, model, extra: str = ""):
+    rows = [
+        {
+            "id": str(i),
+            "question": "Where is the treasure?",
+            "context": "The treasure is under the old oak tree.",
+            "answers": {"text": ["under the old oak tree"], "answer_start": [16]},
+        }
+        for i in range(8)
+    ]
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     recipe = tmp_path / "r.yaml"
@@ -135,7 +175,7 @@ training:
   epochs: 1
   batch_size: 4
   max_length: 64
-output_dir: {tmp_path / 'run'}
+output_dir: {tmp_path / "run"}
 """)
     return recipe
 
@@ -144,14 +184,21 @@ def test_template_with_a_missing_column(cli, tiny_llama, tmp_path):
     from test_bad_input import assert_rejected
 
     recipe = qa_recipe(tmp_path, tiny_llama, '  prompt_template: "Title: {title}\\nQ: {question}\\nA: {completion}"\n')
-    assert_rejected(cli, recipe, "task.prompt_template references column 'title'", "available columns: id, question, context, answers")
+    assert_rejected(
+        cli,
+        recipe,
+        "task.prompt_template references column 'title'",
+        "available columns: id, question, context, answers",
+    )
 
 
 def test_template_without_a_completion_slot(cli, tiny_llama, tmp_path):
     from test_bad_input import assert_rejected, location
 
     recipe = qa_recipe(tmp_path, tiny_llama, '  prompt_template: "Q: {question}\\nA:"\n')
-    assert_rejected(cli, recipe, location(recipe, "prompt_template") + ":", "task.prompt_template", "has no {completion} slot")
+    assert_rejected(
+        cli, recipe, location(recipe, "prompt_template") + ":", "task.prompt_template", "has no {completion} slot"
+    )
 
 
 def test_generative_keys_need_generative(cli, tiny_bert, tmp_path):
@@ -223,16 +270,21 @@ def test_gguf_loads_dequantized_and_saves_a_plain_checkpoint(smollm2_path):
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tokenizer.decode(output[0, inputs["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(output[0, inputs["input_ids"].shape[1] :])
 
 
 @pytest.mark.slow
 def test_smollm2_lora_learns_sst2(smollm2_path, sst2, tmp_path):
     """Done-when 2 (classification): SmolLM2-135M + LoRA on 2,000 SST-2 sentences, >= 0.80 on the 872 dev sentences."""
-    recipe = load_recipe(RECIPES / "sentiment-gpt.yaml", [
-        f"model.name={smollm2_path}", f"data.train={sst2 / 'train.tsv'}", "data.train.max_samples=2000",
-        f"data.validation={sst2 / 'validation.tsv'}",
-    ])
+    recipe = load_recipe(
+        RECIPES / "sentiment-gpt.yaml",
+        [
+            f"model.name={smollm2_path}",
+            f"data.train={sst2 / 'train.tsv'}",
+            "data.train.max_samples=2000",
+            f"data.validation={sst2 / 'validation.tsv'}",
+        ],
+    )
     result = train(recipe, output_dir=tmp_path / "run")
     print(result.metrics)
     assert result.metrics["validation"]["num_examples"] == 872

@@ -1,4 +1,5 @@
-"""ROUGE, BLEU and chrF: llmtune's functions against rouge-score and sacrebleu called directly, one and several references."""
+"""ROUGE, BLEU and chrF: llmtune's functions against rouge-score and sacrebleu called directly,
+one and several references."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from llmtune.metrics.generation import ROUGE_TYPES, bleu_chrf, reference_streams, rouge, rouge_per_example, sentence_bleu, split_sentences
+from llmtune.metrics.generation import (
+    ROUGE_TYPES,
+    bleu_chrf,
+    reference_streams,
+    rouge,
+    rouge_per_example,
+    sentence_bleu,
+    split_sentences,
+)
 
 PREDICTIONS = [
     "The cat sat on the mat. It was happy.",
@@ -17,7 +26,11 @@ PREDICTIONS = [
 REFERENCES = [
     ["A cat was sitting on the mat. The cat looked happy."],
     ["A man rides his bike along a busy street.", "Someone is cycling down the road."],
-    ["We propose adaptive loss scaling to speed up mixed precision training.", "A faster training method.", "New training method."],
+    [
+        "We propose adaptive loss scaling to speed up mixed precision training.",
+        "A faster training method.",
+        "New training method.",
+    ],
     ["Nothing was generated here."],
 ]
 
@@ -40,7 +53,9 @@ def test_rouge_equals_rouge_score_with_one_reference():
             expected[name] += 100 * scores[name].fmeasure / len(predictions)
     assert rouge(predictions, references) == pytest.approx(expected, abs=1e-6)
     # Lsum differs from L when sentences are split: the test covers the splitting, not just the package.
-    assert rouge(predictions, references)["rougeLsum"] != pytest.approx(rouge(predictions, references)["rougeL"], abs=1e-6)
+    assert rouge(predictions, references)["rougeLsum"] != pytest.approx(
+        rouge(predictions, references)["rougeL"], abs=1e-6
+    )
 
 
 def test_rouge_takes_the_best_reference_per_type():
@@ -48,7 +63,9 @@ def test_rouge_takes_the_best_reference_per_type():
     per_example = rouge_per_example(PREDICTIONS, REFERENCES)
     for prediction, golds, got in zip(PREDICTIONS, REFERENCES, per_example):
         for name in ROUGE_TYPES:
-            best = max(scorer.score(split_sentences(gold), split_sentences(prediction))[name].fmeasure for gold in golds)
+            best = max(
+                scorer.score(split_sentences(gold), split_sentences(prediction))[name].fmeasure for gold in golds
+            )
             assert got[name] == pytest.approx(best, abs=1e-9)
     means = rouge(PREDICTIONS, REFERENCES)
     for name in ROUGE_TYPES:
@@ -58,7 +75,10 @@ def test_rouge_takes_the_best_reference_per_type():
 
 
 def test_stemming_is_on():
-    assert rouge(["the cats were running"], [["the cat was run"]])["rouge1"] > rouge(["the cats were running"], [["the dog was run"]])["rouge1"]
+    assert (
+        rouge(["the cats were running"], [["the cat was run"]])["rouge1"]
+        > rouge(["the cats were running"], [["the dog was run"]])["rouge1"]
+    )
     assert rouge_per_example(["running cats"], [["run cat"]])[0]["rouge1"] == pytest.approx(1.0)
 
 
@@ -86,4 +106,6 @@ def test_bleu_and_chrf_use_several_reference_streams():
 
 def test_sentence_bleu_equals_sacrebleu():
     for prediction, golds in zip(PREDICTIONS, REFERENCES):
-        assert sentence_bleu(prediction, golds) == pytest.approx(sacrebleu.sentence_bleu(prediction, golds).score, abs=1e-6)
+        assert sentence_bleu(prediction, golds) == pytest.approx(
+            sacrebleu.sentence_bleu(prediction, golds).score, abs=1e-6
+        )

@@ -22,7 +22,9 @@ GERMAN = (MULTI30K / "train.de").read_text(encoding="utf-8").splitlines()[:2]
 
 def parallel(split: str, samples: int) -> str:
     """A Multi30k split as a `data.SPLIT` override value: line-aligned German and English files."""
-    return f"{{parallel: {{de: {MULTI30K / (split + '.de')}, en: {MULTI30K / (split + '.en')}}}, max_samples: {samples}}}"
+    return (
+        f"{{parallel: {{de: {MULTI30K / (split + '.de')}, en: {MULTI30K / (split + '.en')}}}, max_samples: {samples}}}"
+    )
 
 
 def run_args(settings: list[str]) -> list[str]:
@@ -30,28 +32,58 @@ def run_args(settings: list[str]) -> list[str]:
 
 
 def translation_settings(model, run, *extra: str) -> list[str]:
-    return [f"model.name={model}", f"data.train={parallel('train', 48)}", f"data.validation={parallel('val', 8)}",
-            f"data.test={parallel('test_2016_flickr', 8)}", "training.epochs=3", "training.batch_size=8", "training.learning_rate=3e-3",
-            "training.log_every_n_steps=2", "evaluation.every_n_steps=null", "method.target_modules=null", "task.max_new_tokens=8",
-            f"output_dir={run}", *extra]
+    return [
+        f"model.name={model}",
+        f"data.train={parallel('train', 48)}",
+        f"data.validation={parallel('val', 8)}",
+        f"data.test={parallel('test_2016_flickr', 8)}",
+        "training.epochs=3",
+        "training.batch_size=8",
+        "training.learning_rate=3e-3",
+        "training.log_every_n_steps=2",
+        "evaluation.every_n_steps=null",
+        "method.target_modules=null",
+        "task.max_new_tokens=8",
+        f"output_dir={run}",
+        *extra,
+    ]
 
 
 def summarization_settings(model, run, *extra: str) -> list[str]:
-    return [f"model.name={model}", f"data.train={{path: {SCITLDR / 'train.jsonl'}, max_samples: 24}}",
-            f"data.validation={{path: {SCITLDR / 'dev.jsonl'}, max_samples: 4}}", f"data.test={{path: {SCITLDR / 'test.jsonl'}, max_samples: 4}}",
-            "training.epochs=3", "training.batch_size=4", "training.learning_rate=3e-3", "training.max_length=192", "training.log_every_n_steps=2",
-            "method.target_modules=null", "task.max_source_length=96", "task.max_target_length=48", "task.max_new_tokens=8", f"output_dir={run}", *extra]
+    return [
+        f"model.name={model}",
+        f"data.train={{path: {SCITLDR / 'train.jsonl'}, max_samples: 24}}",
+        f"data.validation={{path: {SCITLDR / 'dev.jsonl'}, max_samples: 4}}",
+        f"data.test={{path: {SCITLDR / 'test.jsonl'}, max_samples: 4}}",
+        "training.epochs=3",
+        "training.batch_size=4",
+        "training.learning_rate=3e-3",
+        "training.max_length=192",
+        "training.log_every_n_steps=2",
+        "method.target_modules=null",
+        "task.max_source_length=96",
+        "task.max_target_length=48",
+        "task.max_new_tokens=8",
+        f"output_dir={run}",
+        *extra,
+    ]
 
 
 def training_losses(run) -> list[float]:
-    return [entry["loss"] for entry in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "split" not in entry]
+    return [
+        entry["loss"]
+        for entry in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())
+        if "split" not in entry
+    ]
 
 
 def read_predictions(run) -> list[dict]:
     return [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name, extra", [("tiny_gpt2", ("method={type: full}",)), ("tiny_llama", ("task.packing=false",))])
+@pytest.mark.parametrize(
+    "name, extra", [("tiny_gpt2", ("method={type: full}",)), ("tiny_llama", ("task.packing=false",))]
+)
 def test_translation_gpt_recipe_trains_evaluates_and_predicts(name, extra, cli, tmp_path, request):
     model = request.getfixturevalue(name)
     run = tmp_path / "run"
@@ -83,16 +115,23 @@ def test_translation_gpt_recipe_trains_evaluates_and_predicts(name, extra, cli, 
 
 
 def test_eval_of_a_recipe_scores_the_model_training_starts_from(cli, tiny_gpt2, tmp_path):
-    """`llmtune eval RECIPE` is the zero-shot baseline: the recipe's own model, prompt and decoding, nothing trained or written;
-    `skip` + `max_samples` take a held-out slice of one file."""
+    """`llmtune eval RECIPE` is the zero-shot baseline: the recipe's own model, prompt and decoding,
+    nothing trained or written; `skip` + `max_samples` take a held-out slice of one file."""
     run = tmp_path / "run"
-    test_slice = f"data.test={{parallel: {{de: {MULTI30K / 'test_2016_flickr.de'}, en: {MULTI30K / 'test_2016_flickr.en'}}}, skip: 3, max_samples: 4}}"
+    test_slice = (
+        f"data.test={{parallel: {{de: {MULTI30K / 'test_2016_flickr.de'}, "
+        f"en: {MULTI30K / 'test_2016_flickr.en'}}}, skip: 3, max_samples: 4}}"
+    )
     args = run_args(translation_settings(tiny_gpt2, run, "method={type: full}", test_slice))
-    code, out, err = cli("eval", RECIPES / "translation-gpt.yaml", "--split", "test", *args, "--output", tmp_path / "zero-shot.json")
+    code, out, err = cli(
+        "eval", RECIPES / "translation-gpt.yaml", "--split", "test", *args, "--output", tmp_path / "zero-shot.json"
+    )
     assert code == 0, err
     assert not run.exists()
     zero_shot = json.loads((tmp_path / "zero-shot.json").read_text())
-    sources = [json.loads(line)["source"] for line in (tmp_path / "zero-shot.predictions.jsonl").read_text().splitlines()]
+    sources = [
+        json.loads(line)["source"] for line in (tmp_path / "zero-shot.predictions.jsonl").read_text().splitlines()
+    ]
     assert sources == (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[3:7]
     assert zero_shot["num_examples"] == 4 and {"bleu", "chrf", "cross_entropy"} <= set(zero_shot)
     code, out, err = cli("train", RECIPES / "translation-gpt.yaml", *args)
@@ -119,9 +158,15 @@ def assert_plain_generation_matches(run, texts: list[str]) -> None:
         for text in texts:  # one at a time, no padding
             prompt = task.prompt_template[: task.prompt_template.index("{completion}")].format(de=text).rstrip(" ")
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=task.max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            plain.append(tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip())
+            output = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=task.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            plain.append(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True).strip())
     assert predicted == plain
 
 
@@ -136,10 +181,21 @@ def test_summarization_gpt_recipe_with_chat_template_and_packing(cli, tiny_llama
     losses = training_losses(run)
     assert losses[-1] < losses[0], losses
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"num_examples", "runtime_s", "rouge1", "rouge2", "rougeL", "rougeLsum", "cross_entropy", "perplexity"}
+    assert set(metrics["test"]) == {
+        "num_examples",
+        "runtime_s",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rougeLsum",
+        "cross_entropy",
+        "perplexity",
+    }
     predictions = read_predictions(run)
     rows = [json.loads(line) for line in (SCITLDR / "test.jsonl").read_text().splitlines()[:4]]
-    assert [p["reference"] for p in predictions] == [row["target"] if len(row["target"]) > 1 else row["target"][0] for row in rows]
+    assert [p["reference"] for p in predictions] == [
+        row["target"] if len(row["target"]) > 1 else row["target"][0] for row in rows
+    ]
     assert predictions[0]["source"] == " ".join(part.strip() for part in rows[0]["source"])
     assert metrics["test"]["rougeL"] == pytest.approx(sum(p["rougeL"] for p in predictions) / 4, abs=1e-3)
     code, out, err = cli("eval", run, "--split", "test")
@@ -165,44 +221,84 @@ def test_cross_entropy_is_per_completion_token_and_matches_the_training_loss(tin
     tokenizer = load_tokenizer(checkpoint)
     task.setup(None, tokenizer)
     model, _ = load_model(checkpoint, task.auto_class, pad_token_id=tokenizer.pad_token_id)
-    rows = [{"de": "Ein Hund läuft.", "en": "A dog runs."}, {"de": "Zwei Männer sitzen auf einer Bank im Park.", "en": "Two men sit."}]
+    rows = [
+        {"de": "Ein Hund läuft.", "en": "A dog runs."},
+        {"de": "Zwei Männer sitzen auf einer Bank im Park.", "en": "Two men sit."},
+    ]
     features = task.preprocess(datasets.Dataset.from_list(rows), tokenizer, 64)
-    examples = [{k: features[k][i] for k in ("input_ids", "attention_mask", "labels", "prompt_length")} for i in range(2)]
+    examples = [
+        {k: features[k][i] for k in ("input_ids", "attention_mask", "labels", "prompt_length")} for i in range(2)
+    ]
     batch = PadCollator(tokenizer.pad_token_id)(examples)
     with torch.inference_mode():
         nll, count = task.family.target_losses(model.eval(), batch)
         loss = task.loss(model, batch)
         left_nll, _ = task.family.target_losses(model, PadCollator(tokenizer.pad_token_id, "left")(examples))
-        alone = [task.family.target_losses(model, PadCollator(tokenizer.pad_token_id)([example]))[0] for example in examples]
-    assert count.tolist() == [len(tokenizer(" " + row["en"], add_special_tokens=False)["input_ids"]) + 1 for row in rows]
+        alone = [
+            task.family.target_losses(model, PadCollator(tokenizer.pad_token_id)([example]))[0] for example in examples
+        ]
+    assert count.tolist() == [
+        len(tokenizer(" " + row["en"], add_special_tokens=False)["input_ids"]) + 1 for row in rows
+    ]
     torch.testing.assert_close(nll.sum() / count.sum(), loss)
     # Whatever the padding side: each example's NLL is the one it has alone.
     torch.testing.assert_close(left_nll, torch.cat(alone), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(nll, torch.cat(alone), rtol=1e-5, atol=1e-5)
 
 
-# --------------------------------------------------------------------------- bad input (one line, exit code 2, nothing written)
+# ------------------------------------------------------------- bad input (one line, exit code 2, nothing written)
 
 
 @pytest.mark.parametrize(
     "recipe, sets, expected",
     [
-        ("translation-gpt", ['task.prompt_template="Caption of {image}: {de}\\nEnglish: {completion}"'],
-         ["task.prompt_template references column 'image'", "available columns: de, en"]),
-        ("translation-gpt", ['task.prompt_template="Translate: {de}\\nEnglish:"'], ["task.prompt_template", "has no {completion} slot"]),
-        ("summarization-gpt", ['task.prompt_template="{completion} summarizes {source}"'], ["task.prompt_template", "slot must come once, at the end"]),
-        ("summarization-gpt", ['task.prompt_template="Venue: {venue}\\n{source}\\nTL;DR: {completion}"'],
-         ["task.prompt_template references column 'venue'", "available columns: source, source_labels, rouge_scores, paper_id, target, title"]),
-        ("summarization-gpt", ["task.prefix='summarize: '"], ["task.prefix does not apply to generative summarization"]),
-        ("translation-gpt", ["task.no_repeat_ngram_size=3"], ["task.no_repeat_ngram_size does not apply to generative translation"]),
+        (
+            "translation-gpt",
+            ['task.prompt_template="Caption of {image}: {de}\\nEnglish: {completion}"'],
+            ["task.prompt_template references column 'image'", "available columns: de, en"],
+        ),
+        (
+            "translation-gpt",
+            ['task.prompt_template="Translate: {de}\\nEnglish:"'],
+            ["task.prompt_template", "has no {completion} slot"],
+        ),
+        (
+            "summarization-gpt",
+            ['task.prompt_template="{completion} summarizes {source}"'],
+            ["task.prompt_template", "slot must come once, at the end"],
+        ),
+        (
+            "summarization-gpt",
+            ['task.prompt_template="Venue: {venue}\\n{source}\\nTL;DR: {completion}"'],
+            [
+                "task.prompt_template references column 'venue'",
+                "available columns: source, source_labels, rouge_scores, paper_id, target, title",
+            ],
+        ),
+        (
+            "summarization-gpt",
+            ["task.prefix='summarize: '"],
+            ["task.prefix does not apply to generative summarization"],
+        ),
+        (
+            "translation-gpt",
+            ["task.no_repeat_ngram_size=3"],
+            ["task.no_repeat_ngram_size does not apply to generative translation"],
+        ),
         ("translation.yaml", ["task.packing=true"], ["task.packing applies to generative translation only"]),
     ],
 )
 def test_bad_generative_input_stops_with_one_line(recipe, sets, expected, cli, tiny_gpt2, tmp_path):
     recipe = RECIPES / (recipe if recipe.endswith(".yaml") else recipe + ".yaml")
-    data = [f"data.train={parallel('train', 8)}"] if "translation" in recipe.name else [f"data.train={SCITLDR / 'dev.jsonl'}", "data.train.max_samples=8"]
+    data = (
+        [f"data.train={parallel('train', 8)}"]
+        if "translation" in recipe.name
+        else [f"data.train={SCITLDR / 'dev.jsonl'}", "data.train.max_samples=8"]
+    )
     run = tmp_path / "run"
-    args = run_args([f"model.name={tiny_gpt2}", *data, "data.validation=null", "data.test=null", f"output_dir={run}", *sets])
+    args = run_args(
+        [f"model.name={tiny_gpt2}", *data, "data.validation=null", "data.test=null", f"output_dir={run}", *sets]
+    )
     message = assert_user_error(cli("validate", recipe, *args), *expected)
     assert assert_user_error(cli("train", recipe, *args), *expected) == message
     assert not run.exists()
@@ -219,9 +315,19 @@ def test_tokenizer_without_eos_stops_generative_translation(cli, tiny_llama, tmp
     for file in tiny_llama.iterdir():
         if file.name in ("config.json", "model.safetensors", "generation_config.json"):
             (model / file.name).write_bytes(file.read_bytes())
-    args = run_args([f"model.name={model}", f"data.train={parallel('train', 8)}", "data.validation=null", "data.test=null", "evaluation.metric_for_best=null",
-                     f"output_dir={tmp_path / 'run'}"])
-    assert_user_error(cli("train", RECIPES / "translation-gpt.yaml", *args), f"the tokenizer of {model} has no EOS token")
+    args = run_args(
+        [
+            f"model.name={model}",
+            f"data.train={parallel('train', 8)}",
+            "data.validation=null",
+            "data.test=null",
+            "evaluation.metric_for_best=null",
+            f"output_dir={tmp_path / 'run'}",
+        ]
+    )
+    assert_user_error(
+        cli("train", RECIPES / "translation-gpt.yaml", *args), f"the tokenizer of {model} has no EOS token"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -245,11 +351,22 @@ def test_smollm2_lora_learns_to_translate_multi30k(smollm2_path, tmp_path):
 
     steps = int(os.environ.get("LLMTUNE_GPT_MT_STEPS", "24"))
     settings = [
-        f"model.name={smollm2_path}", f"data.train={parallel('train', 16 * steps)}", f"data.validation={parallel('val', 200)}", "data.test=null",
-        f"training.max_steps={steps}", "training.batch_size=16", "training.eval_batch_size=50",
-        f"training.learning_rate={os.environ.get('LLMTUNE_GPT_MT_LR', '1e-3')}", "training.warmup_ratio=0.1", "training.max_length=96",
-        "task.max_target_length=40", "task.max_new_tokens=40", "task.num_beams=1", f"evaluation.every_n_steps={steps}",
-        "evaluation.metric_for_best=null", "checkpointing.at_epoch_end=false",
+        f"model.name={smollm2_path}",
+        f"data.train={parallel('train', 16 * steps)}",
+        f"data.validation={parallel('val', 200)}",
+        "data.test=null",
+        f"training.max_steps={steps}",
+        "training.batch_size=16",
+        "training.eval_batch_size=50",
+        f"training.learning_rate={os.environ.get('LLMTUNE_GPT_MT_LR', '1e-3')}",
+        "training.warmup_ratio=0.1",
+        "training.max_length=96",
+        "task.max_target_length=40",
+        "task.max_new_tokens=40",
+        "task.num_beams=1",
+        f"evaluation.every_n_steps={steps}",
+        "evaluation.metric_for_best=null",
+        "checkpointing.at_epoch_end=false",
     ]
     recipe = load_recipe(RECIPES / "translation-gpt.yaml", settings)
     started = time.perf_counter()
@@ -257,7 +374,10 @@ def test_smollm2_lora_learns_to_translate_multi30k(smollm2_path, tmp_path):
     zero_shot_s = time.perf_counter() - started
     result = train(recipe, output_dir=tmp_path / "run", echo=print)
     after = result.metrics["validation"]
-    print(f"zero-shot ({zero_shot_s:.0f} s): {before}\ntrained ({time.perf_counter() - started - zero_shot_s:.0f} s): {after}")
+    print(
+        f"zero-shot ({zero_shot_s:.0f} s): {before}\n"
+        f"trained ({time.perf_counter() - started - zero_shot_s:.0f} s): {after}"
+    )
     assert after["num_examples"] == 200
     assert after["bleu"] > before["bleu"] + 5
     assert after["cross_entropy"] < before["cross_entropy"]

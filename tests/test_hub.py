@@ -1,4 +1,5 @@
-"""Push / pull / merge against a real HTTP hub on 127.0.0.1 (tests/hub_server.py), with the unmodified huggingface_hub client."""
+"""Push / pull / merge against a real HTTP hub on 127.0.0.1 (tests/hub_server.py),
+with the unmodified huggingface_hub client."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MINILM_ID, RECIPES, ROOT, SHARED_DATA, write_recipe, write_sentiment_files
 from hub_server import HubServer, forbid_remote_connections
 from test_generative_seq2seq import GERMAN
@@ -22,8 +22,16 @@ from test_seq2seq import translation_settings as marian_translation_settings
 
 TOKEN = "hf_llmtuneTestSecretToken0123456789"
 BOB_TOKEN = "hf_bobsOwnSecretToken9876543210"
-ADAPTER_REPO_FILES = {".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors", "metrics.json",
-                      "recipe.yaml", "tokenizer.json", "tokenizer_config.json"}
+ADAPTER_REPO_FILES = {
+    ".gitattributes",
+    "README.md",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "metrics.json",
+    "recipe.yaml",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
 
 
 def point_hub_client_at(monkeypatch, url: str, home: Path) -> None:
@@ -34,8 +42,14 @@ def point_hub_client_at(monkeypatch, url: str, home: Path) -> None:
     from huggingface_hub import constants, hf_api
 
     home.mkdir(parents=True, exist_ok=True)
-    env = {"HF_ENDPOINT": url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "0",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
+    env = {
+        "HF_ENDPOINT": url,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(constants, "ENDPOINT", url)
@@ -104,7 +118,9 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
 # ------------------------------------------------------------------------------------------ push / pull
 
 
-def test_push_uploads_only_the_run_artifacts_and_eval_of_the_hub_id_matches_the_run(tiny_runs, local_hub, cli, tmp_path, monkeypatch):
+def test_push_uploads_only_the_run_artifacts_and_eval_of_the_hub_id_matches_the_run(
+    tiny_runs, local_hub, cli, tmp_path, monkeypatch
+):
     run = copy_run(tiny_runs["lora"], tmp_path)
     (run / ".env").write_text("HF_TOKEN=do-not-upload\n")
     (run / "checkpoint-5").mkdir()
@@ -117,7 +133,10 @@ def test_push_uploads_only_the_run_artifacts_and_eval_of_the_hub_id_matches_the_
     pushed = local_hub.files("acme/tiny-lora")
     assert set(pushed) == ADAPTER_REPO_FILES
     assert pushed["adapter_model.safetensors"] == (run / "adapter_model.safetensors").read_bytes()
-    assert json.loads(pushed["adapter_config.json"])["base_model_name_or_path"] == json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert (
+        json.loads(pushed["adapter_config.json"])["base_model_name_or_path"]
+        == json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
+    )
 
     assert_hub_eval_matches_local(cli, run, "acme/tiny-lora", local_hub, monkeypatch, tmp_path)
     assert any(("another-machine" in str(p)) for p in (tmp_path / "another-machine").rglob("adapter_model.safetensors"))
@@ -138,12 +157,19 @@ def test_model_card_parses_and_holds_the_runs_metrics(tiny_runs, local_hub, cli,
     assert card.data.license == "apache-2.0"
     metrics = json.loads((run / "metrics.json").read_text())
     found = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
-    expected = {(split, name): value for split in ("validation", "test") for name, value in metrics[split].items() if name not in ("num_examples", "runtime_s")}
+    expected = {
+        (split, name): value
+        for split in ("validation", "test")
+        for name, value in metrics[split].items()
+        if name not in ("num_examples", "runtime_s")
+    }
     assert found == expected
     assert "PeftModel.from_pretrained" in card.text and "```yaml" in card.text
 
 
-def test_full_run_pushes_the_model_and_merged_push_is_a_standalone_model(tiny_runs, local_hub, cli, tmp_path, monkeypatch):
+def test_full_run_pushes_the_model_and_merged_push_is_a_standalone_model(
+    tiny_runs, local_hub, cli, tmp_path, monkeypatch
+):
     code, _, err = cli("push", tiny_runs["full"], "--repo-id", "alice/tiny-full")
     assert code == 0, err
     assert {"config.json", "model.safetensors"} <= set(local_hub.files("alice/tiny-full"))
@@ -152,7 +178,12 @@ def test_full_run_pushes_the_model_and_merged_push_is_a_standalone_model(tiny_ru
     code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/tiny-merged", "--merged")
     assert code == 0, err
     files = set(local_hub.files("acme/tiny-merged"))
-    assert {"config.json", "model.safetensors", "recipe.yaml", "metrics.json"} <= files and "adapter_config.json" not in files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "metrics.json",
+    } <= files and "adapter_config.json" not in files
     code, local, _ = cli("eval", tiny_runs["lora"])
     code2, pulled, err = cli("eval", "acme/tiny-merged")
     assert code == 0 and code2 == 0, err
@@ -160,13 +191,24 @@ def test_full_run_pushes_the_model_and_merged_push_is_a_standalone_model(tiny_ru
 
 
 def _close_metrics(a: str, b: str) -> bool:
-    parse = lambda line: {k: float(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split("(n=")[0].split())}
+    def parse(line):
+        return {k: float(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split("(n=")[0].split())}
+
     first, second = parse(a), parse(b)
     return first.keys() == second.keys() and all(abs(first[k] - second[k]) < 1e-4 for k in first)
 
 
 def test_push_to_a_branch_leaves_main_alone(tiny_runs, local_hub, cli):
-    code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/branched", "--revision", "experiment", "--commit-message", "try r=8")
+    code, _, err = cli(
+        "push",
+        tiny_runs["lora"],
+        "--repo-id",
+        "acme/branched",
+        "--revision",
+        "experiment",
+        "--commit-message",
+        "try r=8",
+    )
     assert code == 0, err
     assert set(local_hub.files("acme/branched", "main")) == {".gitattributes"}
     assert set(local_hub.files("acme/branched", "experiment")) == ADAPTER_REPO_FILES
@@ -245,7 +287,10 @@ def test_hub_unreachable(tiny_runs, local_hub, cli, monkeypatch, tmp_path):
     point_hub_client_at(monkeypatch, closed, tmp_path / "home-offline")
     code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/x")
     assert code == 2
-    assert err == f"error: cannot reach the hub at {closed} (ConnectError); check the network or HF_ENDPOINT; nothing was pushed\n"
+    assert (
+        err == f"error: cannot reach the hub at {closed} (ConnectError); "
+        "check the network or HF_ENDPOINT; nothing was pushed\n"
+    )
 
 
 def test_commit_failures_are_retried_then_succeed(tiny_runs, local_hub, cli):
@@ -261,7 +306,11 @@ def test_hub_failing_on_every_commit_leaves_nothing_half_committed(tiny_runs, lo
     local_hub.fail_commits = 100
     code, out, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/down")
     assert code == 2
-    assert err.startswith("error: the hub at http://127.0.0.1:") and "kept failing (500)" in err and "nothing was committed" in err
+    assert (
+        err.startswith("error: the hub at http://127.0.0.1:")
+        and "kept failing (500)" in err
+        and "nothing was committed" in err
+    )
     assert out.count("retrying") == 3
     assert set(local_hub.files("acme/down")) == {".gitattributes"} and local_hub.commit_count("acme/down") == 1
 
@@ -270,7 +319,10 @@ def test_unfinished_run(tiny_runs, local_hub, cli, tmp_path):
     run = copy_run(tiny_runs["lora"], tmp_path)
     (run / "metrics.json").unlink()
     code, _, err = cli("push", run, "--repo-id", "acme/x")
-    assert (code, err) == (2, f"error: {run}: not a finished llmtune run (no metrics.json); train it to the end first\n")
+    assert (code, err) == (
+        2,
+        f"error: {run}: not a finished llmtune run (no metrics.json); train it to the end first\n",
+    )
     code, _, err = cli("push", tmp_path / "missing", "--repo-id", "acme/x")
     assert (code, err) == (2, f"error: {tmp_path / 'missing'}: no such run directory\n")
     code, _, err = cli("merge", run, "--output", tmp_path / "merged")
@@ -314,8 +366,18 @@ def test_merge_matches_the_adapter_and_loads_with_plain_transformers(tiny_runs, 
 
 def run_guarded(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     """Run Python in a child process whose sockets may only reach 127.0.0.1."""
-    prelude = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import hub_server; hub_server.forbid_remote_connections(); "
-    return subprocess.run([sys.executable, "-c", prelude + args[0], *args[1:]], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    prelude = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
+        "import hub_server; hub_server.forbid_remote_connections(); "
+    )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + args[0], *args[1:]],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -325,7 +387,9 @@ def test_minilm_lora_round_trip_through_the_hub(minilm_path, local_hub, cli, tmp
     # The hub serves MiniLM too, so the pulled adapter's base model comes through the real download path.
     local_hub.add_repo_from_dir(MINILM_ID, minilm_path)
     run = tmp_path / "run"
-    code, out, err = cli("train", RECIPES / "sentiment.yaml", "--set", "method.type=lora", "--set", "training.epochs=1", "--output", run)
+    code, out, err = cli(
+        "train", RECIPES / "sentiment.yaml", "--set", "method.type=lora", "--set", "training.epochs=1", "--output", run
+    )
     assert code == 0, err
     code, _, err = cli("eval", run, "--output", tmp_path / "local.json")
     assert code == 0, err
@@ -340,13 +404,33 @@ def test_minilm_lora_round_trip_through_the_hub(minilm_path, local_hub, cli, tmp
     assert card.data.base_model == MINILM_ID and card.data.library_name == "peft"
     metrics = json.loads((run / "metrics.json").read_text())
     assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
-        (split, name): value for split in ("validation", "test") for name, value in metrics[split].items() if name not in ("num_examples", "runtime_s")}
+        (split, name): value
+        for split in ("validation", "test")
+        for name, value in metrics[split].items()
+        if name not in ("num_examples", "runtime_s")
+    }
 
     # Another machine: a fresh cache, only the hub's HTTP API, in a separate process configured by environment alone.
     home = tmp_path / "elsewhere"
-    env = {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN}
-    evaluated = run_guarded(["from llmtune.cli import main; sys.argv = ['llmtune'] + sys.argv[1:]; main()",
-                             "eval", "acme/minilm-sentiment-lora", "--output", str(tmp_path / "hub.json")], env, ROOT)
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": local_hub.url,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_TOKEN": TOKEN,
+    }
+    evaluated = run_guarded(
+        [
+            "from llmtune.cli import main; sys.argv = ['llmtune'] + sys.argv[1:]; main()",
+            "eval",
+            "acme/minilm-sentiment-lora",
+            "--output",
+            str(tmp_path / "hub.json"),
+        ],
+        env,
+        ROOT,
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     hub_metrics, local_metrics = (json.loads((tmp_path / name).read_text()) for name in ("hub.json", "local.json"))
     assert hub_metrics.pop("runtime_s") > 0 and local_metrics.pop("runtime_s") > 0  # the only figure allowed to differ
@@ -356,7 +440,9 @@ def test_minilm_lora_round_trip_through_the_hub(minilm_path, local_hub, cli, tmp
     # The card's usage snippet, run as written: plain transformers + PeftModel.from_pretrained(base, "ORG/NAME").
     snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "snippet.py").write_text(snippet)
-    ran = run_guarded([f"exec(open({str(tmp_path / 'snippet.py')!r}).read())"], {**env, "HF_HOME": str(tmp_path / "third")}, tmp_path)
+    ran = run_guarded(
+        [f"exec(open({str(tmp_path / 'snippet.py')!r}).read())"], {**env, "HF_HOME": str(tmp_path / "third")}, tmp_path
+    )
     assert ran.returncode == 0, ran.stderr
     probabilities = eval(ran.stdout.strip().splitlines()[-1])
     assert set(probabilities) == {"negative", "positive"} and abs(sum(probabilities.values()) - 1) < 1e-3
@@ -382,14 +468,24 @@ def train_tiny(recipe: str, settings: list[str], run: Path) -> Path:
 def t5_summarization_run(tiny_t5, tmp_path_factory):
     """Full fine-tuning of the tiny T5 with T5's `summarize: ` prefix."""
     run = tmp_path_factory.mktemp("t5-summarization") / "run"
-    return train_tiny("summarization.yaml", summarization_settings(tiny_t5, run, "task.prefix='summarize: '", "training.epochs=2", "data.train.max_samples=16"), run)
+    return train_tiny(
+        "summarization.yaml",
+        summarization_settings(
+            tiny_t5, run, "task.prefix='summarize: '", "training.epochs=2", "data.train.max_samples=16"
+        ),
+        run,
+    )
 
 
 @pytest.fixture(scope="module")
 def llama_translation_run(tiny_llama, tmp_path_factory):
     """LoRA on the tiny Llama, translating through its chat template."""
     run = tmp_path_factory.mktemp("llama-translation") / "run"
-    return train_tiny("translation-gpt.yaml", gpt_translation_settings(tiny_llama, run, "task.chat_template=true", "training.epochs=1"), run)
+    return train_tiny(
+        "translation-gpt.yaml",
+        gpt_translation_settings(tiny_llama, run, "task.chat_template=true", "training.epochs=1"),
+        run,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -397,9 +493,18 @@ def qa_run(tiny_bert, tmp_path_factory):
     """LoRA extractive question answering on the tiny BERT (the span head is trained and saved with the adapter)."""
     run = tmp_path_factory.mktemp("qa") / "run"
     xquad = SHARED_DATA / "xquad" / "xquad.en.json"
-    settings = [f"model.name={tiny_bert}", f"data.train={{path: {xquad}, max_samples: 24}}", f"data.validation={{path: {xquad}, max_samples: 8}}",
-                f"data.test={{path: {xquad}, max_samples: 8}}", "training.max_length=128", "task.doc_stride=32", "training.epochs=1",
-                "training.batch_size=8", "method={type: lora}", f"output_dir={run}"]
+    settings = [
+        f"model.name={tiny_bert}",
+        f"data.train={{path: {xquad}, max_samples: 24}}",
+        f"data.validation={{path: {xquad}, max_samples: 8}}",
+        f"data.test={{path: {xquad}, max_samples: 8}}",
+        "training.max_length=128",
+        "task.doc_stride=32",
+        "training.epochs=1",
+        "training.batch_size=8",
+        "method={type: lora}",
+        f"output_dir={run}",
+    ]
     return train_tiny("qa.yaml", settings, run)
 
 
@@ -408,7 +513,9 @@ def card_of(run: Path, repo_id: str = "acme/card") -> str:
     from llmtune.recipe import load_recipe
 
     metrics = json.loads((run / "metrics.json").read_text())
-    return model_card(load_recipe(run / "recipe.yaml"), metrics, repo_id, adapter=(run / "adapter_config.json").is_file())
+    return model_card(
+        load_recipe(run / "recipe.yaml"), metrics, repo_id, adapter=(run / "adapter_config.json").is_file()
+    )
 
 
 def card_snippet(card: str) -> str:
@@ -420,14 +527,24 @@ def run_snippet(snippet: str, replace: dict[str, str]) -> str:
     for old, new in replace.items():
         assert old in snippet, old
         snippet = snippet.replace(old, new)
-    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    ran = subprocess.run(
+        [sys.executable, "-c", snippet],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
     assert ran.returncode == 0, ran.stderr
     return ran.stdout.splitlines()[-1]
 
 
 # pipeline tag, model-index task type, results-table columns
 CARD_EXPECTATIONS = {
-    "t5_summarization_run": ("summarization", "summarization", ["ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "cross-entropy", "perplexity"]),
+    "t5_summarization_run": (
+        "summarization",
+        "summarization",
+        ["ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "cross-entropy", "perplexity"],
+    ),
     "llama_translation_run": ("text-generation", "translation", ["BLEU", "chrF", "cross-entropy", "perplexity"]),
     "qa_run": ("question-answering", "question-answering", ["exact match", "F1", "cross-entropy"]),
 }
@@ -446,8 +563,12 @@ def test_card_of_each_task_has_its_pipeline_task_type_and_metrics(name, request)
     assert card.data.library_name == ("peft" if (run / "adapter_config.json").is_file() else "transformers")
     assert {result.task_type for result in card.data.eval_results} == {task_type}
     metrics = json.loads((run / "metrics.json").read_text())
-    expected = {(split, metric): value for split in ("validation", "test") for metric, value in metrics[split].items()
-                if metric not in NOT_METRICS and not isinstance(value, str)}
+    expected = {
+        (split, metric): value
+        for split in ("validation", "test")
+        for metric, value in metrics[split].items()
+        if metric not in NOT_METRICS and not isinstance(value, str)
+    }
     assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == expected
     header = next(line for line in card.text.splitlines() if line.startswith("| split |"))
     assert header == "| split | " + " | ".join(columns) + " | examples |"
@@ -455,8 +576,14 @@ def test_card_of_each_task_has_its_pipeline_task_type_and_metrics(name, request)
         assert f"sacreBLEU signature: `{metrics['test']['signature']}`" in card.text
 
 
-@pytest.mark.parametrize("name, text", [("t5_summarization_run", "Two people walk along a beach at sunset. They carry surfboards."),
-                                        ("llama_translation_run", GERMAN[0])], ids=["t5-summarization", "llama-chat-translation"])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("t5_summarization_run", "Two people walk along a beach at sunset. They carry surfboards."),
+        ("llama_translation_run", GERMAN[0]),
+    ],
+    ids=["t5-summarization", "llama-chat-translation"],
+)
 def test_generation_snippet_writes_what_llmtune_predict_writes(name, text, request):
     """The snippet, loading from the run directory instead of the repo, with plain transformers / peft only."""
     from llmtune import predict, tasks
@@ -465,7 +592,9 @@ def test_generation_snippet_writes_what_llmtune_predict_writes(name, text, reque
 
     run = request.getfixturevalue(name)
     example = tasks.create(load_recipe(run / "recipe.yaml").task).example_source()
-    printed = run_snippet(card_snippet(card_of(run)), {'"acme/card"': literal(str(run)), literal(example): literal(text)})
+    printed = run_snippet(
+        card_snippet(card_of(run)), {'"acme/card"': literal(str(run)), literal(example): literal(text)}
+    )
     predicted = predict(run, [text])[0]["generated"]
     assert predicted and printed == predicted
 
@@ -486,7 +615,11 @@ def test_marian_push_runs_from_the_hub_with_its_card(tiny_marian, local_hub, cli
     from huggingface_hub import ModelCard
 
     run = tmp_path / "run"
-    train_tiny("translation.yaml", marian_translation_settings(tiny_marian, run, "training.epochs=2", "evaluation.every_n_steps=null"), run)
+    train_tiny(
+        "translation.yaml",
+        marian_translation_settings(tiny_marian, run, "training.epochs=2", "evaluation.every_n_steps=null"),
+        run,
+    )
     code, _, err = cli("push", run, "--repo-id", "acme/tiny-de-en")
     assert code == 0, err
     assert {"source.spm", "target.spm", "vocab.json", "model.safetensors"} <= set(local_hub.files("acme/tiny-de-en"))
@@ -496,8 +629,16 @@ def test_marian_push_runs_from_the_hub_with_its_card(tiny_marian, local_hub, cli
     assert_hub_eval_matches_local(cli, run, "acme/tiny-de-en", local_hub, monkeypatch, tmp_path)
 
     snippet = tmp_path / "snippet.py"
-    snippet.write_text(card_snippet(card.content).replace('"<German text to translate>"', json.dumps(GERMAN[0], ensure_ascii=False)))
-    env = {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_HOME": str(tmp_path / "third"), "HF_HUB_OFFLINE": "0", "PYTHONIOENCODING": "utf-8"}
+    snippet.write_text(
+        card_snippet(card.content).replace('"<German text to translate>"', json.dumps(GERMAN[0], ensure_ascii=False))
+    )
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": local_hub.url,
+        "HF_HOME": str(tmp_path / "third"),
+        "HF_HUB_OFFLINE": "0",
+        "PYTHONIOENCODING": "utf-8",
+    }
     ran = run_guarded([f"exec(open({str(snippet)!r}).read())"], env, tmp_path)
     assert ran.returncode == 0, ran.stderr
     from llmtune import predict

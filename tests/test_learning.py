@@ -19,10 +19,15 @@ from llmtune import evaluate, load_recipe, predict, train
 
 def sst2_overrides(sst2, *extra: str) -> list[str]:
     return [
-        f"data.train.path={sst2 / 'train.tsv'}", "data.train.max_samples=4000",
-        f"data.validation={sst2 / 'validation.tsv'}", "data.test=null",
-        "task.text_column=sentence", "task.label_names=null",
-        "training.epochs=1", "training.batch_size=32", *extra,
+        f"data.train.path={sst2 / 'train.tsv'}",
+        "data.train.max_samples=4000",
+        f"data.validation={sst2 / 'validation.tsv'}",
+        "data.test=null",
+        "task.text_column=sentence",
+        "task.label_names=null",
+        "training.epochs=1",
+        "training.batch_size=32",
+        *extra,
     ]
 
 
@@ -57,7 +62,9 @@ def test_lora_learns_sst2_and_reloads_with_plain_peft(sst2, minilm_path, tmp_pat
     model = PeftModel.from_pretrained(base, run_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     with torch.no_grad():
-        probabilities = model(**tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")).logits.softmax(-1)
+        probabilities = model(
+            **tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        ).logits.softmax(-1)
     label_names = load_recipe(run_dir / "recipe.yaml").task.label_names  # resolved from the data: ["0", "1"]
     assert [label_names[i] for i in probabilities.argmax(-1).tolist()] == [row["predicted"] for row in saved]
 
@@ -92,23 +99,43 @@ def test_bert2bert_from_minilm_learns_to_translate_multi30k(minilm_path, tmp_pat
     multi30k = SHARED_DATA / "multi30k"
 
     def parallel(split: str, samples: int) -> str:
-        return f"{{parallel: {{de: {multi30k / (split + '.de')}, en: {multi30k / (split + '.en')}}}, max_samples: {samples}}}"
+        return (
+            f"{{parallel: {{de: {multi30k / (split + '.de')}, en: {multi30k / (split + '.en')}}}, "
+            f"max_samples: {samples}}}"
+        )
 
     steps = int(os.environ.get("LLMTUNE_B2B_STEPS", "60"))
     settings = [
-        f"model.name={minilm_path}", f"model.decoder={minilm_path}", f"data.train={parallel('train', 4000)}",
-        f"data.validation={parallel('val', 200)}", "data.test=null", f"training.max_steps={steps}", "training.batch_size=16",
-        "training.eval_batch_size=50", f"training.learning_rate={os.environ.get('LLMTUNE_B2B_LR', '3e-4')}", "training.warmup_ratio=0.1",
-        "training.max_length=40", "task.max_target_length=40", "task.num_beams=1", "task.max_new_tokens=24",
-        f"evaluation.every_n_steps={steps}", "evaluation.metric_for_best=null", "checkpointing.at_epoch_end=false",
+        f"model.name={minilm_path}",
+        f"model.decoder={minilm_path}",
+        f"data.train={parallel('train', 4000)}",
+        f"data.validation={parallel('val', 200)}",
+        "data.test=null",
+        f"training.max_steps={steps}",
+        "training.batch_size=16",
+        "training.eval_batch_size=50",
+        f"training.learning_rate={os.environ.get('LLMTUNE_B2B_LR', '3e-4')}",
+        "training.warmup_ratio=0.1",
+        "training.max_length=40",
+        "task.max_target_length=40",
+        "task.num_beams=1",
+        "task.max_new_tokens=24",
+        f"evaluation.every_n_steps={steps}",
+        "evaluation.metric_for_best=null",
+        "checkpointing.at_epoch_end=false",
     ]
     recipe = load_recipe(RECIPES / "translation.yaml", settings)
-    before, _ = evaluate(RECIPES / "translation.yaml", split="validation", overrides=settings)  # the model training starts from
+    before, _ = evaluate(
+        RECIPES / "translation.yaml", split="validation", overrides=settings
+    )  # the model training starts from
     result = train(recipe, output_dir=tmp_path / "b2b", echo=print)
     after = result.metrics["validation"]
     print("untrained:", before, "\ntrained:", after)
     assert after["num_examples"] == 200
     assert after["cross_entropy"] <= 0.7 * before["cross_entropy"]
     assert after["bleu"] > before["bleu"]
-    generated = [row["generated"] for row in predict(result.run_dir, ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."])]
+    generated = [
+        row["generated"]
+        for row in predict(result.run_dir, ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."])
+    ]
     assert all(generated), generated

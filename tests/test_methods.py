@@ -15,7 +15,10 @@ from llmtune import load_recipe, predict, train
 def test_method_trains_and_reloads(method, tiny_bert, sentiment_files, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files), [f"method.type={method}", "training.learning_rate=1e-3"])
+    recipe = load_recipe(
+        write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files),
+        [f"method.type={method}", "training.learning_rate=1e-3"],
+    )
     result = train(recipe, echo=lambda *a: None)
     run_dir = result.run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -16,7 +16,9 @@ def test_quickstart_notebook_runs_offline_and_shows_metrics_and_images():
     notebook = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
     # The kernel imports this checkout's llmtune, whatever is installed; conftest already made the environment offline.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    )
     client.execute()  # the "python3" kernel is ipykernel on this interpreter
 
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]

@@ -25,7 +25,9 @@ def tracked_run(tiny_bert, tmp_path_factory):
     """A tiny classification run with TensorBoard tracking and validation every 2 steps."""
     directory = tmp_path_factory.mktemp("tracked")
     files = write_sentiment_files(directory, repeat=8)
-    recipe = write_recipe(directory / "r.yaml", tiny_bert, files, "tracking: [tensorboard]\nevaluation:\n  every_n_steps: 2\n")
+    recipe = write_recipe(
+        directory / "r.yaml", tiny_bert, files, "tracking: [tensorboard]\nevaluation:\n  every_n_steps: 2\n"
+    )
     import llmtune
 
     loaded = llmtune.load_recipe(recipe, ["training.log_every_n_steps=1", "training.learning_rate=1e-3"])
@@ -50,13 +52,19 @@ def test_a_long_evaluation_reports_its_progress(tracked_run, monkeypatch):
 
     import llmtune
 
-    monkeypatch.setattr(importlib.import_module("llmtune.train"), "EVAL_PROGRESS_EVERY_S", 0)  # a line after every batch but the last
+    monkeypatch.setattr(
+        importlib.import_module("llmtune.train"), "EVAL_PROGRESS_EVERY_S", 0
+    )  # a line after every batch but the last
     lines = []
-    metrics, _ = llmtune.evaluate(tracked_run.run_dir, split="test", overrides=["training.eval_batch_size=4"], echo=lines.append)
+    metrics, _ = llmtune.evaluate(
+        tracked_run.run_dir, split="test", overrides=["training.eval_batch_size=4"], echo=lines.append
+    )
     batches = -(-metrics["num_examples"] // 4)
     assert len(lines) == batches - 1 >= 2, lines
     for number, line in enumerate(lines, 1):
-        assert re.fullmatch(rf"test: batch {number}/{batches} \({4 * number} examples\)  elapsed \d+s  eta \d+s", line), line
+        assert re.fullmatch(
+            rf"test: batch {number}/{batches} \({4 * number} examples\)  elapsed \d+s  eta \d+s", line
+        ), line
     assert metrics["accuracy"] == pytest.approx(tracked_run.metrics["test"]["accuracy"])
 
 
@@ -67,12 +75,21 @@ def test_tensorboard_event_files_hold_the_log_and_hyperparameters(tracked_run):
     accumulator = EventAccumulator(str(event_dir))
     accumulator.Reload()
     tags = accumulator.Tags()["scalars"]
-    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/samples_per_s", "validation/accuracy", "test/accuracy"):
+    for tag in (
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "train/samples_per_s",
+        "validation/accuracy",
+        "test/accuracy",
+    ):
         assert tag in tags, tags
     log = [json.loads(line) for line in (tracked_run.run_dir / "train_log.jsonl").read_text().splitlines()]
     logged_losses = [e["loss"] for e in log if "split" not in e]
     assert [e.value for e in accumulator.Scalars("train/loss")] == pytest.approx(logged_losses, rel=1e-5)
-    assert [e.step for e in accumulator.Scalars("validation/accuracy")] == [e["step"] for e in log if e.get("split") == "validation"]
+    assert [e.step for e in accumulator.Scalars("validation/accuracy")] == [
+        e["step"] for e in log if e.get("split") == "validation"
+    ]
     # The resolved recipe as hyper-parameters (TensorBoard's hparams plugin, in a sub-run).
     hparams = next(event_dir.rglob("hparams.yml"))
     values = yaml.safe_load(hparams.read_text())
@@ -81,11 +98,16 @@ def test_tensorboard_event_files_hold_the_log_and_hyperparameters(tracked_run):
 
 def test_missing_tracker_package_is_one_line_before_training(cli, tiny_bert, sentiment_files, tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
+    )
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files, "tracking: [tensorboard, wandb]\n")
     code, out, err = cli("train", recipe)
     assert code == 2
-    assert err.strip() == "error: tracking: 'wandb' needs the 'wandb' package, which is not installed; pip install wandb, or remove 'wandb' from tracking"
+    assert (
+        err.strip() == "error: tracking: 'wandb' needs the 'wandb' package, which is not installed; "
+        "pip install wandb, or remove 'wandb' from tracking"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -106,7 +128,9 @@ def test_plots_are_written_and_drawn_again_from_the_files(tracked_run):
         assert image.size[0] > 300 and len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 20, name
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     counts = plots.confusion_counts(predictions, ["negative", "positive"])
-    assert sum(map(sum, counts)) == 32 and sum(counts[i][i] for i in range(2)) == round(tracked_run.metrics["test"]["accuracy"] * 32)
+    assert sum(map(sum, counts)) == 32 and sum(counts[i][i] for i in range(2)) == round(
+        tracked_run.metrics["test"]["accuracy"] * 32
+    )
     assert set(plots.render(run)) == {"loss.png", "metric.png", "confusion_matrix.png"}
 
 
@@ -140,8 +164,11 @@ def test_report_of_an_unfinished_run_is_a_clear_error(cli, tmp_path):
 def test_worst_mistakes_come_first():
     from llmtune.report import sample_predictions
 
-    rows = [{"text": "a", "label": "pos", "predicted": "neg", "score": 0.6}, {"text": "b", "label": "pos", "predicted": "pos", "score": 0.99},
-            {"text": "c", "label": "neg", "predicted": "pos", "score": 0.95}]
+    rows = [
+        {"text": "a", "label": "pos", "predicted": "neg", "score": 0.6},
+        {"text": "b", "label": "pos", "predicted": "pos", "score": 0.99},
+        {"text": "c", "label": "neg", "predicted": "pos", "score": 0.95},
+    ]
     (title, mistakes), (_, unsure) = sample_predictions(rows)
     assert [r["text"] for r in mistakes] == ["c", "a"] and "2 of 3 wrong" in title
     assert [r["text"] for r in unsure] == ["a", "c", "b"]
@@ -156,16 +183,40 @@ def generation_run(path: Path) -> Path:
     The generation task lives on another branch; the report reads only these files, so they are written directly.
     """
     path.mkdir()
-    (path / "recipe.yaml").write_text("model: {name: gpt2}\ntask: {type: generation}\nmethod: {type: lora}\n"
-                                      "data: {train: /d/train.jsonl, test: /d/test.jsonl}\noutput_dir: runs/gen\n")
+    (path / "recipe.yaml").write_text(
+        "model: {name: gpt2}\ntask: {type: generation}\nmethod: {type: lora}\n"
+        "data: {train: /d/train.jsonl, test: /d/test.jsonl}\noutput_dir: runs/gen\n"
+    )
     log = [{"step": s, "loss": 3.0 / s, "learning_rate": 1e-4, "samples_per_s": 12.0} for s in range(1, 11)]
-    log += [{"step": s, "split": "validation", "num_examples": 20, "loss": 2.5 / s ** 0.5, "rougeL": 0.1 * s ** 0.5} for s in (5, 10)]
+    log += [
+        {"step": s, "split": "validation", "num_examples": 20, "loss": 2.5 / s**0.5, "rougeL": 0.1 * s**0.5}
+        for s in (5, 10)
+    ]
     (path / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
-    (path / "predictions.jsonl").write_text("".join(json.dumps({"index": i, "prompt": f"text {i}", "reference": f"summary {i}",
-                                                                 "generated": f"guess {i}", "rougeL": i / 20}) + "\n" for i in range(20)))
-    (path / "metrics.json").write_text(json.dumps({"train": {"steps": 10, "samples_per_s": 12.0, "peak_memory_mb": 900.0},
-                                                   "validation": {"num_examples": 20, "rougeL": 0.31, "loss": 0.79},
-                                                   "test": {"num_examples": 20, "rougeL": 0.3, "loss": 0.8}}))
+    (path / "predictions.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "index": i,
+                    "prompt": f"text {i}",
+                    "reference": f"summary {i}",
+                    "generated": f"guess {i}",
+                    "rougeL": i / 20,
+                }
+            )
+            + "\n"
+            for i in range(20)
+        )
+    )
+    (path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "train": {"steps": 10, "samples_per_s": 12.0, "peak_memory_mb": 900.0},
+                "validation": {"num_examples": 20, "rougeL": 0.31, "loss": 0.79},
+                "test": {"num_examples": 20, "rougeL": 0.3, "loss": 0.8},
+            }
+        )
+    )
     return path
 
 
@@ -180,13 +231,30 @@ def test_generation_report_shows_best_and_worst_by_rouge(cli, tmp_path):
 
 def screenshot(page: Path, png: Path) -> None:
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                        f"--screenshot={png}", "--window-size=1200,2000", page.resolve().as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--screenshot={png}",
+                "--window-size=1200,2000",
+                page.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it"
+)
 def test_reports_render_with_visible_plots_in_a_headless_browser(tracked_run, cli, tmp_path):
     from PIL import Image
 
@@ -226,7 +294,9 @@ def test_recipes_lists_each_builtin_recipe(cli):
     assert code == 0, err
     names = sorted(p.name for p in RECIPES.glob("*.yaml"))
     assert len(out.splitlines()) == len(names)
-    assert any(line.startswith("recipes/sentiment.yaml") and "Sentiment classification" in line for line in out.splitlines())
+    assert any(
+        line.startswith("recipes/sentiment.yaml") and "Sentiment classification" in line for line in out.splitlines()
+    )
 
 
 def test_init_writes_a_valid_recipe_with_every_key_commented(cli, tmp_path):
@@ -235,12 +305,26 @@ def test_init_writes_a_valid_recipe_with_every_key_commented(cli, tmp_path):
     assert code == 0, err
     text = target.read_text()
     recipe = schema.validate(yaml.safe_load(text))
-    assert recipe.model.name == "bert-base-uncased" and recipe.task.type == "classification" and recipe.output_dir == "runs/my"
-    sections = [schema.Recipe, schema.ModelSpec, schema.ClassificationTask, schema.DataSpec, schema.DataSource,
-                schema.LoraMethod, schema.IA3Method, schema.PrefixTuningMethod, schema.Training, schema.Evaluation]
+    assert (
+        recipe.model.name == "bert-base-uncased"
+        and recipe.task.type == "classification"
+        and recipe.output_dir == "runs/my"
+    )
+    sections = [
+        schema.Recipe,
+        schema.ModelSpec,
+        schema.ClassificationTask,
+        schema.DataSpec,
+        schema.DataSource,
+        schema.LoraMethod,
+        schema.IA3Method,
+        schema.PrefixTuningMethod,
+        schema.Training,
+        schema.Evaluation,
+    ]
     for cls in sections:
         for name, field in cls.model_fields.items():
-            line = next((l for l in text.splitlines() if re.match(rf"\s*(# )?{name}:", l)), None)
+            line = next((row for row in text.splitlines() if re.match(rf"\s*(# )?{name}:", row)), None)
             assert line is not None and "  # " in line, f"{cls.__name__}.{name} missing or without a comment"
     code, out, err = cli("init", "classification", "--output", target)
     assert code == 2 and "already exists" in err

@@ -13,7 +13,11 @@ from test_bad_input import assert_user_error
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (links not followed) with its content."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def user_files(target: Path, tmp_path: Path) -> None:
@@ -85,7 +89,9 @@ def test_overwrite_of_the_working_directory_deletes_nothing(cli, tiny_bert, sent
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
     before = snapshot(tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert_user_error(cli("train", recipe.name, "--output", ".", "--overwrite"), "output_dir: . already holds files that are not part")
+    assert_user_error(
+        cli("train", recipe.name, "--output", ".", "--overwrite"), "output_dir: . already holds files that are not part"
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -96,7 +102,9 @@ def test_overwrite_replaces_an_unfinished_run(cli, tiny_bert, sentiment_files, t
     (target / "checkpoints" / ".tmp-step-3").mkdir(parents=True)
     (target / ".metrics.json.a1b2c3").write_text("{")
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
-    assert_user_error(cli("train", recipe, "--output", target), "already holds an unfinished run; pass --overwrite to replace it")
+    assert_user_error(
+        cli("train", recipe, "--output", target), "already holds an unfinished run; pass --overwrite to replace it"
+    )
     code, out, err = cli("train", recipe, "--output", target, "--overwrite")
     assert code == 0, err
     assert (target / "metrics.json").is_file() and not (target / ".metrics.json.a1b2c3").exists()
@@ -112,6 +120,8 @@ def test_merge_overwrite_refuses_a_directory_that_is_not_a_run(cli, tiny_bert, s
     target = tmp_path / "merged"
     user_files(target, tmp_path)
     before = snapshot(target)
-    err = assert_user_error(cli("merge", run, "--output", target, "--overwrite"), "not part of an llmtune run (data, notes.txt)")
+    err = assert_user_error(
+        cli("merge", run, "--output", target, "--overwrite"), "not part of an llmtune run (data, notes.txt)"
+    )
     assert "--overwrite" not in err
     assert snapshot(target) == before

@@ -11,7 +11,11 @@ from llmtune.batching import PadCollator
 
 TEMPLATE = "Context: {context}\nQuestion: {question}\nAnswer: {completion}"
 ROWS = [
-    {"context": "The treasure is buried under the old oak tree.", "question": "Where is the treasure?", "answer": "under the old oak tree"},
+    {
+        "context": "The treasure is buried under the old oak tree.",
+        "question": "Where is the treasure?",
+        "answer": "under the old oak tree",
+    },
     {"context": "Paris is the capital of France.", "question": "What is the capital of France?", "answer": "Paris"},
     {"context": "The cat sat on the mat.", "question": "Who sat?", "answer": "The cat"},
     {"context": "A dog runs across the meadow.", "question": "What runs?", "answer": "A dog"},
@@ -35,8 +39,13 @@ def features(tokenizer, max_length: int = 64) -> list[dict]:
 
 def test_template_checks():
     assert prompting.prompt_columns(TEMPLATE) == ["context", "question"]
-    for bad, expected in [("Question: {question}\nAnswer:", "has no {completion} slot"), ("{completion} is the answer to {question}", "at the end"),
-                          ("Q: {}\nA: {completion}", "positional"), ("Q: {question:>10} {completion}", "format spec"), ("Q: {question {completion}", "not a valid template")]:
+    for bad, expected in [
+        ("Question: {question}\nAnswer:", "has no {completion} slot"),
+        ("{completion} is the answer to {question}", "at the end"),
+        ("Q: {}\nA: {completion}", "positional"),
+        ("Q: {question:>10} {completion}", "format spec"),
+        ("Q: {question {completion}", "not a valid template"),
+    ]:
         with pytest.raises(ValueError, match=expected.replace("{", r"\{").replace("}", r"\}")):
             prompting.template_fields(bad)
 
@@ -47,10 +56,14 @@ def test_completion_follows_prompt_and_ends_with_eos(tiny_gpt2):
     assert prompt.endswith("Answer:") and lead == " "
     example = prompting.encode_example(tokenizer, prompt, lead + "Paris", 64, chat=False)
     n = example["prompt_length"]
-    assert example["input_ids"] == tokenizer(prompt + " Paris")["input_ids"] + [tokenizer.eos_token_id]  # same tokens as the joined text
+    assert example["input_ids"] == tokenizer(prompt + " Paris")["input_ids"] + [
+        tokenizer.eos_token_id
+    ]  # same tokens as the joined text
     assert example["labels"][:n] == [-100] * n
     assert example["labels"][n:] == example["input_ids"][n:] and example["labels"][-1] == tokenizer.eos_token_id
-    short = prompting.encode_example(tokenizer, prompt, lead + "Paris", 8, chat=False)  # the prompt loses its start, the answer stays
+    short = prompting.encode_example(
+        tokenizer, prompt, lead + "Paris", 8, chat=False
+    )  # the prompt loses its start, the answer stays
     assert len(short["input_ids"]) == 8 and short["input_ids"][-3:] == example["input_ids"][-3:]
 
 
@@ -63,7 +76,8 @@ def test_loss_mask(name, attention, request):
     with torch.inference_mode():
         loss = prompting.completion_loss(model, batch)
 
-        # Changing the prompt tokens' labels (here: to the tokens themselves, as plain LM training would) changes nothing.
+        # Changing the prompt tokens' labels (here: to the tokens themselves, as plain LM training would)
+        # changes nothing.
         relabelled = {**batch, "labels": torch.where(batch["labels"] == -100, batch["input_ids"], batch["labels"])}
         prompt_positions = torch.arange(batch["input_ids"].shape[1]) < batch["prompt_length"].unsqueeze(-1)
         assert (relabelled["labels"][prompt_positions] != -100).all()
@@ -88,10 +102,17 @@ def test_loss_mask(name, attention, request):
         # Packed and unpacked batches: the same loss on the same examples, and fewer rows.
         packed = prompting.pack({**batch, "labels": prompting.completion_labels(batch)}, 64, tokenizer.pad_token_id)
         assert packed["input_ids"].shape[0] < batch["input_ids"].shape[0]
-        torch.testing.assert_close(prompting.completion_loss(model, batch, packing_length=64, pad_token_id=tokenizer.pad_token_id), loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            prompting.completion_loss(model, batch, packing_length=64, pad_token_id=tokenizer.pad_token_id),
+            loss,
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
         # No cross-contamination: every example's logits in a packed row equal its logits alone.
-        packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        packed_logits = model(
+            input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+        ).logits
         for row in range(packed["input_ids"].shape[0]):
             starts = (packed["position_ids"][row] == 0).nonzero().flatten().tolist() + [packed["input_ids"].shape[1]]
             for start, end in zip(starts, starts[1:]):
@@ -108,7 +129,9 @@ def test_left_padded_generation_returns_only_new_tokens(tiny_llama):
     with torch.inference_mode():
         batched = prompting.generate(model, prompts, tokenizer, max_new_tokens=6)
         for prompt, row in zip(prompts, batched):
-            alone = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+            alone = model.generate(
+                input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )[0, len(prompt) :].tolist()
             if tokenizer.eos_token_id in alone:
                 alone = alone[: alone.index(tokenizer.eos_token_id)]
             assert [t for t in row.tolist() if t >= 0] == alone

@@ -67,7 +67,9 @@ def test_squad_metric_matches_the_official_logic_and_hand_checked_values():
         scores = metric.compute(predictions=[prediction], references=[golds])
         assert scores["exact_match"] == pytest.approx(100 * exact)
         assert scores["f1"] == pytest.approx(100 * f1)
-        assert scores["exact_match"] == pytest.approx(100 * max(official_exact_match_score(prediction, g) for g in golds))
+        assert scores["exact_match"] == pytest.approx(
+            100 * max(official_exact_match_score(prediction, g) for g in golds)
+        )
         assert scores["f1"] == pytest.approx(100 * max(official_f1_score(prediction, g) for g in golds))
     everything = metric.compute(predictions=[c[0] for c in CASES], references=[c[1] for c in CASES])
     assert everything["exact_match"] == pytest.approx(100 * sum(c[2] for c in CASES) / len(CASES))
@@ -89,8 +91,12 @@ def long_example():
     filler = " ".join(f"Sentence number {i} talks about nothing in particular." for i in range(60))
     context = filler + " The treasure is buried under the old oak tree. " + filler
     answer = "under the old oak tree"
-    return {"id": "q1", "question": "Where is the treasure buried?", "context": context,
-            "answers": {"text": [answer], "answer_start": [context.index(answer)]}}
+    return {
+        "id": "q1",
+        "question": "Where is the treasure buried?",
+        "context": context,
+        "answers": {"text": [answer], "answer_start": [context.index(answer)]},
+    }
 
 
 def test_answer_beyond_the_first_window_is_labelled_in_a_later_window(tokenizer):
@@ -104,7 +110,10 @@ def test_answer_beyond_the_first_window_is_labelled_in_a_later_window(tokenizer)
     assert found, "no window holds the answer"
     for window in found:
         offsets = window["offset_mapping"]
-        assert example["context"][offsets[window["start_positions"]][0] : offsets[window["end_positions"]][1]] == "under the old oak tree"
+        assert (
+            example["context"][offsets[window["start_positions"]][0] : offsets[window["end_positions"]][1]]
+            == "under the old oak tree"
+        )
 
 
 def test_every_gold_span_of_xquad_maps_to_a_window_that_contains_it(tokenizer):
@@ -112,7 +121,9 @@ def test_every_gold_span_of_xquad_maps_to_a_window_that_contains_it(tokenizer):
     windows = qa_task(doc_stride=32).preprocess(examples, tokenizer, max_length=96)
     assert len(windows) > 2 * len(examples)  # short windows: most contexts are split
     labelled: dict[int, list[str]] = collections.defaultdict(list)
-    for example, start, end, offsets in zip(windows["example_index"], windows["start_positions"], windows["end_positions"], windows["offset_mapping"]):
+    for example, start, end, offsets in zip(
+        windows["example_index"], windows["start_positions"], windows["end_positions"], windows["offset_mapping"]
+    ):
         if start > 0:
             labelled[example].append(examples[example]["context"][offsets[start][0] : offsets[end][1]])
     exact = 0
@@ -140,8 +151,16 @@ def test_decoding_picks_the_best_span_across_windows(tokenizer):
         end_logits[0, window["end_positions"]] = 10.0 if window["end_positions"] else 0.0
         k = 5
         top_start, top_end = start_logits.topk(k), end_logits.topk(k)
-        accumulator.add({"index": torch.tensor([window["index"]]), "start_index": top_start.indices, "start_logit": top_start.values,
-                         "end_index": top_end.indices, "end_logit": top_end.values, "loss": torch.zeros(1)})
+        accumulator.add(
+            {
+                "index": torch.tensor([window["index"]]),
+                "start_index": top_start.indices,
+                "start_logit": top_start.values,
+                "end_index": top_end.indices,
+                "end_logit": top_end.values,
+                "loss": torch.zeros(1),
+            }
+        )
     metrics, predictions = accumulator.result(dataset, windows)
     assert predictions[0]["predicted"] == "under the old oak tree"
     assert metrics["exact_match"] == 100 and metrics["f1"] == 100
@@ -182,8 +201,15 @@ def test_bad_qa_input(cli, tiny_bert, tmp_path, change, expected):
     example = long_example()
     rows = [example, {**example, "context": "   "}] if change.get("empty_context") else [example] * 2
     data = write_qa_files(tmp_path, rows)
-    sets = [f"data.train={data}", "data.validation=null", "data.test=null", f"model.name={tiny_bert}", "training.max_length=128",
-            "task.doc_stride=32", f"output_dir={tmp_path / 'run'}"]
+    sets = [
+        f"data.train={data}",
+        "data.validation=null",
+        "data.test=null",
+        f"model.name={tiny_bert}",
+        "training.max_length=128",
+        "task.doc_stride=32",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     sets += [f"{key}={value}" for key, value in change.items() if "." in key]
     code, out, err = cli("train", RECIPES / "qa.yaml", *[arg for item in sets for arg in ("--set", item)])
     assert code == 2, err
@@ -193,9 +219,20 @@ def test_bad_qa_input(cli, tiny_bert, tmp_path, change, expected):
 
 def test_qa_recipe_trains_evaluates_and_answers(cli, tiny_bert, tmp_path):
     xquad = SHARED_DATA / "xquad" / "xquad.en.json"
-    sets = [f"model.name={tiny_bert}", f"data.train={xquad}", "data.train.max_samples=24", f"data.validation={xquad}",
-            "data.validation.max_samples=8", f"data.test={xquad}", "data.test.max_samples=8", "training.max_length=128",
-            "task.doc_stride=32", "training.epochs=1", "training.batch_size=8", f"output_dir={tmp_path / 'run'}"]
+    sets = [
+        f"model.name={tiny_bert}",
+        f"data.train={xquad}",
+        "data.train.max_samples=24",
+        f"data.validation={xquad}",
+        "data.validation.max_samples=8",
+        f"data.test={xquad}",
+        "data.test.max_samples=8",
+        "training.max_length=128",
+        "task.doc_stride=32",
+        "training.epochs=1",
+        "training.batch_size=8",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     args = [arg for item in sets for arg in ("--set", item)]
     code, out, err = cli("validate", RECIPES / "qa.yaml", *args)
     assert code == 0, err
@@ -209,7 +246,14 @@ def test_qa_recipe_trains_evaluates_and_answers(cli, tiny_bert, tmp_path):
     assert code == 0, err
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     assert f"f1={saved['f1']:.4f}" in out
-    code, out, err = cli("predict", tmp_path / "run", "--question", "Where is the treasure?", "--context", "The treasure is under the oak tree.")
+    code, out, err = cli(
+        "predict",
+        tmp_path / "run",
+        "--question",
+        "Where is the treasure?",
+        "--context",
+        "The treasure is under the oak tree.",
+    )
     assert code == 0, err
     answer = json.loads(out)
     assert answer["answer"] in "The treasure is under the oak tree." and "score" in answer
@@ -217,15 +261,28 @@ def test_qa_recipe_trains_evaluates_and_answers(cli, tiny_bert, tmp_path):
 
 @pytest.mark.slow
 def test_minilm_learns_squadshifts_and_answers_xquad(tmp_path):
-    """Real learning: 1,600 SQuADShifts questions, one epoch (about 3.5 minutes on 2 CPU cores), F1 > 30 on 200 XQuAD-en questions."""
+    """Real learning: 1,600 SQuADShifts questions, one epoch (about 3.5 minutes on 2 CPU cores),
+    F1 > 30 on 200 XQuAD-en questions."""
     from llmtune import train
 
-    recipe = load_recipe(RECIPES / "qa.yaml", [
-        f"data.train={SHARED_DATA / 'squadshifts' / 'new_wiki_v1.0.json'}", "data.train.max_samples=1600",
-        f"data.validation={SHARED_DATA / 'xquad' / 'xquad.en.json'}", "data.validation.max_samples=200", "data.test=null",
-        "training.epochs=1", "training.max_length=192", "task.doc_stride=64", "training.batch_size=16", "training.learning_rate=3e-4",
-        "training.warmup_ratio=0.1", "evaluation.every_n_steps=null", "checkpointing.at_epoch_end=false",
-    ])
+    recipe = load_recipe(
+        RECIPES / "qa.yaml",
+        [
+            f"data.train={SHARED_DATA / 'squadshifts' / 'new_wiki_v1.0.json'}",
+            "data.train.max_samples=1600",
+            f"data.validation={SHARED_DATA / 'xquad' / 'xquad.en.json'}",
+            "data.validation.max_samples=200",
+            "data.test=null",
+            "training.epochs=1",
+            "training.max_length=192",
+            "task.doc_stride=64",
+            "training.batch_size=16",
+            "training.learning_rate=3e-4",
+            "training.warmup_ratio=0.1",
+            "evaluation.every_n_steps=null",
+            "checkpointing.at_epoch_end=false",
+        ],
+    )
     result = train(recipe, output_dir=tmp_path / "qa", echo=lambda *a: None)
     validation = result.metrics["validation"]
     assert validation["num_examples"] == 200

@@ -24,9 +24,25 @@ def test_recipe_reference_is_a_valid_recipe():
 
 def test_recipe_reference_documents_every_key():
     text = readme_block("recipe-reference")
-    sections = [schema.Recipe, schema.ModelSpec, schema.ClassificationTask, schema.QuestionAnsweringTask, schema.SummarizationTask, schema.TranslationTask, schema.DataSpec, schema.DataSource,
-                schema.LoraMethod, schema.IA3Method, schema.PrefixTuningMethod, schema.Training, schema.Evaluation, schema.Checkpointing]
-    missing = [f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields if not re.search(rf"\b{name}\b", text)]
+    sections = [
+        schema.Recipe,
+        schema.ModelSpec,
+        schema.ClassificationTask,
+        schema.QuestionAnsweringTask,
+        schema.SummarizationTask,
+        schema.TranslationTask,
+        schema.DataSpec,
+        schema.DataSource,
+        schema.LoraMethod,
+        schema.IA3Method,
+        schema.PrefixTuningMethod,
+        schema.Training,
+        schema.Evaluation,
+        schema.Checkpointing,
+    ]
+    missing = [
+        f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields if not re.search(rf"\b{name}\b", text)
+    ]
     assert not missing, f"README recipe reference lacks: {missing}"
 
 

@@ -38,8 +38,14 @@ def test_paths_in_the_file_are_relative_to_it_and_set_paths_to_the_cwd(tmp_path,
 def test_overrides_parse_yaml_values_and_switch_methods(tmp_path):
     recipe = load_recipe(
         write(tmp_path, BASE),
-        ["training.learning_rate=3e-5", "training.max_steps=7", "method.type=lora", "method.r=4",
-         "task.label_names=[bad, good]", "training.max_grad_norm=null"],
+        [
+            "training.learning_rate=3e-5",
+            "training.max_steps=7",
+            "method.type=lora",
+            "method.r=4",
+            "task.label_names=[bad, good]",
+            "training.max_grad_norm=null",
+        ],
     )
     assert recipe.training.learning_rate == 3e-5 and recipe.training.max_steps == 7
     assert recipe.method.type == "lora" and recipe.method.r == 4
@@ -73,7 +79,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
         (BASE + "data_extra: 1\n", "unknown key 'data_extra'"),
         (BASE.replace("data/train.csv", "{path: a.csv, hub: b}"), "give exactly one of `path`"),
         (BASE + "evaluation: {metrics: [bleu]}\n", "unknown metric 'bleu'"),
-        (BASE.replace("{type: classification}", "{type: classification, label_names: [only]}"), "at least two label names"),
+        (
+            BASE.replace("{type: classification}", "{type: classification, label_names: [only]}"),
+            "at least two label names",
+        ),
     ],
 )
 def test_schema_errors(tmp_path, text, expected):

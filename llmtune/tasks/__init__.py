@@ -27,7 +27,12 @@ from .classification import Classification
 from .question_answering import GenerativeQuestionAnswering, QuestionAnswering
 from .seq2seq import Summarization, Translation
 
-TASKS = {"classification": Classification, "question_answering": QuestionAnswering, "summarization": Summarization, "translation": Translation}
+TASKS = {
+    "classification": Classification,
+    "question_answering": QuestionAnswering,
+    "summarization": Summarization,
+    "translation": Translation,
+}
 # Tasks whose prompt -> completion form (`task.generative`, a causal LM) is a class of its own. Summarization and
 # translation instead swap their model family (encoder-decoder or causal LM) inside one class.
 GENERATIVE_TASKS = {"question_answering": GenerativeQuestionAnswering}

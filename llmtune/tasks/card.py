@@ -38,15 +38,19 @@ class PushedModel:
         return literal(self.repo_id) + branch
 
     def imports(self, auto_class: str) -> str:
-        return ("from peft import PeftModel\n" if self.adapter else "") + f"from transformers import {auto_class}, AutoTokenizer\n"
+        return (
+            "from peft import PeftModel\n" if self.adapter else ""
+        ) + f"from transformers import {auto_class}, AutoTokenizer\n"
 
     def load(self, auto_class: str, base_arguments: str = "") -> str:
         """Lines that leave `model` (in eval mode) and `tokenizer`; `base_arguments` go to the base model of an adapter."""
         if self.adapter:
             if self.base_revision:
                 base_arguments = f", revision={literal(self.base_revision)}" + base_arguments
-            model = (f"base = {auto_class}.from_pretrained({literal(self.base)}{base_arguments})\n"
-                     f"model = PeftModel.from_pretrained(base, {self.source()}).eval()\n")
+            model = (
+                f"base = {auto_class}.from_pretrained({literal(self.base)}{base_arguments})\n"
+                f"model = PeftModel.from_pretrained(base, {self.source()}).eval()\n"
+            )
         else:
             model = f"model = {auto_class}.from_pretrained({self.source()}).eval()\n"
         return model + f"tokenizer = AutoTokenizer.from_pretrained({self.source()})\n"
@@ -57,17 +61,21 @@ def causal_lm_usage(model: PushedModel, template: str, chat: bool, row: dict, ge
     generation with the recipe's settings, and only the new tokens decoded."""
     before_slot = template[: template.rindex("{" + prompting.COMPLETION + "}")]
     if chat:
-        prompt = (f"prompt = {literal(before_slot)}.format(**row)\n"
-                  'prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt.strip()}], add_generation_prompt=True, tokenize=False)\n')
+        prompt = (
+            f"prompt = {literal(before_slot)}.format(**row)\n"
+            'prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt.strip()}], add_generation_prompt=True, tokenize=False)\n'
+        )
     else:
-        prompt = f"prompt = {literal(before_slot)}.format(**row).rstrip(\" \")  # the space before the completion is the model's to write\n"
+        prompt = f'prompt = {literal(before_slot)}.format(**row).rstrip(" ")  # the space before the completion is the model\'s to write\n'
     settings = {**generation, "do_sample": False}
     return (
-        model.imports("AutoModelForCausalLM") + "\n" + model.load("AutoModelForCausalLM")
+        model.imports("AutoModelForCausalLM")
+        + "\n"
+        + model.load("AutoModelForCausalLM")
         + f"row = {literal(row)}\n"
         + prompt
         # a chat template writes its own special tokens
-        + f"inputs = tokenizer(prompt, return_tensors=\"pt\"{', add_special_tokens=False' if chat else ''})\n"
+        + f'inputs = tokenizer(prompt, return_tensors="pt"{", add_special_tokens=False" if chat else ""})\n'
         + f"output = model.generate(**inputs, {keywords(settings)},\n"
         + "                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)\n"
         + 'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())\n'

@@ -10,9 +10,9 @@ from transformers import AutoModelForSequenceClassification
 from .. import metrics as metric_modules
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import UserError
+from ..recipe import ClassificationTask, DataSpec
 from .card import PushedModel
 from .outputs import CollectedOutputs
-from ..recipe import ClassificationTask, DataSpec
 
 
 class Classification:
@@ -46,7 +46,9 @@ class Classification:
             for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
                 for row, text in enumerate(dataset[column]):
                     if not isinstance(text, str):
-                        raise UserError(f"{where} {row_location(sources[split], row)}: column '{column}' holds {text!r}; expected text")
+                        raise UserError(
+                            f"{where} {row_location(sources[split], row)}: column '{column}' holds {text!r}; expected text"
+                        )
         if self.label_names is None:
             train = splits["train"] if "train" in splits else next(iter(splits.values()))
             self.index_labels = isinstance(train.features[self.options.label_column], datasets.ClassLabel)
@@ -74,7 +76,9 @@ class Classification:
         numeric = all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values)
         names = [str(value) for value in sorted(values, key=float if numeric else str)]
         if len(names) < 2:
-            raise UserError(f"task.label_column: the train split has only the label {names}; classification needs at least two labels")
+            raise UserError(
+                f"task.label_column: the train split has only the label {names}; classification needs at least two labels"
+            )
         return names
 
     def label_id(self, value) -> int | None:
@@ -131,8 +135,23 @@ class Classification:
                 features["labels"] = [self.label_id(value) for value in batch[label]]
             return features
 
-        fingerprint = tokenization_fingerprint(dataset, tokenizer, "classification/2", self.options.model_dump(), self.label_names, max_length, self.position_ids)
-        return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing", new_fingerprint=fingerprint)
+        fingerprint = tokenization_fingerprint(
+            dataset,
+            tokenizer,
+            "classification/2",
+            self.options.model_dump(),
+            self.label_names,
+            max_length,
+            self.position_ids,
+        )
+        return dataset.map(
+            encode,
+            batched=True,
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            desc="Tokenizing",
+            new_fingerprint=fingerprint,
+        )
 
     # ------------------------------------------------------------------ training and evaluation
 
@@ -168,14 +187,20 @@ class Classification:
         with torch.inference_mode():
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                features = self._encode(tokenizer, [r[text] for r in chunk], [r[pair] for r in chunk] if pair else None, max_length)
+                features = self._encode(
+                    tokenizer, [r[text] for r in chunk], [r[pair] for r in chunk] if pair else None, max_length
+                )
                 batch = {key: value.to(device) for key, value in collate(features).items()}
                 probabilities = model(**batch).logits.float().softmax(-1).cpu()
                 for row, probs in zip(chunk, probabilities):
                     best = int(probs.argmax())
                     results.append(
-                        {**row, "label": self.label_names[best], "score": round(float(probs[best]), 6),
-                         "probabilities": {name: round(float(p), 6) for name, p in zip(self.label_names, probs)}}
+                        {
+                            **row,
+                            "label": self.label_names[best],
+                            "score": round(float(probs[best]), 6),
+                            "probabilities": {name: round(float(p), 6) for name, p in zip(self.label_names, probs)},
+                        }
                     )
         return results
 
@@ -189,12 +214,18 @@ class Classification:
         auto = self.auto_class.__name__
         if model.adapter:  # the base model needs the label names to build its classification head
             labels = f"labels = {self.label_names!r}\n"
-            load = labels + model.load(auto, ", num_labels=len(labels),\n    id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}")
+            load = labels + model.load(
+                auto,
+                ", num_labels=len(labels),\n    id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}",
+            )
         else:
             load = model.load(auto) + "labels = [model.config.id2label[i] for i in range(model.config.num_labels)]\n"
         texts = '["first text"], ["second text"]' if self.options.text_pair_column else '["an example text"]'
         return (
-            "import torch\n" + model.imports(auto) + "\n" + load
+            "import torch\n"
+            + model.imports(auto)
+            + "\n"
+            + load
             + f'inputs = tokenizer({texts}, return_tensors="pt", truncation=True)\n'
             + "with torch.no_grad():\n    probabilities = model(**inputs).logits.softmax(-1)[0]\n"
             + "print({label: round(p.item(), 4) for label, p in zip(labels, probabilities)})\n"
@@ -214,10 +245,15 @@ class ClassificationAccumulator(CollectedOutputs):
         if "label" in columns:
             labels = columns["label"].tolist()
             if "accuracy" in self.metric_names:
-                metrics["accuracy"] = metric_modules.load("accuracy").compute(predictions=predictions, references=labels)["accuracy"]
+                metrics["accuracy"] = metric_modules.load("accuracy").compute(
+                    predictions=predictions, references=labels
+                )["accuracy"]
             if "macro_f1" in self.metric_names:
                 scores = metric_modules.load("f1").compute(
-                    predictions=predictions, references=labels, average="macro", labels=list(range(len(self.task.label_names)))
+                    predictions=predictions,
+                    references=labels,
+                    average="macro",
+                    labels=list(range(len(self.task.label_names))),
                 )
                 metrics["macro_f1"] = scores["f1"]
             if "cross_entropy" in self.metric_names:

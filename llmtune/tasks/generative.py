@@ -83,7 +83,9 @@ class PromptCompletionTask:
                 for row, example in enumerate(dataset):
                     target = self.target(example, f"{where} {row_location(sources[split], row)}")
                     if not target or not target.strip():
-                        raise UserError(f"{where} {row_location(sources[split], row)}: empty target text; every training example needs one")
+                        raise UserError(
+                            f"{where} {row_location(sources[split], row)}: empty target text; every training example needs one"
+                        )
 
     # ------------------------------------------------------------------ model
 
@@ -108,11 +110,21 @@ class PromptCompletionTask:
         def encode(example, index):
             prompt, lead = prompting.render_prompt(self.template, example, tokenizer, chat)
             target = self.target(example, "") if has_targets else None
-            features = prompting.encode_example(tokenizer, prompt, lead + target if target else None, max_length, chat, self.options.max_new_tokens)
+            features = prompting.encode_example(
+                tokenizer, prompt, lead + target if target else None, max_length, chat, self.options.max_new_tokens
+            )
             return {**features, "index": index, "length": len(features["input_ids"])}
 
-        fingerprint = tokenization_fingerprint(dataset, tokenizer, f"{type(self).__name__}/1", self.options.model_dump(), self.template, max_length)
-        return dataset.map(encode, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing", new_fingerprint=fingerprint)
+        fingerprint = tokenization_fingerprint(
+            dataset, tokenizer, f"{type(self).__name__}/1", self.options.model_dump(), self.template, max_length
+        )
+        return dataset.map(
+            encode,
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            desc="Tokenizing",
+            new_fingerprint=fingerprint,
+        )
 
     # ------------------------------------------------------------------ training and evaluation
 
@@ -123,12 +135,18 @@ class PromptCompletionTask:
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Per example: the gold completion's summed NLL and token count, and the generated tokens."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=prompting.position_ids(batch["attention_mask"]),
-                       use_cache=False).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=prompting.position_ids(batch["attention_mask"]),
+            use_cache=False,
+        ).logits
         nll, count = prompting.token_losses(logits, prompting.completion_labels(batch))
         mask = batch["attention_mask"].bool()
         prompts = [batch["input_ids"][i][mask[i]][: int(batch["prompt_length"][i])].tolist() for i in range(len(mask))]
-        generated = prompting.generate(model, prompts, self.tokenizer, self.options.max_new_tokens, self.options.num_beams)
+        generated = prompting.generate(
+            model, prompts, self.tokenizer, self.options.max_new_tokens, self.options.num_beams
+        )
         return {"index": batch["index"], "nll": nll, "tokens": count, "generated": generated}
 
     def new_accumulator(self, metric_names: tuple[str, ...]) -> PromptCompletionAccumulator:
@@ -143,11 +161,20 @@ class PromptCompletionTask:
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 prompts = [
-                    prompting.encode_example(tokenizer, prompting.render_prompt(self.template, row, tokenizer, chat)[0], None, max_length, chat,
-                                             self.options.max_new_tokens)["input_ids"]
+                    prompting.encode_example(
+                        tokenizer,
+                        prompting.render_prompt(self.template, row, tokenizer, chat)[0],
+                        None,
+                        max_length,
+                        chat,
+                        self.options.max_new_tokens,
+                    )["input_ids"]
                     for row in chunk
                 ]
-                texts = prompting.decode(tokenizer, prompting.generate(model, prompts, tokenizer, self.options.max_new_tokens, self.options.num_beams))
+                texts = prompting.decode(
+                    tokenizer,
+                    prompting.generate(model, prompts, tokenizer, self.options.max_new_tokens, self.options.num_beams),
+                )
                 results += [{**row, self.prediction_key: text} for row, text in zip(chunk, texts)]
         return results
 
@@ -174,7 +201,9 @@ class PromptCompletionAccumulator(CollectedOutputs):
         tokens = int(columns["tokens"].sum())
         if tokens:  # the split has targets
             metrics.update(self.task.score(texts, dataset))
-            metrics = {key: value for key, value in metrics.items() if key == "num_examples" or key in self.metric_names}
+            metrics = {
+                key: value for key, value in metrics.items() if key == "num_examples" or key in self.metric_names
+            }
             # Per target token, natural log: comparable across tokenizers of one family, and with classification's per-example CE.
             cross_entropy = float(columns["nll"].double().sum()) / tokens
             if "cross_entropy" in self.metric_names:
@@ -182,5 +211,8 @@ class PromptCompletionAccumulator(CollectedOutputs):
             if "perplexity" in self.metric_names:
                 metrics["perplexity"] = math.exp(min(cross_entropy, 700.0))
             metrics["num_target_tokens"] = tokens
-        rows = [self.task.prediction_row(dataset[index], index, text) for index, text in zip(columns["index"].tolist(), texts)]
+        rows = [
+            self.task.prediction_row(dataset[index], index, text)
+            for index, text in zip(columns["index"].tolist(), texts)
+        ]
         return metrics, rows

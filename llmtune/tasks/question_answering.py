@@ -20,10 +20,10 @@ from .. import metrics as metric_modules
 from .. import prompting
 from ..data import describe, require_columns, row_location, tokenization_fingerprint
 from ..errors import DataWarning, UserError
+from ..recipe import DataSpec, QuestionAnsweringTask
 from .card import PushedModel, literal
 from .generative import PromptCompletionTask
 from .outputs import CollectedOutputs
-from ..recipe import DataSpec, QuestionAnsweringTask
 
 # The model card's example question.
 EXAMPLE = {"question": "Where is the treasure?", "context": "The treasure is buried under the old oak tree."}
@@ -62,11 +62,14 @@ class QuestionAnswering:
             for key, column in (("question", o.question_column), ("context", o.context_column)):
                 for row, text in enumerate(dataset[column]):
                     if not isinstance(text, str) or not text.strip():
-                        raise UserError(f"{where} {row_location(sources[split], row)}: empty {key} in column '{column}'; expected text")
+                        raise UserError(
+                            f"{where} {row_location(sources[split], row)}: empty {key} in column '{column}'; expected text"
+                        )
             if o.answers_column not in dataset.column_names:
                 continue
             usable = [
-                aligned_answer(context, parse_answers(answers, f"{where} {row_location(sources[split], row)}")) is not None
+                aligned_answer(context, parse_answers(answers, f"{where} {row_location(sources[split], row)}"))
+                is not None
                 for row, (context, answers) in enumerate(zip(dataset[o.context_column], dataset[o.answers_column]))
             ]
             bad = usable.count(False)
@@ -80,7 +83,8 @@ class QuestionAnswering:
             action = "skipped for training" if split == "train" else "kept: scored on answer text, no span label"
             warnings.warn(
                 f"{where}: {bad} of {len(dataset)} examples have no answer that occurs at its answer_start; {action}",
-                DataWarning, stacklevel=2,
+                DataWarning,
+                stacklevel=2,
             )
             if split == "train":
                 splits[split] = dataset.select([row for row, ok in enumerate(usable) if ok])
@@ -108,8 +112,10 @@ class QuestionAnswering:
                     questions if pad_right else batch[o.context_column],
                     batch[o.context_column] if pad_right else questions,
                     truncation="only_second" if pad_right else "only_first",
-                    max_length=max_length, stride=o.doc_stride,
-                    return_overflowing_tokens=True, return_offsets_mapping=True,
+                    max_length=max_length,
+                    stride=o.doc_stride,
+                    return_overflowing_tokens=True,
+                    return_offsets_mapping=True,
                 )
             except Exception as exc:  # tokenizers refuses a question that leaves no room for the stride
                 raise UserError(
@@ -121,11 +127,20 @@ class QuestionAnswering:
             for window, example in enumerate(encoded["overflow_to_sample_mapping"]):
                 sequence_ids = encoded.sequence_ids(window)
                 context_id = 1 if pad_right else 0
-                offsets = [span if sequence_ids[k] == context_id else None for k, span in enumerate(encoded["offset_mapping"][window])]
+                offsets = [
+                    span if sequence_ids[k] == context_id else None
+                    for k, span in enumerate(encoded["offset_mapping"][window])
+                ]
                 features["offset_mapping"].append(offsets)
                 features["example_index"].append(indices[example])
                 start = end = cls_index
-                answer = aligned_answer(batch[o.context_column][example], parse_answers(batch[o.answers_column][example], "")) if has_answers else None
+                answer = (
+                    aligned_answer(
+                        batch[o.context_column][example], parse_answers(batch[o.answers_column][example], "")
+                    )
+                    if has_answers
+                    else None
+                )
                 if answer is not None:
                     start, end = answer_tokens(offsets, answer[0], answer[1], cls_index)
                 features["start_positions"].append(start)
@@ -134,18 +149,31 @@ class QuestionAnswering:
             return features
 
         fingerprint = tokenization_fingerprint(dataset, tokenizer, "question_answering/1", o.model_dump(), max_length)
-        windows = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing", new_fingerprint=fingerprint)
+        windows = dataset.map(
+            encode,
+            batched=True,
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            desc="Tokenizing",
+            new_fingerprint=fingerprint,
+        )
         return windows.add_column("index", list(range(len(windows))), new_fingerprint=fingerprint + "-index")
 
     # ------------------------------------------------------------------ training and evaluation
 
     @staticmethod
     def _inputs(batch: dict) -> dict:
-        return {key: value for key, value in batch.items() if key not in ("index", "length", "start_positions", "end_positions")}
+        return {
+            key: value
+            for key, value in batch.items()
+            if key not in ("index", "length", "start_positions", "end_positions")
+        }
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         outputs = model(**self._inputs(batch))
-        return window_loss(outputs.start_logits, outputs.end_logits, batch["start_positions"], batch["end_positions"]).mean()
+        return window_loss(
+            outputs.start_logits, outputs.end_logits, batch["start_positions"], batch["end_positions"]
+        ).mean()
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Per window: the n_best start and end candidates (not the full logits) and the span loss."""
@@ -155,8 +183,10 @@ class QuestionAnswering:
         top_start, top_end = start_logits.topk(k, -1), end_logits.topk(k, -1)
         return {
             "index": batch["index"],
-            "start_index": top_start.indices, "start_logit": top_start.values,
-            "end_index": top_end.indices, "end_logit": top_end.values,
+            "start_index": top_start.indices,
+            "start_logit": top_start.values,
+            "end_index": top_end.indices,
+            "end_logit": top_end.values,
             "loss": window_loss(start_logits, end_logits, batch["start_positions"], batch["end_positions"]),
         }
 
@@ -191,7 +221,10 @@ class QuestionAnswering:
         auto = self.auto_class.__name__
         longest = self.options.max_answer_length
         return (
-            "import torch\n" + model.imports(auto) + "\n" + model.load(auto)
+            "import torch\n"
+            + model.imports(auto)
+            + "\n"
+            + model.load(auto)
             + f"question = {literal(EXAMPLE['question'])}\ncontext = {literal(EXAMPLE['context'])}\n"
             + f"# A context longer than {max_length} tokens is cut here; llmtune predict reads it in overlapping windows.\n"
             + f'inputs = tokenizer(question, context, truncation="only_second", max_length={max_length}, return_offsets_mapping=True, return_tensors="pt")\n'
@@ -211,7 +244,9 @@ def parse_answers(value, where: str) -> dict:
         try:
             value = json.loads(value)
         except ValueError:
-            raise UserError(f"{where}: answers must be {{text: [...], answer_start: [...]}}; got {value[:80]!r}") from None
+            raise UserError(
+                f"{where}: answers must be {{text: [...], answer_start: [...]}}; got {value[:80]!r}"
+            ) from None
     if not isinstance(value, dict) or "text" not in value or "answer_start" not in value:
         raise UserError(f"{where}: answers must be {{text: [...], answer_start: [...]}}; got {str(value)[:80]!r}")
     return value
@@ -282,7 +317,9 @@ class QuestionAnsweringAccumulator(CollectedOutputs):
         metrics: dict[str, float] = {"num_examples": len(dataset)}
         if has_answers:
             if {"exact_match", "f1"} & set(self.metric_names):
-                scores = metric_modules.load("squad").compute(predictions=[r["predicted"] for r in rows], references=golds)
+                scores = metric_modules.load("squad").compute(
+                    predictions=[r["predicted"] for r in rows], references=golds
+                )
                 metrics.update({name: scores[name] for name in ("exact_match", "f1") if name in self.metric_names})
             if "cross_entropy" in self.metric_names:
                 metrics["cross_entropy"] = float(columns["loss"].double().mean())
@@ -312,7 +349,10 @@ class GenerativeQuestionAnswering(PromptCompletionTask):
         return f"Context: {{{o.context_column}}}\nQuestion: {{{o.question_column}}}\nAnswer: {{{prompting.COMPLETION}}}"
 
     def input_columns(self) -> dict[str, str]:
-        return {"task.question_column": self.options.question_column, "task.context_column": self.options.context_column}
+        return {
+            "task.question_column": self.options.question_column,
+            "task.context_column": self.options.context_column,
+        }
 
     def target_column(self) -> tuple[str, str]:
         return "task.answers_column", self.options.answers_column
@@ -328,7 +368,11 @@ class GenerativeQuestionAnswering(PromptCompletionTask):
 
     def prediction_row(self, row: dict, index: int, text: str) -> dict:
         o = self.options
-        result = {"id": row[o.id_column] if o.id_column and o.id_column in row else index, "question": row[o.question_column], "predicted": text}
+        result = {
+            "id": row[o.id_column] if o.id_column and o.id_column in row else index,
+            "question": row[o.question_column],
+            "predicted": text,
+        }
         if o.answers_column in row:
             result["answers"] = parse_answers(row[o.answers_column], "")["text"]
         return result

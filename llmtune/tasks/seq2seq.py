@@ -64,10 +64,16 @@ class EncoderDecoder:
         model_max = getattr(tokenizer, "model_max_length", None)
         return min(limit, model_max) if isinstance(model_max, int) and 0 < model_max < 1_000_000 else limit
 
-    def encode(self, tokenizer, sources: list[str], targets: list[str] | None, max_length: int, columns: list[dict]) -> tuple[dict, list[bool]]:
+    def encode(
+        self, tokenizer, sources: list[str], targets: list[str] | None, max_length: int, columns: list[dict]
+    ) -> tuple[dict, list[bool]]:
         """Model inputs (and `labels` when targets are given); which targets were cut at max_target_length tokens."""
         target_limit = self.options.max_target_length
-        encoded = tokenizer([self.options.prefix + source for source in sources], truncation=True, max_length=self.source_limit(tokenizer, max_length))
+        encoded = tokenizer(
+            [self.options.prefix + source for source in sources],
+            truncation=True,
+            max_length=self.source_limit(tokenizer, max_length),
+        )
         features = {key: encoded[key] for key in tokenizer.model_input_names if key in encoded}
         if targets is None:
             return features, [False] * len(sources)
@@ -76,7 +82,12 @@ class EncoderDecoder:
         truncated = [len(ids) > target_limit for ids in labels]
         if any(truncated):
             cut = [target for target, long in zip(targets, truncated) if long]
-            shortened = iter(self.without_cls(tokenizer, ids) for ids in tokenizer(text_target=cut, truncation=True, max_length=target_limit + self.cls_count(tokenizer))["input_ids"])
+            shortened = iter(
+                self.without_cls(tokenizer, ids)
+                for ids in tokenizer(
+                    text_target=cut, truncation=True, max_length=target_limit + self.cls_count(tokenizer)
+                )["input_ids"]
+            )
             labels = [next(shortened) if long else ids for ids, long in zip(labels, truncated)]
         features["labels"] = labels
         return features, truncated
@@ -94,7 +105,9 @@ class EncoderDecoder:
     def logits(self, model, batch: dict) -> torch.Tensor:
         """Teacher-forced next-token logits aligned with `batch["labels"]` (the decoder input is the labels shifted right)."""
         decoder_input_ids = unwrapped(model).prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids).logits
+        return model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids
+        ).logits
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         """Mean cross-entropy per target token of the batch (padding ignored)."""
@@ -107,7 +120,9 @@ class EncoderDecoder:
 
     def generate(self, model, batch: dict, settings: dict) -> torch.Tensor:
         """Generated token ids, padded, one row per example."""
-        return unwrapped(model).generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings)
+        return unwrapped(model).generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings
+        )
 
     def decode(self, tokenizer, ids: torch.Tensor) -> list[str]:
         return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -117,7 +132,10 @@ class EncoderDecoder:
         auto = self.auto_class.__name__
         source = f"{literal(self.options.prefix)} + text" if self.options.prefix else "text"
         return (
-            model.imports(auto) + "\n" + model.load(auto) + f"text = {literal(text)}\n"
+            model.imports(auto)
+            + "\n"
+            + model.load(auto)
+            + f"text = {literal(text)}\n"
             + f'inputs = tokenizer([{source}], return_tensors="pt", truncation=True, max_length={self.options.max_source_length or max_length})\n'
             + f"output = model.generate(**inputs, {keywords(settings)})\n"
             + "print(tokenizer.decode(output[0], skip_special_tokens=True).strip())\n"
@@ -159,7 +177,9 @@ class PromptCompletion:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return tokenizer.decode(ids[:limit]) if len(ids) > limit else text
 
-    def encode(self, tokenizer, sources: list[str], targets: list[str] | None, max_length: int, columns: list[dict]) -> tuple[dict, list[bool]]:
+    def encode(
+        self, tokenizer, sources: list[str], targets: list[str] | None, max_length: int, columns: list[dict]
+    ) -> tuple[dict, list[bool]]:
         """Per example: prompt + completion + EOS ids, labels only on the completion, the prompt length; which targets were cut."""
         self.max_length = max_length
         o = self.options
@@ -169,8 +189,15 @@ class PromptCompletion:
             row = {**columns[k], self.source_name: self.shortened_source(tokenizer, source)}
             prompt, lead = prompting.render_prompt(self.template, row, tokenizer, o.chat_template)
             completion = lead + targets[k] if targets is not None else None
-            example = prompting.encode_example(tokenizer, prompt, completion, max_length, o.chat_template,
-                                               reserve=o.max_new_tokens or o.max_target_length, completion_limit=o.max_target_length)
+            example = prompting.encode_example(
+                tokenizer,
+                prompt,
+                completion,
+                max_length,
+                o.chat_template,
+                reserve=o.max_new_tokens or o.max_target_length,
+                completion_limit=o.max_target_length,
+            )
             truncated.append(example.pop("completion_truncated"))
             for key, value in example.items():
                 features[key].append(value)
@@ -183,8 +210,12 @@ class PromptCompletion:
 
     def target_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example: summed NLL of the completion tokens (the target and EOS) and their number."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=prompting.position_ids(batch["attention_mask"]),
-                       use_cache=False).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=prompting.position_ids(batch["attention_mask"]),
+            use_cache=False,
+        ).logits
         return prompting.token_losses(logits, prompting.completion_labels(batch))
 
     def generate(self, model, batch: dict, settings: dict) -> torch.Tensor:
@@ -192,7 +223,9 @@ class PromptCompletion:
         mask = batch["attention_mask"].bool()
         prompts = [batch["input_ids"][i][mask[i]][: int(batch["prompt_length"][i])].tolist() for i in range(len(mask))]
         options = {"length_penalty": settings["length_penalty"]} if "length_penalty" in settings else {}
-        return prompting.generate(model, prompts, self.tokenizer, settings["max_new_tokens"], settings["num_beams"], **options)
+        return prompting.generate(
+            model, prompts, self.tokenizer, settings["max_new_tokens"], settings["num_beams"], **options
+        )
 
     def decode(self, tokenizer, ids: torch.Tensor) -> list[str]:
         return prompting.decode(tokenizer, ids)
@@ -200,7 +233,9 @@ class PromptCompletion:
     def usage_code(self, model: PushedModel, source_name: str, text: str, settings: dict, max_length: int) -> str:
         """The model card's snippet: the recipe's prompt around the source, continued with the settings `generate` above uses."""
         row = example_row(prompting.prompt_columns(self.template), {source_name: text})
-        generation = {key: settings[key] for key in ("max_new_tokens", "num_beams", "length_penalty") if key in settings}
+        generation = {
+            key: settings[key] for key in ("max_new_tokens", "num_beams", "length_penalty") if key in settings
+        }
         return causal_lm_usage(model, self.template, self.options.chat_template, row, generation)
 
 
@@ -248,7 +283,11 @@ class Seq2Seq:
         self.options = options
         self.label_names = None
         self.tokenizer = None  # set by setup / preprocess / predict: the accumulator decodes generated ids with it
-        self.family = PromptCompletion(options, self.source_name(), self.default_template()) if options.generative else EncoderDecoder(options)
+        self.family = (
+            PromptCompletion(options, self.source_name(), self.default_template())
+            if options.generative
+            else EncoderDecoder(options)
+        )
         self.auto_class = self.family.auto_class
         self.peft_task_type = self.family.peft_task_type
         self.pipeline_tag = "text-generation" if options.generative else self.hub_task[0]
@@ -267,7 +306,9 @@ class Seq2Seq:
         """Every row's source text and references (None without a target column), as prepare checked them."""
         source, target = self.fields(dataset.column_names, "")
         sources = [source_text(value) or "" for value in source.read(dataset[source.column])]
-        references = [reference_texts(value) or [""] for value in target.read(dataset[target.column])] if target else None
+        references = (
+            [reference_texts(value) or [""] for value in target.read(dataset[target.column])] if target else None
+        )
         return sources, references
 
     def row_from_text(self, text: str) -> dict:
@@ -306,7 +347,9 @@ class Seq2Seq:
             where = describe(split, sources[split])
             source, target = self.fields(dataset.column_names, where)
             if self.options.generative:  # the source fills its own field, whatever column it comes from
-                prompting.check_template_columns(self.family.template, "task.prompt_template", [*dataset.column_names, self.source_name()], where)
+                prompting.check_template_columns(
+                    self.family.template, "task.prompt_template", [*dataset.column_names, self.source_name()], where
+                )
             if target is None and split == "train":
                 self.require_target(dataset.column_names, where)
             empty = set()
@@ -319,17 +362,25 @@ class Seq2Seq:
                     if not spec.drop_empty:
                         raise UserError(
                             f"{where} {row_location(sources[split], row)}: empty {what} in column '{field}' ({value!r:.60}); "
-                            "expected a non-empty text" + (" or a list of non-empty texts" if what == "target" else "")
+                            "expected a non-empty text"
+                            + (" or a list of non-empty texts" if what == "target" else "")
                             + " (data.drop_empty: true leaves such rows out)"
                         )
                     empty.add(row)
             if empty:
                 if len(empty) == len(dataset):
-                    raise UserError(f"{where}: every row has an empty source or target; nothing is left after data.drop_empty")
+                    raise UserError(
+                        f"{where}: every row has an empty source or target; nothing is left after data.drop_empty"
+                    )
                 rows = sorted(empty)
-                at = ", ".join(row_location(sources[split], row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
-                warnings.warn(f"{where}: left out {len(rows):,} of {len(dataset):,} rows with an empty source or target ({at}; data.drop_empty)",
-                              DataWarning, stacklevel=2)
+                at = ", ".join(row_location(sources[split], row) for row in rows[:5]) + (
+                    ", ..." if len(rows) > 5 else ""
+                )
+                warnings.warn(
+                    f"{where}: left out {len(rows):,} of {len(dataset):,} rows with an empty source or target ({at}; data.drop_empty)",
+                    DataWarning,
+                    stacklevel=2,
+                )
                 splits[split] = dataset.select([row for row in range(len(dataset)) if row not in empty])
 
     def require_target(self, column_names: list[str], where: str) -> None:
@@ -358,8 +409,12 @@ class Seq2Seq:
 
         def encode(batch, indices):
             texts = [source_text(value) or "" for value in source.read(batch[source.column])]
-            targets = [(reference_texts(value) or [""])[0] for value in target.read(batch[target.column])] if target else None
-            features, truncated = self.family.encode(tokenizer, texts, targets, max_length, self.prompt_values(batch, len(texts)))
+            targets = (
+                [(reference_texts(value) or [""])[0] for value in target.read(batch[target.column])] if target else None
+            )
+            features, truncated = self.family.encode(
+                tokenizer, texts, targets, max_length, self.prompt_values(batch, len(texts))
+            )
             features["index"] = indices
             features["length"] = [len(ids) for ids in features["input_ids"]]
             features["target_truncated"] = truncated
@@ -367,13 +422,21 @@ class Seq2Seq:
 
         settings = (str(source), str(target), type(self.family).__name__, self.family.settings(tokenizer, max_length))
         fingerprint = tokenization_fingerprint(dataset, tokenizer, f"{o.type}/1", settings)
-        features = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="Tokenizing", new_fingerprint=fingerprint)
+        features = dataset.map(
+            encode,
+            batched=True,
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            desc="Tokenizing",
+            new_fingerprint=fingerprint,
+        )
         truncated = sum(features["target_truncated"])
         if truncated:
             warnings.warn(
                 f"{truncated:,} of {len(features):,} targets are longer than task.max_target_length ({o.max_target_length} tokens) "
                 "and were truncated for the loss (metrics still compare with the full references)",
-                DataWarning, stacklevel=2,
+                DataWarning,
+                stacklevel=2,
             )
         return features
 
@@ -381,8 +444,12 @@ class Seq2Seq:
 
     def generation_settings(self) -> dict:
         o = self.options
-        settings = {"num_beams": o.num_beams, "max_new_tokens": o.max_new_tokens or o.max_target_length, "do_sample": False,
-                    "no_repeat_ngram_size": o.no_repeat_ngram_size}
+        settings = {
+            "num_beams": o.num_beams,
+            "max_new_tokens": o.max_new_tokens or o.max_target_length,
+            "do_sample": False,
+            "no_repeat_ngram_size": o.no_repeat_ngram_size,
+        }
         if o.num_beams > 1:  # length_penalty only exists for beam search; transformers warns otherwise
             settings["length_penalty"] = o.length_penalty
         return settings
@@ -408,7 +475,9 @@ class Seq2Seq:
     def new_accumulator(self, metric_names: tuple[str, ...]) -> Seq2SeqAccumulator:
         return Seq2SeqAccumulator(self, metric_names)
 
-    def scores(self, generated: list[str], references: list[list[str]], metric_names: tuple[str, ...]) -> tuple[dict, list[dict]]:
+    def scores(
+        self, generated: list[str], references: list[list[str]], metric_names: tuple[str, ...]
+    ) -> tuple[dict, list[dict]]:
         """Corpus metrics, and per-example scores for the prediction rows."""
         raise NotImplementedError
 
@@ -428,7 +497,9 @@ class Seq2Seq:
             if text is None:
                 raise UserError(f"input row {number}: empty source in column '{source}'; expected a non-empty text")
             if self.family.prompt_columns:
-                prompting.check_template_columns(self.family.template, "task.prompt_template", [*row, self.source_name()], f"input row {number}")
+                prompting.check_template_columns(
+                    self.family.template, "task.prompt_template", [*row, self.source_name()], f"input row {number}"
+                )
             texts.append(text)
         features, _ = self.family.encode(tokenizer, texts, None, max_length, self.prompt_values(rows, len(rows)))
         lengths = [len(ids) for ids in features["input_ids"]]
@@ -439,7 +510,9 @@ class Seq2Seq:
         with torch.inference_mode():
             for batch_rows in SortedBatches(lengths, batch_size):
                 batch = collate([{key: features[key][i] for key in features} for i in batch_rows])
-                ids = self.family.generate(model, {key: value.to(device) for key, value in batch.items()}, self.generation_settings())
+                ids = self.family.generate(
+                    model, {key: value.to(device) for key, value in batch.items()}, self.generation_settings()
+                )
                 generated.update(zip(batch_rows, self.decode(ids)))
         return [{**row, "generated": generated[i]} for i, row in enumerate(rows)]
 
@@ -457,7 +530,9 @@ class Seq2Seq:
         return self.subject() + (" (a causal language model continues a prompt)" if self.options.generative else "")
 
     def usage_code(self, model: PushedModel, max_length: int) -> str:
-        return self.family.usage_code(model, self.source_name(), self.example_source(), self.generation_settings(), max_length)
+        return self.family.usage_code(
+            model, self.source_name(), self.example_source(), self.generation_settings(), max_length
+        )
 
 
 class Seq2SeqAccumulator(CollectedOutputs):
@@ -530,8 +605,10 @@ class Summarization(Seq2Seq):
         return "summarization"
 
     def example_source(self) -> str:
-        return ("We propose a simple method that makes training neural networks faster. Experiments on three benchmarks "
-                "show that it matches the accuracy of standard training in half the time.")
+        return (
+            "We propose a simple method that makes training neural networks faster. Experiments on three benchmarks "
+            "show that it matches the accuracy of standard training in half the time."
+        )
 
     def scores(self, generated, references, metric_names):
         wanted = [name for name in generation_metrics.ROUGE_TYPES if name in metric_names]
@@ -548,7 +625,9 @@ class Translation(Seq2Seq):
     def __init__(self, options: TranslationTask):
         super().__init__(options)
 
-    def _field(self, column_names, column: str | None, lang: str, lang_key: str, column_key: str, where: str, required: bool) -> Field | None:
+    def _field(
+        self, column_names, column: str | None, lang: str, lang_key: str, column_key: str, where: str, required: bool
+    ) -> Field | None:
         o = self.options
         if column is not None:
             if required or column in column_names:
@@ -568,13 +647,25 @@ class Translation(Seq2Seq):
 
     def fields(self, column_names, where):
         o = self.options
-        source = self._field(column_names, o.source_column, o.source_lang, "task.source_lang", "task.source_column", where, required=True)
-        target = self._field(column_names, o.target_column, o.target_lang, "task.target_lang", "task.target_column", where, required=False)
+        source = self._field(
+            column_names, o.source_column, o.source_lang, "task.source_lang", "task.source_column", where, required=True
+        )
+        target = self._field(
+            column_names,
+            o.target_column,
+            o.target_lang,
+            "task.target_lang",
+            "task.target_column",
+            where,
+            required=False,
+        )
         return source, target
 
     def require_target(self, column_names, where):
         o = self.options
-        self._field(column_names, o.target_column, o.target_lang, "task.target_lang", "task.target_column", where, required=True)
+        self._field(
+            column_names, o.target_column, o.target_lang, "task.target_lang", "task.target_column", where, required=True
+        )
 
     def prepare(self, splits, spec):
         """Also checks that a nested translation column holds the recipe's languages.
@@ -589,9 +680,13 @@ class Translation(Seq2Seq):
                 if field is None or field.key is None:
                     continue
                 feature = dataset.features[field.column]
-                languages = list(getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else []))
+                languages = list(
+                    getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else [])
+                )
                 if languages and field.key not in languages:
-                    raise UserError(f"{where}: unknown language code '{field.key}' ({key}): column '{field.column}' holds {', '.join(languages)}")
+                    raise UserError(
+                        f"{where}: unknown language code '{field.key}' ({key}): column '{field.column}' holds {', '.join(languages)}"
+                    )
         super().prepare(splits, spec)
 
     def row_from_text(self, text: str) -> dict:
@@ -605,7 +700,9 @@ class Translation(Seq2Seq):
         return f"Translate {source} to {target}:\n{{{self.source_name()}}}\n{target}: {{{prompting.COMPLETION}}}"
 
     def subject(self) -> str:
-        return f"translation from {language_name(self.options.source_lang)} to {language_name(self.options.target_lang)}"
+        return (
+            f"translation from {language_name(self.options.source_lang)} to {language_name(self.options.target_lang)}"
+        )
 
     def example_source(self) -> str:
         return f"<{language_name(self.options.source_lang)} text to translate>"
@@ -614,8 +711,13 @@ class Translation(Seq2Seq):
         corpus = {}
         if {"bleu", "chrf"} & set(metric_names):
             scored = generation_metrics.bleu_chrf(generated, references)
-            corpus = {name: scored[name] for name in ("bleu", "chrf") if name in metric_names} | {"signature": scored["signature"]}
-        per_example = [{"bleu": round(generation_metrics.sentence_bleu(text, golds), 4)} for text, golds in zip(generated, references)]
+            corpus = {name: scored[name] for name in ("bleu", "chrf") if name in metric_names} | {
+                "signature": scored["signature"]
+            }
+        per_example = [
+            {"bleu": round(generation_metrics.sentence_bleu(text, golds), 4)}
+            for text, golds in zip(generated, references)
+        ]
         return corpus, per_example
 
 
@@ -626,9 +728,26 @@ def require_columns_named(column_names: list[str], columns: dict[str, str], wher
 
 # Names for the default translation prompt; other codes appear as they are.
 LANGUAGE_NAMES = {
-    "ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fi": "Finnish", "fr": "French", "hi": "Hindi",
-    "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian",
-    "ru": "Russian", "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
+    "ar": "Arabic",
+    "cs": "Czech",
+    "de": "German",
+    "en": "English",
+    "es": "Spanish",
+    "fi": "Finnish",
+    "fr": "French",
+    "hi": "Hindi",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "nl": "Dutch",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "sv": "Swedish",
+    "tr": "Turkish",
+    "uk": "Ukrainian",
+    "zh": "Chinese",
 }
 
 

@@ -15,5 +15,7 @@ class F1(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, labels=None, average="macro", sample_weight=None):
-        score = f1_score(references, predictions, labels=labels, average=average, sample_weight=sample_weight, zero_division=0)
+        score = f1_score(
+            references, predictions, labels=labels, average=average, sample_weight=sample_weight, zero_division=0
+        )
         return {"f1": score.tolist() if hasattr(score, "tolist") and getattr(score, "ndim", 0) else float(score)}
