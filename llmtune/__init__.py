@@ -10,10 +10,26 @@ Python API (mirrors the CLI, returns results instead of printing them)::
     predict(result.run_dir, ["A warm, funny film."])
 """
 
-from .errors import UserError
-from .inference import evaluate, load_run, predict
-from .recipe import Recipe, load_recipe
-from .train import TrainResult, train
+from __future__ import annotations
 
-__all__ = ["Recipe", "TrainResult", "UserError", "evaluate", "load_recipe", "load_run", "predict", "train"]
+import importlib
+
+# Where each public name lives; imported on first use, so `llmtune --help` does not wait for torch.
+_EXPORTS = {
+    "Recipe": "recipe",
+    "load_recipe": "recipe",
+    "UserError": "errors",
+    "TrainResult": "training",
+    "train": "training",
+    "evaluate": "inference",
+    "load_run": "inference",
+    "predict": "inference",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llmtune' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -5,7 +5,8 @@ A checkpoint is a directory `RUN_DIR/checkpoints/step-N/`:
     trainable.safetensors   the trainable parameters (the whole model for full fine-tuning, the adapter
                             and the new head for adapter methods)
     optimizer.pt            the optimizer state (tensors only; loaded with torch.load(weights_only=True))
-    state.json              step, data position, scheduler, best metric / patience, samples seen
+    state.json              the loop's TrainingState (step, data position, samples seen, best metric and
+                            patience) and the learning-rate scheduler's state
     process-R.pt            per process R: the RNG states (python, numpy, torch, cuda) and the unlogged loss
     manifest.json           size and sha256 of every file above; written last
 
@@ -24,14 +25,14 @@ import re
 import shutil
 import signal
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 import yaml
 from accelerate.utils import gather_object
+from safetensors.torch import load_file, save_file
 
 from . import runs
 from .errors import UserError
@@ -61,16 +62,35 @@ RESUME_MUST_MATCH = (
 
 @dataclass
 class TrainingState:
-    """Where training stands; saved in every checkpoint's state.json."""
+    """Where training stands: everything the loop changes as it goes, and what a checkpoint saves with the weights,
+    the optimizer and the schedule. `window_loss` differs per process and is saved per process."""
 
     step: int = 0
     epoch: int = 0
     batches_done: int = 0  # batches of `epoch` trained on, counted over all processes (the sampler's batches)
     examples_seen: int = 0
     window_batches: int = 0  # batches summed into the not yet logged training loss
-    best: dict = field(default_factory=dict)  # BestCheckpoint.state()
-    scheduler: dict = field(default_factory=dict)
+    window_loss: float | object = 0.0  # their summed loss: a tensor on the device while training (no sync per step)
+    best_step: int | None = None  # evaluation.metric_for_best: the best validation so far, and patience
+    best_value: float | None = None
+    best_metrics: dict | None = None
+    evals_without_improvement: int = 0
     num_processes: int = 1
+
+    def shared(self) -> dict:
+        """The fields every process holds alike (state.json)."""
+        return {key: value for key, value in asdict(self).items() if key != "window_loss"}
+
+    def add_batch(self, loss, examples: int, num_processes: int) -> None:
+        """Count one training batch of every process (each process adds its own loss)."""
+        self.window_loss = self.window_loss + loss
+        self.window_batches += 1
+        self.batches_done += num_processes
+        self.examples_seen += examples * num_processes
+
+    def start_epoch(self) -> None:
+        self.epoch += 1
+        self.batches_done = 0
 
 
 class Interrupted(Exception):
@@ -123,7 +143,8 @@ def find_resumable(run_dir: Path, explicit: Path | None, warn) -> Path:
         problem = verify(explicit)
         if problem:
             raise UserError(
-                f"--resume {explicit}: checkpoint is incomplete or damaged ({problem}); pass another checkpoint or the run directory"
+                f"--resume {explicit}: checkpoint is incomplete or damaged ({problem}); "
+                "pass another checkpoint or the run directory"
             )
         return explicit
     for path in checkpoint_dirs(run_dir):
@@ -147,7 +168,8 @@ def resume_target(resume: bool | str | Path, default_run_dir: Path) -> tuple[Pat
         explicit, path = path, path.parent.parent
     if not (path / runs.RECIPE_FILE).is_file():
         raise UserError(
-            f"--resume: {path} is not a run directory (no {runs.RECIPE_FILE}); expected the run directory or one of its checkpoints"
+            f"--resume: {path} is not a run directory (no {runs.RECIPE_FILE}); "
+            "expected the run directory or one of its checkpoints"
         )
     return path, explicit
 
@@ -185,21 +207,13 @@ def _flatten(value, prefix: str = "") -> dict:
 # --------------------------------------------------------------------------- saving
 
 
-def save(
-    run_dir: Path,
-    accelerator,
-    model,
-    optimizer,
-    state: TrainingState,
-    window_loss: torch.Tensor,
-    keep_last: int,
-    keep_step: int | None,
-) -> Path:
+def save(run_dir: Path, accelerator, model, optimizer, scheduler, state: TrainingState, keep_last: int) -> Path:
     """Write `checkpoints/step-N` atomically and prune old ones (all processes call this; the main one writes).
 
-    keep_step: a step whose checkpoint survives pruning (the best one).
+    The best checkpoint (state.best_step) survives pruning.
     """
-    process_states = gather_object([{"rng": capture_rng(), "window_loss": window_loss.detach().cpu()}])
+    window_loss = torch.as_tensor(state.window_loss).detach().cpu()
+    process_states = gather_object([{"rng": capture_rng(), "window_loss": window_loss}])
     root = run_dir / CHECKPOINTS_DIR
     final = root / f"step-{state.step}"
     if accelerator.is_main_process:
@@ -210,9 +224,9 @@ def save(
         temporary.mkdir()
         unwrapped = accelerator.unwrap_model(model)
         weights = {name: p.detach().cpu().contiguous() for name, p in unwrapped.named_parameters() if p.requires_grad}
-        safetensors.torch.save_file(weights, temporary / WEIGHTS)
+        save_file(weights, temporary / WEIGHTS)
         torch.save(optimizer.state_dict(), temporary / OPTIMIZER)
-        (temporary / STATE).write_text(json.dumps(asdict(state), indent=1))
+        (temporary / STATE).write_text(json.dumps({**state.shared(), "scheduler": scheduler.state_dict()}, indent=1))
         for rank, process_state in enumerate(process_states):
             torch.save(process_state, temporary / f"process-{rank}.pt")
         files = {}
@@ -224,7 +238,7 @@ def save(
         if final.exists():
             _remove(final)
         os.replace(temporary, final)
-        _prune(run_dir, keep_last, keep_step)
+        _prune(run_dir, keep_last, state.best_step)
     accelerator.wait_for_everyone()
     return final
 
@@ -265,26 +279,27 @@ def _fsync(path: Path) -> None:
 # --------------------------------------------------------------------------- loading
 
 
-def load(path: Path, accelerator, model, optimizer) -> tuple[TrainingState, dict]:
-    """Restore weights and optimizer from a checkpoint; returns its TrainingState and this process's state.
-
-    The process state (RNG states, unlogged loss) is applied by the caller at the right moment: see `restore_rng`.
-    """
+def load(path: Path, accelerator, model, optimizer, scheduler) -> tuple[TrainingState, dict]:
+    """Restore weights, optimizer and schedule from a checkpoint; returns its TrainingState (with this process's
+    unlogged loss) and this process's RNG states, which the loop restores at the right moment (see `restore_rng`)."""
     load_weights(path, accelerator.unwrap_model(model))
     optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
-    state = TrainingState(**json.loads((path / STATE).read_text()))
-    # The same process's RNG states when the process count is unchanged; otherwise the main process's.
+    saved = json.loads((path / STATE).read_text())
+    scheduler.load_state_dict(saved.pop("scheduler"))
+    # The same process's states when the process count is unchanged; otherwise the main process's.
     own = path / f"process-{accelerator.process_index}.pt"
     process_state = torch.load(own if own.is_file() else path / "process-0.pt", map_location="cpu", weights_only=True)
-    return state, process_state
+    state = TrainingState(**saved, window_loss=process_state["window_loss"].to(accelerator.device))
+    return state, process_state["rng"]
 
 
 def load_weights(path: Path, model) -> None:
-    weights = safetensors.torch.load_file(path / WEIGHTS)
+    weights = load_file(path / WEIGHTS)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(params):
         raise UserError(
-            f"--resume: checkpoint {path} does not hold this model's trainable weights; was it written by another recipe?"
+            f"--resume: checkpoint {path} does not hold this model's trainable weights; "
+            "was it written by another recipe?"
         )
     with torch.no_grad():
         for name, tensor in weights.items():
@@ -321,48 +336,31 @@ def due(recipe: Recipe, step: int, epoch_done: bool) -> bool:
     return bool(options.every_n_steps and step % options.every_n_steps == 0) or (options.at_epoch_end and epoch_done)
 
 
-class BestCheckpoint:
-    """Tracks the best validation metric, and patience for early stopping."""
-
-    def __init__(self, options: Evaluation, saved: dict | None = None):
-        self.metric, self.mode, self.patience = (
-            options.metric_for_best,
-            options.best_mode,
-            options.early_stopping_patience,
+def update_best(options: Evaluation, state: TrainingState, metrics: dict) -> bool:
+    """Record a validation evaluation for evaluation.metric_for_best; True when it is the best so far (its
+    checkpoint must be saved). Always False without metric_for_best."""
+    if options.metric_for_best is None:
+        return False
+    value = metrics[options.metric_for_best]
+    better = state.best_value is None or (
+        value > state.best_value if options.best_mode == "max" else value < state.best_value
+    )
+    if better:
+        state.best_step, state.best_value, state.best_metrics, state.evals_without_improvement = (
+            state.step,
+            value,
+            metrics,
+            0,
         )
-        saved = saved or {}
-        self.step: int | None = saved.get("step")
-        self.value: float | None = saved.get("value")
-        self.metrics: dict | None = saved.get("metrics")
-        self.evals_without_improvement: int = saved.get("evals_without_improvement", 0)
+    else:
+        state.evals_without_improvement += 1
+    return better
 
-    @property
-    def enabled(self) -> bool:
-        return self.metric is not None
 
-    def update(self, step: int, metrics: dict) -> bool:
-        """Record an evaluation; True when it is the best so far (its checkpoint must be saved)."""
-        if not self.enabled:
-            return False
-        value = metrics[self.metric]
-        better = self.value is None or (value > self.value if self.mode == "max" else value < self.value)
-        if better:
-            self.step, self.value, self.metrics, self.evals_without_improvement = step, value, metrics, 0
-        else:
-            self.evals_without_improvement += 1
-        return better
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.evals_without_improvement >= self.patience
-
-    def state(self) -> dict:
-        return {
-            "step": self.step,
-            "value": self.value,
-            "metrics": self.metrics,
-            "evals_without_improvement": self.evals_without_improvement,
-        }
+def should_stop(options: Evaluation, state: TrainingState) -> bool:
+    """Early stopping: evaluation.early_stopping_patience evaluations without improvement."""
+    patience = options.early_stopping_patience
+    return patience is not None and state.evals_without_improvement >= patience
 
 
 class StopSignals:

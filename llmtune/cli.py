@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 import sys
@@ -16,7 +17,8 @@ from .quiet import silence_libraries  # for the rest of the command: never resto
 
 app = typer.Typer(
     help="Fine-tune BERT- and GPT-style checkpoints on NLP tasks from one YAML recipe.\n\n"
-    "Typical use: `llmtune validate RECIPE`, `llmtune train RECIPE`, then `llmtune eval RUN_DIR` and `llmtune predict RUN_DIR`.",
+    "Typical use: `llmtune validate RECIPE`, `llmtune train RECIPE`, "
+    "then `llmtune eval RUN_DIR` and `llmtune predict RUN_DIR`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -56,29 +58,36 @@ def validate(
     recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
     set_: SetOption = None,
 ) -> None:
-    """Check a recipe, its data files, columns, labels and model without training anything."""
-    from . import data, models, tasks
+    """Check a recipe, its data files, columns, labels, model config and tokenizer without loading weights.
+
+    It runs every check `llmtune train` runs before training, so a recipe that validates also starts training.
+    """
     from .recipe import load_recipe
+    from .training import prepare
 
     try:
         loaded = load_recipe(recipe, set_ or [])
         silence_libraries()
-        task = tasks.create(loaded.task)
-        splits = data.load_splits(loaded.data)
-        task.prepare(splits, loaded.data)
-        checkpoint = models.resolve_checkpoint(loaded.model)
-        decoder = models.resolve_decoder(loaded.model)
+        prepared = prepare(loaded)
     except UserError as error:
         _fail(error)
+    checkpoint, decoder = prepared.checkpoint, prepared.decoder
     _echo(f"{recipe}: ok")
     _echo(
         f"  model: {checkpoint.name} ({checkpoint.origin})"
         + (f", decoder: {decoder.name} ({decoder.origin})" if decoder else "")
     )
-    _echo(f"  task: {loaded.task.type}" + (f", labels: {', '.join(task.label_names)}" if task.label_names else ""))
-    for split, dataset in splits.items():
+    settled = {
+        key: value for key, value in prepared.recipe.task.model_dump().items() if getattr(loaded.task, key) != value
+    }  # what the data decided, e.g. label names
+    _echo(f"  task: {prepared.task.name}" + "".join(f", {key}: {_shown(value)}" for key, value in settled.items()))
+    for split, dataset in prepared.splits.items():
         _echo(f"  data.{split}: {len(dataset):,} examples")
     _echo(f"  method: {loaded.method.type}; output: {loaded.output_dir}")
+
+
+def _shown(value) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 @app.command()
@@ -110,7 +119,7 @@ def train(
     """
     from .checkpoints import Interrupted
     from .recipe import load_recipe
-    from .train import train as run_training
+    from .training import train as run_training
 
     if (resume or resume_from) and overwrite:
         typer.echo("error: --resume and --overwrite contradict each other; give one of them", err=True)
@@ -158,13 +167,13 @@ def eval_(
     ] = None,
     set_: SetOption = None,
 ) -> None:
-    """Evaluate a fine-tuned run or any checkpoint on a split: the task's metrics (accuracy / F1 / ROUGE / BLEU ...) and cross-entropy.
+    """Evaluate a run or checkpoint on a split: the task's metrics (accuracy / F1 / ROUGE / BLEU ...) and cross-entropy.
 
     Given a recipe file, it scores the model the recipe would start from (zero-shot baseline) on the recipe's split.
     """
+    from .evaluation import format_metrics
     from .inference import evaluate
     from .runs import write_json, write_jsonl
-    from .train import format_metrics
 
     silence_libraries()
     try:
@@ -184,44 +193,49 @@ def eval_(
         _echo(f"metrics written to {output}")
 
 
-@app.command()
 def predict(
     target: Annotated[str, typer.Argument(help="Run directory, or a checkpoint directory / hub id.")],
-    text: Annotated[
-        Optional[list[str]], typer.Option("--text", help="Text to label, or to summarize / translate (repeatable).")
-    ] = None,
-    question: Annotated[Optional[str], typer.Option(help="Question answering: the question (with --context).")] = None,
-    context: Annotated[
-        Optional[str], typer.Option(help="Question answering: the context the answer is taken from.")
-    ] = None,
     input_file: Annotated[
         Optional[Path],
-        typer.Option("--input", help="File of rows (csv, tsv, json, jsonl, parquet) with the recipe's text column(s)."),
+        typer.Option(
+            "--input", help="File of rows (csv, tsv, json, jsonl, parquet) with the recipe's input column(s)."
+        ),
     ] = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Write predictions as JSONL here instead of printing them.")
     ] = None,
     set_: SetOption = None,
+    **fields: Optional[list[str]],
 ) -> None:
-    """Predict with a fine-tuned run: labels and class probabilities, answers to questions, or summaries / translations."""
+    """Predict with a fine-tuned run: labels and class probabilities, answers to questions, summaries, translations...
+
+    Each input option is repeatable: the N-th prediction takes the N-th value of every option given.
+    """
     from .data import read_file
+    from .inference import load_run
     from .inference import predict as run_predict
     from .runs import write_jsonl
 
-    if (question is None) != (context is None):
-        typer.echo("error: --question and --context go together", err=True)
-        raise typer.Exit(2)
-    if not text and input_file is None and question is None:
-        typer.echo("error: give --text TEXT (repeatable), --question Q --context C, or --input FILE", err=True)
-        raise typer.Exit(2)
+    given = {name: values for name, values in fields.items() if values}
+    if len({len(values) for values in given.values()}) > 1:
+        _fail(UserError(f"{' and '.join(_flag(name) for name in given)} must be given the same number of times"))
+    if not given and input_file is None:
+        options = ", ".join(f"{_flag(name)} ..." for name in fields)
+        _fail(UserError(f"give the inputs to predict for: {options} (repeatable), or --input FILE"))
     silence_libraries()
     try:
-        rows: list = list(text or [])
-        if question is not None:
-            rows.append({"question": question, "context": context})
+        rows: list = [dict(zip(given, values)) for values in zip(*given.values())]
         if input_file is not None:
             rows += read_file(str(input_file), f"--input {input_file}").to_list()
-        predictions = run_predict(target, rows, overrides=set_ or [])
+        loaded = load_run(target, set_ or [])
+        accepted = loaded.task.input_columns()
+        unknown = [name for name in given if name not in accepted]
+        if unknown:
+            raise UserError(
+                f"{_flag(unknown[0])}: not an input of {loaded.task.name} runs; they take "
+                + " and ".join(_flag(name) for name in accepted)
+            )
+        predictions = run_predict(loaded, rows)
     except UserError as error:
         _fail(error)
     if output is not None:
@@ -230,6 +244,30 @@ def predict(
     else:
         for row in predictions:
             _echo(json.dumps(row, ensure_ascii=False))
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _with_input_fields(command):
+    """The predict command with one option per input field the registered tasks declare (--text, --question, ...)."""
+    from .tasks import predict_fields
+
+    signature = inspect.signature(command, eval_str=True)
+    parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for name, help_text in predict_fields().items():
+        option = typer.Option(_flag(name), help=help_text)
+        parameters.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[list[str]], option]
+            )
+        )
+    command.__signature__ = signature.replace(parameters=parameters)
+    return command
+
+
+app.command()(_with_input_fields(predict))
 
 
 @app.command()
@@ -284,7 +322,7 @@ def merge(
     ] = False,
 ) -> None:
     """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
-    from .hub import merge as run_merge
+    from .merge import merge as run_merge
 
     silence_libraries()
     try:
@@ -308,7 +346,7 @@ def report(
         typer.Option("--output", "-o", help="Report file; default: report.html / report.md in the run directory."),
     ] = None,
 ) -> None:
-    """Write a run report: recipe, metrics per split, plots, throughput and memory, sample predictions (worst mistakes first)."""
+    """Write a run report: recipe, metrics per split, plots, throughput and memory, sample predictions (worst first)."""
     from .report import write_report
 
     try:

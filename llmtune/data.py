@@ -8,10 +8,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import datasets
-
 from .errors import UserError
-from .recipe import DataSource, DataSpec
+from .lazy import datasets
+from .sections import DataSource, DataSpec
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -26,8 +25,10 @@ def describe(split: str, source: DataSource) -> str:
     return f"data.{split} (hub {source.hub}, {detail})"
 
 
-def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
+def load_splits(spec: DataSpec, readers: dict | None = None) -> dict[str, datasets.Dataset]:
     """Read every configured split, rename columns and apply skip and max_samples.
+
+    `readers`: file formats a task reads besides the built-in ones, `{suffix: reader(path, where) -> Dataset}`.
 
     Raises:
         UserError: missing or unreadable file, unknown format, unreachable hub dataset, empty split,
@@ -37,7 +38,7 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
     for split, source in spec.sources().items():
         where = describe(split, source)
         if source.path is not None:
-            dataset = read_file(source.path, where)
+            dataset = read_file(source.path, where, readers)
         elif source.parallel is not None:
             dataset = read_parallel(source.parallel, where)
         else:
@@ -59,7 +60,8 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
         if source.skip:
             if source.skip >= len(dataset):
                 raise UserError(
-                    f"{where}: skip: {source.skip} leaves no rows (the split has {len(dataset)}); expected fewer than {len(dataset)}"
+                    f"{where}: skip: {source.skip} leaves no rows (the split has {len(dataset)}); "
+                    f"expected fewer than {len(dataset)}"
                 )
             dataset = dataset.select(range(source.skip, len(dataset)))
         if source.max_samples is not None and source.max_samples < len(dataset):
@@ -70,16 +72,20 @@ def load_splits(spec: DataSpec) -> dict[str, datasets.Dataset]:
     return splits
 
 
-def read_file(path: str, where: str) -> datasets.Dataset:
+def read_file(path: str, where: str, readers: dict | None = None) -> datasets.Dataset:
     """Read one local file into a Dataset (Arrow-backed and cached, so tokenization is cached too)."""
     file = Path(path)
     if not file.exists():
         raise UserError(f"{where}: file not found: {file}")
     if not file.is_file():
         raise UserError(f"{where}: not a file: {file}")
+    readers = readers or {}
+    if file.suffix.lower() in readers:
+        return readers[file.suffix.lower()](file, where)
     builder = FORMATS.get(file.suffix.lower())
     if builder is None:
-        raise UserError(f"{where}: unknown file type '{file.suffix}'; expected one of {', '.join(FORMATS)}")
+        expected = ", ".join([*FORMATS, *readers])
+        raise UserError(f"{where}: unknown file type '{file.suffix}'; expected one of {expected}")
     if file.suffix.lower() == ".json":
         squad = _read_squad_json(file, where)
         if squad is not None:
@@ -224,18 +230,19 @@ def row_location(source: DataSource, index: int) -> str:
     return f"row {index + 1}"
 
 
-def require_columns(dataset: datasets.Dataset, columns: dict[str, str], where: str) -> None:
+def require_columns(column_names: list[str], columns: dict[str, str], where: str) -> None:
     """Fail with one line naming the recipe key, the missing column and the columns that exist.
 
     Args:
+        column_names: the columns there are (a split's, or the keys of a prediction input row).
         columns: `{recipe key: column name}`, e.g. `{"task.text_column": "text"}`.
     """
     for key, column in columns.items():
-        if column not in dataset.column_names:
-            close = difflib.get_close_matches(column, dataset.column_names, n=1)
+        if column not in column_names:
+            close = difflib.get_close_matches(column, column_names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(
-                f"{where}: column '{column}' ({key}) not found{hint}; available columns: {', '.join(dataset.column_names)}. "
+                f"{where}: column '{column}' ({key}) not found{hint}; available columns: {', '.join(column_names)}. "
                 f"Set {key} or map it with data.columns"
             )
 

@@ -1,29 +1,28 @@
-"""Sharing runs: push a run's artifacts (allow-listed) with a model card to a model hub, and merge adapters.
+"""Sharing runs: push a run's artifacts (allow-listed) with a model card to a model hub.
 
 Everything goes through `huggingface_hub`, so HF_ENDPOINT, HF_TOKEN and a saved `hf auth login` are
 honoured. The token is only ever handed to `huggingface_hub`; llmtune never prints or writes it.
+Pulling a pushed run is `models.pull_run`; merging an adapter is `merge.py`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from . import runs
+from . import runs, tasks
 from .errors import UserError
-from .recipe import Recipe, dump_recipe, load_recipe
+from .merge import check_finished_run, merge
+from .models import REPO_ID, is_hub_id
+from .recipe import Recipe, dump_recipe
+from .tasks.base import metric_label
+from .tasks.card import PushedModel
 
-# Owner and name: letters, digits, '-', '_', '.'; no leading punctuation, no '--' or '..' (the Hub's rules).
-REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-
-MODEL_FILES, ADAPTER_FILES, TOKENIZER_FILES = runs.MODEL_FILES, runs.ADAPTER_FILES, runs.TOKENIZER_FILES
 RUN_FILES = [runs.RECIPE_FILE, runs.METRICS_FILE]
 
 # Waits between commit attempts when the hub fails (5xx) or the connection drops; a commit is atomic on the
@@ -39,15 +38,6 @@ def check_repo_id(repo_id: str) -> None:
         )
 
 
-def check_finished_run(run_dir: Path) -> Recipe:
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
-    if not runs.is_finished_run(run_dir):
-        missing = runs.RECIPE_FILE if not (run_dir / runs.RECIPE_FILE).is_file() else runs.METRICS_FILE
-        raise UserError(f"{run_dir}: not a finished llmtune run (no {missing}); train it to the end first")
-    return load_recipe(run_dir / runs.RECIPE_FILE)
-
-
 def artifact_files(folder: Path, patterns: list[str]) -> list[Path]:
     """Files directly in `folder` whose names match the allow-list; nothing else is ever uploaded."""
     return sorted(
@@ -55,188 +45,102 @@ def artifact_files(folder: Path, patterns: list[str]) -> list[Path]:
     )
 
 
-def is_hub_id(name: str) -> bool:
-    return not Path(name).expanduser().exists() and REPO_ID.fullmatch(name) is not None
-
-
-def pull_run(repo_id: str) -> Path | None:
-    """Download a pushed llmtune run (a repo holding recipe.yaml); None when the repo is not one or cannot be reached.
-
-    Reaching the repo fails for plain checkpoints too (offline, private, missing); the caller then
-    resolves the id as a plain checkpoint, which reports those problems in full.
-    """
-    from huggingface_hub import snapshot_download
-
-    from .models import HUB_FILES
-
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + [runs.RECIPE_FILE]))
-    except Exception:
-        return None
-    return folder if (folder / runs.RECIPE_FILE).is_file() else None
-
-
 # ---------------------------------------------------------------------------------------------- card
 
 
-# Column headings of the results table; other metrics appear under their own names.
-METRIC_NAMES = {
-    "macro_f1": "macro-F1",
-    "cross_entropy": "cross-entropy",
-    "exact_match": "exact match",
-    "f1": "F1",
-    "bleu": "BLEU",
-    "chrf": "chrF",
-    "rouge1": "ROUGE-1",
-    "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L",
-    "rougeLsum": "ROUGE-Lsum",
-    "signature": "sacreBLEU signature",
-}
-
-
 def split_scores(values: dict) -> dict[str, float]:
-    """A split's numeric metrics: not counts or timings (NOT_METRICS), not text such as sacreBLEU's signature."""
+    """A split's numeric metrics: not counts or timings, not text such as sacreBLEU's signature."""
     return {
         name: value
         for name, value in values.items()
-        if name not in runs.NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if runs.is_metric(name) and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
 
 
 def model_card(
     recipe: Recipe, metrics: dict, repo_id: str, adapter: bool, revision: str | None = None, license: str | None = None
 ) -> str:
-    """README.md for the pushed repo: Hub metadata (model-index holds the run's metrics), results, usage, hyper-parameters, recipe.
-
-    What differs between tasks (pipeline, task name, usage snippet) comes from the task object; this stays generic.
+    """README.md for the pushed repo: Hub metadata (model-index holds the run's metrics), results, usage,
+    hyper-parameters, recipe. What differs between tasks (pipeline, task name, metric names, usage snippet)
+    comes from the task object; this stays generic.
     """
-    from .tasks import create
-    from .tasks.card import PushedModel
-
-    task = create(recipe.task)
-    base = recipe.model.name
-    name = repo_id.split("/")[1]
-    task_type, task_name = task.hub_task
-    datasets = [source.hub for source in recipe.data.sources().values() if source.hub]
+    task = tasks.create(recipe.task)
+    base, name = recipe.model.name, repo_id.split("/")[1]
     evaluated = {split: values for split, values in metrics.items() if split != "train" and isinstance(values, dict)}
+    metadata = card_metadata(recipe, task, evaluated, name, adapter, license)
+    pushed = PushedModel(repo_id, base, adapter, revision, recipe.model.revision)
+    snippet = task.usage_code(pushed, recipe.training.max_length)
+    hyper = {"method": recipe.method.model_dump(mode="json"), "training": recipe.training.model_dump(mode="json")}
+    if adapter:
+        what = f"A {recipe.method.type} adapter for [{base}]"
+    else:
+        how = "full fine-tuning" if recipe.method.type == "full" else f"merged {recipe.method.type} adapter"
+        what = f"[{base}] fine-tuned ({how})"
+    return (
+        "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n"
+        f"# {name}\n\n"
+        f"{what} for {task.card_description()}, trained with llmtune from the recipe below.\n\n"
+        "## Results\n\n" + results_table(task, evaluated) + "\n"
+        "## Usage\n\n```python\n" + snippet + "```\n\n"
+        f"or with llmtune: `llmtune eval {repo_id}` (the recipe's test split) and "
+        f"`llmtune predict {repo_id} {predict_options(task)}`.\n\n"
+        "## Training hyper-parameters\n\n```yaml\n" + yaml.safe_dump(hyper, sort_keys=False) + "```\n\n"
+        "## Recipe\n\n```yaml\n" + dump_recipe(recipe) + "```\n"
+    )
 
-    metadata: dict = {}
-    if is_hub_id(base):
-        metadata["base_model"] = base
+
+def card_metadata(recipe: Recipe, task, evaluated: dict, name: str, adapter: bool, license: str | None) -> dict:
+    """The card's YAML header: base model, library, pipeline, tags, datasets, license, and the model-index results."""
+    base = recipe.model.name
+    task_type, task_name = task.hub_task
+    metadata: dict = {"base_model": base} if is_hub_id(base) else {}
     metadata["library_name"] = "peft" if adapter else "transformers"
     metadata["pipeline_tag"] = task.pipeline_tag
-    metadata["tags"] = ["llmtune", *dict.fromkeys([task_type, task.pipeline_tag]), recipe.method.type] + (
-        ["base_model:adapter:" + base] if adapter and is_hub_id(base) else []
-    )
+    metadata["tags"] = ["llmtune", *dict.fromkeys([task_type, task.pipeline_tag]), recipe.method.type]
+    if adapter and is_hub_id(base):
+        metadata["tags"].append("base_model:adapter:" + base)
+    datasets = sorted({source.hub for source in recipe.data.sources().values() if source.hub})
     if datasets:
-        metadata["datasets"] = sorted(set(datasets))
+        metadata["datasets"] = datasets
     if license:
         metadata["license"] = license
     results = []
     for split, values in evaluated.items():
         source = recipe.data.sources().get(split)
         dataset_name = (source.hub or Path(source.local_files()[0]).name) if source else split
-        results.append(
-            {
-                "task": {"type": task_type, "name": task_name},
-                "dataset": {
-                    "name": dataset_name,
-                    "type": source.hub if source and source.hub else dataset_name,
-                    "split": split,
-                },
-                "metrics": [
-                    {"type": metric, "value": value, "name": f"{split} {metric}"}
-                    for metric, value in split_scores(values).items()
-                ],
-            }
-        )
+        dataset = {"name": dataset_name, "type": source.hub if source and source.hub else dataset_name, "split": split}
+        scores = [
+            {"type": metric, "value": value, "name": f"{split} {metric}"}
+            for metric, value in split_scores(values).items()
+        ]
+        results.append({"task": {"type": task_type, "name": task_name}, "dataset": dataset, "metrics": scores})
     metadata["model-index"] = [{"name": name, "results": results}]
+    return metadata
 
+
+def results_table(task, evaluated: dict) -> str:
+    """The card's results: a Markdown table of every split's numeric metrics, then text metrics as notes."""
     columns = list(dict.fromkeys(metric for values in evaluated.values() for metric in split_scores(values)))
+    header = "| split | " + " | ".join(metric_label(task, metric) for metric in columns) + " | examples |\n"
     rows = "".join(
         f"| {split} | "
         + " | ".join(f"{values[metric]:.4f}" if metric in values else "" for metric in columns)
         + f" | {values.get('num_examples', '')} |\n"
         for split, values in evaluated.items()
     )
-    table = (
-        "| split | "
-        + " | ".join(METRIC_NAMES.get(metric, metric) for metric in columns)
-        + " | examples |\n"
-        + "|---" * (len(columns) + 2)
-        + "|\n"
-        + rows
-    )
     texts = {
         (metric, value)
         for values in evaluated.values()
         for metric, value in values.items()
-        if metric not in runs.NOT_METRICS and isinstance(value, str)
+        if runs.is_metric(metric) and isinstance(value, str)
     }
-    notes = "".join(f"\n{METRIC_NAMES.get(metric, metric)}: `{value}`\n" for metric, value in sorted(texts))
-
-    pushed = PushedModel(repo_id, base, adapter, revision, recipe.model.revision)
-    snippet = task.usage_code(pushed, recipe.training.max_length)
-    hyper = {"method": recipe.method.model_dump(mode="json"), "training": recipe.training.model_dump(mode="json")}
-    what = (
-        f"A {recipe.method.type} adapter for [{base}]"
-        if adapter
-        else f"[{base}] fine-tuned ({'merged ' + recipe.method.type + ' adapter' if recipe.method.type != 'full' else 'full fine-tuning'})"
-    )
-    return (
-        "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n"
-        f"# {name}\n\n"
-        f"{what} for {task.card_description()}, trained with llmtune from the recipe below.\n\n"
-        "## Results\n\n" + table + notes + "\n"
-        "## Usage\n\n```python\n" + snippet + "```\n\n"
-        f"or with llmtune: `llmtune eval {repo_id}` (the recipe's test split) and `llmtune predict {repo_id} {task.predict_options}`.\n\n"
-        "## Training hyper-parameters\n\n```yaml\n" + yaml.safe_dump(hyper, sort_keys=False) + "```\n\n"
-        "## Recipe\n\n```yaml\n" + dump_recipe(recipe) + "```\n"
-    )
+    notes = "".join(f"\n{metric_label(task, metric)}: `{value}`\n" for metric, value in sorted(texts))
+    return header + "|---" * (len(columns) + 2) + "|\n" + rows + notes
 
 
-# ---------------------------------------------------------------------------------------------- merge
-
-
-def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> Path:
-    """Fold a run's LoRA (or IA3) adapter into its base weights and save a standalone transformers model.
-
-    Raises:
-        UserError: not a finished adapter run, a method that cannot merge, or an occupied output directory.
-    """
-    run_dir, output = Path(run_dir), Path(output)
-    recipe = check_finished_run(run_dir)
-    if not (run_dir / runs.ADAPTER_CONFIG).is_file():
-        raise UserError(
-            f"{run_dir}: a full fine-tuning run (no {runs.ADAPTER_CONFIG}); it already is a standalone model, nothing to merge"
-        )
-    if recipe.method.type == "prefix_tuning":
-        raise UserError(
-            f"{run_dir}: prefix tuning adds virtual tokens instead of changing weights, so it cannot be merged; push the adapter instead"
-        )
-    runs.check_output_dir(output, overwrite)
-    from .inference import load_run
-
-    loaded = load_run(run_dir)
-    merged = loaded.model.merge_and_unload()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    try:
-        merged.save_pretrained(staging, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(staging)
-        runs.write_atomic(staging / runs.RECIPE_FILE, dump_recipe(recipe))
-        shutil.copy2(run_dir / runs.METRICS_FILE, staging / runs.METRICS_FILE)
-        if (
-            output.exists()
-        ):  # a run check_output_dir allowed to replace; clearing checks again that it holds nothing else
-            runs.clear_output_dir(output)
-            output.rmdir()
-        staging.rename(output)  # the output appears complete or not at all
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output
+def predict_options(task) -> str:
+    """How `llmtune predict` is called for the task: `--text "..."`, `--question "..." --context "..."`."""
+    return " ".join(f'--{field.replace("_", "-")} "..."' for field in task.input_columns())
 
 
 # ---------------------------------------------------------------------------------------------- push
@@ -275,10 +179,10 @@ def push(
     with tempfile.TemporaryDirectory(prefix="llmtune-push-") as scratch:
         if merged:
             source = merge(run_dir, Path(scratch) / "merged")
-            patterns = MODEL_FILES + TOKENIZER_FILES + RUN_FILES
+            patterns = runs.MODEL_FILES + runs.TOKENIZER_FILES + RUN_FILES
         else:
             source = run_dir
-            patterns = (ADAPTER_FILES if adapter else MODEL_FILES) + TOKENIZER_FILES + RUN_FILES
+            patterns = (runs.ADAPTER_FILES if adapter else runs.MODEL_FILES) + runs.TOKENIZER_FILES + RUN_FILES
         files = artifact_files(source, patterns)
         files += [
             p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}
@@ -317,7 +221,8 @@ def _commit_with_retries(api, repo_id, operations, message, revision, token, ech
             if not transient or wait is None:
                 raise
             echo(
-                f"hub answered {status or type(error).__name__}; retrying in {wait:g}s (attempt {attempt + 1} of {len(RETRY_WAITS_S) + 1})"
+                f"hub answered {status or type(error).__name__}; retrying in {wait:g}s "
+                f"(attempt {attempt + 1} of {len(RETRY_WAITS_S) + 1})"
             )
             time.sleep(wait)
 
@@ -339,7 +244,8 @@ class _hub_errors:
 
         if isinstance(error, httpx2.TransportError):
             raise UserError(
-                f"cannot reach the hub at {self.endpoint} ({type(error).__name__}); check the network or HF_ENDPOINT; nothing was pushed"
+                f"cannot reach the hub at {self.endpoint} ({type(error).__name__}); "
+                "check the network or HF_ENDPOINT; nothing was pushed"
             ) from None
         if not isinstance(error, HfHubHTTPError) or error.response is None:
             return False
@@ -348,11 +254,13 @@ class _hub_errors:
         detail = f" (hub says: {server_says.strip()})" if server_says else ""
         if status == 401:
             raise UserError(
-                f"the hub at {self.endpoint} rejected the token (401){detail}; set a valid HF_TOKEN or run `hf auth login`"
+                f"the hub at {self.endpoint} rejected the token (401){detail}; "
+                "set a valid HF_TOKEN or run `hf auth login`"
             ) from None
         if status == 403:
             raise UserError(
-                f"--repo-id {self.repo_id}: no write access (403){detail}; the namespace '{self.repo_id.split('/')[0]}' "
+                f"--repo-id {self.repo_id}: no write access (403){detail}; "
+                f"the namespace '{self.repo_id.split('/')[0]}' "
                 "belongs to another user or organisation, or the token is read-only"
             ) from None
         if status >= 500 or status == 429:

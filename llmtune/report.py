@@ -1,5 +1,6 @@
 """`llmtune report` and `llmtune compare`: a finished run's story as one HTML page or Markdown file,
-and several runs' metrics side by side. Everything is read from the run directory's files.
+and several runs' metrics side by side. Everything is read from the run directory's files; what depends on
+the task (the per-example metric that ranks predictions, extra tables and plots) comes from its contract.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import json
 import os
 from pathlib import Path
 
-from . import plots, runs
+from . import plots, runs, tasks
 from .errors import UserError
+from .recipe import load_recipe
+from .tasks.base import Task
 
 SAMPLE_ROWS = 10
-# Per-example scores a task may write into predictions.jsonl, and whether higher is better for showing "best".
-GENERATION_SCORES = ("rougeL", "rouge1", "rouge2", "bleu", "sacrebleu")
-QA_SCORES = ("f1", "exact_match")
 # Run-level training figures worth showing, with their labels.
 TRAINING_FIGURES = {
     "steps": "optimizer steps",
@@ -34,40 +34,37 @@ def load_metrics(run_dir: Path) -> dict:
     Raises:
         UserError: not a directory, or not a finished run.
     """
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: not a directory; expected a run directory written by llmtune train")
-    if not runs.is_finished_run(run_dir):
-        raise UserError(
-            f"{run_dir}: not a finished run (expected {runs.RECIPE_FILE} and {runs.METRICS_FILE}); did training stop early?"
-        )
+    runs.require_finished_run(run_dir)
     return json.loads((run_dir / runs.METRICS_FILE).read_text(encoding="utf-8"))
 
 
-def sample_predictions(rows: list[dict], limit: int = SAMPLE_ROWS) -> list[tuple[str, list[dict]]]:
-    """Titled groups of predictions worth reading: the worst mistakes first.
+def sample_predictions(
+    rows: list[dict], task: type[Task] | Task, limit: int = SAMPLE_ROWS
+) -> list[tuple[str, list[dict]]]:
+    """Titled groups of prediction rows worth reading: the worst first by the task's per-example metric (ties:
+    the most confident first, so confident mistakes lead), then the least confident predictions."""
+    metric, higher = task.example_metric, task.example_metric_higher_is_better
+    groups = []
+    scored = [row for row in rows if metric in (row.get("metrics") or {})]
+    if scored:
+        worst = sorted(scored, key=lambda r: ((1 if higher else -1) * r["metrics"][metric], -(r.get("score") or 0.0)))
+        direction = "lowest" if higher else "highest"
+        groups.append((f"Worst {task.example_noun} first: {direction} {metric}, then most confident", worst[:limit]))
+    confident = [row for row in rows if row.get("score") is not None]
+    if confident:
+        groups.append(("Least confident predictions", sorted(confident, key=lambda r: r["score"])[:limit]))
+    return groups or [("Predictions", rows[:limit])]
 
-    Classification: wrong predictions, most confident first, then the least confident predictions.
-    QA (per-example f1 / exact_match): lowest score first. Generation (per-example ROUGE / BLEU): best and worst.
-    """
-    if not rows:
-        return []
-    first = rows[0]
-    if "label" in first and "predicted" in first:
-        wrong = sorted((r for r in rows if r["label"] != r["predicted"]), key=lambda r: -r.get("score", 0))
-        groups = [
-            (f"Worst mistakes: wrong and most confident first ({len(wrong)} of {len(rows)} wrong)", wrong[:limit])
-        ]
-        if "score" in first:
-            groups.append(("Least confident predictions", sorted(rows, key=lambda r: r["score"])[:limit]))
-        return groups
-    for key in QA_SCORES:
-        if key in first:
-            return [(f"Worst answers: lowest {key} first", sorted(rows, key=lambda r: r[key])[:limit])]
-    for key in GENERATION_SCORES:
-        if key in first:
-            ranked = sorted(rows, key=lambda r: r[key])
-            return [(f"Best by {key}", ranked[::-1][:limit]), (f"Worst by {key}", ranked[:limit])]
-    return [("Predictions", rows[:limit])]
+
+def display_row(row: dict) -> dict:
+    """A prediction row flattened for a table: inputs, reference, prediction, score, per-example metrics, extras."""
+    flat = dict(row.get("inputs") or {})
+    for key, value in row.items():
+        if key == "metrics":
+            flat.update(value)
+        elif key not in ("index", "inputs"):
+            flat[key] = value
+    return flat
 
 
 def _cell(value) -> str:
@@ -79,16 +76,20 @@ def _cell(value) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _columns(rows: list[dict]) -> list[str]:
-    return [key for key in dict.fromkeys(k for row in rows for k in row) if key != "index"]
+def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    flat = [display_row(row) for row in rows]
+    columns = list(dict.fromkeys(key for row in flat for key in row))
+    return columns, [[_cell(row.get(column, "")) for column in columns] for row in flat]
 
 
 def _metric_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the per-split metrics table (splits as rows)."""
+    """Header and rows of the per-split metrics table (splits as rows); structured values go to the task's tables."""
     splits = [s for s in ("validation", "test") if s in metrics] + [
         s for s in metrics if s not in ("train", "validation", "test")
     ]
-    names = list(dict.fromkeys(k for s in splits for k in metrics[s] if k not in runs.NOT_METRICS))
+    names = list(
+        dict.fromkeys(k for s in splits for k, v in metrics[s].items() if runs.is_metric(k) and not isinstance(v, dict))
+    )
     header = ["split", *names, "examples"]
     body = [
         [split, *(_cell(metrics[split].get(n, "")) for n in names), _cell(metrics[split].get("num_examples", ""))]
@@ -97,52 +98,57 @@ def _metric_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def report_blocks(run_dir: Path, images: dict[str, str]) -> list[tuple]:
+    """The report's content once, for both formats: ("h1"|"h2"|"h3"|"p"|"pre", text), ("table", header, rows),
+    ("image", name, source). `images` maps plot names to where the page finds them."""
+    metrics = load_metrics(run_dir)
+    recipe = load_recipe(run_dir / runs.RECIPE_FILE)
+    task = tasks.create(recipe.task)
+    blocks: list[tuple] = [
+        ("h1", f"Run report: {run_dir.resolve().name}"),
+        ("p", f"Task {task.name}, model {recipe.model.name}, method {recipe.method.type}."),
+        ("h2", "Metrics"),
+        ("table", *_metric_table(metrics)),
+    ]
+    for split in ("validation", "test"):
+        for title, header, rows in task.metric_tables(metrics.get(split, {})):
+            blocks += [("h3", f"{title} ({split})"), ("table", header, [[_cell(c) for c in row] for row in rows])]
+    figures = [(label, metrics.get("train", {}).get(key)) for key, label in TRAINING_FIGURES.items()]
+    if any(value is not None for _, value in figures):
+        rows = [[label, _cell(value)] for label, value in figures if value is not None]
+        blocks += [("h2", "Training"), ("table", ["", "value"], rows)]
+    if images:
+        blocks += [("h2", "Plots"), *(("image", name, source) for name, source in images.items())]
+    predictions = plots.read_jsonl(run_dir / runs.PREDICTIONS_FILE)
+    if predictions:
+        blocks.append(("h2", f"Sample predictions ({plots.predictions_split(recipe)} split)"))
+        for title, rows in sample_predictions(predictions, task):
+            blocks += [("h3", title), ("table", *_table(rows)) if rows else ("p", "none")]
+    return blocks + [("h2", "Recipe"), ("pre", (run_dir / runs.RECIPE_FILE).read_text(encoding="utf-8").rstrip())]
+
+
 def render_html(run_dir: str | Path) -> str:
     """One self-contained HTML page: plots inlined as base64 PNG, no external files or scripts."""
     run_dir = Path(run_dir)
-    metrics = load_metrics(run_dir)
-    recipe_text = (run_dir / runs.RECIPE_FILE).read_text(encoding="utf-8")
-    recipe = plots.read_recipe(run_dir)
-    images = plots.render(run_dir)
-    predictions = plots.read_jsonl(run_dir / runs.PREDICTIONS_FILE)
+    load_metrics(run_dir)
+    images = {
+        name: "data:image/png;base64," + base64.b64encode(png).decode() for name, png in plots.render(run_dir).items()
+    }
     esc = html.escape
-
-    def table(header, body) -> str:
-        head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
-        rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in body)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-
-    parts = [
-        f"<h1>Run report: {esc(run_dir.resolve().name)}</h1>",
-        f"<p>{esc(_summary(recipe))}</p>",
-        "<h2>Metrics</h2>",
-        table(*_metric_table(metrics)),
-    ]
-    figures = [(label, metrics.get("train", {}).get(key)) for key, label in TRAINING_FIGURES.items()]
-    if any(value is not None for _, value in figures):
-        parts += [
-            "<h2>Training</h2>",
-            table(["", "value"], [[label, _cell(value)] for label, value in figures if value is not None]),
-        ]
-    if images:
-        parts.append("<h2>Plots</h2>")
-        for name, png in images.items():
-            parts.append(
-                f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
-            )
-    if predictions:
-        parts.append(f"<h2>Sample predictions ({esc(plots.predictions_split(recipe))} split)</h2>")
-        for title, rows in sample_predictions(predictions):
-            columns = _columns(rows)
-            parts += [
-                f"<h3>{esc(title)}</h3>",
-                table(columns, [[_cell(r.get(c, "")) for c in columns] for r in rows]) if rows else "<p>none</p>",
-            ]
-    parts += ["<h2>Recipe</h2>", f"<pre>{esc(recipe_text)}</pre>"]
+    parts = []
+    for kind, *content in report_blocks(run_dir, images):
+        if kind == "table":
+            head = "".join(f"<th>{esc(str(h))}</th>" for h in content[0])
+            body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in content[1])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "image":
+            parts.append(f'<figure><img alt="{esc(content[0])}" src="{content[1]}"></figure>')
+        else:
+            parts.append(f"<{kind}>{esc(content[0])}</{kind}>")
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-        "th{background:#f0f0f0}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
+        "vertical-align:top}th{background:#f0f0f0}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}"
     )
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>llmtune report: {esc(run_dir.name)}</title>'
@@ -153,61 +159,27 @@ def render_html(run_dir: str | Path) -> str:
 def render_markdown(run_dir: str | Path, output: Path) -> str:
     """The report as Markdown; plots are the run directory's PNG files (drawn again), linked relative to `output`."""
     run_dir = Path(run_dir)
-    metrics = load_metrics(run_dir)
-    recipe = plots.read_recipe(run_dir)
-    predictions = plots.read_jsonl(run_dir / runs.PREDICTIONS_FILE)
-
-    def table(header, body) -> list[str]:
-        clean = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        return [
-            "| " + " | ".join(map(clean, header)) + " |",
-            "|" + "---|" * len(header),
-            *("| " + " | ".join(map(clean, row)) + " |" for row in body),
-            "",
-        ]
-
-    lines = [
-        f"# Run report: {run_dir.resolve().name}",
-        "",
-        _summary(recipe),
-        "",
-        "## Metrics",
-        "",
-        *table(*_metric_table(metrics)),
-    ]
-    figures = [(label, metrics.get("train", {}).get(key)) for key, label in TRAINING_FIGURES.items()]
-    if any(value is not None for _, value in figures):
-        lines += [
-            "## Training",
-            "",
-            *table(["", "value"], [[label, _cell(value)] for label, value in figures if value is not None]),
-        ]
-    images = plots.save_plots(run_dir)
-    if images:
-        lines += ["## Plots", ""]
-        for path in images:
+    load_metrics(run_dir)
+    relative = lambda path: Path(os.path.relpath(path.resolve(), output.resolve().parent)).as_posix()  # noqa: E731
+    images = {path.stem: relative(path) for path in plots.save_plots(run_dir)}
+    clean = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = []
+    for kind, *content in report_blocks(run_dir, images):
+        if kind == "table":
+            header, rows = content
             lines += [
-                f"![{path.stem}]({Path(os.path.relpath(path.resolve(), output.resolve().parent)).as_posix()})",
+                "| " + " | ".join(map(clean, header)) + " |",
+                "|" + "---|" * len(header),
+                *("| " + " | ".join(map(clean, row)) + " |" for row in rows),
                 "",
             ]
-    if predictions:
-        lines += [f"## Sample predictions ({plots.predictions_split(recipe)} split)", ""]
-        for title, rows in sample_predictions(predictions):
-            columns = _columns(rows)
-            lines += [
-                f"### {title}",
-                "",
-                *(table(columns, [[_cell(r.get(c, "")) for c in columns] for r in rows]) if rows else ["none", ""]),
-            ]
-    lines += ["## Recipe", "", "```yaml", (run_dir / runs.RECIPE_FILE).read_text(encoding="utf-8").rstrip(), "```", ""]
+        elif kind == "image":
+            lines += [f"![{content[0]}]({content[1]})", ""]
+        elif kind == "pre":
+            lines += ["```yaml", content[0], "```", ""]
+        else:
+            lines += [{"h1": "# ", "h2": "## ", "h3": "### ", "p": ""}[kind] + content[0], ""]
     return "\n".join(lines)
-
-
-def _summary(recipe: dict) -> str:
-    model = (recipe.get("model") or {}).get("name", "?")
-    task = (recipe.get("task") or {}).get("type", "?")
-    method = (recipe.get("method") or {}).get("type", "?")
-    return f"Task {task}, model {model}, method {method}."
 
 
 def write_report(run_dir: str | Path, fmt: str = "html", output: str | Path | None = None) -> Path:
@@ -245,7 +217,8 @@ def compare(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]]]:
             for metrics in all_metrics
             for split in ("validation", "test", "train")
             if split in metrics
-            for name in metrics[split]
+            for name, value in metrics[split].items()
+            if not isinstance(value, dict)
         )
     )
     rows = []

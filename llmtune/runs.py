@@ -27,8 +27,16 @@ from .errors import UserError
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
-# Keys of a split's metrics (and log entries) that describe the evaluation rather than measure the model.
-NOT_METRICS = ("step", "split", "epoch", "num_examples", "num_windows", "num_target_tokens", "runtime_s")
+# Keys of a split's metrics (and log entries) that describe the evaluation rather than measure the model;
+# so do counts, whose names start with "num_" (num_examples, num_windows, ...).
+NOT_METRICS = ("step", "split", "epoch", "runtime_s")
+
+
+def is_metric(key: str) -> bool:
+    """Whether a key of a split's metrics measures the model (not a count, a timing or bookkeeping)."""
+    return key not in NOT_METRICS and not key.startswith("num_")
+
+
 LOG_FILE = "train_log.jsonl"
 PREDICTIONS_FILE = "predictions.jsonl"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -44,7 +52,8 @@ MODEL_FILES = [
     "model.safetensors.index.json",
 ]
 ADAPTER_FILES = [ADAPTER_CONFIG, "adapter_model.safetensors"]
-# *.spm and target_vocab.json: Marian (OPUS-MT) tokenizers keep their sentencepiece models there, with no tokenizer.json.
+# *.spm and target_vocab.json: Marian (OPUS-MT) tokenizers keep their sentencepiece models there,
+# with no tokenizer.json.
 TOKENIZER_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -79,6 +88,15 @@ RUN_ENTRIES = [
 
 def is_finished_run(path: Path) -> bool:
     return (path / RECIPE_FILE).is_file() and (path / METRICS_FILE).is_file()
+
+
+def require_finished_run(path: Path) -> None:
+    """Raises UserError unless `path` is a finished run directory (its recipe.yaml and metrics.json are there)."""
+    if not path.is_dir():
+        raise UserError(f"{path}: no such run directory")
+    if not is_finished_run(path):
+        missing = RECIPE_FILE if not (path / RECIPE_FILE).is_file() else METRICS_FILE
+        raise UserError(f"{path}: not a finished llmtune run (no {missing}); train it to the end first")
 
 
 def foreign_entries(path: Path) -> list[str]:
@@ -137,7 +155,8 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
     if not overwrite:
         what = "a finished run" if is_finished_run(path) else "an unfinished run"
         raise UserError(
-            f"output_dir: {path} already holds {what}; pass --overwrite to replace it, or choose another directory with --output DIR"
+            f"output_dir: {path} already holds {what}; "
+            "pass --overwrite to replace it, or choose another directory with --output DIR"
         )
 
 
@@ -150,7 +169,8 @@ def clear_output_dir(path: Path) -> None:
     foreign = foreign_entries(path)
     if foreign:
         raise UserError(
-            f"output_dir: {path} now holds files that are not part of an llmtune run ({', '.join(foreign[:5])}); nothing was deleted"
+            f"output_dir: {path} now holds files that are not part of an llmtune run "
+            f"({', '.join(foreign[:5])}); nothing was deleted"
         )
     for entry in path.iterdir():
         if entry.is_dir():
@@ -161,7 +181,8 @@ def clear_output_dir(path: Path) -> None:
 
 def reopen_run(path: Path, step: int) -> None:
     """A resumed run is unfinished again until it writes metrics.json; log lines written after the
-    checkpoint's step, and the final test evaluation of a run being extended, are dropped: the resumed run writes them again."""
+    checkpoint's step, and the final test evaluation of a run being extended, are dropped:
+    the resumed run writes them again."""
     (path / METRICS_FILE).unlink(missing_ok=True)
     log = path / LOG_FILE
     if log.is_file():

@@ -75,6 +75,8 @@ class Throughput:
 def describe(train: dict) -> str:
     """One line for the log: what the run's speed figures mean."""
     return (
-        f"{train['samples_per_s']:.1f} samples/s, {train['tokens_per_s']:.0f} non-pad tokens/s, {100 * train['padding_share']:.1f}% padding, "
-        f"MFU {100 * train['mfu']:.1f}% of {train['matmul_peak_gflops']:.0f} GFLOP/s measured matmul peak, peak memory {train['peak_memory_mb']:.0f} MB"
+        f"{train['samples_per_s']:.1f} samples/s, {train['tokens_per_s']:.0f} non-pad tokens/s, "
+        f"{100 * train['padding_share']:.1f}% padding, "
+        f"MFU {100 * train['mfu']:.1f}% of {train['matmul_peak_gflops']:.0f} GFLOP/s measured matmul peak, "
+        f"peak memory {train['peak_memory_mb']:.0f} MB"
     )

@@ -60,7 +60,8 @@ def _fields(
     values = values or {}
     mark = "# " if commented else ""
     return [
-        f"{indent}{mark}{name}: {_value(values.get(name, _example(field)))}  # {prefix_note}{field.description}{_choices(field)}"
+        f"{indent}{mark}{name}: {_value(values.get(name, _example(field)))}"
+        f"  # {prefix_note}{field.description}{_choices(field)}"
         for name, field in section.model_fields.items()
     ]
 

@@ -48,14 +48,14 @@ cells = [
     new_code_cell(
         'metrics, predictions = evaluate(result.run_dir, split="test")\n'
         "print({name: round(value, 4) for name, value in metrics.items()})\n"
-        'mistakes = [row for row in predictions if row["label"] != row["predicted"]]\n'
+        'mistakes = [row for row in predictions if row["reference"] != row["predicted"]]\n'
         'print(f"{len(mistakes)} of {len(predictions)} test reviews misclassified")'
     ),
     new_markdown_cell("Label new sentences."),
     new_code_cell(
         'for row in predict(result.run_dir, ["A warm, funny and clever film.", "Cold food and a rude waiter.", '
         '"I would not recommend it to anyone."]):\n'
-        "    print(f\"{row['label']:>8}  {row['score']:.3f}  {row['text']}\")"
+        "    print(f\"{row['predicted']:>8}  {row['score']:.3f}  {row['inputs']['text']}\")"
     ),
     new_markdown_cell(
         "Next: `llmtune report RUN_DIR` writes an HTML page with all of this, and "

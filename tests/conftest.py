@@ -218,7 +218,6 @@ def smollm2_gguf() -> Path:
 def smollm2_path(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct loaded once per session through llmtune (hub id -> offline GGUF package, dequantized)
     and saved as a plain safetensors checkpoint + tokenizer, which later tests load in seconds."""
-    from transformers import AutoModelForCausalLM
 
     from llmtune import models
     from llmtune.recipe import ModelSpec
@@ -227,7 +226,7 @@ def smollm2_path(tmp_path_factory) -> Path:
     checkpoint = models.resolve_checkpoint(ModelSpec(name=SMOLLM2_ID))
     assert checkpoint.gguf_file, checkpoint
     tokenizer = models.load_tokenizer(checkpoint)
-    model, _ = models.load_model(checkpoint, AutoModelForCausalLM, pad_token_id=tokenizer.pad_token_id)
+    model, _ = models.load_model(checkpoint, "AutoModelForCausalLM", pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -110,8 +110,8 @@ def test_token_budget_training_keeps_predictions_in_input_order_and_reports_spee
     code, out, err = cli("train", recipe, "--set", "training.max_tokens=96", "--set", "training.max_length=64")
     assert code == 0, err
     predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
-    assert [p["text"] for p in predictions] == [t for t, _ in texts]
-    assert [p["label"] for p in predictions] == [label for _, label in texts]
+    assert [p["inputs"]["text"] for p in predictions] == [t for t, _ in texts]
+    assert [p["reference"] for p in predictions] == [label for _, label in texts]
     train = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
     real_tokens = sum(len(t.split()) + 2 for t, _ in texts)  # one token per word, plus [CLS] and [SEP]
     assert train["tokens_per_s"] == pytest.approx(real_tokens / (train["examples"] / train["samples_per_s"]), rel=0.02)

@@ -21,7 +21,7 @@ def test_validate_reports_what_it_checked(cli, tiny_bert, sentiment_files, tmp_p
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
     code, out, err = cli("validate", recipe)
     assert code == 0, err
-    assert "ok" in out and "labels: negative, positive" in out and "data.train: 32 examples" in out
+    assert "ok" in out and "label_names: negative, positive" in out and "data.train: 32 examples" in out
     assert not (tmp_path / "run").exists()
 
 
@@ -80,10 +80,11 @@ def test_predict_texts_and_files(cli, trained_run, tmp_path):
     code, out, err = cli("predict", trained_run, "--text", "a wonderful, moving film", "--text", "a waste of money")
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    assert [row["text"] for row in rows] == ["a wonderful, moving film", "a waste of money"]
+    assert [row["inputs"]["text"] for row in rows] == ["a wonderful, moving film", "a waste of money"]
     for row in rows:
-        assert row["label"] in ("negative", "positive")
+        assert row["predicted"] in ("negative", "positive") and "reference" not in row
         assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert row["score"] == pytest.approx(row["probabilities"][row["predicted"]], abs=1e-6)
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text('{"text": "a wonderful, moving film"}\n{"text": "a waste of money"}\n')
     code, out, err = cli("predict", trained_run, "--input", inputs, "--output", tmp_path / "preds.jsonl")
@@ -112,7 +113,24 @@ def test_text_pairs(cli, tiny_bert, tmp_path):
     code, out, err = cli("predict", tmp_path / "run", "--input", files["test"])
     assert code == 0, err
     row = json.loads(out.splitlines()[0])
-    assert row["label"] in ("contradiction", "entailment") and row["hypothesis"] == "an animal sits"
+    assert row["inputs"] == {"premise": "a cat sits", "hypothesis": "an animal sits"}
+    assert row["predicted"] in ("contradiction", "entailment") and row["reference"] == "entailment"
+    # The second text reaches the model: the same premise with another hypothesis is scored differently.
+    pairs = [
+        "--text",
+        "a cat sits",
+        "--text-pair",
+        "an animal sits",
+        "--text",
+        "a cat sits",
+        "--text-pair",
+        "nobody sits",
+    ]
+    code, out, err = cli("predict", tmp_path / "run", *pairs)
+    assert code == 0, err
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["inputs"]["hypothesis"] == "an animal sits" and second["inputs"]["hypothesis"] == "nobody sits"
+    assert first["probabilities"] != second["probabilities"]
 
 
 @pytest.mark.parametrize("command", [[], ["validate"], ["train"], ["eval"], ["predict"]])

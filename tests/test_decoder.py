@@ -10,8 +10,8 @@ from conftest import RECIPES, SMOLLM2_ID, smollm2_gguf, write_recipe
 
 from llmtune import load_recipe, models, predict, train
 from llmtune.batching import PadCollator
-from llmtune.recipe import ClassificationTask, ModelSpec
-from llmtune.tasks.classification import Classification
+from llmtune.recipe import ModelSpec
+from llmtune.tasks.classification import Classification, ClassificationOptions
 
 TEXTS = ["a wonderful, moving film", "dull", "I loved every minute of it, truly"]
 
@@ -19,7 +19,7 @@ TEXTS = ["a wonderful, moving film", "dull", "I loved every minute of it, truly"
 def classifier(path):
     checkpoint = models.Checkpoint(str(path), str(path), "test")
     tokenizer = models.load_tokenizer(checkpoint)
-    task = Classification(ClassificationTask(type="classification", label_names=["negative", "positive"]))
+    task = Classification(ClassificationOptions(type="classification", label_names=["negative", "positive"]))
     model, new_modules = models.load_model(
         checkpoint, task.auto_class, pad_token_id=tokenizer.pad_token_id, **task.model_kwargs()
     )
@@ -34,7 +34,10 @@ def test_pad_token_and_pooling_whatever_the_padding_side(name, request):
     assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"  # the tokenizer had none
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert new_modules == ["score"]
-    features = task._encode(tokenizer, TEXTS, None, 32)
+    import datasets
+
+    encoded = task.preprocess(datasets.Dataset.from_dict({"text": TEXTS}), tokenizer, 32)
+    features = [{key: row[key] for key in ("input_ids", "attention_mask", "position_ids")} for row in encoded]
     with torch.inference_mode():
         alone = [model(**PadCollator(tokenizer.pad_token_id)([feature])).logits[0] for feature in features]
         for side in ("left", "right"):
@@ -100,7 +103,7 @@ def test_sentiment_gpt_recipe_runs_with_a_local_decoder(cli, tiny_llama, sst2, t
     assert "score" in json.loads((run / "adapter_config.json").read_text())["modules_to_save"]
     code, out, err = cli("predict", run, "--text", "a wonderful, moving film")
     assert code == 0, err
-    assert json.loads(out)["label"] in ("negative", "positive")
+    assert json.loads(out)["predicted"] in ("negative", "positive")
 
 
 def test_qa_gpt_recipe_trains_evaluates_by_generation_and_predicts(cli, tiny_llama, tmp_path):
@@ -131,7 +134,7 @@ def test_qa_gpt_recipe_trains_evaluates_by_generation_and_predicts(cli, tiny_lla
         2.718281828 ** metrics["cross_entropy"], rel=1e-6
     )
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 6 and all(isinstance(p["predicted"], str) and p["answers"] for p in predictions)
+    assert len(predictions) == 6 and all(isinstance(p["predicted"], str) and p["reference"] for p in predictions)
     code, out, err = cli("eval", run, "--split", "test")
     assert code == 0, err
     assert f"f1={metrics['f1']:.4f}" in out  # the same greedy generation, the same score
@@ -144,7 +147,8 @@ def test_qa_gpt_recipe_trains_evaluates_by_generation_and_predicts(cli, tiny_lla
         "The treasure is buried under the old oak tree.",
     )
     assert code == 0, err
-    assert isinstance(json.loads(out)["answer"], str)
+    answer = json.loads(out)
+    assert isinstance(answer["predicted"], str) and 0 < answer["score"] <= 1
 
 
 # ------------------------------------------------------------- bad input (one line, exit code 2, nothing written)

@@ -98,19 +98,31 @@ def test_translation_gpt_recipe_trains_evaluates_and_predicts(name, extra, cli, 
     test_line = next(line for line in out.splitlines() if line.startswith("test: "))
     assert "signature=BLEU|nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in test_line
     metrics = json.loads((run / "metrics.json").read_text())["test"]
-    assert set(metrics) == {"num_examples", "runtime_s", "bleu", "chrf", "cross_entropy", "perplexity", "signature"}
+    assert set(metrics) == {
+        "num_examples",
+        "runtime_s",
+        "bleu",
+        "chrf",
+        "cross_entropy",
+        "perplexity",
+        "signature",
+        "num_target_tokens",
+    }
     assert metrics["num_examples"] == 8 and metrics["perplexity"] == pytest.approx(math.exp(metrics["cross_entropy"]))
     # The same predictions.jsonl as the encoder-decoder path.
     predictions = read_predictions(run)
-    assert len(predictions) == 8 and set(predictions[0]) == {"index", "source", "reference", "generated", "bleu"}
-    assert predictions[0]["source"] == (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[0]
+    assert len(predictions) == 8
+    assert set(predictions[0]) == {"index", "inputs", "reference", "predicted", "score", "metrics"}
+    assert (
+        predictions[0]["inputs"]["de"] == (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[0]
+    )
     code, out, err = cli("eval", run, "--split", "test")
     assert code == 0, err
     assert f"bleu={metrics['bleu']:.4f}" in out and f"cross_entropy={metrics['cross_entropy']:.4f}" in out
     code, out, err = cli("predict", run, "--text", GERMAN[0])
     assert code == 0, err
     predicted = json.loads(out)
-    assert set(predicted) == {"de", "generated"} and isinstance(predicted["generated"], str)
+    assert predicted["inputs"] == {"de": GERMAN[0]} and isinstance(predicted["predicted"], str)
     assert_plain_generation_matches(run, GERMAN)
 
 
@@ -130,7 +142,7 @@ def test_eval_of_a_recipe_scores_the_model_training_starts_from(cli, tiny_gpt2, 
     assert not run.exists()
     zero_shot = json.loads((tmp_path / "zero-shot.json").read_text())
     sources = [
-        json.loads(line)["source"] for line in (tmp_path / "zero-shot.predictions.jsonl").read_text().splitlines()
+        json.loads(line)["inputs"]["de"] for line in (tmp_path / "zero-shot.predictions.jsonl").read_text().splitlines()
     ]
     assert sources == (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[3:7]
     assert zero_shot["num_examples"] == 4 and {"bleu", "chrf", "cross_entropy"} <= set(zero_shot)
@@ -148,7 +160,7 @@ def assert_plain_generation_matches(run, texts: list[str]) -> None:
 
     from llmtune import predict
 
-    predicted = [row["generated"] for row in predict(run, texts)]
+    predicted = [row["predicted"] for row in predict(run, texts)]
     loader = AutoPeftModelForCausalLM if (run / "adapter_config.json").is_file() else AutoModelForCausalLM
     model = loader.from_pretrained(run).eval()
     tokenizer = AutoTokenizer.from_pretrained(run)
@@ -190,20 +202,21 @@ def test_summarization_gpt_recipe_with_chat_template_and_packing(cli, tiny_llama
         "rougeLsum",
         "cross_entropy",
         "perplexity",
+        "num_target_tokens",
     }
     predictions = read_predictions(run)
     rows = [json.loads(line) for line in (SCITLDR / "test.jsonl").read_text().splitlines()[:4]]
     assert [p["reference"] for p in predictions] == [
         row["target"] if len(row["target"]) > 1 else row["target"][0] for row in rows
     ]
-    assert predictions[0]["source"] == " ".join(part.strip() for part in rows[0]["source"])
-    assert metrics["test"]["rougeL"] == pytest.approx(sum(p["rougeL"] for p in predictions) / 4, abs=1e-3)
+    assert predictions[0]["inputs"]["source"] == " ".join(part.strip() for part in rows[0]["source"])
+    assert metrics["test"]["rougeL"] == pytest.approx(sum(p["metrics"]["rougeL"] for p in predictions) / 4, abs=1e-3)
     code, out, err = cli("eval", run, "--split", "test")
     assert code == 0, err
     assert f"rougeL={metrics['test']['rougeL']:.4f}" in out
     code, out, err = cli("predict", run, "--text", "We propose a new method for training neural networks. It is fast.")
     assert code == 0, err
-    assert set(json.loads(out)) == {"source", "generated"}
+    assert set(json.loads(out)) == {"index", "inputs", "predicted", "score"}
 
 
 def test_cross_entropy_is_per_completion_token_and_matches_the_training_loss(tiny_llama):
@@ -212,11 +225,11 @@ def test_cross_entropy_is_per_completion_token_and_matches_the_training_loss(tin
 
     from llmtune.batching import PadCollator
     from llmtune.models import Checkpoint, load_model, load_tokenizer
-    from llmtune.recipe import TranslationTask
     from llmtune.tasks import create
+    from llmtune.tasks.seq2seq import TranslationOptions
 
-    task = create(TranslationTask(type="translation", source_lang="de", target_lang="en", generative=True))
-    assert task.family.template == "Translate German to English:\n{de}\nEnglish: {completion}"
+    task = create(TranslationOptions(type="translation", source_lang="de", target_lang="en", generative=True))
+    assert task.template == "Translate German to English:\n{de}\nEnglish: {completion}"
     checkpoint = Checkpoint("tiny", str(tiny_llama), "local directory")
     tokenizer = load_tokenizer(checkpoint)
     task.setup(None, tokenizer)
@@ -381,5 +394,5 @@ def test_smollm2_lora_learns_to_translate_multi30k(smollm2_path, tmp_path):
     assert after["num_examples"] == 200
     assert after["bleu"] > before["bleu"] + 5
     assert after["cross_entropy"] < before["cross_entropy"]
-    generated = [row["generated"] for row in predict(result.run_dir, ["Ein Mann fährt Fahrrad."])]
+    generated = [row["predicted"] for row in predict(result.run_dir, ["Ein Mann fährt Fahrrad."])]
     assert generated[0], generated

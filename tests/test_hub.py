@@ -93,8 +93,8 @@ def assert_hub_eval_matches_local(cli, run, repo_id: str, hub: HubServer, monkey
 @pytest.fixture(scope="module")
 def tiny_runs(tiny_bert, tmp_path_factory):
     """A finished tiny LoRA run and a finished tiny full fine-tuning run (seconds each)."""
+    from llmtune import train
     from llmtune.recipe import load_recipe
-    from llmtune.train import train
 
     folder = tmp_path_factory.mktemp("tiny-runs")
     files = write_sentiment_files(folder, repeat=6)
@@ -458,8 +458,8 @@ def test_include_adds_named_run_files_only(tiny_runs, local_hub, cli):
 
 
 def train_tiny(recipe: str, settings: list[str], run: Path) -> Path:
+    from llmtune import train
     from llmtune.recipe import load_recipe
-    from llmtune.train import train
 
     return train(load_recipe(RECIPES / recipe, settings), output_dir=run, echo=lambda *a: None).run_dir
 
@@ -554,7 +554,7 @@ CARD_EXPECTATIONS = {
 def test_card_of_each_task_has_its_pipeline_task_type_and_metrics(name, request):
     from huggingface_hub import ModelCard
 
-    from llmtune.runs import NOT_METRICS
+    from llmtune.runs import is_metric
 
     run = request.getfixturevalue(name)
     pipeline_tag, task_type, columns = CARD_EXPECTATIONS[name]
@@ -567,7 +567,7 @@ def test_card_of_each_task_has_its_pipeline_task_type_and_metrics(name, request)
         (split, metric): value
         for split in ("validation", "test")
         for metric, value in metrics[split].items()
-        if metric not in NOT_METRICS and not isinstance(value, str)
+        if is_metric(metric) and not isinstance(value, str)
     }
     assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == expected
     header = next(line for line in card.text.splitlines() if line.startswith("| split |"))
@@ -595,7 +595,7 @@ def test_generation_snippet_writes_what_llmtune_predict_writes(name, text, reque
     printed = run_snippet(
         card_snippet(card_of(run)), {'"acme/card"': literal(str(run)), literal(example): literal(text)}
     )
-    predicted = predict(run, [text])[0]["generated"]
+    predicted = predict(run, [text])[0]["predicted"]
     assert predicted and printed == predicted
 
 
@@ -605,7 +605,7 @@ def test_qa_snippet_finds_the_span_llmtune_predict_finds(qa_run):
     from llmtune.tasks.question_answering import EXAMPLE
 
     printed = run_snippet(card_snippet(card_of(qa_run)), {'"acme/card"': literal(str(qa_run))})
-    answer = predict(qa_run, [EXAMPLE])[0]["answer"]
+    answer = predict(qa_run, [EXAMPLE])[0]["predicted"]
     assert answer and printed == answer
 
 
@@ -643,4 +643,4 @@ def test_marian_push_runs_from_the_hub_with_its_card(tiny_marian, local_hub, cli
     assert ran.returncode == 0, ran.stderr
     from llmtune import predict
 
-    assert ran.stdout.splitlines()[-1] == predict(run, [GERMAN[0]])[0]["generated"]
+    assert ran.stdout.splitlines()[-1] == predict(run, [GERMAN[0]])[0]["predicted"]

@@ -55,7 +55,7 @@ def test_lora_learns_sst2_and_reloads_with_plain_peft(sst2, minilm_path, tmp_pat
     assert not (run_dir / "model.safetensors").exists()
     assert (run_dir / "adapter_model.safetensors").stat().st_size < 5_000_000
     saved = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()][:64]
-    sentences = [row["text"] for row in saved]
+    sentences = [row["inputs"]["sentence"] for row in saved]
 
     # Without llmtune: the base checkpoint, the adapter (with its classification head) and the tokenizer.
     base = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
@@ -135,7 +135,7 @@ def test_bert2bert_from_minilm_learns_to_translate_multi30k(minilm_path, tmp_pat
     assert after["cross_entropy"] <= 0.7 * before["cross_entropy"]
     assert after["bleu"] > before["bleu"]
     generated = [
-        row["generated"]
+        row["predicted"]
         for row in predict(result.run_dir, ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."])
     ]
     assert all(generated), generated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import io
 import json
@@ -16,6 +17,7 @@ import yaml
 from conftest import RECIPES, write_recipe, write_sentiment_files
 
 from llmtune import recipe as schema
+from llmtune import tasks
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -42,7 +44,9 @@ def test_python_api_returns_results_and_prints_nothing(tracked_run, capsys, tiny
     metrics, predictions = llmtune.evaluate(tracked_run.run_dir, split="test")
     assert metrics["accuracy"] == pytest.approx(tracked_run.metrics["test"]["accuracy"])
     rows = llmtune.predict(tracked_run.run_dir, ["a wonderful, moving film"])
-    assert rows[0]["label"] in ("negative", "positive")
+    assert rows[0]["predicted"] in ("negative", "positive") and rows[0]["inputs"] == {
+        "text": "a wonderful, moving film"
+    }
     captured = capsys.readouterr()
     assert captured.out == "" and "LOAD REPORT" not in captured.err
 
@@ -53,7 +57,7 @@ def test_a_long_evaluation_reports_its_progress(tracked_run, monkeypatch):
     import llmtune
 
     monkeypatch.setattr(
-        importlib.import_module("llmtune.train"), "EVAL_PROGRESS_EVERY_S", 0
+        importlib.import_module("llmtune.evaluation"), "EVAL_PROGRESS_EVERY_S", 0
     )  # a line after every batch but the last
     lines = []
     metrics, _ = llmtune.evaluate(
@@ -121,13 +125,14 @@ def test_plots_are_written_and_drawn_again_from_the_files(tracked_run):
     from PIL import Image
 
     from llmtune import plots
+    from llmtune.tasks.classification import confusion_counts
 
     run = tracked_run.run_dir
     for name in ("loss.png", "metric.png", "confusion_matrix.png"):
         image = Image.open(run / name)
         assert image.size[0] > 300 and len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 20, name
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
-    counts = plots.confusion_counts(predictions, ["negative", "positive"])
+    counts = confusion_counts(predictions, ["negative", "positive"])
     assert sum(map(sum, counts)) == 32 and sum(counts[i][i] for i in range(2)) == round(
         tracked_run.metrics["test"]["accuracy"] * 32
     )
@@ -140,7 +145,7 @@ def test_report_html_is_self_contained(tracked_run, cli):
     page = (tracked_run.run_dir / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 3
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
-    assert "Worst mistakes" in page and "peak memory" in page and "learning_rate" in page
+    assert "Worst predictions first: lowest correct" in page and "peak memory" in page and "learning_rate" in page
     assert f"{tracked_run.metrics['test']['accuracy']:.4f}" in page
 
 
@@ -150,83 +155,53 @@ def test_report_markdown_links_the_plots(tracked_run, cli, tmp_path):
     text = (tmp_path / "r.md").read_text()
     for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
         assert (tmp_path / link).is_file(), link
-    assert "| test |" in text and "Worst mistakes" in text
+    assert "| test |" in text and "Worst predictions first" in text
 
 
 def test_report_of_an_unfinished_run_is_a_clear_error(cli, tmp_path):
     (tmp_path / "recipe.yaml").write_text("model: {name: x}\n")
     code, out, err = cli("report", tmp_path)
-    assert code == 2 and "not a finished run" in err
+    assert code == 2 and "not a finished llmtune run (no metrics.json)" in err
     code, out, err = cli("report", tmp_path, "--format", "pdf")
     assert code == 2 and "--format pdf" in err
 
 
 def test_worst_mistakes_come_first():
+    """Rows ranked by the task's per-example metric, worst first; ties (all wrong) by confidence, highest first."""
     from llmtune.report import sample_predictions
+    from llmtune.tasks.base import prediction_row
+    from llmtune.tasks.classification import Classification
 
-    rows = [
-        {"text": "a", "label": "pos", "predicted": "neg", "score": 0.6},
-        {"text": "b", "label": "pos", "predicted": "pos", "score": 0.99},
-        {"text": "c", "label": "neg", "predicted": "pos", "score": 0.95},
-    ]
-    (title, mistakes), (_, unsure) = sample_predictions(rows)
-    assert [r["text"] for r in mistakes] == ["c", "a"] and "2 of 3 wrong" in title
-    assert [r["text"] for r in unsure] == ["a", "c", "b"]
-    generated = [{"reference": "x", "generated": "y", "rougeL": score} for score in (0.2, 0.9, 0.5)]
-    (best_title, best), (worst_title, worst) = sample_predictions(generated)
-    assert [r["rougeL"] for r in best] == [0.9, 0.5, 0.2] and [r["rougeL"] for r in worst] == [0.2, 0.5, 0.9]
+    def row(index, text, label, predicted, score):
+        return prediction_row(index, {"text": text}, predicted, score, label, {"correct": float(label == predicted)})
+
+    rows = [row(0, "a", "pos", "neg", 0.6), row(1, "b", "pos", "pos", 0.99), row(2, "c", "neg", "pos", 0.95)]
+    (title, mistakes), (_, unsure) = sample_predictions(rows, Classification)
+    assert [r["inputs"]["text"] for r in mistakes] == ["c", "a", "b"] and "lowest correct" in title
+    assert [r["inputs"]["text"] for r in unsure] == ["a", "c", "b"]
 
 
-def generation_run(path: Path) -> Path:
-    """A generation run directory as a generation task writes it (recipe, log, metrics, per-example ROUGE).
+@pytest.fixture(scope="module")
+def generation_run(tiny_gpt2, tmp_path_factory):
+    """A tiny GPT-2 trained on a few SciTLDR abstracts (summarization-gpt): a real generation run to report on."""
+    from test_generative_seq2seq import summarization_settings
 
-    The generation task lives on another branch; the report reads only these files, so they are written directly.
-    """
-    path.mkdir()
-    (path / "recipe.yaml").write_text(
-        "model: {name: gpt2}\ntask: {type: generation}\nmethod: {type: lora}\n"
-        "data: {train: /d/train.jsonl, test: /d/test.jsonl}\noutput_dir: runs/gen\n"
-    )
-    log = [{"step": s, "loss": 3.0 / s, "learning_rate": 1e-4, "samples_per_s": 12.0} for s in range(1, 11)]
-    log += [
-        {"step": s, "split": "validation", "num_examples": 20, "loss": 2.5 / s**0.5, "rougeL": 0.1 * s**0.5}
-        for s in (5, 10)
-    ]
-    (path / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
-    (path / "predictions.jsonl").write_text(
-        "".join(
-            json.dumps(
-                {
-                    "index": i,
-                    "prompt": f"text {i}",
-                    "reference": f"summary {i}",
-                    "generated": f"guess {i}",
-                    "rougeL": i / 20,
-                }
-            )
-            + "\n"
-            for i in range(20)
-        )
-    )
-    (path / "metrics.json").write_text(
-        json.dumps(
-            {
-                "train": {"steps": 10, "samples_per_s": 12.0, "peak_memory_mb": 900.0},
-                "validation": {"num_examples": 20, "rougeL": 0.31, "loss": 0.79},
-                "test": {"num_examples": 20, "rougeL": 0.3, "loss": 0.8},
-            }
-        )
-    )
-    return path
+    from llmtune import load_recipe, train
+
+    run = tmp_path_factory.mktemp("generation") / "gen"
+    recipe = load_recipe(RECIPES / "summarization-gpt.yaml", summarization_settings(tiny_gpt2, run))
+    return train(recipe).run_dir
 
 
-def test_generation_report_shows_best_and_worst_by_rouge(cli, tmp_path):
-    run = generation_run(tmp_path / "gen")
-    code, out, err = cli("report", run)
+def test_generation_report_ranks_summaries_by_rouge(generation_run, cli):
+    code, out, err = cli("report", generation_run)
     assert code == 0, err
-    page = (run / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2  # loss and validation rougeL; no confusion matrix
-    assert page.index("Best by rougeL") < page.index("guess 19") < page.index("Worst by rougeL")
+    page = (generation_run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # loss and validation ROUGE-1; no confusion matrix
+    rows = [json.loads(line) for line in (generation_run / "predictions.jsonl").read_text().splitlines()]
+    worst = min(rows, key=lambda row: (row["metrics"]["rougeL"], -row["score"]))
+    section = page[page.index("Worst summaries first: lowest rougeL") :]
+    assert section.index(html.escape(worst["predicted"][:40])) < section.index("Least confident predictions")
 
 
 def screenshot(page: Path, png: Path) -> None:
@@ -255,12 +230,10 @@ def screenshot(page: Path, png: Path) -> None:
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it"
 )
-def test_reports_render_with_visible_plots_in_a_headless_browser(tracked_run, cli, tmp_path):
+def test_reports_render_with_visible_plots_in_a_headless_browser(tracked_run, generation_run, cli, tmp_path):
     from PIL import Image
 
-    classification = tracked_run.run_dir
-    generation = generation_run(tmp_path / "gen")
-    for run in (classification, generation):
+    for run in (tracked_run.run_dir, generation_run):
         code, out, err = cli("report", run, "--output", tmp_path / f"{run.name}.html")
         assert code == 0, err
         png = tmp_path / f"{run.name}.png"
@@ -275,16 +248,16 @@ def test_reports_render_with_visible_plots_in_a_headless_browser(tracked_run, cl
         assert near((31, 119, 180)), f"{run.name}: no plot line pixels"
 
 
-def test_compare_puts_runs_side_by_side(tracked_run, cli, tmp_path):
-    other = generation_run(tmp_path / "gen")
-    code, out, err = cli("compare", tracked_run.run_dir, other)
+def test_compare_puts_runs_side_by_side(tracked_run, generation_run, cli, tmp_path):
+    code, out, err = cli("compare", tracked_run.run_dir, generation_run)
     assert code == 0, err
     lines = out.splitlines()
     assert tracked_run.run_dir.name in lines[0] and "gen" in lines[0]
     accuracy = next(line for line in lines if line.startswith("| test/accuracy "))
     assert f"{tracked_run.metrics['test']['accuracy']:.4f}" in accuracy and accuracy.rstrip(" |").endswith("-")
     rouge = next(line for line in lines if line.startswith("| test/rougeL "))
-    assert "0.3000" in rouge
+    saved = json.loads((generation_run / "metrics.json").read_text())["test"]["rougeL"]
+    assert f"{saved:.4f}" in rouge or f"{saved:.2f}" in rouge
     code, out, err = cli("compare", tracked_run.run_dir, tmp_path / "missing")
     assert code == 2 and "missing" in err
 
@@ -313,7 +286,7 @@ def test_init_writes_a_valid_recipe_with_every_key_commented(cli, tmp_path):
     sections = [
         schema.Recipe,
         schema.ModelSpec,
-        schema.ClassificationTask,
+        tasks.TASKS["classification"].options_class,
         schema.DataSpec,
         schema.DataSource,
         schema.LoraMethod,
@@ -338,7 +311,7 @@ class FakeTerminal(io.StringIO):
 
 
 def test_progress_bar_shows_step_loss_speed_and_eta_on_a_terminal():
-    from llmtune.train import Progress
+    from llmtune.progress import Progress
 
     terminal, lines = FakeTerminal(), []
     progress = Progress(10, enabled=True, echo=lines.append, stream=terminal)
@@ -353,7 +326,7 @@ def test_progress_bar_shows_step_loss_speed_and_eta_on_a_terminal():
 
 
 def test_progress_is_plain_lines_when_not_a_terminal():
-    from llmtune.train import Progress
+    from llmtune.progress import Progress
 
     stream, lines = io.StringIO(), []
     progress = Progress(10, enabled=True, echo=lines.append, stream=stream)

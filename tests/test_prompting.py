@@ -127,7 +127,7 @@ def test_left_padded_generation_returns_only_new_tokens(tiny_llama):
     model, tokenizer = load(tiny_llama)
     prompts = [f["input_ids"][: f["prompt_length"]] for f in features(tokenizer)]
     with torch.inference_mode():
-        batched = prompting.generate(model, prompts, tokenizer, max_new_tokens=6)
+        batched, confidence = prompting.generate(model, prompts, tokenizer, max_new_tokens=6)
         for prompt, row in zip(prompts, batched):
             alone = model.generate(
                 input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id
@@ -136,3 +136,4 @@ def test_left_padded_generation_returns_only_new_tokens(tiny_llama):
                 alone = alone[: alone.index(tokenizer.eos_token_id)]
             assert [t for t in row.tolist() if t >= 0] == alone
     assert batched.shape == (len(prompts), 6)
+    assert confidence.shape == (len(prompts),) and ((confidence > 0) & (confidence <= 1)).all()

@@ -14,8 +14,7 @@ from conftest import RECIPES, SHARED_DATA
 from llmtune import UserError, load_recipe
 from llmtune.data import read_file
 from llmtune.metrics import load as load_metric
-from llmtune.recipe import QuestionAnsweringTask
-from llmtune.tasks.question_answering import QuestionAnswering
+from llmtune.tasks.question_answering import QuestionAnswering, QuestionAnsweringOptions
 
 
 # The official SQuAD v1.1 evaluation script's logic (evaluate-v1.1.py), verbatim, as the reference.
@@ -84,7 +83,7 @@ def tokenizer(minilm_path):
 
 
 def qa_task(**options) -> QuestionAnswering:
-    return QuestionAnswering(QuestionAnsweringTask(type="question_answering", **options))
+    return QuestionAnswering(QuestionAnsweringOptions(type="question_answering", **options))
 
 
 def long_example():
@@ -158,11 +157,16 @@ def test_decoding_picks_the_best_span_across_windows(tokenizer):
                 "start_logit": top_start.values,
                 "end_index": top_end.indices,
                 "end_logit": top_end.values,
+                "normaliser": start_logits.logsumexp(-1) + end_logits.logsumexp(-1),
                 "loss": torch.zeros(1),
             }
         )
     metrics, predictions = accumulator.result(dataset, windows)
     assert predictions[0]["predicted"] == "under the old oak tree"
+    span = predictions[0]["span"]
+    assert example["context"][span["start"] : span["end"]] == "under the old oak tree"
+    assert 0.9 < predictions[0]["score"] <= 1  # the gold span holds nearly all of the probability
+    assert predictions[0]["metrics"] == {"exact_match": 100.0, "f1": 100.0}
     assert metrics["exact_match"] == 100 and metrics["f1"] == 100
 
 
@@ -241,7 +245,12 @@ def test_qa_recipe_trains_evaluates_and_answers(cli, tiny_bert, tmp_path):
     test_line = next(line for line in out.splitlines() if line.startswith("test: "))
     assert "exact_match=" in test_line and "f1=" in test_line and "cross_entropy=" in test_line
     predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 8 and set(predictions[0]) == {"id", "question", "predicted", "answers", "score"}
+    assert len(predictions) == 8
+    assert set(predictions[0]) == {"index", "id", "inputs", "reference", "predicted", "score", "metrics", "span"}
+    assert set(predictions[0]["inputs"]) == {"question", "context"} and set(predictions[0]["metrics"]) == {
+        "exact_match",
+        "f1",
+    }
     code, out, err = cli("eval", tmp_path / "run", "--split", "test")
     assert code == 0, err
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
@@ -256,7 +265,8 @@ def test_qa_recipe_trains_evaluates_and_answers(cli, tiny_bert, tmp_path):
     )
     assert code == 0, err
     answer = json.loads(out)
-    assert answer["answer"] in "The treasure is under the oak tree." and "score" in answer
+    context = "The treasure is under the oak tree."
+    assert answer["predicted"] == context[answer["span"]["start"] : answer["span"]["end"]] and 0 < answer["score"] <= 1
 
 
 @pytest.mark.slow

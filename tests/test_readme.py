@@ -8,6 +8,7 @@ import yaml
 from conftest import ROOT
 
 from llmtune import recipe as schema
+from llmtune import tasks
 
 
 def readme_block(marker: str) -> str:
@@ -27,10 +28,7 @@ def test_recipe_reference_documents_every_key():
     sections = [
         schema.Recipe,
         schema.ModelSpec,
-        schema.ClassificationTask,
-        schema.QuestionAnsweringTask,
-        schema.SummarizationTask,
-        schema.TranslationTask,
+        *tasks.option_classes(),  # every registered task's section
         schema.DataSpec,
         schema.DataSource,
         schema.LoraMethod,

@@ -224,7 +224,7 @@ def assert_reloads_with_identical_generations(run: Path, texts: list[str], prefi
 
     from llmtune import predict
 
-    predicted = [row["generated"] for row in predict(run, texts)]
+    predicted = [row["predicted"] for row in predict(run, texts)]
     recipe = load_recipe(run / "recipe.yaml")
     model = AutoModelForSeq2SeqLM.from_pretrained(run).eval()
     tokenizer = AutoTokenizer.from_pretrained(run)
@@ -278,8 +278,12 @@ def test_translation_trains_evaluates_and_reloads(architecture, epochs, cli, tmp
     metrics = json.loads((run / "metrics.json").read_text())["test"]
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["cross_entropy"]))
     predictions = read_predictions(run)
-    assert len(predictions) == 16 and set(predictions[0]) == {"index", "source", "reference", "generated", "bleu"}
-    assert predictions[0]["source"] == (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[0]
+    assert len(predictions) == 16
+    assert set(predictions[0]) == {"index", "inputs", "reference", "predicted", "score", "metrics"}
+    assert set(predictions[0]["metrics"]) == {"bleu"} and 0 < predictions[0]["score"] <= 1
+    assert (
+        predictions[0]["inputs"]["de"] == (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[0]
+    )
     assert_reloads_with_identical_generations(run, GERMAN, prefix)
 
 
@@ -303,25 +307,27 @@ def test_summarization_recipe_trains_evaluates_and_predicts_with_t5(cli, tiny_t5
         "rougeLsum",
         "cross_entropy",
         "perplexity",
+        "num_target_tokens",
     }
     predictions = read_predictions(run)
     dev_rows = [json.loads(line) for line in (SCITLDR / "test.jsonl").read_text().splitlines()[:8]]
     assert [p["reference"] for p in predictions] == [
         row["target"] if len(row["target"]) > 1 else row["target"][0] for row in dev_rows
     ]
-    assert predictions[0]["source"] == " ".join(part.strip() for part in dev_rows[0]["source"])
+    assert predictions[0]["inputs"]["source"] == " ".join(part.strip() for part in dev_rows[0]["source"])
     # The corpus ROUGE is the mean of the best-reference scores the prediction rows show.
     from llmtune.metrics.generation import rouge
 
-    expected = rouge([p["generated"] for p in predictions], [row["target"] for row in dev_rows])
+    expected = rouge([p["predicted"] for p in predictions], [row["target"] for row in dev_rows])
     assert metrics["test"]["rougeL"] == pytest.approx(expected["rougeL"], abs=1e-6)
-    assert metrics["test"]["rougeL"] == pytest.approx(sum(p["rougeL"] for p in predictions) / 8, abs=1e-3)
+    assert metrics["test"]["rougeL"] == pytest.approx(sum(p["metrics"]["rougeL"] for p in predictions) / 8, abs=1e-3)
     code, out, err = cli("eval", run, "--split", "test")
     assert code == 0, err
     assert f"rouge1={metrics['test']['rouge1']:.4f}" in out
     code, out, err = cli("predict", run, "--text", "We propose a new method for training neural networks. It is fast.")
     assert code == 0, err
-    assert set(json.loads(out)) == {"source", "generated"}
+    row = json.loads(out)
+    assert set(row) == {"index", "inputs", "predicted", "score"} and set(row["inputs"]) == {"source"}
     assert_reloads_with_identical_generations(
         run, ["We propose a new method for training neural networks. It is fast."], "summarize: "
     )
@@ -366,7 +372,8 @@ def test_lora_uses_the_architectures_default_targets_and_reloads(cli, tiny_t5, t
     assert losses[-1] < losses[0], losses
     code, out, err = cli("predict", run, "--text", GERMAN[0])
     assert code == 0, err
-    assert set(json.loads(out)) == {"de", "generated"}
+    row = json.loads(out)
+    assert set(row) == {"index", "inputs", "predicted", "score"} and row["inputs"] == {"de": GERMAN[0]}
 
 
 @pytest.fixture()
@@ -469,8 +476,8 @@ def test_drop_empty_leaves_out_rows_with_an_empty_source_or_target_and_counts_th
     import datasets
 
     from llmtune.errors import DataWarning
-    from llmtune.recipe import DataSpec, SummarizationTask
-    from llmtune.tasks.seq2seq import Summarization
+    from llmtune.recipe import DataSpec
+    from llmtune.tasks.seq2seq import Summarization, SummarizationOptions
 
     rows = [
         {"source": "One.", "target": "A."},
@@ -480,7 +487,7 @@ def test_drop_empty_leaves_out_rows_with_an_empty_source_or_target_and_counts_th
     ]
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    task = Summarization(SummarizationTask(type="summarization", source_column="source", target_column="target"))
+    task = Summarization(SummarizationOptions(type="summarization", source_column="source", target_column="target"))
     spec = DataSpec(train={"path": str(path)}, drop_empty=True)
     splits = {
         "train": datasets.Dataset.from_list(
@@ -508,10 +515,9 @@ def test_long_targets_are_truncated_with_one_counted_warning(tiny_marian, transl
 
     from llmtune.errors import DataWarning
     from llmtune.models import Checkpoint, load_tokenizer
-    from llmtune.recipe import TranslationTask
-    from llmtune.tasks.seq2seq import Translation
+    from llmtune.tasks.seq2seq import Translation, TranslationOptions
 
-    task = Translation(TranslationTask(type="translation", source_lang="de", target_lang="en", max_target_length=8))
+    task = Translation(TranslationOptions(type="translation", source_lang="de", target_lang="en", max_target_length=8))
     long = "A man in a blue shirt is standing on a ladder cleaning windows of a tall building."
     rows = [
         {"de": "Ein Hund.", "en": "A dog."},
@@ -567,17 +573,16 @@ def test_builtin_recipes_validate_as_shipped():
 def test_translation_scores_several_references_as_sacrebleu_streams():
     import sacrebleu
 
-    from llmtune.recipe import TranslationTask
-    from llmtune.tasks.seq2seq import Translation
+    from llmtune.tasks.seq2seq import Translation, TranslationOptions
 
-    task = Translation(TranslationTask(type="translation", source_lang="de", target_lang="en"))
+    task = Translation(TranslationOptions(type="translation", source_lang="de", target_lang="en"))
     generated = ["A man rides a bike.", "Two dogs play in the snow.", "A woman sits."]
     references = [
         ["A man is riding a bicycle.", "A man rides a bike down the road."],
         ["Two dogs are playing in snow."],
         ["A woman is sitting on a bench.", "A lady sits.", "Someone sits on a bench."],
     ]
-    corpus, per_example = task.scores(generated, references, ("bleu", "chrf", "cross_entropy"))
+    corpus, per_example = task.score(generated, references, ("bleu", "chrf", "cross_entropy"))
     streams = [[golds[k] if k < len(golds) else None for golds in references] for k in range(3)]
     assert corpus["bleu"] == pytest.approx(sacrebleu.corpus_bleu(generated, streams).score, abs=1e-6)
     assert corpus["chrf"] == pytest.approx(sacrebleu.corpus_chrf(generated, streams).score, abs=1e-6)

@@ -87,5 +87,6 @@ def _sentence_bleu():
 
 
 def sentence_bleu(prediction: str, golds: list[str]) -> float:
-    """One example's BLEU, as sacrebleu's `sentence_bleu` computes it (effective n-gram order), for ranking predictions."""
+    """One example's BLEU, as sacrebleu's `sentence_bleu` computes it (effective n-gram order),
+    for ranking predictions."""
     return _sentence_bleu().sentence_score(prediction, golds).score

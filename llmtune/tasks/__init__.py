@@ -1,45 +1,60 @@
-"""Tasks plug into the one training loop through a small interface.
+"""The task registry: every task the recipe schema, the CLI, evaluation, reports and the hub know.
 
-A task module provides a class with:
-
-- `auto_class`, `peft_task_type`: how to load the model and which peft task type adapters use;
-- `prepare(splits, spec)`: check columns and label values before anything heavy is loaded;
-- `model_kwargs()`: extra `from_pretrained` arguments (e.g. label names);
-- `setup(config, tokenizer)`: adapt to the model config and tokenizer (e.g. decoder-only models) before preprocessing; check the tokenizer;
-- `preprocess(dataset, tokenizer, max_length)`: tokenized features with `index` and `length` columns;
-- `loss(model, batch)`: the training loss of one batch;
-- `eval_step(model, batch)`: per-example tensors (loss, prediction, ...) for one batch;
-- `metadata_columns`: feature columns kept for decoding but not fed to the model;
-- `new_accumulator(metric_names)`: an object with `add(outputs)` and `result(dataset, features)` -> (metrics, predictions);
-- `predict(model, tokenizer, rows)`: predictions for raw input rows;
-- for the pushed model's card: `pipeline_tag` (the Hub pipeline: text-generation for any causal LM), `hub_task`
-  (model-index task type and name of what the metrics measure), `card_description()`, `predict_options` (how
-  `llmtune predict` is called) and `usage_code(model, max_length)`: a snippet that runs one example with plain
-  transformers / peft and prints what `llmtune predict` gives (helpers in `card.py`).
-
-A new task is one module here and one entry in TASKS.
+A new task is one module here (its options and its `Task` subclass; the contract is `base.py`) and one
+entry in TASKS.
 """
 
 from __future__ import annotations
 
-from ..recipe import Task
+from ..errors import UserError
+from .base import Task, TaskOptions
 from .classification import Classification
-from .question_answering import GenerativeQuestionAnswering, QuestionAnswering
+from .question_answering import QuestionAnswering
 from .seq2seq import Summarization, Translation
 
-TASKS = {
-    "classification": Classification,
-    "question_answering": QuestionAnswering,
-    "summarization": Summarization,
-    "translation": Translation,
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (Classification, QuestionAnswering, Summarization, Translation)
 }
-# Tasks whose prompt -> completion form (`task.generative`, a causal LM) is a class of its own. Summarization and
-# translation instead swap their model family (encoder-decoder or causal LM) inside one class.
-GENERATIVE_TASKS = {"question_answering": GenerativeQuestionAnswering}
 
 
-def create(options: Task):
+def create(options: TaskOptions) -> Task:
     """The task object for the recipe's `task` section."""
-    if getattr(options, "generative", False) and options.type in GENERATIVE_TASKS:
-        return GENERATIVE_TASKS[options.type](options)
-    return TASKS[options.type](options)
+    return TASKS[options.type].create(options)
+
+
+def from_model_config(options: TaskOptions, config) -> TaskOptions:
+    """The options completed from a checkpoint's config (what the task leaves to the model, e.g. label names)."""
+    return TASKS[options.type].from_model_config(options, config)
+
+
+def option_classes() -> tuple[type[TaskOptions], ...]:
+    """Every task's recipe section, in registry order: the recipe's `task` union."""
+    return tuple(task.options_class for task in TASKS.values())
+
+
+def predict_fields() -> dict[str, str]:
+    """Every `llmtune predict` input field any task declares, with its help (the first declaration wins)."""
+    fields: dict[str, str] = {}
+    for task in TASKS.values():
+        for name, help_text in task.predict_fields.items():
+            fields.setdefault(name, help_text)
+    return fields
+
+
+def for_architectures(architectures: list[str] | None, where: str) -> str:
+    """The task type of a bare checkpoint, read off its config's architectures (e.g. BertForSequenceClassification).
+
+    Raises:
+        UserError: no task, or several, make models of that architecture; `--set task.type=TYPE` decides.
+    """
+    names = architectures or []
+    found = [
+        name for name, task in TASKS.items() if any(a.endswith(suffix) for a in names for suffix in task.architectures)
+    ]
+    if len(found) == 1:
+        return found[0]
+    shown = ", ".join(names) or "none listed"
+    raise UserError(
+        f"{where}: cannot tell which task this checkpoint was trained for (architectures: {shown}); "
+        f"pass --set task.type=TYPE with one of {', '.join(TASKS)}"
+    )

@@ -14,7 +14,8 @@ from .. import prompting
 
 
 def literal(value) -> str:
-    """A Python literal for a number, a flag, a string or a mapping of strings (JSON writes those as Python does, in double quotes)."""
+    """A Python literal for a number, a flag, a string or a mapping of strings
+    (JSON writes those as Python does, in double quotes)."""
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, dict)) else repr(value)
 
 
@@ -43,7 +44,8 @@ class PushedModel:
         ) + f"from transformers import {auto_class}, AutoTokenizer\n"
 
     def load(self, auto_class: str, base_arguments: str = "") -> str:
-        """Lines that leave `model` (in eval mode) and `tokenizer`; `base_arguments` go to the base model of an adapter."""
+        """Lines that leave `model` (in eval mode) and `tokenizer`;
+        `base_arguments` go to the base model of an adapter."""
         if self.adapter:
             if self.base_revision:
                 base_arguments = f", revision={literal(self.base_revision)}" + base_arguments
@@ -63,10 +65,14 @@ def causal_lm_usage(model: PushedModel, template: str, chat: bool, row: dict, ge
     if chat:
         prompt = (
             f"prompt = {literal(before_slot)}.format(**row)\n"
-            'prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt.strip()}], add_generation_prompt=True, tokenize=False)\n'
+            'prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt.strip()}], '
+            "add_generation_prompt=True, tokenize=False)\n"
         )
     else:
-        prompt = f'prompt = {literal(before_slot)}.format(**row).rstrip(" ")  # the space before the completion is the model\'s to write\n'
+        prompt = (
+            f'prompt = {literal(before_slot)}.format(**row).rstrip(" ")'
+            "  # the space before the completion is the model's to write\n"
+        )
     settings = {**generation, "do_sample": False}
     return (
         model.imports("AutoModelForCausalLM")

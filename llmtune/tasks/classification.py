@@ -2,34 +2,70 @@
 
 from __future__ import annotations
 
-import datasets
-import torch
-import torch.nn.functional as F
-from transformers import AutoModelForSequenceClassification
+from typing import ClassVar, Literal
 
+from pydantic import Field, field_validator
+
+from .. import figures
 from .. import metrics as metric_modules
-from ..data import describe, require_columns, row_location, tokenization_fingerprint
+from ..data import describe, require_columns, row_location
 from ..errors import UserError
-from ..recipe import ClassificationTask, DataSpec
+from ..lazy import F, datasets, torch
+from ..sections import DataSpec
+from .base import Accumulator, LabelledTask, TaskOptions, prediction_row, tokenize
 from .card import PushedModel
-from .outputs import CollectedOutputs
 
 
-class Classification:
-    auto_class = AutoModelForSequenceClassification
+class ClassificationOptions(TaskOptions):
+    """Sentiment / text classification of single texts or text pairs."""
+
+    available_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "cross_entropy")
+
+    type: Literal["classification"] = Field(description="The task.")
+    text_column: str = Field("text", description="Column holding the text to classify.")
+    text_pair_column: str | None = Field(
+        None, description="Second text column for pair tasks (NLI, paraphrase); null for single texts."
+    )
+    label_column: str = Field(
+        "label", description="Column holding the label: a label name or an integer index into label_names."
+    )
+    label_names: list[str] | None = Field(
+        None,
+        description="Label names in index order. Default: the dataset's class names, else the sorted distinct labels "
+        "of the train split.",
+    )
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_labels(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            if len(names) < 2:
+                raise ValueError("expected at least two label names")
+            if len(set(names)) != len(names):
+                raise ValueError(f"label names must be distinct, got {names}")
+        return names
+
+
+class Classification(LabelledTask):
+    name = "classification"
+    options_class = ClassificationOptions
+    auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
-    metadata_columns: tuple[str, ...] = ()
+    architectures = ("ForSequenceClassification",)
+    predict_fields = {
+        "text": "Text to classify (repeatable: one prediction each).",
+        "text_pair": "Classification of text pairs: the second text of each --text.",
+    }
+    example_metric = "correct"
+    metric_labels = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
     pipeline_tag = "text-classification"
     hub_task = ("text-classification", "Text Classification")
-    predict_options = '--text "..."'
 
-    def __init__(self, options: ClassificationTask):
-        self.options = options
-        self.label_names: list[str] | None = options.label_names
+    def __init__(self, options: ClassificationOptions):
+        super().__init__(options)
         # Integer labels index into label names that were given (recipe or dataset class names),
         # but must match by value when the names were read off the data.
         self.index_labels = options.label_names is not None
-        self.position_ids = False  # set by setup() for decoder-only models
 
     # ------------------------------------------------------------------ checks
 
@@ -42,12 +78,13 @@ class Classification:
         sources = spec.sources()
         for split, dataset in splits.items():
             where = describe(split, sources[split])
-            require_columns(dataset, self._columns(), where)
+            require_columns(dataset.column_names, self._columns(), where)
             for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
                 for row, text in enumerate(dataset[column]):
                     if not isinstance(text, str):
                         raise UserError(
-                            f"{where} {row_location(sources[split], row)}: column '{column}' holds {text!r}; expected text"
+                            f"{where} {row_location(sources[split], row)}: "
+                            f"column '{column}' holds {text!r}; expected text"
                         )
         if self.label_names is None:
             train = splits["train"] if "train" in splits else next(iter(splits.values()))
@@ -58,8 +95,9 @@ class Classification:
             for row, value in enumerate(dataset[self.options.label_column]):
                 if self.label_id(value) is None:
                     raise UserError(
-                        f"{where} {row_location(sources[split], row)}: label {value!r} in column '{self.options.label_column}' is not among the "
-                        f"label names {self.label_names}; expected one of them or an index 0..{len(self.label_names) - 1} (task.label_names)"
+                        f"{where} {row_location(sources[split], row)}: label {value!r} in column "
+                        f"'{self.options.label_column}' is not among the label names {self.label_names}; expected one "
+                        f"of them or an index 0..{len(self.label_names) - 1} (task.label_names)"
                     )
 
     def _columns(self) -> dict[str, str]:
@@ -77,7 +115,8 @@ class Classification:
         names = [str(value) for value in sorted(values, key=float if numeric else str)]
         if len(names) < 2:
             raise UserError(
-                f"task.label_column: the train split has only the label {names}; classification needs at least two labels"
+                f"task.label_column: the train split has only the label {names}; "
+                "classification needs at least two labels"
             )
         return names
 
@@ -97,61 +136,22 @@ class Classification:
 
     # ------------------------------------------------------------------ model
 
-    def model_kwargs(self) -> dict:
-        return {
-            "num_labels": len(self.label_names),
-            "id2label": dict(enumerate(self.label_names)),
-            "label2id": {name: index for index, name in enumerate(self.label_names)},
-        }
-
-    def setup(self, config, tokenizer) -> None:
-        """Decoder-only models (GPT-2, Llama, ...) get explicit position ids, so an example is classified the
-        same whether it is padded on the left, on the right, or not at all (the model pools its last
-        non-pad token; absolute position embeddings would otherwise shift with left padding)."""
-        from ..models import is_decoder_only
-
-        self.position_ids = is_decoder_only(config)
-
-    def _encode(self, tokenizer, texts, pairs, max_length: int) -> list[dict]:
-        """Model inputs per text (position ids 0..n-1 for decoder-only models; the collator pads them with 0)."""
-        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-        keep = set(tokenizer.model_input_names)
-        features = [{key: encoded[key][i] for key in encoded if key in keep} for i in range(len(texts))]
-        if self.position_ids:
-            for feature in features:
-                feature["position_ids"] = list(range(len(feature["input_ids"])))
-        return features
-
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
         text, pair, label = self.options.text_column, self.options.text_pair_column, self.options.label_column
         has_labels = label in dataset.column_names
+        keep = set(tokenizer.model_input_names)
 
         def encode(batch, indices):
-            encoded = self._encode(tokenizer, batch[text], batch[pair] if pair else None, max_length)
-            features = {key: [example[key] for example in encoded] for key in encoded[0]}
+            encoded = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
+            features = self.with_position_ids({key: encoded[key] for key in encoded if key in keep})
             features["index"] = indices
             features["length"] = [len(ids) for ids in features["input_ids"]]
             if has_labels:
                 features["labels"] = [self.label_id(value) for value in batch[label]]
             return features
 
-        fingerprint = tokenization_fingerprint(
-            dataset,
-            tokenizer,
-            "classification/2",
-            self.options.model_dump(),
-            self.label_names,
-            max_length,
-            self.position_ids,
-        )
-        return dataset.map(
-            encode,
-            batched=True,
-            with_indices=True,
-            remove_columns=dataset.column_names,
-            desc="Tokenizing",
-            new_fingerprint=fingerprint,
-        )
+        settings = (self.options.model_dump(), self.label_names, max_length, self.position_ids)
+        return tokenize(dataset, tokenizer, encode, "classification/3", settings)
 
     # ------------------------------------------------------------------ training and evaluation
 
@@ -165,8 +165,7 @@ class Classification:
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         logits = model(**self._inputs(batch)).logits.float()
-        probabilities = logits.softmax(-1)
-        outputs = {"index": batch["index"], "prediction": logits.argmax(-1), "confidence": probabilities.max(-1).values}
+        outputs = {"index": batch["index"], "probabilities": logits.softmax(-1)}
         if "labels" in batch:
             outputs["loss"] = F.cross_entropy(logits, batch["labels"], reduction="none")
             outputs["label"] = batch["labels"]
@@ -175,101 +174,89 @@ class Classification:
     def new_accumulator(self, metric_names: tuple[str, ...]) -> ClassificationAccumulator:
         return ClassificationAccumulator(self, metric_names)
 
-    def predict(self, model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 64) -> list[dict]:
-        """Label and class probabilities for each row (a dict with the text column(s))."""
-        from ..batching import PadCollator
+    def input_columns(self) -> dict[str, str]:
+        columns = {"text": self.options.text_column}
+        if self.options.text_pair_column:
+            columns["text_pair"] = self.options.text_pair_column
+        return columns
 
-        text, pair = self.options.text_column, self.options.text_pair_column
-        collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
-        results = []
-        device = next(model.parameters()).device
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                features = self._encode(
-                    tokenizer, [r[text] for r in chunk], [r[pair] for r in chunk] if pair else None, max_length
-                )
-                batch = {key: value.to(device) for key, value in collate(features).items()}
-                probabilities = model(**batch).logits.float().softmax(-1).cpu()
-                for row, probs in zip(chunk, probabilities):
-                    best = int(probs.argmax())
-                    results.append(
-                        {
-                            **row,
-                            "label": self.label_names[best],
-                            "score": round(float(probs[best]), 6),
-                            "probabilities": {name: round(float(p), 6) for name, p in zip(self.label_names, probs)},
-                        }
-                    )
-        return results
+    # ------------------------------------------------------------------ reports and model card
 
-    # ------------------------------------------------------------------ model card
+    def plots(self, predictions: list[dict], split: str) -> dict[str, bytes]:
+        """confusion_matrix.png: gold against predicted labels."""
+        rows = [row for row in predictions if "reference" in row]
+        if not rows:
+            return {}
+        counts = confusion_counts(rows, self.label_names)
+        title = f"Confusion matrix ({split}, n={len(rows)})"
+        return {"confusion_matrix.png": figures.heatmap(counts, self.label_names, "predicted", "gold", title)}
 
     def card_description(self) -> str:
         return f"text classification (labels: {', '.join(self.label_names)})"
 
     def usage_code(self, model: PushedModel, max_length: int) -> str:
         """Class probabilities of one text (or text pair) with plain transformers / peft."""
-        auto = self.auto_class.__name__
-        if model.adapter:  # the base model needs the label names to build its classification head
-            labels = f"labels = {self.label_names!r}\n"
-            load = labels + model.load(
-                auto,
-                ", num_labels=len(labels),\n    id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}",
-            )
-        else:
-            load = model.load(auto) + "labels = [model.config.id2label[i] for i in range(model.config.num_labels)]\n"
         texts = '["first text"], ["second text"]' if self.options.text_pair_column else '["an example text"]'
         return (
             "import torch\n"
-            + model.imports(auto)
+            + model.imports(self.auto_class)
             + "\n"
-            + load
+            + self.load_snippet(model)
             + f'inputs = tokenizer({texts}, return_tensors="pt", truncation=True)\n'
             + "with torch.no_grad():\n    probabilities = model(**inputs).logits.softmax(-1)[0]\n"
             + "print({label: round(p.item(), 4) for label, p in zip(labels, probabilities)})\n"
         )
 
 
-class ClassificationAccumulator(CollectedOutputs):
-    """Streams per-example results; keeps only ids, losses and confidences, never logits."""
+def confusion_counts(rows: list[dict], names: list[str]) -> list[list[int]]:
+    """counts[gold][predicted] over label names, from prediction rows with references."""
+    index = {name: i for i, name in enumerate(names)}
+    counts = [[0] * len(names) for _ in names]
+    for row in rows:
+        counts[index[row["reference"]]][index[row["predicted"]]] += 1
+    return counts
 
-    def result(self, dataset: datasets.Dataset, features: datasets.Dataset | None = None) -> tuple[dict, list[dict]]:
-        """Metrics over everything added, and one prediction row per example in dataset order."""
+
+class ClassificationAccumulator(Accumulator):
+    """Keeps ids, class probabilities and losses; never logits."""
+
+    def result(self, dataset: datasets.Dataset, features: datasets.Dataset) -> tuple[dict, list[dict]]:
         columns = self.columns()
-        order = columns["index"].argsort()
-        columns = {key: value[order] for key, value in columns.items()}
-        predictions = columns["prediction"].tolist()
+        probabilities = columns["probabilities"]
+        predictions = probabilities.argmax(-1).tolist()
+        names, options = self.task.label_names, self.task.options
         metrics: dict[str, float] = {"num_examples": len(predictions)}
-        if "label" in columns:
-            labels = columns["label"].tolist()
+        labels = columns["label"].tolist() if "label" in columns else None
+        if labels is not None:
             if "accuracy" in self.metric_names:
-                metrics["accuracy"] = metric_modules.load("accuracy").compute(
-                    predictions=predictions, references=labels
-                )["accuracy"]
+                accuracy = metric_modules.load("accuracy").compute(predictions=predictions, references=labels)
+                metrics["accuracy"] = accuracy["accuracy"]
             if "macro_f1" in self.metric_names:
                 scores = metric_modules.load("f1").compute(
-                    predictions=predictions,
-                    references=labels,
-                    average="macro",
-                    labels=list(range(len(self.task.label_names))),
+                    predictions=predictions, references=labels, average="macro", labels=list(range(len(names)))
                 )
                 metrics["macro_f1"] = scores["f1"]
             if "cross_entropy" in self.metric_names:
                 metrics["cross_entropy"] = float(columns["loss"].double().mean())
-        names = self.task.label_names
-        options = self.task.options
-        texts = dataset[options.text_column]
-        pairs = dataset[options.text_pair_column] if options.text_pair_column else None
+        input_columns = [column for column in (options.text_column, options.text_pair_column) if column]
+        texts = {column: dataset[column] for column in input_columns}
         rows = []
         for position, index in enumerate(columns["index"].tolist()):
-            row = {"index": index, "text": texts[index]}
-            if pairs is not None:
-                row["text_pair"] = pairs[index]
-            if "label" in columns:
-                row["label"] = names[columns["label"][position]]
-            row["predicted"] = names[predictions[position]]
-            row["score"] = round(float(columns["confidence"][position]), 6)
-            rows.append(row)
+            predicted = predictions[position]
+            reference = example_metrics = None
+            if labels is not None:
+                reference = names[labels[position]]
+                loss = float(columns["loss"][position])
+                example_metrics = {"correct": float(predicted == labels[position]), "cross_entropy": loss}
+            rows.append(
+                prediction_row(
+                    index,
+                    {column: texts[column][index] for column in input_columns},
+                    names[predicted],
+                    probabilities[position, predicted],
+                    reference,
+                    example_metrics,
+                    probabilities={name: round(float(p), 6) for name, p in zip(names, probabilities[position])},
+                )
+            )
         return metrics, rows

@@ -1,46 +1,101 @@
-"""Extractive question answering (SQuAD): find the answer span in the context.
+"""Question answering on a context (SQuAD): extractive, or generative with `task.generative`.
 
-Long contexts become overlapping windows (`max_length`, `doc_stride`). Training labels each window
-with the answer's token positions, or the CLS position when the answer is not inside it. Decoding
-takes the best start/end candidates of every window of an example and maps the best valid span
-back to context characters through the offset mapping.
+Extractive: long contexts become overlapping windows (`max_length`, `doc_stride`). Training labels each window
+with the answer's token positions, or the CLS position when the answer is not inside it. Decoding takes the
+best start/end candidates of every window of an example and maps the best valid span back to context
+characters through the offset mapping.
+
+Generative: a causal language model reads the context and question (a prompt) and writes the answer; it is
+trained on the first gold answer (answer_start is not needed). Both forms are scored with the official SQuAD
+v1.1 exact match and F1 against all gold answers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
+from typing import Any, ClassVar, Literal
 
-import datasets
-import torch
-import torch.nn.functional as F
-from transformers import AutoModelForQuestionAnswering
+from pydantic import Field as SchemaField
 
-from .. import metrics as metric_modules
 from .. import prompting
-from ..data import describe, require_columns, row_location, tokenization_fingerprint
+from ..data import describe, require_columns, row_location
 from ..errors import DataWarning, UserError
-from ..recipe import DataSpec, QuestionAnsweringTask
+from ..lazy import F, datasets, torch
+from ..sections import DataSpec
+from .base import Accumulator, Task, prediction_row, tokenize
 from .card import PushedModel, literal
-from .generative import PromptCompletionTask
-from .outputs import CollectedOutputs
+from .generation import Field, PromptCompletionOptions, TextGeneration
 
 # The model card's example question.
 EXAMPLE = {"question": "Where is the treasure?", "context": "The treasure is buried under the old oak tree."}
 
 
-class QuestionAnswering:
-    auto_class = AutoModelForQuestionAnswering
+class QuestionAnsweringOptions(PromptCompletionOptions):
+    """Question answering on a context (SQuAD): extractive (the answer is a span of the context), or
+    generative (a causal language model writes the answer as text)."""
+
+    type: Literal["question_answering"] = SchemaField(description="The task.")
+    question_column: str = SchemaField("question", description="Column holding the question.")
+    context_column: str = SchemaField("context", description="Column holding the context the answer is taken from.")
+    answers_column: str = SchemaField(
+        "answers", description="Column holding the gold answers: `{text: [...], answer_start: [...]}` (SQuAD layout)."
+    )
+    id_column: str | None = SchemaField(
+        "id", description="Column holding an example id, copied into predictions; null: row numbers."
+    )
+    doc_stride: int = SchemaField(
+        128, ge=1, description="Tokens shared by consecutive windows when a context is longer than max_length."
+    )
+    max_answer_length: int = SchemaField(30, ge=1, description="Longest answer, in tokens, considered when decoding.")
+    n_best: int = SchemaField(20, ge=1, description="Start and end candidates per window considered when decoding.")
+    max_new_tokens: int = SchemaField(32, ge=1, description="Generative only: longest generated answer, in tokens.")
+    num_beams: int = SchemaField(
+        1, ge=1, description="Generative only: beam-search width when generating; 1 is greedy decoding."
+    )
+
+    generative_only: ClassVar[dict[str, Any]] = {
+        **PromptCompletionOptions.generative_only,
+        "max_new_tokens": 32,
+        "num_beams": 1,
+    }
+
+    @property
+    def available_metrics(self) -> tuple[str, ...]:
+        extra = ("perplexity",) if self.generative else ()
+        return ("exact_match", "f1", "cross_entropy", *extra)
+
+    def check_recipe(self, recipe) -> None:
+        if not self.generative and self.doc_stride >= recipe.training.max_length:
+            raise ValueError(
+                f"task.doc_stride ({self.doc_stride}) must be smaller than training.max_length "
+                f"({recipe.training.max_length}): it is the overlap between consecutive windows of a long context"
+            )
+
+
+class QuestionAnswering(Task):
+    """Extractive question answering: the answer is the best-scoring span of the context."""
+
+    name = "question_answering"
+    options_class = QuestionAnsweringOptions
+    auto_class = "AutoModelForQuestionAnswering"
     peft_task_type = "QUESTION_ANS"
-    # Per-window columns the decoder needs but the model must not see.
-    metadata_columns = ("offset_mapping", "example_index")
+    architectures = ("ForQuestionAnswering",)
+    metadata_columns = ("offset_mapping", "example_index")  # per window: what decoding needs, not the model
+    predict_fields = {
+        "question": "Question answering: the question (with --context; repeatable, one answer each).",
+        "context": "Question answering: the context the answer is taken from.",
+    }
+    example_metric = "f1"
+    example_noun = "answers"
+    metric_labels = {"exact_match": "exact match", "f1": "F1"}
     pipeline_tag = "question-answering"
     hub_task = ("question-answering", "Question Answering")
-    predict_options = '--question "..." --context "..."'
 
-    def __init__(self, options: QuestionAnsweringTask):
-        self.options = options
-        self.label_names = None
+    @classmethod
+    def create(cls, options: QuestionAnsweringOptions) -> Task:
+        return GenerativeQuestionAnswering(options) if options.generative else cls(options)
 
     # ------------------------------------------------------------------ checks
 
@@ -58,44 +113,40 @@ class QuestionAnswering:
             columns = {"task.question_column": o.question_column, "task.context_column": o.context_column}
             if split == "train" or o.answers_column in dataset.column_names:
                 columns["task.answers_column"] = o.answers_column
-            require_columns(dataset, columns, where)
+            require_columns(dataset.column_names, columns, where)
             for key, column in (("question", o.question_column), ("context", o.context_column)):
                 for row, text in enumerate(dataset[column]):
                     if not isinstance(text, str) or not text.strip():
                         raise UserError(
-                            f"{where} {row_location(sources[split], row)}: empty {key} in column '{column}'; expected text"
+                            f"{where} {row_location(sources[split], row)}: "
+                            f"empty {key} in column '{column}'; expected text"
                         )
-            if o.answers_column not in dataset.column_names:
-                continue
-            usable = [
-                aligned_answer(context, parse_answers(answers, f"{where} {row_location(sources[split], row)}"))
-                is not None
-                for row, (context, answers) in enumerate(zip(dataset[o.context_column], dataset[o.answers_column]))
-            ]
-            bad = usable.count(False)
-            if not bad:
-                continue
-            if split == "train" and bad == len(dataset):
-                raise UserError(
-                    f"{where}: none of the {len(dataset)} answers occurs in its context at its answer_start; "
-                    "expected answers: {text: [...], answer_start: [character offsets into the context]}"
-                )
-            action = "skipped for training" if split == "train" else "kept: scored on answer text, no span label"
-            warnings.warn(
-                f"{where}: {bad} of {len(dataset)} examples have no answer that occurs at its answer_start; {action}",
-                DataWarning,
-                stacklevel=2,
+            if o.answers_column in dataset.column_names:
+                splits[split] = self._check_answers(dataset, split, where, sources[split])
+
+    def _check_answers(self, dataset, split: str, where: str, source) -> datasets.Dataset:
+        o = self.options
+        usable = [
+            aligned_answer(context, parse_answers(answers, f"{where} {row_location(source, row)}")) is not None
+            for row, (context, answers) in enumerate(zip(dataset[o.context_column], dataset[o.answers_column]))
+        ]
+        bad = usable.count(False)
+        if not bad:
+            return dataset
+        if split == "train" and bad == len(dataset):
+            raise UserError(
+                f"{where}: none of the {len(dataset)} answers occurs in its context at its answer_start; "
+                "expected answers: {text: [...], answer_start: [character offsets into the context]}"
             )
-            if split == "train":
-                splits[split] = dataset.select([row for row, ok in enumerate(usable) if ok])
+        action = "skipped for training" if split == "train" else "kept: scored on answer text, no span label"
+        warnings.warn(
+            f"{where}: {bad} of {len(dataset)} examples have no answer that occurs at its answer_start; {action}",
+            DataWarning,
+            stacklevel=3,
+        )
+        return dataset.select([row for row, ok in enumerate(usable) if ok]) if split == "train" else dataset
 
     # ------------------------------------------------------------------ model
-
-    def model_kwargs(self) -> dict:
-        return {}
-
-    def setup(self, config, tokenizer) -> None:
-        """Nothing to adapt: windows are built from the tokenizer's own padding side."""
 
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
         """One row per window: model inputs, start/end labels, offsets (None outside the context), example index."""
@@ -103,30 +154,15 @@ class QuestionAnswering:
         has_answers = o.answers_column in dataset.column_names
         keep = set(tokenizer.model_input_names)
         pad_right = tokenizer.padding_side == "right"
+        context_id = 1 if pad_right else 0
         cls_index = 0
 
         def encode(batch, indices):
-            questions = [q.lstrip() for q in batch[o.question_column]]
-            try:
-                encoded = tokenizer(
-                    questions if pad_right else batch[o.context_column],
-                    batch[o.context_column] if pad_right else questions,
-                    truncation="only_second" if pad_right else "only_first",
-                    max_length=max_length,
-                    stride=o.doc_stride,
-                    return_overflowing_tokens=True,
-                    return_offsets_mapping=True,
-                )
-            except Exception as exc:  # tokenizers refuses a question that leaves no room for the stride
-                raise UserError(
-                    f"task.doc_stride: windows of {max_length} tokens cannot overlap by {o.doc_stride} after the question "
-                    f"({' '.join(str(exc).split())[:160]}); lower task.doc_stride or raise training.max_length"
-                ) from None
+            encoded = self._tokenize(tokenizer, batch, max_length, pad_right)
             features = {key: encoded[key] for key in encoded if key in keep}
             features.update({"example_index": [], "offset_mapping": [], "start_positions": [], "end_positions": []})
             for window, example in enumerate(encoded["overflow_to_sample_mapping"]):
                 sequence_ids = encoded.sequence_ids(window)
-                context_id = 1 if pad_right else 0
                 offsets = [
                     span if sequence_ids[k] == context_id else None
                     for k, span in enumerate(encoded["offset_mapping"][window])
@@ -134,30 +170,39 @@ class QuestionAnswering:
                 features["offset_mapping"].append(offsets)
                 features["example_index"].append(indices[example])
                 start = end = cls_index
-                answer = (
-                    aligned_answer(
+                if has_answers:
+                    answer = aligned_answer(
                         batch[o.context_column][example], parse_answers(batch[o.answers_column][example], "")
                     )
-                    if has_answers
-                    else None
-                )
-                if answer is not None:
-                    start, end = answer_tokens(offsets, answer[0], answer[1], cls_index)
+                    if answer is not None:
+                        start, end = answer_tokens(offsets, answer[0], answer[1], cls_index)
                 features["start_positions"].append(start)
                 features["end_positions"].append(end)
             features["length"] = [len(ids) for ids in encoded["input_ids"]]
             return features
 
-        fingerprint = tokenization_fingerprint(dataset, tokenizer, "question_answering/1", o.model_dump(), max_length)
-        windows = dataset.map(
-            encode,
-            batched=True,
-            with_indices=True,
-            remove_columns=dataset.column_names,
-            desc="Tokenizing",
-            new_fingerprint=fingerprint,
-        )
-        return windows.add_column("index", list(range(len(windows))), new_fingerprint=fingerprint + "-index")
+        return tokenize(dataset, tokenizer, encode, "question_answering/1", o.model_dump(), max_length, windows=True)
+
+    def _tokenize(self, tokenizer, batch: dict, max_length: int, pad_right: bool):
+        """Question + context windows (context + question for tokenizers that pad on the left)."""
+        o = self.options
+        questions = [q.lstrip() for q in batch[o.question_column]]
+        contexts = batch[o.context_column]
+        try:
+            return tokenizer(
+                questions if pad_right else contexts,
+                contexts if pad_right else questions,
+                truncation="only_second" if pad_right else "only_first",
+                max_length=max_length,
+                stride=o.doc_stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+            )
+        except Exception as exc:  # tokenizers refuses a question that leaves no room for the stride
+            raise UserError(
+                f"task.doc_stride: windows of {max_length} tokens cannot overlap by {o.doc_stride} after the question "
+                f"({' '.join(str(exc).split())[:160]}); lower task.doc_stride or raise training.max_length"
+            ) from None
 
     # ------------------------------------------------------------------ training and evaluation
 
@@ -176,7 +221,7 @@ class QuestionAnswering:
         ).mean()
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        """Per window: the n_best start and end candidates (not the full logits) and the span loss."""
+        """Per window: the n_best start and end candidates (not the full logits), their normalisers, the span loss."""
         outputs = model(**self._inputs(batch))
         start_logits, end_logits = outputs.start_logits.float(), outputs.end_logits.float()
         k = min(self.options.n_best, start_logits.shape[-1])
@@ -187,29 +232,16 @@ class QuestionAnswering:
             "start_logit": top_start.values,
             "end_index": top_end.indices,
             "end_logit": top_end.values,
+            # log(sum exp) of each window's logits: a span's probability is exp(start + end - both normalisers)
+            "normaliser": start_logits.logsumexp(-1) + end_logits.logsumexp(-1),
             "loss": window_loss(start_logits, end_logits, batch["start_positions"], batch["end_positions"]),
         }
 
     def new_accumulator(self, metric_names: tuple[str, ...]) -> QuestionAnsweringAccumulator:
         return QuestionAnsweringAccumulator(self, metric_names)
 
-    def predict(self, model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 32) -> list[dict]:
-        """The answer span for each row (a dict with the question and context columns)."""
-        from ..batching import PadCollator
-
-        dataset = datasets.Dataset.from_list(rows)
-        windows = self.preprocess(dataset, tokenizer, max_length)
-        collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
-        accumulator = self.new_accumulator(())
-        device = next(model.parameters()).device
-        inputs = windows.remove_columns(list(self.metadata_columns))
-        model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(inputs), batch_size):
-                batch = collate([inputs[i] for i in range(start, min(start + batch_size, len(inputs)))])
-                accumulator.add(self.eval_step(model, {key: value.to(device) for key, value in batch.items()}))
-        _, predictions = accumulator.result(dataset, windows)
-        return [{**row, "answer": p["predicted"], "score": p["score"]} for row, p in zip(rows, predictions)]
+    def input_columns(self) -> dict[str, str]:
+        return {"question": self.options.question_column, "context": self.options.context_column}
 
     # ------------------------------------------------------------------ model card
 
@@ -218,7 +250,7 @@ class QuestionAnswering:
 
     def usage_code(self, model: PushedModel, max_length: int) -> str:
         """The best-scoring answer span (start logit + end logit) of one question with plain transformers / peft."""
-        auto = self.auto_class.__name__
+        auto = self.auto_class
         longest = self.options.max_answer_length
         return (
             "import torch\n"
@@ -226,13 +258,16 @@ class QuestionAnswering:
             + "\n"
             + model.load(auto)
             + f"question = {literal(EXAMPLE['question'])}\ncontext = {literal(EXAMPLE['context'])}\n"
-            + f"# A context longer than {max_length} tokens is cut here; llmtune predict reads it in overlapping windows.\n"
-            + f'inputs = tokenizer(question, context, truncation="only_second", max_length={max_length}, return_offsets_mapping=True, return_tensors="pt")\n'
+            + f"# A context longer than {max_length} tokens is cut here; "
+            "llmtune predict reads it in overlapping windows.\n"
+            + f'inputs = tokenizer(question, context, truncation="only_second", max_length={max_length}, '
+            'return_offsets_mapping=True, return_tensors="pt")\n'
             + 'offsets = inputs.pop("offset_mapping")[0].tolist()\n'
             + "with torch.no_grad():\n    outputs = model(**inputs)\n"
             + "starts, ends = outputs.start_logits[0].tolist(), outputs.end_logits[0].tolist()\n"
             + "context_tokens = [i for i, part in enumerate(inputs.sequence_ids(0)) if part == 1]\n"
-            + f"spans = [(s, e) for s in context_tokens for e in context_tokens if s <= e < s + {longest}]  # at most {longest} tokens long\n"
+            + f"spans = [(s, e) for s in context_tokens for e in context_tokens if s <= e < s + {longest}]"
+            f"  # at most {longest} tokens long\n"
             + "start, end = max(spans, key=lambda span: starts[span[0]] + ends[span[1]])\n"
             + "print(context[offsets[start][0]:offsets[end][1]])\n"
         )
@@ -277,102 +312,150 @@ def window_loss(start_logits, end_logits, start_positions, end_positions) -> tor
     return (start + end) / 2
 
 
-class QuestionAnsweringAccumulator(CollectedOutputs):
+def squad_scores(predictions: list[str], golds: list[list[str]], metric_names) -> tuple[dict, list[dict]]:
+    """SQuAD v1.1 exact match and F1 in percent: per example the best over its gold answers; corpus: their mean."""
+    from ..metrics.squad.squad import best_over_golds, exact_match_score, f1_score
+
+    per_example = [
+        {
+            "exact_match": 100 * best_over_golds(exact_match_score, prediction, answers),
+            "f1": 100 * best_over_golds(f1_score, prediction, answers),
+        }
+        for prediction, answers in zip(predictions, golds)
+    ]
+    corpus = {
+        name: sum(scores[name] for scores in per_example) / max(len(per_example), 1)
+        for name in ("exact_match", "f1")
+        if name in metric_names
+    }
+    return corpus, per_example
+
+
+def example_id(options: QuestionAnsweringOptions, row: dict, index: int):
+    return row[options.id_column] if options.id_column and options.id_column in row else index
+
+
+class QuestionAnsweringAccumulator(Accumulator):
     """Keeps n_best candidates per window; decodes each example's best span at the end."""
 
     def result(self, dataset: datasets.Dataset, windows: datasets.Dataset) -> tuple[dict, list[dict]]:
         o = self.task.options
         columns = self.columns()
-        window_ids = columns["index"].tolist()
-        offsets = windows["offset_mapping"]
-        example_of = windows["example_index"]
-        best: dict[int, tuple[float, str]] = {}
+        best = self._best_spans(columns, dataset, windows)
+        has_answers = o.answers_column in dataset.column_names
+        golds = (
+            [[t for t in parse_answers(a, "")["text"] if t] or [""] for a in dataset[o.answers_column]]
+            if has_answers
+            else None
+        )
+        predicted = [best.get(example, (float("-inf"), "", None))[1] for example in range(len(dataset))]
+        metrics: dict[str, float] = {"num_examples": len(dataset)}
+        per_example = [None] * len(dataset)
+        if golds is not None:
+            corpus, per_example = squad_scores(predicted, golds, self.metric_names)
+            metrics.update(corpus)
+            if "cross_entropy" in self.metric_names:
+                metrics["cross_entropy"] = float(columns["loss"].double().mean())
+                metrics["num_windows"] = len(columns["index"])
+        rows = []
+        for example in range(len(dataset)):
+            row = dataset[example]
+            probability, text, span = best.get(example, (0.0, "", None))
+            rows.append(
+                prediction_row(
+                    example,
+                    {o.question_column: row[o.question_column], o.context_column: row[o.context_column]},
+                    text,
+                    probability,
+                    golds[example] if golds else None,
+                    per_example[example],
+                    id=example_id(o, row, example),
+                    span=span,
+                )
+            )
+        return metrics, rows
+
+    def _best_spans(self, columns: dict, dataset, windows) -> dict[int, tuple[float, str, dict]]:
+        """Per example: (probability, text, character span) of the best valid span over all its windows."""
+        o = self.task.options
+        offsets, example_of = windows["offset_mapping"], windows["example_index"]
         contexts = dataset[o.context_column]
-        for row, window in enumerate(window_ids):
-            example = example_of[window]
-            spans = offsets[window]
-            context = contexts[example]
+        best: dict[int, tuple[float, str, dict]] = {}
+        for row, window in enumerate(columns["index"].tolist()):
+            example, spans = example_of[window], offsets[window]
             starts, ends = columns["start_index"][row].tolist(), columns["end_index"][row].tolist()
             start_scores, end_scores = columns["start_logit"][row].tolist(), columns["end_logit"][row].tolist()
+            normaliser = float(columns["normaliser"][row])
             for start, start_score in zip(starts, start_scores):
                 if start >= len(spans) or spans[start] is None:
                     continue
                 for end, end_score in zip(ends, end_scores):
                     if end >= len(spans) or spans[end] is None or end < start or end - start + 1 > o.max_answer_length:
                         continue
-                    score = start_score + end_score
-                    if example not in best or score > best[example][0]:
-                        best[example] = (score, context[spans[start][0] : spans[end][1]])
-        has_answers = o.answers_column in dataset.column_names
-        golds = [parse_answers(a, "")["text"] for a in dataset[o.answers_column]] if has_answers else None
-        ids = dataset[o.id_column] if o.id_column and o.id_column in dataset.column_names else list(range(len(dataset)))
-        questions = dataset[o.question_column]
-        rows = []
-        for example in range(len(dataset)):
-            score, text = best.get(example, (float("-inf"), ""))
-            row = {"id": ids[example], "question": questions[example], "predicted": text, "score": round(score, 4)}
-            if golds is not None:
-                row["answers"] = golds[example]
-            rows.append(row)
-        metrics: dict[str, float] = {"num_examples": len(dataset)}
-        if has_answers:
-            if {"exact_match", "f1"} & set(self.metric_names):
-                scores = metric_modules.load("squad").compute(
-                    predictions=[r["predicted"] for r in rows], references=golds
-                )
-                metrics.update({name: scores[name] for name in ("exact_match", "f1") if name in self.metric_names})
-            if "cross_entropy" in self.metric_names:
-                metrics["cross_entropy"] = float(columns["loss"].double().mean())
-                metrics["num_windows"] = len(window_ids)
-        return metrics, rows
+                    probability = math.exp(start_score + end_score - normaliser)
+                    if example not in best or probability > best[example][0]:
+                        begin, finish = spans[start][0], spans[end][1]
+                        best[example] = (probability, contexts[example][begin:finish], {"start": begin, "end": finish})
+        return best
 
 
-class GenerativeQuestionAnswering(PromptCompletionTask):
-    """Question answering by a causal language model: it reads the context and question and writes the answer.
+class GenerativeQuestionAnswering(TextGeneration):
+    """Question answering by a causal language model: it reads the context and question and writes the answer."""
 
-    Trained on the first gold answer of each example (answer_start is not needed); scored with the
-    SQuAD v1.1 exact match and F1 against all gold answers, as the extractive task is.
-    """
-
-    prediction_key = "answer"
+    name = QuestionAnswering.name
+    options_class = QuestionAnsweringOptions
+    predict_fields = QuestionAnswering.predict_fields
+    example_metric = QuestionAnswering.example_metric
+    example_noun = QuestionAnswering.example_noun
+    metric_labels = QuestionAnswering.metric_labels
     hub_task = QuestionAnswering.hub_task
-    predict_options = QuestionAnswering.predict_options
 
-    def examples(self) -> dict[str, str]:
-        return {self.options.question_column: EXAMPLE["question"], self.options.context_column: EXAMPLE["context"]}
+    def input_fields(self, column_names, where):
+        o = self.options
+        columns = {"task.question_column": o.question_column, "task.context_column": o.context_column}
+        used = prompting.prompt_columns(self.template)
+        require_columns(column_names, {key: column for key, column in columns.items() if column in used}, where)
+        return {
+            role: Field(column)
+            for role, column in (("question", o.question_column), ("context", o.context_column))
+            if column in used
+        }
 
-    def card_description(self) -> str:
-        return "generative question answering (a causal language model writes the answer after the context and the question)"
+    def target_field(self, column_names, where, required):
+        column = self.options.answers_column
+        if required:
+            require_columns(column_names, {"task.answers_column": column}, where)
+        return Field(column) if column in column_names else None
+
+    def references(self, value) -> list[str] | None:
+        texts = [text for text in parse_answers(value, "")["text"] if isinstance(text, str) and text.strip()]
+        return texts or None
+
+    def input_columns(self) -> dict[str, str]:
+        return {"question": self.options.question_column, "context": self.options.context_column}
 
     def default_template(self) -> str:
         o = self.options
         return f"Context: {{{o.context_column}}}\nQuestion: {{{o.question_column}}}\nAnswer: {{{prompting.COMPLETION}}}"
 
-    def input_columns(self) -> dict[str, str]:
-        return {
-            "task.question_column": self.options.question_column,
-            "task.context_column": self.options.context_column,
-        }
+    def generation_settings(self) -> dict:
+        return {"num_beams": self.options.num_beams, "max_new_tokens": self.options.max_new_tokens}
 
-    def target_column(self) -> tuple[str, str]:
-        return "task.answers_column", self.options.answers_column
+    def score(self, generated, references, metric_names):
+        return squad_scores(generated, references, metric_names)
 
-    def target(self, row: dict, where: str) -> str | None:
-        texts = parse_answers(row[self.options.answers_column], where)["text"]
-        return texts[0] if texts else None
+    def row_extras(self, row: dict, index: int) -> dict:
+        return {"id": example_id(self.options, row, index)}
 
-    def score(self, predictions: list[str], dataset: datasets.Dataset) -> dict[str, float]:
-        golds = [parse_answers(a, "")["text"] for a in dataset[self.options.answers_column]]
-        scores = metric_modules.load("squad").compute(predictions=predictions, references=golds)
-        return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
+    def subject(self) -> str:
+        return (
+            "generative question answering "
+            "(a causal language model writes the answer after the context and the question)"
+        )
 
-    def prediction_row(self, row: dict, index: int, text: str) -> dict:
+    def card_description(self) -> str:
+        return self.subject()
+
+    def example_inputs(self) -> dict[str, str]:
         o = self.options
-        result = {
-            "id": row[o.id_column] if o.id_column and o.id_column in row else index,
-            "question": row[o.question_column],
-            "predicted": text,
-        }
-        if o.answers_column in row:
-            result["answers"] = parse_answers(row[o.answers_column], "")["text"]
-        return result
+        return {o.question_column: EXAMPLE["question"], o.context_column: EXAMPLE["context"]}

@@ -1,0 +1,85 @@
+"""Evaluation of a split: batches sorted by length, each example counted once whatever the process count.
+
+Training (validation and test), `llmtune eval` and the hub round trip all evaluate through `run_evaluation`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import runs
+from .batching import SortedBatches
+from .tasks.base import Task, run_batches
+
+# A long evaluation (generating a test split can take many minutes) reports its progress this often.
+EVAL_PROGRESS_EVERY_S = 30
+
+
+def model_features(features, task: Task):
+    """The columns batches are made of; tasks keep decoding metadata (e.g. QA offsets) out of the model's way."""
+    return features.remove_columns(list(task.metadata_columns)) if task.metadata_columns else features
+
+
+def eval_loader(features, task: Task, training, collate, accelerator):
+    """This process's share of the evaluation batches (not passed to `accelerator.prepare`: see run_evaluation).
+
+    `training` is the recipe's training section: eval_batch_size, else twice the training batch (in
+    examples, or in tokens with max_tokens).
+    """
+    from torch.utils.data import DataLoader
+
+    size = training.eval_batch_size or (None if training.max_tokens else 2 * training.batch_size)
+    budget = 2 * training.max_tokens if size is None else None
+    batches = SortedBatches(
+        features["length"], size, accelerator.num_processes, accelerator.process_index, max_tokens=budget
+    )
+    return DataLoader(
+        model_features(features, task),
+        batch_sampler=batches,
+        collate_fn=collate,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+
+
+def run_evaluation(
+    model, loader, task: Task, accelerator, dataset, features, metric_names, echo=None, label: str = "evaluating"
+) -> tuple[dict, list[dict]]:
+    """Metrics and prediction rows over a whole split.
+
+    Each process evaluates its own batches and the per-example outputs are gathered once at the end.
+    (Accelerate's sharding pads uneven shards with repeated examples, and `gather_for_metrics` cannot
+    drop them for batch samplers with varying batch sizes such as ours.)
+    `echo`, on the main process: a progress line every EVAL_PROGRESS_EVERY_S.
+    """
+    from accelerate.utils import gather_object
+
+    started = last_line = time.perf_counter()
+    total, done = len(loader.batch_sampler), 0
+
+    def progress(number: int, examples: int) -> None:
+        nonlocal last_line, done
+        done += examples
+        now = time.perf_counter()
+        if (
+            echo is not None
+            and accelerator.is_main_process
+            and now - last_line >= EVAL_PROGRESS_EVERY_S
+            and number < total
+        ):
+            last_line, elapsed = now, now - started
+            eta = elapsed / number * (total - number)
+            echo(f"{label}: batch {number}/{total} ({done:,} examples)  elapsed {elapsed:.0f}s  eta {eta:.0f}s")
+
+    outputs = run_batches(task, model, loader, accelerator.device, progress)
+    accumulator = task.new_accumulator(metric_names)
+    for result in gather_object(outputs) if accelerator.num_processes > 1 else outputs:
+        accumulator.add(result)
+    metrics, predictions = accumulator.result(dataset, features)
+    return {**metrics, "runtime_s": round(time.perf_counter() - started, 2)}, predictions
+
+
+def format_metrics(metrics: dict) -> str:
+    """One line of a split's metrics: numbers to 4 decimals, text (sacreBLEU's signature) as it is."""
+    shown = {k: v for k, v in metrics.items() if runs.is_metric(k) and isinstance(v, (int, float, str))}
+    values = "  ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:.4f}" for k, v in shown.items())
+    return values + f"  (n={metrics.get('num_examples', '?')})"

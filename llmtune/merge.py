@@ -1,0 +1,62 @@
+"""`llmtune merge`: fold a run's adapter into its base weights, a standalone transformers model."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import runs
+from .errors import UserError
+from .inference import load_run
+from .recipe import Recipe, dump_recipe, load_recipe
+
+
+def check_finished_run(run_dir: Path) -> Recipe:
+    """The recipe of a finished run directory.
+
+    Raises:
+        UserError: not a directory, or not a finished run.
+    """
+    runs.require_finished_run(run_dir)
+    return load_recipe(run_dir / runs.RECIPE_FILE)
+
+
+def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> Path:
+    """Fold a run's LoRA (or IA3) adapter into its base weights and save a standalone transformers model.
+
+    Raises:
+        UserError: not a finished adapter run, a method that cannot merge, or an occupied output directory.
+    """
+    run_dir, output = Path(run_dir), Path(output)
+    recipe = check_finished_run(run_dir)
+    if not (run_dir / runs.ADAPTER_CONFIG).is_file():
+        raise UserError(
+            f"{run_dir}: a full fine-tuning run (no {runs.ADAPTER_CONFIG}); "
+            "it already is a standalone model, nothing to merge"
+        )
+    if recipe.method.type == "prefix_tuning":
+        raise UserError(
+            f"{run_dir}: prefix tuning adds virtual tokens instead of changing weights, so it cannot be merged; "
+            "push the adapter instead"
+        )
+    runs.check_output_dir(output, overwrite)
+    loaded = load_run(run_dir)
+    merged = loaded.model.merge_and_unload()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(staging)
+        runs.write_atomic(staging / runs.RECIPE_FILE, dump_recipe(recipe))
+        shutil.copy2(run_dir / runs.METRICS_FILE, staging / runs.METRICS_FILE)
+        if (
+            output.exists()
+        ):  # a run check_output_dir allowed to replace; clearing checks again that it holds nothing else
+            runs.clear_output_dir(output)
+            output.rmdir()
+        staging.rename(output)  # the output appears complete or not at all
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output

@@ -1,0 +1,265 @@
+"""The parts of a recipe that every task shares: model, data, method, training, evaluation and checkpointing.
+
+Every section is a pydantic model that rejects unknown keys. A field's description is its documentation:
+`llmtune init` and the README's recipe reference are written from them. The task sections live beside
+their tasks (`llmtune/tasks/`), and `llmtune.recipe` assembles the whole recipe from both.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPLITS = ("train", "validation", "test")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSpec(Section):
+    """The pretrained checkpoint to start from."""
+
+    name: str = Field(
+        description="Hub id (`org/name`) or a local directory holding a Hugging Face checkpoint, or a local .gguf file."
+    )
+    revision: str | None = Field(None, description="Hub branch, tag or commit; default: the main branch.")
+    gguf_file: str | None = Field(
+        None,
+        description="Load this GGUF file (config, tokenizer and weights in one file; "
+        "dequantized to float32 for training): a file name in the model.name directory or hub repository, "
+        "or an absolute path. The run saves ordinary safetensors.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run modelling code shipped with the checkpoint. Off unless you trust its author."
+    )
+    decoder: str | None = Field(
+        None,
+        description="Summarization / translation: warm-start an encoder-decoder (BERT2BERT) from two checkpoints: "
+        "`name` is the encoder, this hub id or directory the decoder (cross-attention is new). "
+        "Null: `name` is already an encoder-decoder checkpoint.",
+    )
+
+
+class DataSource(Section):
+    """One split's source: a local file (`path`), line-aligned text files (`parallel`) or a hub dataset (`hub`)."""
+
+    path: str | None = Field(
+        None,
+        description="Local csv, tsv, json, jsonl or parquet file, or another format the task reads "
+        "(its `task` keys say which). Relative paths in a recipe file are relative to that file.",
+    )
+    parallel: dict[str, str] | None = Field(
+        None,
+        description="Line-aligned plain-text files, one column each: `{column: file}`, "
+        "e.g. `{de: train.de, en: train.en}` for a parallel corpus; line N of every file is example N.",
+    )
+    hub: str | None = Field(None, description="Hub dataset id, for example `stanfordnlp/sst2`.")
+    config: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str | None = Field(
+        None, description="Hub split to read; default: the split's own name (train, validation, test)."
+    )
+    revision: str | None = Field(None, description="Hub dataset branch, tag or commit.")
+    skip: int = Field(
+        0,
+        ge=0,
+        description="Leave out the first N rows; with `max_samples`, any slice of one file (train on rows 0-799, "
+        "evaluate on the rest: `max_samples: 800` and `skip: 800`).",
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="Use only the first N rows (after `skip`; quick experiments)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if [self.path, self.parallel, self.hub].count(None) != 2:
+            raise ValueError(
+                "give exactly one of `path` (a local file), `parallel` (line-aligned text files) "
+                "or `hub` (a hub dataset id)"
+            )
+        if self.hub is None and (self.config or self.split or self.revision):
+            raise ValueError("`config`, `split` and `revision` apply only to hub datasets, not to local files")
+        if self.parallel is not None and not self.parallel:
+            raise ValueError("`parallel` needs at least one `{column: file}` entry")
+        return self
+
+    def local_files(self) -> list[str]:
+        """The local files this split is read from (none for a hub dataset)."""
+        return [self.path] if self.path is not None else list((self.parallel or {}).values())
+
+
+def _source_shorthand(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class DataSpec(Section):
+    """The splits. `train` is needed to train; `validation` is evaluated during training, `test` once at the end."""
+
+    train: DataSource | None = Field(
+        None,
+        description="Training split (required to train): a file path, "
+        "or a mapping with path/hub/config/split/max_samples.",
+    )
+    validation: DataSource | None = Field(None, description="Validation split, evaluated during training.")
+    test: DataSource | None = Field(None, description="Test split, evaluated once after training.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Rename columns before use: `{name_in_data: name_the_task_expects}`."
+    )
+    drop_empty: bool = Field(
+        False,
+        description="Tasks that generate text (summarization, translation, generative question answering): "
+        "leave out rows with an empty input or target (counted in a warning) "
+        "instead of stopping at the first with an error; metrics then cover the rows that are left.",
+    )
+
+    _shorthand = field_validator("train", "validation", "test", mode="before")(
+        classmethod(lambda cls, v: _source_shorthand(v))
+    )
+
+    def sources(self) -> dict[str, DataSource]:
+        return {name: getattr(self, name) for name in SPLITS if getattr(self, name) is not None}
+
+
+class FullMethod(Section):
+    """Full fine-tuning: every weight is trained."""
+
+    type: Literal["full"] = Field(description="full | lora | ia3 | prefix_tuning")
+
+
+class LoraMethod(Section):
+    """LoRA: low-rank adapters on chosen linear layers; the new task head is trained and saved with them."""
+
+    type: Literal["lora"] = Field(description="full | lora | ia3 | prefix_tuning")
+    r: int = Field(8, ge=1, description="Rank of the adapter matrices.")
+    alpha: int = Field(16, ge=1, description="Scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; default: the architecture's attention projections."
+    )
+
+
+class IA3Method(Section):
+    """IA3: learned rescaling vectors on keys, values and feed-forward activations."""
+
+    type: Literal["ia3"] = Field(description="full | lora | ia3 | prefix_tuning")
+    target_modules: list[str] | None = Field(None, description="Module names to rescale; default: per architecture.")
+    feedforward_modules: list[str] | None = Field(
+        None, description="Which of target_modules are feed-forward layers; default: per architecture."
+    )
+
+
+class PrefixTuningMethod(Section):
+    """Prefix tuning: trained key/value prefixes in every attention layer."""
+
+    type: Literal["prefix_tuning"] = Field(description="full | lora | ia3 | prefix_tuning")
+    num_virtual_tokens: int = Field(20, ge=1, description="Length of the trained prefix.")
+
+
+Method = Annotated[Union[FullMethod, LoraMethod, IA3Method, PrefixTuningMethod], Field(discriminator="type")]
+
+
+class Training(Section):
+    """Optimisation settings."""
+
+    epochs: float = Field(
+        3, gt=0, description="Passes over the training split (fractions allowed); ignored when max_steps is set."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps instead of counting epochs."
+    )
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    head_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of the newly initialised task head (classifier, QA outputs); "
+        "default: learning_rate. A higher one lets a fresh head catch up with the pretrained body in short runs.",
+    )
+    scheduler: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"
+    ] = Field("linear", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the optimizer steps spent warming up.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
+    batch_size: int = Field(32, ge=1, description="Examples per batch and process (ignored when max_tokens is set).")
+    max_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="Token budget per batch and process instead of a fixed batch size: "
+        "each batch holds as many examples as fit in this many padded tokens (examples x longest), "
+        "so every step costs about the same; evaluation batches get twice the budget.",
+    )
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size (or 2 x max_tokens tokens)."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
+    max_length: int = Field(128, ge=8, description="Longest tokenized input; longer inputs are truncated.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm to this value; null: no clipping."
+    )
+    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 (else fp16) mixed precision on GPU, fp32 on CPU."
+    )
+    log_every_n_steps: int = Field(10, ge=1, description="Write a training-log line every N optimizer steps.")
+    compile: bool = Field(
+        False,
+        description="Compile the model with torch.compile (worth it on GPU for long runs; the first steps are slow).",
+    )
+
+
+class Evaluation(Section):
+    """When and what to evaluate."""
+
+    every_n_steps: int | None = Field(
+        None, ge=1, description="Evaluate on validation every N optimizer steps; default: at the end of each epoch."
+    )
+    metrics: list[str] | None = Field(
+        None,
+        description="Metrics to report; default: all of the task's "
+        "(classification: accuracy, macro_f1, cross_entropy).",
+    )
+    metric_for_best: str | None = Field(
+        None,
+        description="Validation metric that picks the best checkpoint; when set, the best checkpoint is kept "
+        "and its weights are the saved model and the ones evaluated on test. Needs data.validation.",
+    )
+    mode: Literal["max", "min"] | None = Field(
+        None,
+        description="Whether metric_for_best is better when higher (max) or lower (min); "
+        "default: min for cross_entropy and perplexity, max otherwise.",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop training after this many validation evaluations without improvement of metric_for_best; "
+        "null: never stop early.",
+    )
+
+    @model_validator(mode="after")
+    def _patience_needs_metric(self) -> Evaluation:
+        if self.early_stopping_patience is not None and self.metric_for_best is None:
+            raise ValueError(
+                "early_stopping_patience needs evaluation.metric_for_best (the metric that must keep improving)"
+            )
+        return self
+
+    @property
+    def best_mode(self) -> str:
+        return self.mode or ("min" if self.metric_for_best in ("cross_entropy", "perplexity") else "max")
+
+
+class Checkpointing(Section):
+    """Resumable checkpoints in RUN_DIR/checkpoints/step-N (model/adapter, optimizer, scheduler, RNG, data position)."""
+
+    every_n_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Write a checkpoint every N optimizer steps; null: only at epoch ends (if at_epoch_end).",
+    )
+    at_epoch_end: bool = Field(True, description="Write a checkpoint at the end of each epoch.")
+    keep_last: int = Field(
+        1,
+        ge=1,
+        description="Keep the newest N checkpoints (the best one, with evaluation.metric_for_best, is kept as well).",
+    )

@@ -1,0 +1,346 @@
+"""The task contract: everything the training loop, evaluation, inference, the CLI, reports and the hub ask of a task.
+
+A task is two classes in one module: its recipe section (a `TaskOptions` subclass whose `type` is the task's
+name) and a `Task` subclass that does the work. Registering the task class in `tasks/__init__.py` adds its
+section to the recipe schema, its inputs to `llmtune predict`, and its plots, report and model card everywhere.
+Nothing outside `tasks/` names a task.
+
+Prediction rows (predictions.jsonl, `llmtune predict`, and every report) have one shape for every task:
+
+    {"index": 0, "inputs": {column: value, ...}, "reference": ..., "predicted": ..., "score": 0.93,
+     "metrics": {name: value, ...}, ...task extras (probabilities, span, entities)}
+
+`reference` and `metrics` (the per-example scores, such as F1 or ROUGE-L) appear when the example has a
+reference; `score` is the model's confidence in `predicted`.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..batching import PadCollator, SortedBatches
+from ..data import tokenization_fingerprint
+from ..errors import UserError
+from ..lazy import datasets, torch
+from ..models import is_decoder_only
+from ..sections import DataSpec, Section
+
+if TYPE_CHECKING:
+    from .card import PushedModel
+
+
+class TaskOptions(Section):
+    """The recipe's `task` section; each task narrows `type` to its own name."""
+
+    type: str
+
+    # The metrics the task can report, its main one first (plots draw it; evaluation.metrics picks among them).
+    available_metrics: ClassVar[tuple[str, ...]] = ()
+
+    # Whether the task runs on encoder-decoder models, so that `model.decoder` may warm-start one from two checkpoints.
+    encoder_decoder: ClassVar[bool] = False
+
+    def check_recipe(self, recipe) -> None:
+        """Checks that involve other sections of the recipe (raise ValueError with the message)."""
+
+
+class Task:
+    """What a task does. Subclasses set the class attributes and implement the methods marked abstract."""
+
+    name: ClassVar[str]  # the recipe's task.type
+    options_class: ClassVar[type[TaskOptions]]
+
+    # ------------------------------------------------------------------ model
+    auto_class: str  # the transformers auto class that loads the model, e.g. "AutoModelForSequenceClassification"
+    peft_task_type: str  # the peft task type adapters are built for
+    # Bare checkpoints: the class names (suffixes of config.architectures) this task's models have.
+    architectures: ClassVar[tuple[str, ...]] = ()
+    # Feature columns decoding needs but the model must not see.
+    metadata_columns: ClassVar[tuple[str, ...]] = ()
+    # Data file formats the task reads besides csv/tsv/json/jsonl/parquet: {suffix: reader(path, where) -> Dataset}.
+    file_readers: ClassVar[dict[str, Callable]] = {}
+
+    # ------------------------------------------------------------------ predict
+    # `llmtune predict` options, {field: help}; each field names one input (see input_columns).
+    predict_fields: ClassVar[dict[str, str]] = {"text": "Text to predict for (repeatable: one prediction each)."}
+
+    # ------------------------------------------------------------------ reports
+    example_metric: ClassVar[str]  # the per-example metric that ranks prediction rows, worst first
+    example_metric_higher_is_better: ClassVar[bool] = True
+    example_noun: ClassVar[str] = "predictions"  # what a prediction row is, for report titles
+    metric_labels: ClassVar[dict[str, str]] = {}  # display names of the task's metrics (cards, reports)
+
+    # ------------------------------------------------------------------ hub
+    pipeline_tag: str  # the Hub pipeline (text-generation for any causal LM)
+    hub_task: tuple[str, str]  # model-index task type and name
+
+    # What a registered task (a class that sets `name`) must have besides the methods marked abstract.
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "options_class",
+        "auto_class",
+        "peft_task_type",
+        "example_metric",
+        "pipeline_tag",
+        "hub_task",
+    )
+
+    def __init__(self, options: TaskOptions):
+        self.options = options
+
+    def __init_subclass__(cls, **kwargs):
+        """A task that misses part of the contract fails when its module is imported, not in the middle of a run."""
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return
+        missing = [name for name in dir(cls) if getattr(getattr(cls, name, None), "__isabstractmethod__", False)]
+        missing += [name for name in cls.REQUIRED if not hasattr(cls, name)]
+        if missing:
+            raise TypeError(f"task {cls.__name__} lacks {', '.join(sorted(missing))} of the contract (tasks/base.py)")
+
+    @classmethod
+    def create(cls, options: TaskOptions) -> Task:
+        """The task object for a recipe section; a task with several forms (extractive or generative) picks one here."""
+        return cls(options)
+
+    @classmethod
+    def from_model_config(cls, options: TaskOptions, config) -> TaskOptions:
+        """The options of a bare checkpoint's task, completed from its config (e.g. label names from id2label)."""
+        return options
+
+    # ------------------------------------------------------------------ data
+
+    @abstractmethod
+    def prepare(self, splits: dict[str, datasets.Dataset], spec: DataSpec) -> None:
+        """Check every split's columns and values before anything heavy is loaded, and settle what the data decides
+        (label names). May replace splits in `splits` (rows left out, with a warning).
+
+        Raises:
+            UserError: one line naming the key, file, line and what was expected.
+        """
+
+    def resolved_options(self) -> TaskOptions:
+        """The options after `prepare` saw the data; saved in the run's recipe so eval and predict need no data."""
+        return self.options
+
+    # ------------------------------------------------------------------ model
+
+    def model_kwargs(self) -> dict:
+        """Extra `from_pretrained` arguments (e.g. the label names of a classification head)."""
+        return {}
+
+    def setup(self, config, tokenizer) -> None:
+        """Adapt to the model config and tokenizer before preprocessing (e.g. decoder-only models);
+        check the tokenizer."""
+
+    @abstractmethod
+    def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+        """Tokenized features, with an `index` column (the example, or window, number) and `length` (input tokens)."""
+
+    @abstractmethod
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """The training loss of one batch."""
+
+    @abstractmethod
+    def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-example (or per-window) tensors of one batch: small ones (ids, losses, candidates), never full logits.
+        Batches may lack the references (prediction); the outputs then lack what needs them."""
+
+    @abstractmethod
+    def new_accumulator(self, metric_names: tuple[str, ...]) -> Accumulator:
+        """An accumulator for eval_step's outputs; `metric_names` are the corpus metrics to compute."""
+
+    # ------------------------------------------------------------------ predict
+
+    @abstractmethod
+    def input_columns(self) -> dict[str, str]:
+        """{predict field: data column} of the inputs a prediction needs, e.g. {"text": "sentence"}."""
+
+    def input_row(self, value: str | dict, number: int) -> dict:
+        """A data row from one input of `predict`: a text (the first field), or a mapping of fields or columns.
+
+        Raises:
+            UserError: not a text or a mapping, or an input the task needs is missing or empty.
+        """
+        columns = self.input_columns()
+        if isinstance(value, str):
+            value = {next(iter(columns)): value}
+        if not isinstance(value, dict):
+            raise UserError(
+                f"input row {number}: expected a text or a mapping with {list(columns)}, got {type(value).__name__}"
+            )
+        row = {columns.get(key, key): item for key, item in value.items()}
+        for field, column in columns.items():
+            if not isinstance(row.get(column), str) or not row[column].strip():
+                shown = f"'{field}'" + (f" (column '{column}')" if column != field else "")
+                raise UserError(f"input row {number}: missing or empty {shown}; expected a non-empty text")
+        return row
+
+    def predict(self, model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 32) -> list[dict]:
+        """Prediction rows for data rows (see input_row), in their order, batched by length like evaluation."""
+        dataset = datasets.Dataset.from_list(rows)
+        features = self.preprocess(dataset, tokenizer, max_length)
+        inputs = features.remove_columns(list(self.metadata_columns)) if self.metadata_columns else features
+        collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+        batches = (collate([inputs[i] for i in batch]) for batch in SortedBatches(features["length"], batch_size))
+        accumulator = self.new_accumulator(())
+        for outputs in run_batches(self, model, batches, next(model.parameters()).device):
+            accumulator.add(outputs)
+        return accumulator.result(dataset, features)[1]
+
+    # ------------------------------------------------------------------ reports and hub
+
+    def plots(self, predictions: list[dict], split: str) -> dict[str, bytes]:
+        """The task's own plots of a split's prediction rows, as PNG bytes by file name."""
+        return {}
+
+    def metric_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list]]]:
+        """Tables (title, header, rows) of a split's structured metrics (e.g. per entity type) for reports."""
+        return []
+
+    @abstractmethod
+    def card_description(self) -> str:
+        """What the model does, for the model card: "text classification (labels: ...)"."""
+
+    @abstractmethod
+    def usage_code(self, model: PushedModel, max_length: int) -> str:
+        """A snippet that runs one example with plain transformers / peft and prints what `llmtune predict` gives."""
+
+
+class LabelledTask(Task):
+    """A task whose model has a classification head over named labels (`options.label_names`): text classification
+    and token classification. The names come from the recipe, the data (`prepare`) or a bare checkpoint's config;
+    decoder-only models get explicit position ids, so padding on either side leaves every position alike."""
+
+    def __init__(self, options: TaskOptions):
+        super().__init__(options)
+        self.label_names: list[str] | None = options.label_names
+        self.position_ids = False  # set by setup() for decoder-only models
+
+    @classmethod
+    def from_model_config(cls, options: TaskOptions, config) -> TaskOptions:
+        if options.label_names is not None:
+            return options
+        return options.model_copy(update={"label_names": [config.id2label[i] for i in range(config.num_labels)]})
+
+    def resolved_options(self) -> TaskOptions:
+        return self.options.model_copy(update={"label_names": self.label_names})
+
+    def model_kwargs(self) -> dict:
+        names = self.label_names
+        return {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)},
+        }
+
+    def setup(self, config, tokenizer) -> None:
+        self.position_ids = is_decoder_only(config)
+
+    def with_position_ids(self, features: dict) -> dict:
+        """Tokenized features with position ids 0..n-1 for decoder-only models (the collator pads them with 0)."""
+        if self.position_ids:
+            features["position_ids"] = [list(range(len(ids))) for ids in features["input_ids"]]
+        return features
+
+    def load_snippet(self, model: PushedModel) -> str:
+        """Usage-snippet lines that leave `model`, `tokenizer` and the label names in `labels`."""
+        auto = self.auto_class
+        if not model.adapter:
+            return model.load(auto) + "labels = [model.config.id2label[i] for i in range(model.config.num_labels)]\n"
+        # the base model needs the label names to build its head
+        head = (
+            ", num_labels=len(labels),\n"
+            "    id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}"
+        )
+        return f"labels = {self.label_names!r}\n" + model.load(auto, head)
+
+
+# Display names of metrics every task may report.
+COMMON_METRIC_LABELS = {"cross_entropy": "cross-entropy", "perplexity": "perplexity"}
+
+
+def metric_label(task: type[Task] | Task, name: str) -> str:
+    return {**COMMON_METRIC_LABELS, **task.metric_labels}.get(name, name)
+
+
+def prediction_row(
+    index: int,
+    inputs: dict,
+    predicted: Any,
+    score: float | None,
+    reference: Any = None,
+    metrics: dict | None = None,
+    **extra,
+) -> dict:
+    """One prediction row (the shape in this module's docstring); `reference` and `metrics` only when there is one."""
+    row: dict = {"index": index, "inputs": inputs}
+    if reference is not None:
+        row["reference"] = reference
+    row["predicted"] = predicted
+    row["score"] = None if score is None else round(float(score), 6)
+    if metrics is not None:
+        row["metrics"] = {name: round(float(value), 6) for name, value in metrics.items()}
+    return {**row, **extra}
+
+
+class Accumulator:
+    """Collects eval_step outputs batch by batch (on the CPU); `result` turns them into metrics and prediction rows."""
+
+    def __init__(self, task: Task, metric_names: tuple[str, ...]):
+        self.task = task
+        self.metric_names = metric_names
+        self.parts: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, outputs: dict[str, torch.Tensor]) -> None:
+        for key, value in outputs.items():
+            self.parts.setdefault(key, []).append(value.detach().cpu())
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        """Everything added, one tensor per key, ordered by `index` (batches come sorted by length)."""
+        columns = {key: torch.cat(values) for key, values in self.parts.items()}
+        order = columns["index"].argsort()
+        return {key: value[order] for key, value in columns.items()}
+
+    @abstractmethod
+    def result(self, dataset: datasets.Dataset, features: datasets.Dataset) -> tuple[dict, list[dict]]:
+        """(corpus metrics with `num_examples`, one prediction row per example in dataset order)."""
+
+
+def tokenize(
+    dataset: datasets.Dataset, tokenizer, encode: Callable, version: str, *settings, windows: bool = False
+) -> datasets.Dataset:
+    """`encode(batch, indices)` mapped over the dataset in batches, cached by a fingerprint of the data, the
+    tokenizer, `version` and `settings`. With `windows` (an example may become several rows), the rows are
+    numbered in an `index` column of their own, so evaluation outputs can be put back in order."""
+    fingerprint = tokenization_fingerprint(dataset, tokenizer, version, *settings)
+    features = dataset.map(
+        encode,
+        batched=True,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        desc="Tokenizing",
+        new_fingerprint=fingerprint,
+    )
+    if windows:
+        features = features.add_column("index", list(range(len(features))), new_fingerprint=fingerprint + "-index")
+    return features
+
+
+def run_batches(task: Task, model, batches: Iterable[dict], device, on_batch: Callable | None = None) -> list[dict]:
+    """eval_step over batches without gradients, outputs moved to the CPU: the one batched inference loop
+    (evaluation and prediction both use it). `on_batch(number, examples)` is called after each batch."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        with torch.inference_mode():
+            for number, batch in enumerate(batches, 1):
+                batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+                outputs.append({key: value.detach().cpu() for key, value in task.eval_step(model, batch).items()})
+                if on_batch is not None:
+                    on_batch(number, len(batch["input_ids"]))
+    finally:
+        model.train(was_training)
+    return outputs

@@ -1,0 +1,126 @@
+"""The shape of the code that keeps it readable and open to new tasks: imports flow one way, the generic modules
+never name a task, the training loop stays short, and the task contract is enforced when a task is defined.
+
+`python -m pytest tests/test_structure.py` is the check; the import graph includes imports inside functions, so
+a cycle cannot hide in one.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+PACKAGE = ROOT / "llmtune"
+# The modules that must work for any task without knowing one (the task contract is their only source).
+GENERIC = ["training", "evaluation", "inference", "cli", "hub", "report", "plots", "merge"]
+TASK_WORDS = re.compile(r"label_names|index_labels|task\.type|options\.type|question_answering|GENERATIVE")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The llmtune modules a module imports anywhere (functions included), except for type checking only."""
+    tree = ast.parse(path.read_text())
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package if node.level else ""
+            target = ".".join(part for part in (base, node.module or "") if part)
+            candidates = [f"{target}.{alias.name}" for alias in node.names] + [target]
+            found |= {name for name in candidates if name in known}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in known}
+    return found - {module_name(path)}
+
+
+def test_imports_have_no_cycle():
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {name: imported_modules(path, set(paths)) for name, path in paths.items()}
+    graph["llmtune"] = set()  # the package's lazy face imports nothing at import time
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for child in sorted(graph[name]):
+            if state.get(child) == "open":
+                cycle = trail[trail.index(child) :] + [child] if child in trail else [name, child]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if child not in state:
+                visit(child, [*trail, child])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_generic_modules_name_no_task():
+    for name in GENERIC:
+        for number, line in enumerate((PACKAGE / f"{name}.py").read_text().splitlines(), 1):
+            assert not TASK_WORDS.search(line), f"llmtune/{name}.py:{number} knows about a task: {line.strip()}"
+
+
+def function_lines(path: Path, name: str) -> ast.FunctionDef:
+    return next(
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name == name
+    )
+
+
+def test_the_training_loop_reads_in_one_screen():
+    fit = function_lines(PACKAGE / "training.py", "fit")
+    assert fit.end_lineno - fit.lineno + 1 <= 80
+    loop = next(node for node in ast.walk(fit) if isinstance(node, ast.For))
+    assert loop.end_lineno - loop.lineno + 1 <= 40
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert not long, long
+
+
+def test_registry_builds_the_schema_and_the_predict_options():
+    from typer.testing import CliRunner
+
+    from llmtune import recipe, tasks
+    from llmtune.cli import app
+
+    assert set(recipe.union_members("task")) == set(tasks.TASKS)
+    help_text = CliRunner().invoke(app, ["predict", "--help"], terminal_width=200).stdout
+    for field in tasks.predict_fields():
+        assert "--" + field.replace("_", "-") in help_text, field
+
+
+def test_a_task_missing_part_of_the_contract_fails_when_defined():
+    from llmtune.tasks.base import Task
+    from llmtune.tasks.classification import Classification
+
+    with pytest.raises(TypeError, match=r"task Incomplete lacks .*eval_step.*, hub_task.* of the contract"):
+
+        class Incomplete(Task):
+            name = "incomplete"
+
+    class Complete(Classification):  # inherits the whole contract
+        name = "complete"
