@@ -13,7 +13,13 @@ from .question_answering import QuestionAnswering
 from .seq2seq import Summarization, Translation
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (Classification, QuestionAnswering, Summarization, Translation)
+    task.name: task
+    for task in (
+        Classification,
+        QuestionAnswering,
+        Summarization,
+        Translation,
+    )
 }
 
 
