@@ -11,6 +11,7 @@ from .base import Task, TaskOptions
 from .classification import Classification
 from .question_answering import QuestionAnswering
 from .seq2seq import Summarization, Translation
+from .token_classification import TokenClassification
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
@@ -19,6 +20,7 @@ TASKS: dict[str, type[Task]] = {
         QuestionAnswering,
         Summarization,
         Translation,
+        TokenClassification,
     )
 }
 
