@@ -298,3 +298,43 @@ def test_minilm_learns_squadshifts_and_answers_xquad(tmp_path):
     assert validation["num_examples"] == 200
     assert validation["f1"] > 30, validation
     assert validation["exact_match"] > 15, validation
+
+
+def report_column(text: str, title: str, column: str) -> list[str]:
+    """The cells of one column in the Markdown report table under a heading that starts with `title`."""
+    lines = text[text.index(title) :].splitlines()[1:]
+    table = [line for line in lines[next(i for i, line in enumerate(lines) if line.startswith("|")) :]]
+    table = table[: next((i for i, line in enumerate(table) if not line.startswith("|")), len(table))]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    return [row.strip("|").split("|")[header.index(column)].strip() for row in table[2:]]
+
+
+def test_report_of_a_real_qa_run_lists_the_worst_answers_by_f1_first(cli, tiny_bert, tmp_path):
+    """A tiny model that half-learned 16 questions: its answers range from wrong to right, and the report's
+    sample lists them from the lowest F1 up (among equal F1, the most confident first)."""
+    xquad = SHARED_DATA / "xquad" / "xquad.en.json"
+    sets = [
+        f"model.name={tiny_bert}",
+        f"data.train={xquad}",
+        "data.train.max_samples=16",
+        "data.validation=null",
+        f"data.test={xquad}",
+        "data.test.max_samples=16",
+        "training.max_length=128",
+        "task.doc_stride=32",
+        "training.epochs=12",
+        "training.batch_size=8",
+        "training.learning_rate=3e-3",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    code, out, err = cli("train", RECIPES / "qa.yaml", *[arg for item in sets for arg in ("--set", item)])
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    scores = sorted(row["metrics"]["f1"] for row in rows)
+    assert len(set(scores)) > 1, scores  # a spread to sort
+    code, out, err = cli("report", tmp_path / "run", "--format", "md", "--output", tmp_path / "report.md")
+    assert code == 0, err
+    shown = [
+        float(cell) for cell in report_column((tmp_path / "report.md").read_text(), "### Worst answers first", "f1")
+    ]
+    assert shown == pytest.approx(scores[: len(shown)], abs=0.006) and len(shown) == 10
