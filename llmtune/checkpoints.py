@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
 from . import runs
-from .errors import UserError
+from .errors import Notice, UserError
 from .recipe import Evaluation, Recipe, dump_recipe
 
 CHECKPOINTS_DIR = runs.CHECKPOINTS_DIR
@@ -133,7 +134,7 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def find_resumable(run_dir: Path, explicit: Path | None, warn) -> Path:
+def find_resumable(run_dir: Path, explicit: Path | None) -> Path:
     """The checkpoint to resume from: `explicit` if given, else the newest one that verifies.
 
     Raises:
@@ -151,7 +152,7 @@ def find_resumable(run_dir: Path, explicit: Path | None, warn) -> Path:
         problem = verify(path)
         if problem is None:
             return path
-        warn(f"warning: skipping checkpoint {path}: incomplete or damaged ({problem})")
+        warnings.warn(f"skipping checkpoint {path}: incomplete or damaged ({problem})", Notice, stacklevel=2)
     raise UserError(
         f"--resume: {run_dir} has no complete checkpoint under {CHECKPOINTS_DIR}/; start again with --overwrite"
     )
@@ -171,6 +172,7 @@ def resume_target(resume: bool | str | Path, default_run_dir: Path) -> tuple[Pat
             f"--resume: {path} is not a run directory (no {runs.RECIPE_FILE}); "
             "expected the run directory or one of its checkpoints"
         )
+    runs.check_writable(path, "--resume")
     return path, explicit
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import DataWarning, UserError
+from .errors import Notice, UserError
 from .quiet import silence_libraries  # for the rest of the command: never restored, the CLI is its own process
 
 app = typer.Typer(
@@ -33,7 +33,7 @@ SetOption = Annotated[
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if issubclass(category, DataWarning):
+    if issubclass(category, Notice):
         typer.echo(f"warning: {message}", err=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
@@ -173,10 +173,13 @@ def eval_(
     """
     from .evaluation import format_metrics
     from .inference import evaluate
-    from .runs import write_json, write_jsonl
+    from .runs import check_output_file, write_json, write_jsonl
 
     silence_libraries()
     try:
+        if output is not None:  # before the work: an evaluation can take an hour
+            check_output_file(output, "--output")
+            check_output_file(output.with_suffix(".predictions.jsonl"), "--output")
         metrics, predictions = evaluate(
             target,
             split=split,
@@ -214,7 +217,7 @@ def predict(
     from .data import read_file
     from .inference import load_run
     from .inference import predict as run_predict
-    from .runs import write_jsonl
+    from .runs import check_output_file, write_jsonl
 
     given = {name: values for name, values in fields.items() if values}
     if len({len(values) for values in given.values()}) > 1:
@@ -224,6 +227,8 @@ def predict(
         _fail(UserError(f"give the inputs to predict for: {options} (repeatable), or --input FILE"))
     silence_libraries()
     try:
+        if output is not None:
+            check_output_file(output, "--output")
         rows: list = [dict(zip(given, values)) for values in zip(*given.values())]
         if input_file is not None:
             rows += read_file(str(input_file), f"--input {input_file}").to_list()

@@ -6,9 +6,11 @@ import csv
 import difflib
 import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 
-from .errors import UserError
+from .errors import DataWarning, UserError
 from .lazy import datasets
 from .sections import DataSource, DataSpec
 
@@ -43,20 +45,7 @@ def load_splits(spec: DataSpec, readers: dict | None = None) -> dict[str, datase
             dataset = read_parallel(source.parallel, where)
         else:
             dataset = _read_hub(source, split, where)
-        renames = {old: new for old, new in spec.columns.items() if old in dataset.column_names}
-        # A mapping whose target already exists is harmless (the same recipe on data renamed beforehand).
-        missing = [
-            old
-            for old, new in spec.columns.items()
-            if old not in dataset.column_names and new not in dataset.column_names
-        ]
-        if missing:
-            raise UserError(
-                f"{where}: data.columns maps column '{missing[0]}', which is not in the data; "
-                f"available columns: {', '.join(dataset.column_names)}"
-            )
-        if renames:
-            dataset = dataset.rename_columns(renames)
+        dataset = _renamed(dataset, spec.columns, where)
         if source.skip:
             if source.skip >= len(dataset):
                 raise UserError(
@@ -70,6 +59,34 @@ def load_splits(spec: DataSpec, readers: dict | None = None) -> dict[str, datase
             raise UserError(f"{where}: the split is empty (0 rows); expected at least one example")
         splits[split] = dataset
     return splits
+
+
+def _renamed(dataset: datasets.Dataset, columns: dict[str, str], where: str) -> datasets.Dataset:
+    """`data.columns` applied. A mapping whose source column is absent but whose target is there is allowed (the same
+    recipe on data renamed beforehand), with a warning, since it may also be a typo.
+
+    Raises:
+        UserError: a source column absent and its target too, or a rename onto a column that exists.
+    """
+    names = dataset.column_names
+    for old, new in columns.items():
+        if old not in names and new not in names:
+            raise UserError(
+                f"{where}: data.columns maps column '{old}', which is not in the data; available columns: "
+                f"{', '.join(names)}"
+            )
+        if old in names and new in names and old != new:
+            raise UserError(
+                f"{where}: data.columns renames '{old}' to '{new}', but the data has a column '{new}' already"
+            )
+        if old not in names:
+            warnings.warn(
+                f"{where}: data.columns maps '{old}', which the data does not have (it has '{new}' already)",
+                DataWarning,
+                stacklevel=4,
+            )
+    renames = {old: new for old, new in columns.items() if old in names and old != new}
+    return dataset.rename_columns(renames) if renames else dataset
 
 
 def read_file(path: str, where: str, readers: dict | None = None) -> datasets.Dataset:
@@ -96,12 +113,51 @@ def read_file(path: str, where: str, readers: dict | None = None) -> datasets.Da
         options = {"keep_default_na": False}
         if file.suffix.lower() == ".tsv":
             options |= {"sep": "\t", "quoting": csv.QUOTE_NONE}
+        _check_header(file, where, options.get("sep", ","))
     try:
         return datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except Exception as exc:  # datasets wraps parser errors in several layers
         if _has_no_rows(file, builder, options):  # datasets cannot build an empty split and fails obscurely
             raise UserError(f"{where}: {file.name} has no rows (0 examples); expected at least one example") from None
+        if builder in ("csv", "json"):
+            _locate_text_error(file, where, lines=file.suffix.lower() == ".jsonl")
         raise UserError(f"{where}: cannot read {file.name} as {file.suffix.lstrip('.')}: {_root_cause(exc)}") from None
+
+
+def _check_header(file: Path, where: str, separator: str) -> None:
+    """A CSV header that names a column twice (pandas would quietly rename the second to `name.1`).
+
+    Raises:
+        UserError: naming the column.
+    """
+    with open(file, encoding="utf-8", errors="replace", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=separator), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise UserError(f"{where} line 1: the header names column '{repeated[0]}' twice; expected distinct names")
+
+
+def _locate_text_error(file: Path, where: str, lines: bool) -> None:
+    """Where the parser failed, said the way a user finds it: text that is not UTF-8 (the byte's line), or a
+    JSON Lines line that is not JSON (its line number, not a byte position). Returns when it finds neither.
+
+    Raises:
+        UserError: one line with the file's line number.
+    """
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise UserError(
+            f"{where} line {line}: {file.name} is not UTF-8 text (byte 0x{raw[error.start]:02x}); save it as UTF-8"
+        ) from None
+    for number, line in enumerate(text.splitlines() if lines else (), 1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except ValueError as error:
+            raise UserError(f"{where} line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
 
 
 def read_parallel(files: dict[str, str], where: str) -> datasets.Dataset:
@@ -205,6 +261,14 @@ def _read_hub(source: DataSource, split: str, where: str) -> datasets.Dataset:
     try:
         return datasets.load_dataset(source.hub, source.config, split=source.split or split, revision=source.revision)
     except Exception as exc:
+        offline = [
+            name for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(name, "0") not in ("0", "")
+        ]
+        if offline:
+            raise UserError(
+                f"{where}: hub dataset '{source.hub}' is not in the local cache and {offline[0]} is set; save the "
+                "split to a local file on a connected machine and set its `path` instead"
+            ) from None
         raise UserError(
             f"{where}: cannot load hub dataset '{source.hub}': {_root_cause(exc)}. "
             "Offline? Save the split to a local file on a connected machine and set its `path` instead."

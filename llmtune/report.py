@@ -207,6 +207,8 @@ def compare(run_dirs: list[str | Path]) -> tuple[list[str], list[list[str]]]:
         UserError: a path that is not a finished run.
     """
     paths = [Path(p) for p in run_dirs]
+    if len(paths) < 2:
+        raise UserError(f"compare needs two or more run directories, got {len(paths)}; for one run use llmtune report")
     all_metrics = [load_metrics(p) for p in paths]
     names = [p.name for p in paths]
     if len(set(names)) < len(names):  # same leaf names: show the paths as given

@@ -14,8 +14,10 @@ metrics.json        per split metrics; written last, so its presence marks a fin
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -140,6 +142,7 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
     """
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir: {path} exists and is not a directory; choose another directory with --output DIR")
+    check_writable(path, "output_dir")
     if not path.is_dir() or not any(path.iterdir()):
         return
     if not is_run_dir(path):
@@ -160,6 +163,35 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
         )
 
 
+def check_writable(path: Path, key: str) -> None:
+    """Fail now, not after training, when the directory (or the nearest one above it that exists) takes no files.
+
+    Raises:
+        UserError: naming the directory and why (read-only file system, permission denied).
+    """
+    existing = next(parent for parent in (path, *path.absolute().parents) if parent.exists())
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".llmtune-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(
+            f"{key}: cannot write in {existing} ({error.strerror.lower()}); choose another directory with --output DIR"
+        ) from None
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """A file llmtune is asked to write must be a file name in a directory that exists.
+
+    Raises:
+        UserError: the directory does not exist, or the path is a directory.
+    """
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a directory; expected a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{option} {path}: the directory {path.parent} does not exist")
+
+
 def clear_output_dir(path: Path) -> None:
     """Empty a run directory (check_output_dir allowed it) and create it if needed; the directory itself stays.
 
@@ -169,14 +201,77 @@ def clear_output_dir(path: Path) -> None:
     foreign = foreign_entries(path)
     if foreign:
         raise UserError(
-            f"output_dir: {path} now holds files that are not part of an llmtune run "
-            f"({', '.join(foreign[:5])}); nothing was deleted"
+            f"output_dir: {path} now holds files that are not part of an llmtune run ({', '.join(foreign[:5])}); "
+            "nothing was deleted"
         )
     for entry in path.iterdir():
         if entry.is_dir():
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def set_aside(path: Path) -> Path | None:
+    """Make room for a new run in `path` (created if missing): the run there (check_output_dir allowed it) moves into
+    a hidden sibling until the new run finishes (`discard`) or fails (`abandon` puts it back). None: nothing to move.
+    The directory itself stays, so it may be the working directory.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    entries = list(path.iterdir())
+    if not entries:
+        return None
+    foreign = foreign_entries(path)
+    if foreign:
+        raise UserError(
+            f"output_dir: {path} now holds files that are not part of an llmtune run ({', '.join(foreign[:5])}); "
+            "nothing was moved"
+        )
+    aside = Path(tempfile.mkdtemp(dir=path.resolve().parent, prefix=f".{path.resolve().name}.replaced-"))
+    for entry in entries:
+        os.replace(entry, aside / entry.name)
+    return aside
+
+
+def discard(aside: Path | None) -> None:
+    """Delete a run set aside for one that finished (or can be resumed)."""
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def abandon(path: Path, aside: Path | None, created: bool) -> None:
+    """Undo a new run that failed: delete what it wrote in `path` (run files only), put back what it set aside, and
+    remove the directory if the run created it."""
+    if path.is_dir():
+        foreign = set(foreign_entries(path))
+        for entry in path.iterdir():
+            if entry.name in foreign:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    if aside is not None:
+        for entry in aside.iterdir():
+            os.replace(entry, path / entry.name)
+        aside.rmdir()
+    if created and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
+def is_disk_full(error: BaseException, path: Path) -> bool:
+    """Whether an error while writing under `path` came from a full disk (or quota). torch and safetensors report
+    it in their own exception types, often without the OS error, so a write error on a nearly full disk counts."""
+    cause = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(sign in str(cause) for sign in ("No space left on device", "StorageFull", "code: 28")):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    existing = next(parent for parent in (path, *path.absolute().parents) if parent.exists())
+    return shutil.disk_usage(existing).free < 1 << 20
 
 
 def reopen_run(path: Path, step: int) -> None:
@@ -208,8 +303,20 @@ def write_atomic_bytes(path: Path, content: bytes) -> None:
 
 
 def write_json(path: Path, value) -> None:
-    write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    """Valid JSON: a NaN or infinite number (a diverged model's metric) is written as null."""
+    write_atomic(path, json.dumps(finite(value), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def finite(value):
+    """`value` with every NaN or infinite float replaced by None, at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
 
 
 def write_jsonl(path: Path, rows) -> None:
-    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_atomic(path, "".join(json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n" for row in rows))

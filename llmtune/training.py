@@ -11,6 +11,7 @@ the optimizer and the schedule), so a resumed run continues exactly where it sto
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -75,8 +76,9 @@ def train(
     prepared = prepare(recipe)
     with checkpoints.StopSignals(announce=os.environ.get("RANK", "0") == "0") as stop:
         run, state = setup(prepared, run_dir, resume, explicit_checkpoint, stop, echo)
-        state = fit(run, state)
-        return finish(run, state)
+        with writing(run, state):
+            state = fit(run, state)
+            return finish(run, state)
 
 
 # ---------------------------------------------------------------------------------------------- prepare
@@ -115,10 +117,28 @@ def prepare(recipe: Recipe) -> Prepared:
     tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
     config = models.load_config(checkpoint, recipe.model.trust_remote_code)
     task.setup(config, tokenizer)
+    if "train" in splits and not recipe.training.max_tokens:  # (with a token budget, setup checks it)
+        check_warmup(recipe.training, planned_steps(len(splits["train"]), recipe.training))
     max_length = models.effective_max_length(config, recipe.training.max_length)
     training = recipe.training.model_copy(update={"max_length": max_length})
     recipe = recipe.model_copy(update={"task": task.resolved_options(), "training": training})
     return Prepared(recipe, task, splits, checkpoint, decoder, tokenizer, precision)
+
+
+def planned_steps(examples: int, cfg) -> int:
+    """The run's optimizer steps with a fixed batch size, before anything is tokenized (setup counts them again)."""
+    batches = LengthGroupedBatches([1] * examples, cfg.batch_size, cfg.seed).full_length()
+    per_process = math.ceil(batches / int(os.environ.get("WORLD_SIZE", "1")))
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * math.ceil(per_process / cfg.gradient_accumulation_steps)))
+
+
+def check_warmup(cfg, total_steps: int) -> None:
+    """Raises UserError: more warmup steps than the run has, so the learning rate would never reach its peak."""
+    if cfg.warmup_steps is not None and cfg.warmup_steps > total_steps:
+        raise UserError(
+            f"training.warmup_steps: {cfg.warmup_steps} warmup steps but the run has {total_steps} steps in all; the "
+            "learning rate would never reach training.learning_rate. Use fewer warmup steps (or training.warmup_ratio)"
+        )
 
 
 def mixed_precision(precision: str) -> str:
@@ -159,7 +179,6 @@ class Run:
     tokenizer: object
     total_steps: int
     steps_per_epoch: int
-    log: RunLog
     progress: Progress
     say: Callable
     stop: checkpoints.StopSignals
@@ -167,6 +186,10 @@ class Run:
     throughput: speed.Throughput = dataclasses.field(default_factory=speed.Throughput)
     pending_rng: dict | None = None  # a resumed run's RNG states, restored where the checkpoint took them
     examples_at_start: int = 0  # examples seen before this session (a resumed run's): not in this session's speed
+    last_finite_loss: float | None = None  # for the message when the loss diverges
+    resumed: bool = False  # continues from a checkpoint of the run directory
+    created_dir: bool = False  # the run created its directory (a failed run removes it again)
+    log: RunLog | None = None  # opened by `writing`, with the run directory
     last_validation: tuple | None = None  # (step, metrics, prediction rows) of the newest validation
 
 
@@ -188,7 +211,7 @@ def setup(
     resume_from = None
     if resume:
         checkpoints.check_same_recipe(run_dir, recipe)
-        resume_from = checkpoints.find_resumable(run_dir, explicit_checkpoint, say)
+        resume_from = checkpoints.find_resumable(run_dir, explicit_checkpoint)
     set_seed(cfg.seed)
     model, new_modules = load_model(prepared, say)
     features, sampler, train_loader, eval_loaders = make_batches(prepared, accelerator)
@@ -211,7 +234,7 @@ def setup(
         say(f"resuming from {resume_from} (step {state.step})")
     if isinstance(state.window_loss, float):
         state.window_loss = torch.zeros((), device=accelerator.device)
-    open_run_dir(run_dir, recipe, accelerator, resume_from, state.step)
+    check_warmup(cfg, total_steps)
     progress = Progress(total_steps, enabled=accelerator.is_main_process and echo is not None, echo=say)
     run = Run(
         recipe,
@@ -229,12 +252,12 @@ def setup(
         prepared.tokenizer,
         total_steps,
         steps_per_epoch,
-        RunLog(run_dir, accelerator),
         progress,
         say,
         stop,
         pending_rng=pending_rng,
         examples_at_start=state.examples_seen,
+        resumed=resume_from is not None,
     )
     say(
         f"training: {len(prepared.splits['train']):,} examples, {total_steps:,} steps of {step_size(run)}, "
@@ -309,17 +332,59 @@ def parameter_groups(model, training, new_modules: list[str]) -> list[dict]:
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
 
 
-def open_run_dir(run_dir: Path, recipe: Recipe, accelerator: Accelerator, resume_from: Path | None, step: int) -> None:
-    """A new run starts from an empty directory; a resumed one drops what was written after its checkpoint.
-    Either way the resolved recipe is written, and the trackers start."""
-    if accelerator.is_main_process:
-        if resume_from is None:
-            runs.clear_output_dir(run_dir)
-        else:
-            checkpoints.remove_leftovers(run_dir)
-            runs.reopen_run(run_dir, step)
-        runs.write_atomic(run_dir / runs.RECIPE_FILE, dump_recipe(recipe))
-    tracking.start(accelerator, recipe.model_dump(mode="json"))
+@contextlib.contextmanager
+def writing(run: Run, state: TrainingState):
+    """The run directory, opened for this run: what happens inside either finishes the run, or leaves the directory
+    as it was before the command (a new run's files removed, the run it replaced put back; a resumed run keeps its
+    checkpoints). A signal stops with a resumable checkpoint; a full disk says so.
+
+    Raises:
+        UserError: the disk filled up (or the directory stopped being writable) while writing.
+    """
+    main = run.accelerator.is_main_process
+    previous = open_run_dir(run, state.step) if main else None
+    if not main:
+        run.log = RunLog(run.run_dir, run.accelerator)
+    tracking.start(run.accelerator, run.recipe.model_dump(mode="json"))
+    try:
+        yield
+    except checkpoints.Interrupted:
+        if main:
+            runs.discard(previous)  # the new run can be resumed; the one it replaces is gone as asked
+        raise
+    except BaseException as error:
+        full = runs.is_disk_full(error, run.run_dir)  # before cleaning up frees the space again
+        if main:
+            run.log.close()
+            if run.resumed:
+                checkpoints.remove_leftovers(run.run_dir)
+            else:
+                runs.abandon(run.run_dir, previous, run.created_dir)
+        if full:
+            kept = "its checkpoints are as they were: continue with --resume" if run.resumed else "it is as it was"
+            raise UserError(
+                f"output_dir: the disk is full (no space left on device while writing {run.run_dir}); {kept}. Free "
+                "some space, or choose another directory with --output DIR"
+            ) from None
+        raise
+    if main:
+        runs.discard(previous)
+
+
+def open_run_dir(run: Run, step: int) -> Path | None:
+    """A new run starts in an empty directory (a run it replaces is set aside until it finishes); a resumed one drops
+    what was written after its checkpoint. Either way the resolved recipe is written and the log opened.
+    Returns where the replaced run was set aside."""
+    previous = None
+    if run.resumed:
+        checkpoints.remove_leftovers(run.run_dir)
+        runs.reopen_run(run.run_dir, step)
+    else:
+        run.created_dir = not run.run_dir.exists()
+        previous = runs.set_aside(run.run_dir)
+    runs.write_atomic(run.run_dir / runs.RECIPE_FILE, dump_recipe(run.recipe))
+    run.log = RunLog(run.run_dir, run.accelerator)
+    return previous
 
 
 def step_size(run: Run) -> str:
@@ -394,6 +459,7 @@ def train_step(run: Run, batch: dict):
 def log_training(run: Run, state: TrainingState, grad_norm) -> None:
     """A log entry of the mean training loss since the last one, averaged over processes."""
     mean_loss = run.accelerator.reduce(state.window_loss, "mean").item() / state.window_batches
+    check_finite(run, state, mean_loss)
     samples_per_s = (state.examples_seen - run.examples_at_start) / max(run.clock.training(), 1e-9)
     epoch = round(state.epoch + (state.step - state.epoch * run.steps_per_epoch) / run.steps_per_epoch, 4)
     entry = {
@@ -408,6 +474,24 @@ def log_training(run: Run, state: TrainingState, grad_norm) -> None:
     run.log.write(entry)
     run.progress.update(state.step, mean_loss, samples_per_s)
     state.window_loss, state.window_batches = torch.zeros((), device=run.accelerator.device), 0
+
+
+def check_finite(run: Run, state: TrainingState, loss: float) -> None:
+    """Stop a run whose loss became NaN or infinite, before it writes a checkpoint or a model of such weights.
+
+    Raises:
+        UserError: the step, the last finite loss, and what usually causes it.
+    """
+    if math.isfinite(loss):
+        run.last_finite_loss = loss
+        return
+    last = f"{run.last_finite_loss:.4f}" if run.last_finite_loss is not None else "none logged yet"
+    cfg = run.recipe.training
+    raise UserError(
+        f"training diverged at step {state.step}: the training loss is {loss} (last finite loss: {last}); nothing "
+        f"was saved after the last checkpoint. Lower training.learning_rate (now {cfg.learning_rate:g}), add warmup, "
+        f"or train in fp32 (training.precision, now {cfg.precision})"
+    )
 
 
 def validate_if_due(run: Run, state: TrainingState) -> bool:
@@ -431,6 +515,8 @@ def checkpoint_if_due(run: Run, state: TrainingState, improved: bool) -> None:
     signum = run.stop.requested(run.accelerator)
     if not (checkpoints.due(run.recipe, state.step, epoch_done) or signum or improved):
         return
+    if state.window_batches:  # weights that diverged since the last log line are not worth keeping
+        check_finite(run, state, run.accelerator.reduce(state.window_loss, "mean").item() / state.window_batches)
     # A checkpoint at an epoch's end resumes at the start of the next.
     position = dataclasses.replace(state, epoch=state.epoch + 1, batches_done=0) if epoch_done else state
     with run.clock.paused():

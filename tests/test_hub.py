@@ -78,12 +78,21 @@ def fresh_cache(monkeypatch, hub: HubServer, home: Path) -> None:
     point_hub_client_at(monkeypatch, hub.url, home)
 
 
+def data_args(run: Path) -> list[str]:
+    """`--set data.test=...`: the run's test split as a pushed run cannot name it (its recipe names local files by
+    their names only, not this machine's paths)."""
+    from llmtune.recipe import load_recipe
+
+    source = load_recipe(run / "recipe.yaml").data.test
+    return ["--set", "data.test=" + json.dumps(source.model_dump(exclude_defaults=True))]
+
+
 def assert_hub_eval_matches_local(cli, run, repo_id: str, hub: HubServer, monkeypatch, tmp_path) -> None:
-    """`llmtune eval REPO_ID` on a machine with an empty cache gives the run's own metrics."""
+    """`llmtune eval REPO_ID --data FILE` on a machine with an empty cache gives the run's own metrics."""
     code, _, err = cli("eval", run, "--output", tmp_path / "local.json")
     assert code == 0, err
     fresh_cache(monkeypatch, hub, tmp_path / "another-machine")
-    code, _, err = cli("eval", repo_id, "--output", tmp_path / "hub.json")
+    code, _, err = cli("eval", repo_id, *data_args(run), "--output", tmp_path / "hub.json")
     assert code == 0, err
     hub_metrics, local_metrics = (json.loads((tmp_path / name).read_text()) for name in ("hub.json", "local.json"))
     assert hub_metrics.pop("runtime_s") > 0 and local_metrics.pop("runtime_s") > 0  # the only figure allowed to differ
@@ -185,7 +194,7 @@ def test_full_run_pushes_the_model_and_merged_push_is_a_standalone_model(
         "metrics.json",
     } <= files and "adapter_config.json" not in files
     code, local, _ = cli("eval", tiny_runs["lora"])
-    code2, pulled, err = cli("eval", "acme/tiny-merged")
+    code2, pulled, err = cli("eval", "acme/tiny-merged", *data_args(tiny_runs["lora"]))
     assert code == 0 and code2 == 0, err
     assert pulled.split("(n=")[0] == local.split("(n=")[0] or _close_metrics(pulled, local)
 
@@ -220,7 +229,7 @@ def test_the_token_is_never_printed_or_written(tiny_runs, local_hub, cli, tmp_pa
     outputs = []
     outputs.append(cli("push", run, "--repo-id", "acme/secret-safe"))
     outputs.append(cli("push", run, "--repo-id", "bob/not-mine"))  # fails: 403
-    outputs.append(cli("eval", "acme/secret-safe"))
+    outputs.append(cli("eval", "acme/secret-safe", *data_args(run)))
     outputs.append(cli("merge", run, "--output", tmp_path / "merged"))
     monkeypatch.setenv("HF_TOKEN", TOKEN + "x")
     outputs.append(cli("push", run, "--repo-id", "acme/secret-safe"))  # fails: 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -9,7 +10,7 @@ from pydantic import Field, field_validator
 from .. import figures
 from .. import metrics as metric_modules
 from ..data import describe, require_columns, row_location
-from ..errors import UserError
+from ..errors import DataWarning, UserError
 from ..lazy import F, datasets, torch
 from ..sections import DataSpec
 from .base import Accumulator, LabelledTask, TaskOptions, prediction_row, tokenize
@@ -70,35 +71,50 @@ class Classification(LabelledTask):
     # ------------------------------------------------------------------ checks
 
     def prepare(self, splits: dict[str, datasets.Dataset], spec: DataSpec) -> None:
-        """Check the columns and the label values of every split and settle the label names.
+        """Check the columns, texts and labels of every split and settle the label names.
 
         Raises:
             UserError: a missing column, an empty text, or a label outside the label names.
         """
         sources = spec.sources()
         for split, dataset in splits.items():
-            where = describe(split, sources[split])
-            require_columns(dataset.column_names, self._columns(), where)
-            for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
-                for row, text in enumerate(dataset[column]):
-                    if not isinstance(text, str):
-                        raise UserError(
-                            f"{where} {row_location(sources[split], row)}: "
-                            f"column '{column}' holds {text!r}; expected text"
-                        )
+            require_columns(dataset.column_names, self._columns(), describe(split, sources[split]))
+            self._check_texts(dataset, describe(split, sources[split]), sources[split])
         if self.label_names is None:
             train = splits["train"] if "train" in splits else next(iter(splits.values()))
             self.index_labels = isinstance(train.features[self.options.label_column], datasets.ClassLabel)
             self.label_names = self._names_from_data(train)
         for split, dataset in splits.items():
-            where = describe(split, sources[split])
-            for row, value in enumerate(dataset[self.options.label_column]):
-                if self.label_id(value) is None:
+            self._check_labels(dataset, split, describe(split, sources[split]), sources[split])
+
+    def _check_texts(self, dataset: datasets.Dataset, where: str, source) -> None:
+        for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
+            for row, text in enumerate(dataset[column]):
+                if not isinstance(text, str) or not text.strip():
+                    what = "an empty text" if isinstance(text, str) else repr(text)
                     raise UserError(
-                        f"{where} {row_location(sources[split], row)}: label {value!r} in column "
-                        f"'{self.options.label_column}' is not among the label names {self.label_names}; expected one "
-                        f"of them or an index 0..{len(self.label_names) - 1} (task.label_names)"
+                        f"{where} {row_location(source, row)}: column '{column}' holds {what}; expected text"
                     )
+
+    def _check_labels(self, dataset: datasets.Dataset, split: str, where: str, source) -> None:
+        """Every label is a known name (or index); a label name that train never shows is worth a warning."""
+        seen = set()
+        for row, value in enumerate(dataset[self.options.label_column]):
+            seen.add(self.label_id(value))
+            if None in seen:
+                indexes = f" or an index 0..{len(self.label_names) - 1}" if self.index_labels else ""
+                raise UserError(
+                    f"{where} {row_location(source, row)}: label {value!r} in column '{self.options.label_column}' is "
+                    f"not among the label names {self.label_names}; expected one of them{indexes} (task.label_names)"
+                )
+        missing = [name for index, name in enumerate(self.label_names) if index not in seen]
+        if split == "train" and missing:
+            warnings.warn(
+                f"{where}: no training example has the label {', '.join(map(repr, missing))} (task.label_names); the "
+                "model cannot learn to predict it",
+                DataWarning,
+                stacklevel=3,
+            )
 
     def _columns(self) -> dict[str, str]:
         columns = {"task.text_column": self.options.text_column, "task.label_column": self.options.label_column}
@@ -123,9 +139,13 @@ class Classification(LabelledTask):
     def label_id(self, value) -> int | None:
         """A label value's class id: its name's position, or an integer index when label names were given."""
         names = self.label_names
+        if isinstance(value, bool):  # a CSV cell True / False: the names read off such data are "True" / "False"
+            return names.index(str(value)) if str(value) in names else None
         if isinstance(value, str) and value in names:
             return names.index(value)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, str) and value.strip().isdigit() and self.index_labels:
+            return self.label_id(int(value))
+        if isinstance(value, int):
             if str(value) in names:
                 return names.index(str(value))
             if self.index_labels and 0 <= value < len(names):

@@ -32,6 +32,7 @@ from .. import prompting
 from ..data import describe, row_location
 from ..errors import DataWarning, UserError
 from ..lazy import F, datasets, torch
+from ..models import is_decoder_only
 from ..sections import DataSpec
 from .base import Accumulator, Task, TaskOptions, prediction_row, tokenize
 from .card import PushedModel, causal_lm_usage, example_row, keywords, literal
@@ -270,10 +271,10 @@ class TextGeneration(Task):
         """Keep the tokenizer (outputs are decoded with it); a causal LM's is checked.
 
         Raises:
-            UserError: generative, and the tokenizer has no EOS token
+            UserError: generative, and the model is not a causal LM, or the tokenizer has no EOS token
                 (or no chat template when task.chat_template is set).
         """
-        self.family.setup(tokenizer)
+        self.family.setup(config, tokenizer)
         self.tokenizer = tokenizer
 
     def inputs_of(self, row: dict, fields: dict[str, Field]) -> dict[str, str]:
@@ -417,7 +418,7 @@ class EncoderDecoder:
         self.task = task
         self.options = task.options
 
-    def setup(self, tokenizer) -> None:
+    def setup(self, config, tokenizer) -> None:
         pass
 
     def settings(self, tokenizer, max_length: int) -> tuple:
@@ -516,8 +517,15 @@ class PromptCompletion:
         self.options = task.options
         self.max_length = None  # set by encode(): the packing row length
 
-    def setup(self, tokenizer) -> None:
-        """Raises UserError: the tokenizer has no EOS token, or no chat template when task.chat_template is set."""
+    def setup(self, config, tokenizer) -> None:
+        """Raises UserError: the model is not a causal LM (an encoder would see the answer it is taught to write),
+        the tokenizer has no EOS token, or it has no chat template when task.chat_template is set."""
+        if config is not None and not is_decoder_only(config):
+            raise UserError(
+                f"model.name: {tokenizer.name_or_path} is a {config.model_type} model, not a causal (GPT-style) "
+                "language model; task.generative: true needs one (an encoder attends both ways and would see the "
+                "answer it writes). Use a decoder-only checkpoint, or task.generative: false"
+            )
         prompting.check_tokenizer(tokenizer, tokenizer.name_or_path, self.options.chat_template)
 
     def settings(self, tokenizer, max_length: int) -> tuple:
