@@ -94,15 +94,12 @@ class TrainingState:
         self.batches_done = 0
 
 
-class Interrupted(Exception):
-    """Training stopped on SIGINT / SIGTERM after saving a checkpoint."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        self.exit_code = 128 + signum
-        super().__init__(
-            f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved to {checkpoint}"
-        )
+def collective_failed(error: BaseException, num_processes: int) -> bool:
+    """Whether an error of a several-process run came from a collective operation: a peer crashed or hung."""
+    if num_processes < 2 or not isinstance(error, RuntimeError):
+        return False
+    signs = ("Timed out", "Connection closed by peer", "Connection reset by peer", "NCCL", "ProcessGroup", "gloo")
+    return isinstance(error, torch.distributed.DistError) or any(sign in str(error) for sign in signs)
 
 
 # --------------------------------------------------------------------------- finding checkpoints

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import Notice, UserError
+from .errors import Interrupted, Notice, PeerLost, UserError
 from .quiet import silence_libraries  # for the rest of the command: never restored, the CLI is its own process
 
 app = typer.Typer(
@@ -63,10 +63,11 @@ def validate(
     It runs every check `llmtune train` runs before training, so a recipe that validates also starts training.
     """
     from .recipe import load_recipe
-    from .training import prepare
 
     try:
         loaded = load_recipe(recipe, set_ or [])
+        from .training import prepare  # torch loads only for a recipe that parses
+
         silence_libraries()
         prepared = prepare(loaded)
     except UserError as error:
@@ -117,19 +118,22 @@ def train(
     The run directory holds the resolved recipe, the model or adapter (loadable with plain
     transformers / peft), the tokenizer, metrics.json, predictions.jsonl and train_log.jsonl.
     """
-    from .checkpoints import Interrupted
     from .recipe import load_recipe
-    from .training import train as run_training
 
     if (resume or resume_from) and overwrite:
         typer.echo("error: --resume and --overwrite contradict each other; give one of them", err=True)
         raise typer.Exit(2)
     try:
         loaded = load_recipe(recipe, set_ or [])
+        from .training import train as run_training  # torch loads only for a recipe that parses
+
         silence_libraries()
         run_training(loaded, output_dir=output, overwrite=overwrite, echo=_echo, resume=resume_from or resume)
     except UserError as error:
         _fail(error)
+    except PeerLost as lost:
+        typer.echo(f"error: {lost}", err=True)
+        raise typer.Exit(1) from None
     except Interrupted as stopped:
         command = [
             "llmtune",

@@ -228,6 +228,12 @@ class Training(Section):
         False,
         description="Compile the model with torch.compile (worth it on GPU for long runs; the first steps are slow).",
     )
+    collective_timeout_s: int = Field(
+        600,
+        ge=1,
+        description="Several processes: seconds a process waits for the others to join a step before it stops with "
+        "an error (a crashed or hung process); the run continues from its last checkpoint with --resume.",
+    )
 
 
 class Evaluation(Section):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import math
 import os
 from collections.abc import Callable
@@ -21,14 +22,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from . import checkpoints, data, models, plots, runs, speed, tasks, tracking
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
-from .errors import UserError
+from .errors import Interrupted, PeerLost, UserError
 from .evaluation import eval_loader, format_metrics, model_features, run_evaluation
 from .progress import Clock, Progress, RunLog
 from .quiet import quiet_libraries
@@ -63,7 +64,8 @@ def train(
     Raises:
         UserError: bad recipe, data, model or output directory; nothing to resume, or a recipe that
             differs from the resumed run's.
-        checkpoints.Interrupted: stopped by a signal; a checkpoint was saved.
+        Interrupted: stopped by a signal; a checkpoint was saved.
+        PeerLost: another process of a data-parallel run stopped or hung; the run resumes from its checkpoints.
     """
     run_dir = Path(output_dir or recipe.output_dir)
     explicit_checkpoint = None
@@ -201,7 +203,10 @@ def setup(
     recipe, cfg = prepared.recipe, prepared.recipe.training
     # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # A crashed or hung peer ends the run after collective_timeout_s instead of blocking forever.
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
     accelerator = Accelerator(
+        kwargs_handlers=[timeout],
         mixed_precision=prepared.precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cpu_processes,
@@ -348,11 +353,16 @@ def writing(run: Run, state: TrainingState):
     tracking.start(run.accelerator, run.recipe.model_dump(mode="json"))
     try:
         yield
-    except checkpoints.Interrupted:
+    except Interrupted:
         if main:
             runs.discard(previous)  # the new run can be resumed; the one it replaces is gone as asked
         raise
     except BaseException as error:
+        if checkpoints.collective_failed(error, run.accelerator.num_processes):
+            if main:  # like a signal: the run stays, resumable from its checkpoints
+                run.log.close()
+                runs.discard(previous)
+            raise PeerLost(state.step, error) from None
         full = runs.is_disk_full(error, run.run_dir)  # before cleaning up frees the space again
         if main:
             run.log.close()
@@ -530,7 +540,7 @@ def checkpoint_if_due(run: Run, state: TrainingState, improved: bool) -> None:
             run.recipe.checkpointing.keep_last,
         )
     if signum:
-        raise checkpoints.Interrupted(signum, state.step, saved)
+        raise Interrupted(signum, state.step, saved)
 
 
 def evaluate_split(run: Run, split: str, label: str, echo) -> tuple[dict, list[dict]]:

@@ -41,12 +41,18 @@ class HubServer:
         self.tokens = tokens  # token -> user name
         self.orgs = orgs or {}  # user -> organisations they can write to
         self.fail_commits = 0  # answer this many commit requests with 500
+        self.hold_commits = False  # hold each commit request, unread, until release_commits()
+        self.commit_arrived = threading.Event()  # set when a commit request arrives
+        self._released = threading.Event()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def release_commits(self) -> None:
+        self._released.set()
 
     def __enter__(self) -> "HubServer":
         self.thread.start()
@@ -341,6 +347,9 @@ def _handler(hub: HubServer):
             self.reply(200, {"files": answer, "commitOid": snapshot.name if snapshot else None})
 
         def commit(self, kind, repo, rev, query, head) -> None:
+            hub.commit_arrived.set()
+            if hub.hold_commits:  # the commit is in flight: a test may kill the client now
+                hub._released.wait(120)
             lines = [json.loads(line) for line in self.body().splitlines() if line.strip()]
             if self.writable(kind, repo) is None:
                 return
