@@ -240,8 +240,9 @@ def check_includes(run_dir: Path, patterns) -> None:
 
 
 def public_recipe(recipe: Recipe) -> Recipe:
-    """The recipe as pushed: local data files by their names only, not this machine's absolute paths (hub datasets
-    stay as they are). The model stays as named: an adapter's base model must load wherever the run is pulled."""
+    """The recipe as pushed: local data files by their names only and the run directory as runs/NAME, not this
+    machine's absolute paths (hub datasets stay as they are). The model stays as named: an adapter's base model
+    must load wherever the run is pulled."""
 
     def name(path: str | None) -> str | None:
         return Path(path).name if path else path
@@ -259,7 +260,7 @@ def public_recipe(recipe: Recipe) -> Recipe:
             for split, source in recipe.data.sources().items()
         }
     )
-    return recipe.model_copy(update={"data": data})
+    return recipe.model_copy(update={"data": data, "output_dir": str(Path("runs") / Path(recipe.output_dir).name)})
 
 
 def _commit_with_retries(api, repo_id, operations, message, revision, token, echo):

@@ -78,6 +78,12 @@ def fresh_cache(monkeypatch, hub: HubServer, home: Path) -> None:
     point_hub_client_at(monkeypatch, hub.url, home)
 
 
+def test_file_of(run: Path) -> str:
+    from llmtune.recipe import load_recipe
+
+    return load_recipe(run / "recipe.yaml").data.test.path
+
+
 def data_args(run: Path) -> list[str]:
     """`--set data.test=...`: the run's test split as a pushed run cannot name it (its recipe names local files by
     their names only, not this machine's paths)."""
@@ -146,6 +152,11 @@ def test_push_uploads_only_the_run_artifacts_and_eval_of_the_hub_id_matches_the_
         json.loads(pushed["adapter_config.json"])["base_model_name_or_path"]
         == json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
     )
+    # The pushed recipe and card name the data files, not this machine's paths (the run's own recipe has them).
+    data_folder = str(Path(test_file_of(run)).parent)
+    assert data_folder in (run / "recipe.yaml").read_text()
+    assert data_folder not in pushed["recipe.yaml"].decode() and data_folder not in pushed["README.md"].decode()
+    assert "test: test.csv" in pushed["recipe.yaml"].decode() or "path: test.csv" in pushed["recipe.yaml"].decode()
 
     assert_hub_eval_matches_local(cli, run, "acme/tiny-lora", local_hub, monkeypatch, tmp_path)
     assert any(("another-machine" in str(p)) for p in (tmp_path / "another-machine").rglob("adapter_model.safetensors"))

@@ -106,12 +106,13 @@ def test_missing_tracker_package_is_one_line_before_training(cli, tiny_bert, sen
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
     )
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files, "tracking: [tensorboard, wandb]\n")
-    code, out, err = cli("train", recipe)
-    assert code == 2
-    assert (
-        err.strip() == "error: tracking: 'wandb' needs the 'wandb' package, which is not installed; "
-        "pip install wandb, or remove 'wandb' from tracking"
-    )
+    for command in ("validate", "train"):  # validate runs train's checks
+        code, out, err = cli(command, recipe)
+        assert code == 2
+        assert (
+            err.strip() == "error: tracking: 'wandb' needs the 'wandb' package, which is not installed; "
+            "pip install wandb, or remove 'wandb' from tracking"
+        )
     assert not (tmp_path / "run").exists()
 
 
