@@ -78,7 +78,7 @@ def fresh_cache(monkeypatch, hub: HubServer, home: Path) -> None:
     point_hub_client_at(monkeypatch, hub.url, home)
 
 
-def test_file_of(run: Path) -> str:
+def local_test_file(run: Path) -> str:
     from llmtune.recipe import load_recipe
 
     return load_recipe(run / "recipe.yaml").data.test.path
@@ -153,7 +153,7 @@ def test_push_uploads_only_the_run_artifacts_and_eval_of_the_hub_id_matches_the_
         == json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
     )
     # The pushed recipe and card name the data files, not this machine's paths (the run's own recipe has them).
-    data_folder = str(Path(test_file_of(run)).parent)
+    data_folder = str(Path(local_test_file(run)).parent)
     assert data_folder in (run / "recipe.yaml").read_text()
     assert data_folder not in pushed["recipe.yaml"].decode() and data_folder not in pushed["README.md"].decode()
     assert "test: test.csv" in pushed["recipe.yaml"].decode() or "path: test.csv" in pushed["recipe.yaml"].decode()
@@ -445,6 +445,7 @@ def test_minilm_lora_round_trip_through_the_hub(minilm_path, local_hub, cli, tmp
             "from llmtune.cli import main; sys.argv = ['llmtune'] + sys.argv[1:]; main()",
             "eval",
             "acme/minilm-sentiment-lora",
+            *data_args(run),  # the pushed recipe names its data files, not this machine's paths
             "--output",
             str(tmp_path / "hub.json"),
         ],
