@@ -342,6 +342,82 @@ def merge(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A finished run that classifies texts or tokens, or answers questions.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the exported model.")],
+    format_: Annotated[str, typer.Option("--format", help="The export format: onnx.")] = "onnx",
+    quantize: Annotated[
+        Optional[str], typer.Option(help="int8: also write model_quantized.onnx, int8 weights (dynamic quantization).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the llmtune export at --output; never other files.")] = False,
+) -> None:
+    """Export a run to ONNX for ONNX Runtime (an adapter is merged first); eval, predict and serve load the export."""
+    if format_ != "onnx":
+        _fail(UserError(f"--format {format_}: unknown; expected onnx"))
+    silence_libraries()
+    try:
+        from .export import export as run_export
+
+        written = run_export(run_dir, output, quantize=quantize, overwrite=overwrite)
+    except UserError as error:
+        _fail(error)
+    _echo(f"exported to {written}" + (" (int8: model_quantized.onnx)" if quantize else ""))
+
+
+@app.command()
+def serve(
+    target: Annotated[str, typer.Argument(help="A finished run, an export of one, or a hub id of a pushed run.")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most inputs answered as one batch.")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long the first input of a batch waits for others.")
+    ] = 5.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Most inputs waiting; beyond it requests get 503.")] = 512,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="torch, or onnx for a directory written by llmtune export; default: the one the directory holds."
+        ),
+    ] = "auto",
+    api_key_env: Annotated[
+        Optional[str], typer.Option(help="Require Authorization: Bearer KEY, KEY read from this environment variable.")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve a run over HTTP: /v1/predict, and OpenAI-compatible /v1/completions and /v1/chat/completions for causal
+    LMs; requests are batched; /docs shows the API."""
+    from .serve import Settings, api_key_from
+    from .serve import serve as run_server
+
+    try:
+        key = api_key_from(api_key_env)
+        from . import models
+        from .inference import load_run
+
+        folder = Path(target)
+        exported = folder.is_dir() and models.onnx_file(folder) is not None
+        if backend not in ("auto", "torch", "onnx"):
+            raise UserError(f"--backend {backend}: unknown; expected torch or onnx")
+        if backend == "onnx" and not exported:
+            raise UserError(f"--backend onnx: {target} holds no ONNX model; write one with llmtune export RUN -o DIR")
+        if backend == "torch" and exported:
+            raise UserError(
+                f"--backend torch: {target} is an ONNX export; serve it with --backend onnx or the run it came from"
+            )
+        silence_libraries()
+        loaded = load_run(target, set_ or [])
+    except UserError as error:
+        _fail(error)
+    settings = Settings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=key)
+    run_server(loaded, host, port, settings, echo=lambda line: typer.echo(line, err=True))
+
+
+@app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     format_: Annotated[

@@ -57,7 +57,11 @@ def _load_run_dir(path: Path, overrides) -> LoadedRun:
     saved = models.Checkpoint(str(path), str(path), "run directory")
     tokenizer = models.load_tokenizer(saved)
     trust = recipe.model.trust_remote_code
-    if (path / runs.ADAPTER_CONFIG).is_file():
+    exported = models.onnx_file(path)
+    if exported is not None:  # `llmtune export`: ONNX Runtime runs the model
+        config = models.load_config(saved, trust)
+        model = models.load_onnx(exported, config, models.ONNX_OUTPUTS[task.auto_class])
+    elif (path / runs.ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
         base, _ = models.load_model(

@@ -177,6 +177,11 @@ class Task:
                 raise UserError(f"input row {number}: missing or empty {shown}; expected a non-empty text")
         return row
 
+    def input_truncated(self, row: dict, tokenizer, max_length: int) -> bool:
+        """Whether a prediction input is longer than the model reads, so that it was cut (as in training)."""
+        texts = [row[column] for column in self.input_columns().values() if isinstance(row.get(column), str)]
+        return len(tokenizer(*texts[:2])["input_ids"]) > max_length
+
     def predict(self, model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 32) -> list[dict]:
         """Prediction rows for data rows (see input_row), in their order, batched by length like evaluation."""
         dataset = datasets.Dataset.from_list(rows)

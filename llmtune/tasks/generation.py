@@ -256,6 +256,14 @@ class TextGeneration(Task):
         )
         return dataset.select(sorted(set(range(len(dataset))) - set(empty)))
 
+    def input_truncated(self, row: dict, tokenizer, max_length: int) -> bool:
+        fields = self.input_fields(list(row), "").values()
+        return any(
+            len(tokenizer(input_text(field.read(row)) or "")["input_ids"])
+            > (self.input_limits().get(field.name) or max_length)
+            for field in fields
+        )
+
     def input_row(self, value: str | dict, number: int) -> dict:
         row = super().input_row(value, number)
         if self.template is not None:

@@ -243,6 +243,9 @@ class QuestionAnswering(Task):
     def input_columns(self) -> dict[str, str]:
         return {"question": self.options.question_column, "context": self.options.context_column}
 
+    def input_truncated(self, row: dict, tokenizer, max_length: int) -> bool:
+        return False  # a long context is read in overlapping windows, never cut
+
     # ------------------------------------------------------------------ model card
 
     def card_description(self) -> str:

@@ -348,6 +348,9 @@ class TokenClassification(LabelledTask):
     def input_columns(self) -> dict[str, str]:
         return {"text": "text"}
 
+    def input_truncated(self, row: dict, tokenizer, max_length: int) -> bool:
+        return False  # a long sentence is read in overlapping windows, never cut
+
     def input_row(self, value: str | dict, number: int) -> dict:
         """A text is split into words (with their character spans); a mapping may hold the words themselves."""
         if isinstance(value, dict) and self.options.tokens_column in value:
