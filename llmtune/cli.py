@@ -378,6 +378,12 @@ def serve(
         float, typer.Option(min=0, help="How long the first input of a batch waits for others.")
     ] = 5.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Most inputs waiting; beyond it requests get 503.")] = 512,
+    max_batch_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, help="Most padded tokens per forward pass (batches are cut by length); default 512 on CPU, else none"
+        ),
+    ] = None,
     backend: Annotated[
         str,
         typer.Option(
@@ -413,7 +419,7 @@ def serve(
         loaded = load_run(target, set_ or [])
     except UserError as error:
         _fail(error)
-    settings = Settings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=key)
+    settings = Settings(max_batch_size, max_wait_ms, max_queue, max_batch_tokens=max_batch_tokens, api_key=key)
     run_server(loaded, host, port, settings, echo=lambda line: typer.echo(line, err=True))
 
 

@@ -125,6 +125,25 @@ def test_concurrent_requests_are_answered_in_one_batch(classifier):
     assert max(sizes) > 1, sizes
 
 
+def test_a_batch_cut_by_padded_tokens_answers_as_one_pass_does(classifier_run):
+    """On a CPU the server cuts a batch by length into passes of at most --max-batch-tokens padded tokens."""
+    from llmtune.inference import load_run
+
+    loaded = load_run(classifier_run)
+    texts = ["bad", "a wonderful, moving and beautifully acted film", "dull", "far too long and far too loud for me"]
+    rows = [loaded.task.input_row(text, number) for number, text in enumerate(texts, 1)]
+    passes = []
+    hook = loaded.model.register_forward_hook(lambda module, args, kwargs: passes.append(1))
+    whole = loaded.task.predict(loaded.model, loaded.tokenizer, rows, 64, batch_size=len(rows))
+    assert len(passes) == 1
+    cut = loaded.task.predict(loaded.model, loaded.tokenizer, rows, 64, len(rows), max_tokens=16)
+    hook.remove()
+    assert len(passes) > 2
+    assert [row["predicted"] for row in cut] == [row["predicted"] for row in whole]
+    for a, b in zip(cut, whole):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+
+
 def test_models_health_and_docs(classifier, classifier_run):
     assert httpx.get(classifier.url + "/health").json() == {"status": "ok"}
     model = httpx.get(classifier.url + "/v1/models").json()["data"][0]
