@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -139,7 +139,8 @@ class Engine:
         self.task: asyncio.Task | None = None
         self.max_length = models.effective_max_length(loaded.model.config, loaded.recipe.training.max_length)
         on_cpu = next(loaded.model.parameters()).device.type == "cpu"
-        self.max_batch_tokens = settings.max_batch_tokens or (CPU_BATCH_TOKENS if on_cpu else None)
+        by_tokens = on_cpu and not loaded.task.generates_text
+        self.max_batch_tokens = settings.max_batch_tokens or (CPU_BATCH_TOKENS if by_tokens else None)
 
     async def submit(self, key: tuple, payloads: list, stream: bool = False) -> list:
         """Results in the order of `payloads`; raises Refused(503) when the queue cannot take them all."""
@@ -196,12 +197,21 @@ class Engine:
         return generate_texts(self.loaded, [job.payload for job in jobs])
 
 
+def with_adapter_merged(loaded: LoadedRun) -> LoadedRun:
+    """A LoRA or IA3 adapter folded into the base weights in memory (the files stay as they are): generation
+    with SmolLM2-135M ran 1.3x faster merged on 2 CPU cores. Prefix tuning's virtual tokens cannot fold."""
+    model = loaded.model
+    if not hasattr(model, "peft_config") or loaded.recipe.method.type == "prefix_tuning":
+        return loaded
+    return replace(loaded, model=model.merge_and_unload())
+
+
 # ---------------------------------------------------------------------------------------------- the app
 
 
 def create_app(loaded: LoadedRun, settings: Settings) -> FastAPI:
     """The FastAPI application serving `loaded`."""
-    engine = Engine(loaded, settings)
+    engine = Engine(with_adapter_merged(loaded), settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

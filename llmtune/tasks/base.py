@@ -57,6 +57,9 @@ class Task:
     peft_task_type: str  # the peft task type adapters are built for
     # Bare checkpoints: the class names (suffixes of config.architectures) this task's models have.
     architectures: ClassVar[tuple[str, ...]] = ()
+    # Whether predict writes text token by token. A decoding step reads all the weights whether it extends one
+    # text or many, so a server batches these by count; one forward pass per input costs by padded tokens.
+    generates_text: ClassVar[bool] = False
     # Feature columns decoding needs but the model must not see.
     metadata_columns: ClassVar[tuple[str, ...]] = ()
     # Data file formats the task reads besides csv/tsv/json/jsonl/parquet: {suffix: reader(path, where) -> Dataset}.
