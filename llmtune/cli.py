@@ -375,7 +375,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Most inputs answered as one batch.")] = 32,
     max_wait_ms: Annotated[
-        float, typer.Option(min=0, help="How long the first input of a batch waits for others.")
+        float, typer.Option(min=0, help="How long the first input of a batch waits for others (concurrent requests).")
     ] = 5.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Most inputs waiting; beyond it requests get 503.")] = 512,
     max_batch_tokens: Annotated[

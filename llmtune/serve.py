@@ -6,7 +6,7 @@
     GET  /v1/models, /health    the run (base model, task, method, metrics); liveness
     GET  /docs                  the OpenAPI documentation FastAPI writes
 
-Requests that arrive within `max_wait_ms` of each other are answered as one batch (up to `max_batch_size`,
+Concurrent requests that arrive within `max_wait_ms` of each other are answered as one batch (up to `max_batch_size`,
 sorted by length by the task's predict); the model runs on one worker thread, off the event loop, in
 inference mode, fed by a bounded queue (full: 503 with Retry-After). Bad requests get a 4xx with one JSON
 error and the server goes on; SIGTERM lets the requests in flight finish, then exits.
@@ -135,6 +135,7 @@ class Engine:
         self.loaded, self.settings = loaded, settings
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.pending = 0  # inputs taken and not yet answered: waiting, batching or running (bounded by max_queue)
+        self.last_batch = 2  # as if requests came concurrently, until a lone one shows they do not
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmtune-model")
         self.task: asyncio.Task | None = None
         self.max_length = models.effective_max_length(loaded.model.config, loaded.recipe.training.max_length)
@@ -155,17 +156,32 @@ class Engine:
             return jobs
         return await asyncio.gather(*(job.future for job in jobs))
 
+    async def collect(self) -> list[Job]:
+        """The next batch: the jobs waiting, then, when requests come concurrently, those that arrive within
+        max_wait_ms (up to max_batch_size). A lone client's request runs at once: after a batch of one with
+        nothing waiting, no company is waited for (at concurrency 1 that wait was a fifth of the latency)."""
+        loop = asyncio.get_running_loop()
+        batch = [await self.queue.get()]
+        concurrent = self.last_batch > 1 or not self.queue.empty()
+        deadline = loop.time() + (self.settings.max_wait_ms / 1000 if concurrent else 0)
+        while len(batch) < self.settings.max_batch_size:
+            if not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+                continue
+            if deadline <= loop.time():
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
+            except asyncio.TimeoutError:
+                break
+        self.last_batch = len(batch)
+        return batch
+
     async def run(self) -> None:
-        """Collect the jobs that arrive within max_wait_ms (up to max_batch_size) and run them, a key at a time."""
+        """Run the batches `collect` makes, a key at a time, and answer each job."""
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + self.settings.max_wait_ms / 1000
-            while len(batch) < self.settings.max_batch_size:
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), max(deadline - loop.time(), 0)))
-                except asyncio.TimeoutError:
-                    break
+            batch = await self.collect()
             for key in dict.fromkeys(job.key for job in batch):
                 group = [job for job in batch if job.key == key]
                 try:

@@ -125,6 +125,20 @@ def test_concurrent_requests_are_answered_in_one_batch(classifier):
     assert max(sizes) > 1, sizes
 
 
+def test_a_lone_client_is_not_kept_waiting_for_a_batch(classifier_run):
+    """max_wait_ms gathers concurrent requests; one client sending one request at a time gets no added wait."""
+    server = Server(classifier_run, "--max-wait-ms", "1000")
+    try:
+        times = []
+        for _ in range(4):
+            start = time.perf_counter()
+            assert httpx.post(server.url + "/v1/predict", json={"inputs": "fine"}, timeout=60).status_code == 200
+            times.append(time.perf_counter() - start)
+    finally:
+        server.stop()
+    assert max(times[1:]) < 0.5, times  # the first may wait: the server cannot know yet that it is alone
+
+
 def test_a_batch_cut_by_padded_tokens_answers_as_one_pass_does(classifier_run):
     """On a CPU the server cuts a batch by length into passes of at most --max-batch-tokens padded tokens."""
     from llmtune.inference import load_run
