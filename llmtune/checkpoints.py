@@ -221,7 +221,7 @@ def save(run_dir: Path, accelerator, model, optimizer, scheduler, state: Trainin
         if temporary.exists():
             shutil.rmtree(temporary)
         temporary.mkdir()
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # plain names, as without compile
         weights = {name: p.detach().cpu().contiguous() for name, p in unwrapped.named_parameters() if p.requires_grad}
         save_file(weights, temporary / WEIGHTS)
         torch.save(optimizer.state_dict(), temporary / OPTIMIZER)
@@ -281,7 +281,7 @@ def _fsync(path: Path) -> None:
 def load(path: Path, accelerator, model, optimizer, scheduler) -> tuple[TrainingState, dict]:
     """Restore weights, optimizer and schedule from a checkpoint; returns its TrainingState (with this process's
     unlogged loss) and this process's RNG states, which the loop restores at the right moment (see `restore_rng`)."""
-    load_weights(path, accelerator.unwrap_model(model))
+    load_weights(path, accelerator.unwrap_model(model, keep_torch_compile=False))
     optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
     saved = json.loads((path / STATE).read_text())
     scheduler.load_state_dict(saved.pop("scheduler"))

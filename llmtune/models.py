@@ -323,6 +323,24 @@ def load_model(
     return model, new_modules
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (training.gradient_checkpointing).
+
+    Non-reentrant checkpointing replays the forward pass with the same RNG state, so dropout masks and the
+    gradients equal those without it, and it needs no input that requires grad, so frozen embeddings under an
+    adapter are fine (the reentrant kind would silently train nothing there).
+
+    Raises:
+        UserError: the architecture does not implement it.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(
+            f"training.gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing; "
+            "set it to false"
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def damaged_weights(name: str, error: Exception) -> UserError:
     """The one line for weights that cannot be read: a file cut short by a full disk or an interrupted copy."""
     return UserError(
@@ -416,6 +434,8 @@ def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
             r=method.r,
             lora_alpha=method.alpha,
             lora_dropout=method.dropout,
+            use_dora=method.use_dora,
+            use_rslora=method.use_rslora,
             target_modules=targets,
             modules_to_save=modules_to_save,
             # GPT-2's layers are Conv1D (weights stored transposed); peft would flip this itself,

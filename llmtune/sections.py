@@ -159,6 +159,14 @@ class LoraMethod(Section):
     target_modules: list[str] | None = Field(
         None, description="Module names to adapt; default: the architecture's attention projections."
     )
+    use_dora: bool = Field(
+        False,
+        description="DoRA: split each adapted weight into magnitude and direction and train both (closer to full "
+        "fine-tuning at the same rank; slower steps).",
+    )
+    use_rslora: bool = Field(
+        False, description="rsLoRA: scale updates by alpha / sqrt(r) instead of alpha / r (steadier at high ranks)."
+    )
 
 
 class IA3Method(Section):
@@ -224,6 +232,12 @@ class Training(Section):
         "auto", description="auto: bf16 (else fp16) mixed precision on GPU, fp32 on CPU."
     )
     log_every_n_steps: int = Field(10, ge=1, description="Write a training-log line every N optimizer steps.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Keep only each layer's inputs during the forward pass and recompute the rest for the backward "
+        "pass: far less activation memory (longer inputs, bigger batches or models) for about a third more compute "
+        "per step. Works with every method.",
+    )
     compile: bool = Field(
         False,
         description="Compile the model with torch.compile (worth it on GPU for long runs; the first steps are slow).",

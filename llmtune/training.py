@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
@@ -205,6 +206,10 @@ def setup(
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # A crashed or hung peer ends the run after collective_timeout_s instead of blocking forever.
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
+    # Accelerate keeps one precision per process and refuses another; a notebook or a sweep trains run after run
+    # in one process, each with its own. The process group (PartialState) stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(
         kwargs_handlers=[timeout],
         mixed_precision=prepared.precision,
@@ -287,6 +292,8 @@ def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
         decoder=decoder,
         **task.model_kwargs(),
     )
+    if recipe.training.gradient_checkpointing:
+        models.enable_gradient_checkpointing(model)
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
     trainable, total = models.count_parameters(model)
     say(
@@ -573,7 +580,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         )
     if state.best_step is not None and state.best_step != state.step:  # the saved model is the best one
         best = run.run_dir / checkpoints.CHECKPOINTS_DIR / f"step-{state.best_step}"
-        checkpoints.load_weights(best, accelerator.unwrap_model(run.model))
+        checkpoints.load_weights(best, accelerator.unwrap_model(run.model, keep_torch_compile=False))
         run.last_validation = None
         say(f"using the best checkpoint: step {state.best_step}, {evaluation.metric_for_best}={state.best_value:.4f}")
     results = {"train": training_summary(run, state, *seconds)}
@@ -588,7 +595,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         results[split] = metrics
     run.log.close()
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(run.model), run.tokenizer, run.run_dir, run.recipe)
+        save_model(accelerator.unwrap_model(run.model, keep_torch_compile=False), run.tokenizer, run.run_dir, run.recipe)
         if predictions is not None:
             runs.write_jsonl(run.run_dir / runs.PREDICTIONS_FILE, predictions)
         plots.save_plots(run.run_dir)

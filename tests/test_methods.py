@@ -11,16 +11,19 @@ from conftest import write_recipe
 from llmtune import load_recipe, predict, train
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "ia3", "prefix_tuning"])
+@pytest.mark.parametrize("method", ["full", "lora", "ia3", "prefix_tuning", "lora+use_dora", "lora+use_rslora"])
 def test_method_trains_and_reloads(method, tiny_bert, sentiment_files, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    method, _, flag = method.partition("+")
     recipe = load_recipe(
         write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files),
-        [f"method.type={method}", "training.learning_rate=1e-3"],
+        [f"method.type={method}", "training.learning_rate=1e-3", *([f"method.{flag}=true"] if flag else [])],
     )
     result = train(recipe, echo=lambda *a: None)
     run_dir = result.run_dir
+    if flag:  # the variant is in the adapter's config, so plain peft rebuilds it
+        assert json.loads((run_dir / "adapter_config.json").read_text())[flag] is True
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"train", "validation", "test"}
     assert {"accuracy", "macro_f1", "cross_entropy"} <= set(metrics["test"])
