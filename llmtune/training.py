@@ -595,7 +595,9 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         results[split] = metrics
     run.log.close()
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(run.model, keep_torch_compile=False), run.tokenizer, run.run_dir, run.recipe)
+        save_model(
+            accelerator.unwrap_model(run.model, keep_torch_compile=False), run.tokenizer, run.run_dir, run.recipe
+        )
         if predictions is not None:
             runs.write_jsonl(run.run_dir / runs.PREDICTIONS_FILE, predictions)
         plots.save_plots(run.run_dir)
