@@ -12,6 +12,7 @@ is the prompt; the task's target text (plus EOS) is the completion the model lea
 
 from __future__ import annotations
 
+import inspect
 import string
 
 from .errors import UserError
@@ -249,8 +250,27 @@ def completion_loss(
         }
         labels = batch["labels"]
     # No cache: transformers looks for packed sequences in the position ids only when there is none.
-    nll, count = token_losses(model(**inputs, use_cache=False).logits, labels)
-    return nll.sum() / count.sum().clamp(min=1)
+    if not accepts_logits_to_keep(model):
+        nll, count = token_losses(model(**inputs, use_cache=False).logits, labels)
+        return nll.sum() / count.sum().clamp(min=1)
+    # Logits only where a completion token is predicted: the prompt's positions would each cost a vocabulary-wide
+    # row (on XSum-like prompts most of the sequence, a fifth of a small model's compute and gigabytes of memory).
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != IGNORE
+    logits = model(**inputs, use_cache=False, logits_to_keep=predicts).logits  # (positions kept, vocabulary)
+    targets = labels[:, 1:][predicts[:, :-1]]
+    return F.cross_entropy(logits.float(), targets, reduction="sum") / max(targets.numel(), 1)
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM under its wrappers (DDP, torch.compile, peft) computes logits for a mask of positions."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            break
+        model = inner
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 # ------------------------------------------------------------------------------------------ generation

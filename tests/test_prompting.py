@@ -137,3 +137,30 @@ def test_left_padded_generation_returns_only_new_tokens(tiny_llama):
             assert [t for t in row.tolist() if t >= 0] == alone
     assert batched.shape == (len(prompts), 6)
     assert confidence.shape == (len(prompts),) and ((confidence > 0) & (confidence <= 1)).all()
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+@pytest.mark.parametrize("packing", [None, 64])
+def test_the_loss_projects_only_completion_positions_onto_the_vocabulary(name, packing, request, monkeypatch):
+    """Same loss and gradients as from full logits, with the output layer applied to the completion positions only."""
+    model, tokenizer = load(request.getfixturevalue(name))
+    batch = PadCollator(tokenizer.pad_token_id)(features(tokenizer))
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda module, args, out: rows.append(args[0].shape))
+
+    def loss_and_gradients():
+        model.zero_grad()
+        loss = prompting.completion_loss(model, batch, packing, tokenizer.pad_token_id)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    loss, gradients = loss_and_gradients()
+    targets = int((prompting.completion_labels(batch) != -100).sum())
+    assert rows == [torch.Size([targets, model.config.hidden_size])]  # one row per completion token, none for prompts
+    monkeypatch.setattr(prompting, "accepts_logits_to_keep", lambda model: False)
+    full_loss, full_gradients = loss_and_gradients()
+    hook.remove()
+    assert rows[1][:-1] == batch["input_ids"].shape or packing  # the full path projects every position
+    torch.testing.assert_close(loss, full_loss, rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(gradients, full_gradients, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
