@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import shlex
 import sys
 import warnings
@@ -509,6 +510,9 @@ def init(
 
 
 def main() -> None:
+    # bitsandbytes, when installed, is imported with accelerate and peft (before any command silences libraries) and
+    # warns on import that an optional CPU kernel package is missing: nothing to do with the command.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     app()
 
 

@@ -274,6 +274,7 @@ def load_model(
     trust_remote_code: bool = False,
     pad_token_id: int | None = None,
     decoder: Checkpoint | None = None,
+    quantization: str | None = None,
     **kwargs,
 ):
     """Load weights with the transformers auto class named `auto_class` (e.g. "AutoModelForCausalLM"); returns the
@@ -283,7 +284,8 @@ def load_model(
     train and save them in full. `pad_token_id` goes into the model config when the checkpoint has
     none (decoder-only models pool or generate with it). A GGUF checkpoint is dequantized into a plain
     float32 model, trainable and saved as ordinary safetensors. With `decoder`, `checkpoint` is the encoder
-    of a warm-started encoder-decoder (see warm_start_encoder_decoder).
+    of a warm-started encoder-decoder (see warm_start_encoder_decoder). With `quantization` (4bit, 8bit) the
+    weights are loaded quantized by bitsandbytes, for an adapter to be trained on them.
     """
     if trust_remote_code:
         files = ", ".join(remote_code_files(checkpoint)) or "none in its directory"
@@ -301,6 +303,8 @@ def load_model(
             "quantization_config": GgufConfig(dequantize=True),
             "dtype": torch.float32,
         }
+    if quantization:
+        options = {**options, **quantized_loading(quantization)}
     try:
         model, info = getattr(transformers, auto_class).from_pretrained(
             checkpoint.path, trust_remote_code=trust_remote_code, output_loading_info=True, **options, **kwargs
@@ -323,6 +327,55 @@ def load_model(
     return model, new_modules
 
 
+# Task heads of the transformers model classes: newly initialised and trained in full, so never quantized.
+HEAD_MODULES = ["classifier", "score", "qa_outputs", "lm_head"]
+
+
+def check_quantization_installed(what: str) -> None:
+    """Raises UserError: bitsandbytes, which `what` (a recipe key and value) needs, is not installed."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(
+            f"{what} needs bitsandbytes, which is not installed: pip install 'llmtune[qlora]' (or bitsandbytes)"
+        )
+
+
+def quantized_loading(quantization: str) -> dict:
+    """from_pretrained options that load the weights quantized: QLoRA's NF4 with double quantization and bf16
+    compute for 4bit, LLM.int8 for 8bit; heads stay in float. On a GPU the weights load straight onto it."""
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        compute = torch.float16
+    if quantization == "4bit":
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=HEAD_MODULES,
+        )
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=HEAD_MODULES)
+    options = {"quantization_config": config}
+    if torch.cuda.is_available():  # bitsandbytes quantizes on the device the weights land on
+        options["device_map"] = {"": torch.cuda.current_device()}
+    return options
+
+
+def prepare_quantized(model, gradient_checkpointing: bool):
+    """peft's preparation of a quantized model for adapter training: float norms and heads, input gradients,
+    and gradient checkpointing when asked (the non-reentrant kind, as `enable_gradient_checkpointing`)."""
+    from peft import prepare_model_for_kbit_training
+
+    with peft_deprecations_silenced():
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+
+
 def enable_gradient_checkpointing(model) -> None:
     """Recompute activations in the backward pass (training.gradient_checkpointing).
 
@@ -338,7 +391,10 @@ def enable_gradient_checkpointing(model) -> None:
             f"training.gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing; "
             "set it to false"
         )
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23 renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def damaged_weights(name: str, error: Exception) -> UserError:

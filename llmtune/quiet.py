@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import warnings
 from typing import Callable
@@ -24,9 +25,15 @@ def silence_libraries() -> Callable[[], None]:
     datasets.disable_progress_bars()
     # Not even errors: dataset builders log a parse error just before raising it, and llmtune reports it itself.
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    # bitsandbytes, when installed, is imported by peft and transformers and warns on import that an optional
+    # faster CPU kernel package is missing: nothing to do with the run.
+    bitsandbytes = logging.getLogger("bitsandbytes")
+    bitsandbytes_level = bitsandbytes.level
+    bitsandbytes.setLevel(logging.ERROR)
 
     def restore() -> None:
         transformers.logging.set_verbosity(verbosity)
+        bitsandbytes.setLevel(bitsandbytes_level)
         datasets.logging.set_verbosity(datasets_verbosity)
         if transformers_bars:
             transformers.utils.logging.enable_progress_bar()
@@ -56,4 +63,8 @@ def peft_deprecations_silenced():
     nothing a user can change."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        # ... and enables checkpointing under transformers' old name (prepare_model_for_kbit_training)
+        warnings.filterwarnings(
+            "ignore", message="`gradient_checkpointing_enable` is deprecated", category=FutureWarning
+        )
         yield

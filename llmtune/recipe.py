@@ -67,6 +67,11 @@ class Recipe(Section):
                 )
         if self.model.decoder is not None:
             self._check_decoder()
+        if getattr(self.method, "quantization", None) and self.model.gguf_file:
+            raise ValueError(
+                "method.quantization: a GGUF checkpoint (model.gguf_file) is dequantized as it loads and cannot be "
+                "quantized again by bitsandbytes; leave method.quantization out, or start from safetensors weights"
+            )
         self.task.check_recipe(self)
         best = self.evaluation.metric_for_best
         if best is not None and best not in self.metrics:

@@ -24,7 +24,8 @@ TRAINING_FIGURES = {
     "examples": "examples seen",
     "runtime_s": "training time (s)",
     "samples_per_s": "throughput (samples/s)",
-    "peak_memory_mb": "peak memory (MiB)",
+    "peak_memory_mb": "peak memory, host (MiB)",
+    "peak_gpu_memory_mb": "peak memory, GPU (MiB)",
 }
 
 

@@ -149,7 +149,19 @@ class FullMethod(Section):
     type: Literal["full"] = Field(description="full | lora | ia3 | prefix_tuning")
 
 
-class LoraMethod(Section):
+class AdapterMethod(Section):
+    """What every adapter method shares: the frozen base may be loaded quantized (QLoRA)."""
+
+    quantization: Literal["4bit", "8bit"] | None = Field(
+        None,
+        description="Load the frozen base model quantized through bitsandbytes: 4bit (QLoRA: NF4, double "
+        "quantization, bf16 compute) or 8bit; the new task head stays in float. About a quarter (4bit) or half (8bit) "
+        "of the weight memory; the run still saves a plain adapter. Needs bitsandbytes (`pip install "
+        "'llmtune[qlora]'`).",
+    )
+
+
+class LoraMethod(AdapterMethod):
     """LoRA: low-rank adapters on chosen linear layers; the new task head is trained and saved with them."""
 
     type: Literal["lora"] = Field(description="full | lora | ia3 | prefix_tuning")
@@ -169,7 +181,7 @@ class LoraMethod(Section):
     )
 
 
-class IA3Method(Section):
+class IA3Method(AdapterMethod):
     """IA3: learned rescaling vectors on keys, values and feed-forward activations."""
 
     type: Literal["ia3"] = Field(description="full | lora | ia3 | prefix_tuning")
@@ -179,7 +191,7 @@ class IA3Method(Section):
     )
 
 
-class PrefixTuningMethod(Section):
+class PrefixTuningMethod(AdapterMethod):
     """Prefix tuning: trained key/value prefixes in every attention layer."""
 
     type: Literal["prefix_tuning"] = Field(description="full | lora | ia3 | prefix_tuning")
@@ -199,6 +211,11 @@ class Training(Section):
         None, ge=1, description="Stop after this many optimizer steps instead of counting epochs."
     )
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    optimizer: Literal["adamw", "adamw_8bit"] = Field(
+        "adamw",
+        description="adamw: torch's fused AdamW; adamw_8bit: bitsandbytes' AdamW with 8-bit moments (a quarter of "
+        "the optimizer memory; needs bitsandbytes).",
+    )
     head_learning_rate: float | None = Field(
         None,
         gt=0,

@@ -79,4 +79,5 @@ def describe(train: dict) -> str:
         f"{100 * train['padding_share']:.1f}% padding, "
         f"MFU {100 * train['mfu']:.1f}% of {train['matmul_peak_gflops']:.0f} GFLOP/s measured matmul peak, "
         f"peak memory {train['peak_memory_mb']:.0f} MB"
+        + (f" (GPU {train['peak_gpu_memory_mb']:.0f} MB)" if "peak_gpu_memory_mb" in train else "")
     )

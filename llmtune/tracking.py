@@ -79,9 +79,10 @@ def scalars(entry: dict) -> dict:
     }
 
 
-def peak_memory_mb() -> float:
-    """Peak accelerator memory when on GPU, else the process's peak resident memory."""
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+def peak_memory() -> dict[str, float]:
+    """The process's peak resident memory (host RAM), and on a GPU also the peak memory its tensors took there."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    figures = {"peak_memory_mb": round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if torch.cuda.is_available():
+        figures["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return figures

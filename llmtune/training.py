@@ -107,8 +107,13 @@ def prepare(recipe: Recipe) -> Prepared:
     Raises:
         UserError: the first problem, in one line.
     """
+    check_engine()
     precision = mixed_precision(recipe.training.precision)
     tracking.check_installed(recipe.tracking)
+    if getattr(recipe.method, "quantization", None):
+        models.check_quantization_installed(f"method.quantization: {recipe.method.quantization}")
+    if recipe.training.optimizer == "adamw_8bit":
+        models.check_quantization_installed("training.optimizer: adamw_8bit")
     if not recipe.data.sources():
         raise UserError("data: no split given; expected data.train (and data.validation, data.test)")
     task = tasks.create(recipe.task)
@@ -126,6 +131,29 @@ def prepare(recipe: Recipe) -> Prepared:
     training = recipe.training.model_copy(update={"max_length": max_length})
     recipe = recipe.model_copy(update={"task": task.resolved_options(), "training": training})
     return Prepared(recipe, task, splits, checkpoint, decoder, tokenizer, precision)
+
+
+# What `accelerate launch` sets when its config (or a flag) picks a sharding engine.
+SHARDING_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def check_engine() -> None:
+    """Refuse sharded training before anything loads: checkpoints and the saved model are gathered from the main
+    process's parameters and optimizer, which under FSDP or DeepSpeed hold one shard each, so resuming would
+    silently train from broken state (and FSDP's RAM-efficient loading leaves other ranks' heads on the meta
+    device, which crashes in `prepare`).
+
+    Raises:
+        UserError: the Accelerate config selects FSDP or DeepSpeed.
+    """
+    for variable, engine in SHARDING_ENGINES.items():
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+            raise UserError(
+                f"accelerate config: {engine} (sharded training) is not supported yet: llmtune's checkpoints save "
+                "the main process's parameters and optimizer state, which under sharding hold only a shard. Train "
+                "data-parallel instead (accelerate launch without --use_fsdp / --use_deepspeed, or torchrun), with "
+                "training.gradient_checkpointing and method.quantization to fit a larger model"
+            )
 
 
 def planned_steps(examples: int, cfg) -> int:
@@ -228,9 +256,7 @@ def setup(
     if accelerator.device.type == "cuda":  # TF32 matmuls: fp32 parameters and optimizer, tensor-core speed (Ampere+)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # The fused kernel updates every tensor in one pass: on CPU 5x faster than the multi-tensor (foreach)
-    # path for MiniLM (49 vs 277 ms a step), which is a quarter of a step on short sentences.
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg, new_modules), lr=cfg.learning_rate, fused=True)
+    optimizer = make_optimizer(parameter_groups(model, cfg, new_modules), cfg)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if cfg.compile:
         model = torch.compile(model)
@@ -290,9 +316,12 @@ def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
         recipe.model.trust_remote_code,
         prepared.tokenizer.pad_token_id,
         decoder=decoder,
+        quantization=getattr(recipe.method, "quantization", None),
         **task.model_kwargs(),
     )
-    if recipe.training.gradient_checkpointing:
+    if getattr(recipe.method, "quantization", None):
+        model = models.prepare_quantized(model, recipe.training.gradient_checkpointing)
+    elif recipe.training.gradient_checkpointing:
         models.enable_gradient_checkpointing(model)
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
     trainable, total = models.count_parameters(model)
@@ -342,6 +371,16 @@ def parameter_groups(model, training, new_modules: list[str]) -> list[dict]:
             )
             groups.setdefault(key, []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+
+def make_optimizer(groups: list[dict], cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw_8bit":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(groups, lr=cfg.learning_rate)
+    # The fused kernel updates every tensor in one pass: on CPU 5x faster than the multi-tensor (foreach)
+    # path for MiniLM (49 vs 277 ms a step), which is a quarter of a step on short sentences.
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
 
 
 @contextlib.contextmanager
@@ -626,7 +665,7 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
         "examples": state.examples_seen,
         "runtime_s": round(wall_seconds, 2),
         **throughput.summary(examples, train_seconds, speed.non_embedding_parameters(run.model), peak),
-        "peak_memory_mb": tracking.peak_memory_mb(),
+        **tracking.peak_memory(),
     }
 
 

@@ -312,3 +312,64 @@ def test_two_processes_train_evaluate_once_and_resume_across_process_counts(setu
     assert [
         e["step"] for e in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "loss" in e
     ] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_an_accelerate_config_that_shards_is_refused_before_anything_loads(variable, cli, setup, tmp_path, monkeypatch):
+    recipe, _ = setup
+    monkeypatch.setenv(variable, "true")  # what `accelerate launch --use_fsdp` / `--use_deepspeed` sets
+    for command in (["validate", recipe], ["train", recipe, "--output", tmp_path / "run"]):
+        code, out, err = cli(*command)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "(sharded training) is not supported yet" in err
+    assert not (tmp_path / "run").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_the_loopback_train_as_two_processes_on_one_node_do(setup, tmp_path):
+    recipe, _ = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = ["-m", "llmtune", "train", str(recipe), *sets(*SETTINGS, "training.max_steps=6"), "--output"]
+    one_node = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *train, str(tmp_path / "one")]
+    finished = subprocess.run(one_node, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    port = free_port()
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                *train,
+                str(tmp_path / "two"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert "2 process(es)" in outputs[0][0] and "run saved to" not in outputs[1][0]  # node 0 talks and writes
+    assert_same_result(tmp_path / "two", tmp_path / "one")
