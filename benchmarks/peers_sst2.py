@@ -179,7 +179,7 @@ def run_trainer(config: str, n: int, workdir: Path, pad128_fraction: float) -> d
     train_s = time.perf_counter() - started
     done_steps = trainer.state.global_step
     examples = min(n, done_steps * BATCH)
-    figures = counted.summary(examples, train_s, speed.non_embedding_parameters(model), peak)
+    figures = counted.summary(examples, train_s, speed.flops_per_token(model), peak)
     started = time.perf_counter()
     dev = trainer.evaluate()
     eval_s = time.perf_counter() - started

@@ -1,9 +1,13 @@
 """Throughput accounting: samples/s, non-pad tokens/s, padding share and model FLOPs utilization.
 
-MFU = 6 x non-embedding parameters x non-pad tokens per second / peak FLOP/s (the usual estimate of
-forward + backward matmul cost; attention's quadratic term is left out). The peak is measured once per
-run with a short matmul probe on the training device (fp32 on CPU, bf16 on GPU), because nominal
-peaks say little about a shared or throttled machine.
+MFU = model FLOPs per second / peak FLOP/s. Each token a weight multiplies costs 2 FLOPs per weight in the
+forward pass, 2 more for the gradient of its input in the backward pass, and 2 more for the weight's own
+gradient when the weight is trained: (4 x frozen + 6 x trainable) non-embedding parameters per token, which is
+the usual 6 x parameters for full fine-tuning and about 4 x for an adapter. Every token the model processes
+counts: an encoder-decoder's encoder weights multiply the source tokens and its decoder weights the target
+tokens. Attention's quadratic term and gradient checkpointing's recomputed forward pass are left out (model
+FLOPs, not hardware FLOPs). The peak is measured with short matmul probes on the training device (fp32 on
+CPU, bf16 on GPU), the best of many, because nominal peaks say little about a shared or throttled machine.
 """
 
 from __future__ import annotations
@@ -37,37 +41,54 @@ def matmul_peak_flops(device: torch.device, seconds: float = 0.5) -> float:
     return best
 
 
-def non_embedding_parameters(model: torch.nn.Module) -> int:
-    """Parameters outside embedding tables (looked up, not multiplied, so they cost no matmul FLOPs)."""
-    embeddings = sum(
-        p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
-    )
-    return sum(p.numel() for p in model.parameters()) - embeddings
+def non_embedding_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(all, trainable) parameters outside embedding tables (looked up, not multiplied: no matmul FLOPs)."""
+    embeddings = {
+        id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
+    }
+    # peft keeps a frozen copy of a head it trains whole (modules_to_save) that the forward pass never uses.
+    weights = [p for n, p in model.named_parameters() if id(p) not in embeddings and "original_module" not in n]
+    return sum(p.numel() for p in weights), sum(p.numel() for p in weights if p.requires_grad)
+
+
+def flops_per_token(model: torch.nn.Module) -> tuple[float, float]:
+    """Training FLOPs per source token and per target token (the latter nonzero for encoder-decoders only)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    every, trained = non_embedding_parameters(model)
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return 4 * every + 2 * trained, 0.0
+    encoder, encoder_trained = non_embedding_parameters(model.get_encoder())
+    return 4 * encoder + 2 * encoder_trained, 4 * (every - encoder) + 2 * (trained - encoder_trained)
 
 
 class Throughput:
     """Counts the tokens the training batches carry: real ones (attention mask) and padded ones."""
 
     def __init__(self) -> None:
-        self.tokens = 0  # a tensor on the batch's device once counting starts: no GPU sync per step
+        # Tensors on the batch's device once counting starts: no GPU sync per step.
+        self.tokens = 0  # the input's real tokens (attention mask)
+        self.target_tokens = 0  # an encoder-decoder's decoder tokens: its labels that are not ignored
         self.padded_tokens = 0
 
-    def add(self, batch: dict) -> None:
-        for key in ("attention_mask", "decoder_attention_mask"):
-            mask = batch.get(key)
-            if mask is not None:
-                self.tokens = self.tokens + mask.sum()
-                self.padded_tokens += mask.numel()
+    def add(self, batch: dict, encoder_decoder: bool = False) -> None:
+        mask = batch["attention_mask"]
+        self.tokens = self.tokens + mask.sum()
+        self.padded_tokens += mask.numel()
+        if encoder_decoder:
+            self.target_tokens = self.target_tokens + (batch["labels"] != -100).sum()
+            self.padded_tokens += batch["labels"].numel()
 
-    def summary(self, examples: int, seconds: float, parameters: int, peak_flops: float) -> dict:
-        tokens = int(self.tokens)
-        tokens_per_s = tokens / seconds if seconds else 0.0
+    def summary(self, examples: int, seconds: float, flops: tuple[float, float], peak_flops: float) -> dict:
+        """flops: training FLOPs per source and per target token (`flops_per_token`)."""
+        tokens, target_tokens = int(self.tokens), int(self.target_tokens)
+        rate = 1 / seconds if seconds else 0.0
+        model_flops = flops[0] * tokens + flops[1] * target_tokens
         return {
             "training_s": round(seconds, 2),  # without evaluations and checkpoints
-            "samples_per_s": round(examples / seconds, 2) if seconds else 0.0,
-            "tokens_per_s": round(tokens_per_s, 1),
-            "padding_share": round(1 - tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0,
-            "mfu": round(6 * parameters * tokens_per_s / peak_flops, 4) if peak_flops else 0.0,
+            "samples_per_s": round(examples * rate, 2),
+            "tokens_per_s": round((tokens + target_tokens) * rate, 1),
+            "padding_share": round(1 - (tokens + target_tokens) / self.padded_tokens, 4) if self.padded_tokens else 0.0,
+            "mfu": round(model_flops * rate / peak_flops, 4) if peak_flops else 0.0,
             "matmul_peak_gflops": round(peak_flops / 1e9, 1),
         }
 

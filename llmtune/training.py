@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -222,6 +223,10 @@ class Run:
     created_dir: bool = False  # the run created its directory (a failed run removes it again)
     log: RunLog | None = None  # opened by `writing`, with the run directory
     last_validation: tuple | None = None  # (step, metrics, prediction rows) of the newest validation
+
+    @functools.cached_property
+    def encoder_decoder(self) -> bool:
+        return bool(getattr(self.accelerator.unwrap_model(self.model).config, "is_encoder_decoder", False))
 
 
 def setup(
@@ -498,7 +503,7 @@ def train_step(run: Run, batch: dict):
     """Forward and backward of one batch; at the end of an accumulation, clip, step and schedule.
     Returns the batch's loss and the gradient norm before clipping (None when not clipped)."""
     accelerator, cfg = run.accelerator, run.recipe.training
-    run.throughput.add(batch)
+    run.throughput.add(batch, run.encoder_decoder)
     grad_norm = None
     with accelerator.accumulate(run.model):
         loss = run.task.loss(run.model, batch)
@@ -654,9 +659,9 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
     """metrics.json's "train" entry: steps, epochs, time (with and without evaluations and checkpoints) and the
     throughput figures, all processes counted."""
     accelerator, throughput = run.accelerator, run.throughput
-    counts = torch.tensor([float(throughput.tokens), float(throughput.padded_tokens)], device=accelerator.device)
-    counts = accelerator.reduce(counts, "sum")
-    throughput.tokens, throughput.padded_tokens = int(counts[0]), int(counts[1])
+    counts = [float(throughput.tokens), float(throughput.target_tokens), float(throughput.padded_tokens)]
+    counts = accelerator.reduce(torch.tensor(counts, device=accelerator.device), "sum")
+    throughput.tokens, throughput.target_tokens, throughput.padded_tokens = (int(count) for count in counts)
     examples = state.examples_seen - run.examples_at_start
     peak = speed.matmul_peak_flops(accelerator.device)
     return {
@@ -664,7 +669,7 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
         "epochs": round(state.step / run.steps_per_epoch, 4),
         "examples": state.examples_seen,
         "runtime_s": round(wall_seconds, 2),
-        **throughput.summary(examples, train_seconds, speed.non_embedding_parameters(run.model), peak),
+        **throughput.summary(examples, train_seconds, speed.flops_per_token(run.model), peak),
         **tracking.peak_memory(),
     }
 

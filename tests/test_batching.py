@@ -118,3 +118,36 @@ def test_token_budget_training_keeps_predictions_in_input_order_and_reports_spee
     assert 0 <= train["padding_share"] < 0.5 and 0 < train["mfu"] < 1 and train["matmul_peak_gflops"] > 1
     assert train["peak_memory_mb"] > 0
     assert "non-pad tokens/s" in out and "MFU" in out
+
+
+def test_training_flops_per_token_by_hand(tiny_bert, tmp_path):
+    """4 FLOPs per frozen weight and token, 6 per trained one; an encoder-decoder's halves see their own tokens."""
+    from test_seq2seq import t5_checkpoint
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    from llmtune import models, speed
+    from llmtune.sections import LoraMethod
+
+    # tiny_bert (width 32, FFN 64, 2 layers): per layer 4 projections of 32x32+32, FFN 32x64+64 and 64x32+32,
+    # two norms of 64; then the embeddings' norm, the pooler (32x32+32) and the classifier (32x2+2).
+    body = 2 * (4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 64) + 64 + (32 * 32 + 32)
+    head = 32 * 2 + 2
+    bert = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    assert speed.flops_per_token(bert) == (6 * (body + head), 0)
+    lora = 2 * 2 * (8 * 32 + 32 * 8)  # r=8 A and B on query and value in both layers; the head is trained whole
+    adapted = models.apply_method(bert, LoraMethod(type="lora"), "SEQ_CLS", ["classifier"])
+    assert speed.flops_per_token(adapted) == (4 * (body + head + lora) + 2 * (head + lora), 0)
+
+    # T5 (width 32, 4 heads of 8, FFN 64, 2+2 layers, no biases, tied output layer): the encoder's layers have
+    # 4 projections, 2 FFN matrices and 2 norms; the decoder's also cross-attention and a third norm.
+    encoder = 2 * (4 * 32 * 32 + 2 * 32 * 64 + 2 * 32) + 32
+    decoder = 2 * (8 * 32 * 32 + 2 * 32 * 64 + 3 * 32) + 32
+    t5 = AutoModelForSeq2SeqLM.from_pretrained(t5_checkpoint(tmp_path / "t5"))
+    assert speed.flops_per_token(t5) == (6 * encoder, 6 * decoder)
+
+    counted = speed.Throughput()
+    labels = torch.tensor([[5, 6, 1, -100], [7, 1, -100, -100]])
+    counted.add({"attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]), "labels": labels}, encoder_decoder=True)
+    figures = counted.summary(2, 1.0, speed.flops_per_token(t5), 1e6)
+    assert figures["tokens_per_s"] == 5 + 5 and figures["padding_share"] == pytest.approx(1 - 10 / 14, abs=1e-4)
+    assert figures["mfu"] == pytest.approx((6 * encoder * 5 + 6 * decoder * 5) / 1e6, abs=1e-4)
