@@ -12,6 +12,7 @@ is the prompt; the task's target text (plus EOS) is the completion the model lea
 
 from __future__ import annotations
 
+import functools
 import inspect
 import string
 
@@ -270,7 +271,18 @@ def accepts_logits_to_keep(model) -> bool:
             break
         model = inner
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return slices_by_mask(type(base))
+
+
+@functools.cache
+def slices_by_mask(model_class: type) -> bool:
+    """Whether the class's forward takes `logits_to_keep` as a (batch, sequence) mask: models that slice through
+    transformers' `slice_logits_to_keep` (5.21 and later); older code indexed the sequence axis with it."""
+    try:
+        source = inspect.getsource(model_class.forward)
+    except (OSError, TypeError):  # no source to read (a compiled or dynamically made class)
+        return False
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters and "slice_logits_to_keep" in source
 
 
 # ------------------------------------------------------------------------------------------ generation
