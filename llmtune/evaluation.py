@@ -15,6 +15,18 @@ from .tasks.base import Task, run_batches
 EVAL_PROGRESS_EVERY_S = 30
 
 
+def new_accelerator(**options):
+    """An Accelerator with these options, whatever the process ran before. Accelerate keeps one precision per
+    process and refuses another; a notebook or a sweep trains and evaluates run after run in one process, each
+    with its own. The process group (PartialState) stays."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    return Accelerator(**options)
+
+
 def model_features(features, task: Task):
     """The columns batches are made of; tasks keep decoding metadata (e.g. QA offsets) out of the model's way."""
     return features.remove_columns(list(task.metadata_columns)) if task.metadata_columns else features

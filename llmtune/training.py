@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
@@ -32,7 +31,7 @@ from . import checkpoints, data, models, plots, runs, speed, tasks, tracking
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .errors import Interrupted, PeerLost, UserError
-from .evaluation import eval_loader, format_metrics, model_features, run_evaluation
+from .evaluation import eval_loader, format_metrics, model_features, new_accelerator, run_evaluation
 from .progress import Clock, Progress, RunLog
 from .quiet import quiet_libraries
 from .recipe import Recipe, dump_recipe
@@ -239,11 +238,7 @@ def setup(
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # A crashed or hung peer ends the run after collective_timeout_s instead of blocking forever.
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
-    # Accelerate keeps one precision per process and refuses another; a notebook or a sweep trains run after run
-    # in one process, each with its own. The process group (PartialState) stays.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    accelerator = Accelerator(
+    accelerator = new_accelerator(
         kwargs_handlers=[timeout],
         mixed_precision=prepared.precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,

@@ -13,7 +13,7 @@ from conftest import minilm_dir, write_recipe
 from safetensors.torch import load_file
 from test_seq2seq import parallel, t5_checkpoint
 
-from llmtune import load_recipe, train
+from llmtune import evaluate, load_recipe, train
 
 QUIET_RUN = ("data.validation=null", "data.test=null", "training.log_every_n_steps=1")
 
@@ -131,6 +131,9 @@ def test_bf16_trains_every_family_under_autocast_and_saves_fp32_weights(family, 
     assert first[1] != first[0] and first[1] == pytest.approx(first[0], rel=0.05)  # autocast ran, and close
     assert {tensor.dtype for tensor in weights(bf16.run_dir).values()} == {torch.float32}
     assert all(math.isfinite(value) for value in bf16.metrics["test"].values() if isinstance(value, float))
+    # The same process evaluates in fp32 afterwards (Accelerate keeps one precision per process unless reset).
+    metrics, _ = evaluate(bf16.run_dir, split="test")
+    assert metrics["num_examples"] == bf16.metrics["test"]["num_examples"]
 
 
 def write_files(folder):
