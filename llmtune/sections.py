@@ -149,10 +149,12 @@ class FullMethod(Section):
     type: Literal["full"] = Field(description="full | lora | ia3 | prefix_tuning")
 
 
-class AdapterMethod(Section):
-    """What every adapter method shares: the frozen base may be loaded quantized (QLoRA)."""
+Quantization = Literal["4bit", "8bit"] | None
 
-    quantization: Literal["4bit", "8bit"] | None = Field(
+
+def quantization_field():
+    """Every adapter method's `quantization`: the frozen base may be loaded quantized (QLoRA)."""
+    return Field(
         None,
         description="Load the frozen base model quantized through bitsandbytes: 4bit (QLoRA: NF4, double "
         "quantization, bf16 compute) or 8bit; the new task head stays in float. About a quarter (4bit) or half (8bit) "
@@ -161,7 +163,7 @@ class AdapterMethod(Section):
     )
 
 
-class LoraMethod(AdapterMethod):
+class LoraMethod(Section):
     """LoRA: low-rank adapters on chosen linear layers; the new task head is trained and saved with them."""
 
     type: Literal["lora"] = Field(description="full | lora | ia3 | prefix_tuning")
@@ -179,9 +181,10 @@ class LoraMethod(AdapterMethod):
     use_rslora: bool = Field(
         False, description="rsLoRA: scale updates by alpha / sqrt(r) instead of alpha / r (steadier at high ranks)."
     )
+    quantization: Quantization = quantization_field()
 
 
-class IA3Method(AdapterMethod):
+class IA3Method(Section):
     """IA3: learned rescaling vectors on keys, values and feed-forward activations."""
 
     type: Literal["ia3"] = Field(description="full | lora | ia3 | prefix_tuning")
@@ -189,13 +192,15 @@ class IA3Method(AdapterMethod):
     feedforward_modules: list[str] | None = Field(
         None, description="Which of target_modules are feed-forward layers; default: per architecture."
     )
+    quantization: Quantization = quantization_field()
 
 
-class PrefixTuningMethod(AdapterMethod):
+class PrefixTuningMethod(Section):
     """Prefix tuning: trained key/value prefixes in every attention layer."""
 
     type: Literal["prefix_tuning"] = Field(description="full | lora | ia3 | prefix_tuning")
     num_virtual_tokens: int = Field(20, ge=1, description="Length of the trained prefix.")
+    quantization: Quantization = quantization_field()
 
 
 Method = Annotated[Union[FullMethod, LoraMethod, IA3Method, PrefixTuningMethod], Field(discriminator="type")]

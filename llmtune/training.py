@@ -306,6 +306,7 @@ def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
     """The task's model with the recipe's method applied; the names of its newly initialised modules."""
     recipe, task = prepared.recipe, prepared.task
     decoder = prepared.decoder
+    quantization = getattr(recipe.method, "quantization", None)  # adapter methods only
     say(
         f"model: {prepared.checkpoint.name} ({prepared.checkpoint.origin})"
         + (f", decoder warm-started from {decoder.name} ({decoder.origin})" if decoder else "")
@@ -316,10 +317,10 @@ def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
         recipe.model.trust_remote_code,
         prepared.tokenizer.pad_token_id,
         decoder=decoder,
-        quantization=getattr(recipe.method, "quantization", None),
+        quantization=quantization,
         **task.model_kwargs(),
     )
-    if getattr(recipe.method, "quantization", None):
+    if quantization:
         model = models.prepare_quantized(model, recipe.training.gradient_checkpointing)
     elif recipe.training.gradient_checkpointing:
         models.enable_gradient_checkpointing(model)

@@ -39,9 +39,12 @@ def sst2() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with MiniLM's tokenizer: real code paths, seconds to train."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("tiny-bert")
+    # Seeded: otherwise its weights depend on which tests drew random numbers before the first one that uses it.
+    torch.manual_seed(0)
     config = BertConfig(
         vocab_size=30522,
         hidden_size=32,
