@@ -14,7 +14,6 @@ generation needs the decoder's key/value cache in the graph, which is left to `l
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from . import models, runs
@@ -55,9 +54,7 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
         )
     runs.check_output_dir(output, overwrite)
     model = loaded.model.merge_and_unload() if hasattr(loaded.model, "peft_config") else loaded.model
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    try:
+    with runs.staged_directory(output) as staging:
         write_onnx(model.eval(), example_batch(loaded), outputs, staging / "model.onnx")
         if quantize == "int8":
             quantize_int8(staging / "model.onnx", staging / "model_quantized.onnx")
@@ -65,13 +62,6 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
         loaded.tokenizer.save_pretrained(staging)
         runs.write_atomic(staging / runs.RECIPE_FILE, dump_recipe(loaded.recipe))
         shutil.copy2(run_dir / runs.METRICS_FILE, staging / runs.METRICS_FILE)
-        if output.exists():  # a run check_output_dir allowed to replace
-            runs.clear_output_dir(output)
-            output.rmdir()
-        staging.rename(output)  # the export appears complete or not at all
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from . import runs
@@ -43,20 +42,9 @@ def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> P
     runs.check_output_dir(output, overwrite)
     loaded = load_run(run_dir)
     merged = loaded.model.merge_and_unload()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    try:
+    with runs.staged_directory(output) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)
         runs.write_atomic(staging / runs.RECIPE_FILE, dump_recipe(recipe))
         shutil.copy2(run_dir / runs.METRICS_FILE, staging / runs.METRICS_FILE)
-        if (
-            output.exists()
-        ):  # a run check_output_dir allowed to replace; clearing checks again that it holds nothing else
-            runs.clear_output_dir(output)
-            output.rmdir()
-        staging.rename(output)  # the output appears complete or not at all
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output

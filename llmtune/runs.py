@@ -14,6 +14,7 @@ metrics.json        per split metrics; written last, so its presence marks a fin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import json
@@ -209,6 +210,24 @@ def clear_output_dir(path: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+@contextlib.contextmanager
+def staged_directory(output: Path):
+    """A temporary directory beside `output` to write into; when the block succeeds it replaces `output` (a run
+    check_output_dir allowed to replace, cleared with the same check), so the output appears complete or not at
+    all; when the block fails it is removed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    try:
+        yield staging
+        if output.exists():
+            clear_output_dir(output)
+            output.rmdir()
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def set_aside(path: Path) -> Path | None:

@@ -233,3 +233,18 @@ def smollm2_path(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def tiny_qa_overrides(model) -> list[str]:
+    """`recipes/qa.yaml` overrides for a seconds-long extractive QA run: 16 XQuAD questions, tested on 4."""
+    xquad = SHARED_DATA / "xquad" / "xquad.en.json"
+    return [
+        f"model.name={model}",
+        f"data.train={xquad}",
+        "data.train.max_samples=16",
+        "data.validation=null",
+        f"data.test={xquad}",
+        "data.test.max_samples=4",
+        "training.max_length=128",
+        "task.doc_stride=32",
+    ]

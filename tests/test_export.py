@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES, SHARED_DATA, write_recipe, write_sentiment_files
+from conftest import RECIPES, tiny_qa_overrides, write_recipe, write_sentiment_files
 from test_bad_input import assert_user_error
 
 from llmtune import evaluate, load_recipe, predict, train
@@ -25,17 +25,7 @@ def runs(tiny_bert, tmp_path_factory):
     for method in ("full", "lora"):
         recipe = write_recipe(folder / f"{method}.yaml", tiny_bert, files, f"method:\n  type: {method}\n")
         made[method] = train(load_recipe(recipe, ["training.learning_rate=1e-3"]), output_dir=folder / method).run_dir
-    xquad = SHARED_DATA / "xquad" / "xquad.en.json"
-    qa = [
-        f"model.name={tiny_bert}",
-        f"data.train={xquad}",
-        "data.train.max_samples=16",
-        "data.validation=null",
-        f"data.test={xquad}",
-        "data.test.max_samples=4",
-        "training.max_length=128",
-        "task.doc_stride=32",
-    ]
+    qa = tiny_qa_overrides(tiny_bert)
     made["qa"] = train(load_recipe(RECIPES / "qa.yaml", qa), output_dir=folder / "qa").run_dir
     ner = settings(tiny_bert, conll_files(folder), folder / "ner", "training.epochs=2")
     made["ner"] = train(load_recipe(RECIPES / "ner.yaml", ner)).run_dir

@@ -290,21 +290,10 @@ def test_bad_serve_arguments_are_one_line(cli, classifier_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def qa_run(tiny_bert, tmp_path_factory):
-    from conftest import SHARED_DATA
+    from conftest import tiny_qa_overrides
 
-    xquad = SHARED_DATA / "xquad" / "xquad.en.json"
     folder = tmp_path_factory.mktemp("serve-qa")
-    sets = [
-        f"model.name={tiny_bert}",
-        f"data.train={xquad}",
-        "data.train.max_samples=16",
-        "data.validation=null",
-        f"data.test={xquad}",
-        "data.test.max_samples=4",
-        "training.max_length=128",
-        "task.doc_stride=32",
-        "training.epochs=1",
-    ]
+    sets = [*tiny_qa_overrides(tiny_bert), "training.epochs=1"]
     return train(load_recipe(RECIPES / "qa.yaml", sets), output_dir=folder / "run").run_dir
 
 
