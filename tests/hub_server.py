@@ -1,9 +1,18 @@
 """A local stand-in for the Hugging Face Hub, for tests: a real HTTP server on 127.0.0.1.
 
 It implements the part of the Hub API that the unmodified `huggingface_hub` client calls to create
-repos, commit files (preupload + NDJSON commit; every file is answered "regular" so contents travel
-inline, no LFS or Xet), read repo and revision info, list trees and resolve files (with the
+repos, commit files, read repo and revision info, list trees and resolve files (with the
 X-Repo-Commit / ETag / Content-Length headers `file_download.py` checks), plus whoami.
+
+Files travel the way they travel to the real Hub (without Xet: tests set HF_HUB_DISABLE_XET=1):
+
+- small files that no `filter=lfs` pattern of the repo's .gitattributes names are "regular": base64 inside the
+  NDJSON commit;
+- the others are LFS files (the Hub's rule: an LFS pattern, or 10 MB and more): preupload answers "lfs", the
+  client asks the LFS batch endpoint (`{repo}.git/info/lfs/objects/batch`) where to put each object, PUTs it to a
+  separate storage server (another origin, like the Hub's S3 bucket: it must not receive the token), calls the
+  verify action, and the commit names the object (`lfsFile`, sha256 and size). Downloads of LFS files are answered
+  with a redirect to the storage server and the X-Linked-Etag / X-Linked-Size headers, as the Hub's CDN redirect.
 
 Repos live on disk, one full snapshot directory per commit, so a failed commit leaves nothing behind.
 Faults for tests: `fail_commits` (answer the next N commits with 500), unknown tokens (401),
@@ -28,6 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import yaml
 
 LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
+LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files this large in LFS whatever .gitattributes says
 
 
 def git_blob_id(content: bytes) -> str:
@@ -46,21 +56,28 @@ class HubServer:
         self._released = threading.Event()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self.lock = threading.Lock()
+        # (method, path, carried an Authorization header) of every request to the LFS storage server
+        self.storage_requests: list[tuple[str, str, bool]] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.httpd.daemon_threads = True
+        self.storage = ThreadingHTTPServer(("127.0.0.1", 0), _storage_handler(self))
+        for server in (self.httpd, self.storage):
+            server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.storage_url = f"http://127.0.0.1:{self.storage.server_address[1]}"
+        self.threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self.httpd, self.storage)]
 
     def release_commits(self) -> None:
         self._released.set()
 
     def __enter__(self) -> "HubServer":
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        for server in (self.httpd, self.storage):
+            server.shutdown()
+            server.server_close()
 
     # --- storage -------------------------------------------------------------------------------
     def repo_dir(self, kind: str, repo_id: str) -> Path:
@@ -128,6 +145,24 @@ class HubServer:
             revision if revision in {c["id"] for c in meta["commits"]} else None
         )
         return self.repo_dir(kind, repo_id) / "commits" / commit_id if commit_id else None
+
+    def lfs_object(self, oid: str) -> Path:
+        return self.root / "lfs-objects" / oid
+
+    def store_lfs(self, oid: str, content: bytes) -> None:
+        target = self.lfs_object(oid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{oid}.{uuid.uuid4().hex}.partial")
+        partial.write_bytes(content)
+        partial.replace(target)
+
+    def is_lfs(self, snapshot: Path | None, path: str, size: int) -> bool:
+        """The Hub's rule: a `filter=lfs` pattern of the repo's .gitattributes, or a large file."""
+        attributes = snapshot / ".gitattributes" if snapshot else None
+        lines = attributes.read_text().splitlines() if attributes and attributes.is_file() else []
+        patterns = [line.split()[0] for line in lines if "filter=lfs" in line]
+        name = path.rsplit("/", 1)[-1]
+        return size >= LFS_THRESHOLD or any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
 
     def files(self, repo_id: str, revision: str = "main", kind: str = "models") -> dict[str, bytes]:
         snapshot = self.snapshot(kind, repo_id, revision)
@@ -229,6 +264,8 @@ def _handler(hub: HubServer):
                 ("POST", rf"/api/{repo}/branch/(?P<rev>[^/]+)", self.branch),
                 ("GET", rf"/api/{repo}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self.tree),
                 ("POST", rf"/api/{repo}/paths-info/(?P<rev>[^/]+)", self.paths_info),
+                ("POST", r"/(?P<prefix>datasets/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", self.lfs_batch),
+                ("POST", r"/(?P<prefix>datasets/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/verify", self.verify),
                 (
                     "GET",
                     r"/(?P<prefix>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)",
@@ -341,9 +378,13 @@ def _handler(hub: HubServer):
             snapshot = hub.snapshot(kind, repo, rev)
             answer = []
             for file in payload["files"]:
+                lfs = hub.is_lfs(snapshot, file["path"], file["size"])
                 existing = snapshot / file["path"] if snapshot else None
-                oid = git_blob_id(existing.read_bytes()) if existing is not None and existing.is_file() else None
-                answer.append({"path": file["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
+                content = existing.read_bytes() if existing is not None and existing.is_file() else None
+                # The oid the client compares with its own to skip unchanged files: sha256 for LFS, git sha1 else.
+                oid = None if content is None else hashlib.sha256(content).hexdigest() if lfs else git_blob_id(content)
+                mode = "lfs" if lfs else "regular"
+                answer.append({"path": file["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
             self.reply(200, {"files": answer, "commitOid": snapshot.name if snapshot else None})
 
         def commit(self, kind, repo, rev, query, head) -> None:
@@ -367,14 +408,22 @@ def _handler(hub: HubServer):
                         summary = line["value"]["summary"]
                     elif line["key"] == "file":
                         added[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+                    elif line["key"] == "lfsFile":
+                        stored = hub.lfs_object(line["value"]["oid"])
+                        if not stored.is_file() or stored.stat().st_size != line["value"]["size"]:
+                            self.reply(
+                                422,
+                                message=f"Your push was rejected because an LFS pointer pointed to a file that does "
+                                f"not exist: {line['value']['path']}",
+                            )
+                            return
+                        added[line["value"]["path"]] = stored.read_bytes()
                     elif line["key"] == "deletedFile":
                         deleted.append(line["value"]["path"])
                     else:
                         self.reply(
                             400,
-                            message=(
-                                f"unsupported commit operation {line['key']} (this test hub stores files inline only)"
-                            ),
+                            message=(f"unsupported commit operation {line['key']} (no copies or folder deletes here)"),
                         )
                         return
                 commit_id = hub.commit(kind, repo, rev, added, deleted, summary)
@@ -405,14 +454,17 @@ def _handler(hub: HubServer):
             out = []
             for path in paths:
                 if path.is_file():
-                    out.append(
-                        {
-                            "type": "file",
-                            "path": str(path.relative_to(snapshot)),
-                            "size": path.stat().st_size,
-                            "oid": git_blob_id(path.read_bytes()),
-                        }
-                    )
+                    content, name = path.read_bytes(), str(path.relative_to(snapshot))
+                    entry = {"type": "file", "path": name, "size": len(content), "oid": git_blob_id(content)}
+                    if hub.is_lfs(snapshot, name, len(content)):
+                        sha256 = hashlib.sha256(content).hexdigest()
+                        # git holds a pointer file for an LFS file: its blob is the entry's oid
+                        pointer = (
+                            f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(content)}\n"
+                        )
+                        entry["oid"] = git_blob_id(pointer.encode())
+                        entry["lfs"] = {"oid": sha256, "size": len(content), "pointerSize": len(pointer)}
+                    out.append(entry)
                 elif path.is_dir():
                     out.append(
                         {"type": "directory", "path": str(path.relative_to(snapshot)), "size": 0, "oid": "0" * 40}
@@ -468,9 +520,83 @@ def _handler(hub: HubServer):
                 )
             content = target.read_bytes()
             etag = f'"{git_blob_id(content)}"'
-            self.reply(200, content, headers={"X-Repo-Commit": snapshot.name, "ETag": etag}, head=head)
+            headers = {"X-Repo-Commit": snapshot.name, "ETag": etag}
+            if hub.is_lfs(snapshot, file, len(content)):
+                sha256 = hashlib.sha256(content).hexdigest()
+                # The Hub answers with a redirect to its CDN; the file's identity and size ride on the redirect.
+                hub.store_lfs(sha256, content)
+                location = f"{hub.storage_url}/objects/{sha256}"
+                headers |= {"Location": location, "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(content))}
+                return self.reply(302, b"", headers=headers, head=head)
+            self.reply(200, content, headers=headers, head=head)
+
+        def lfs_batch(self, repo, query, head, prefix=None) -> None:
+            payload = json.loads(self.body())
+            if self.writable("datasets" if prefix else "models", repo) is None:
+                return
+            if payload.get("operation") != "upload" or payload.get("hash_algo", "sha256") != "sha256":
+                return self.reply(422, message="only sha256 uploads are supported")
+            verify = f"{hub.url}/{prefix or ''}{repo}.git/info/lfs/objects/verify"
+            objects = []
+            for obj in payload["objects"]:
+                answer = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+                if not hub.lfs_object(obj["oid"]).is_file():  # an object already stored needs no upload
+                    upload = f"{hub.storage_url}/objects/{obj['oid']}?size={obj['size']}"
+                    answer["actions"] = {"upload": {"href": upload}, "verify": {"href": verify}}
+                objects.append(answer)
+            self.reply(200, {"transfer": "basic", "objects": objects})
+
+        def verify(self, repo, query, head, prefix=None) -> None:
+            payload = json.loads(self.body())
+            if self.writable("datasets" if prefix else "models", repo) is None:
+                return
+            stored = hub.lfs_object(payload["oid"])
+            if not stored.is_file() or stored.stat().st_size != payload["size"]:
+                return self.reply(404, message=f"object {payload['oid']} was not uploaded")
+            self.reply(200, {})
 
     return Handler
+
+
+def _storage_handler(hub: HubServer):
+    """The LFS object store (the Hub's S3 bucket and CDN): PUT an object to the URL the batch endpoint gave, GET it
+    from the URL a resolve redirect gave. It checks that each object's bytes hash to its name."""
+
+    class Storage(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def answer(self, status: int, data: bytes = b"", head: bool = False) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            if not head:
+                self.wfile.write(data)
+
+        def oid(self) -> str | None:
+            match = re.fullmatch(r"/objects/(?P<oid>[0-9a-f]{64})", urlsplit(self.path).path)
+            hub.storage_requests.append((self.command, urlsplit(self.path).path, "Authorization" in self.headers))
+            return match["oid"] if match else None
+
+        def do_PUT(self) -> None:
+            oid, length = self.oid(), int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length) if length else b""
+            if oid is None or hashlib.sha256(data).hexdigest() != oid:
+                return self.answer(400, b"the uploaded bytes do not hash to the object's name")
+            hub.store_lfs(oid, data)
+            self.answer(200)
+
+        def do_GET(self) -> None:
+            oid = self.oid()
+            stored = hub.lfs_object(oid) if oid else None
+            if stored is None or not stored.is_file():
+                return self.answer(404)
+            self.answer(200, stored.read_bytes())
+
+    return Storage
 
 
 def forbid_remote_connections(monkeypatch=None) -> None:

@@ -3,6 +3,7 @@ with the unmodified huggingface_hub client."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -55,6 +56,7 @@ def point_hub_client_at(monkeypatch, url: str, home: Path) -> None:
     monkeypatch.setattr(constants, "ENDPOINT", url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # LFS, the Hub's other upload path (no Xet server here)
     # Module-level helpers (huggingface_hub.file_exists, used by peft) share one HfApi made at import.
     monkeypatch.setattr(hf_api.api, "endpoint", url)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
@@ -194,6 +196,12 @@ def test_full_run_pushes_the_model_and_merged_push_is_a_standalone_model(
     assert code == 0, err
     assert {"config.json", "model.safetensors"} <= set(local_hub.files("alice/tiny-full"))
     assert "adapter_config.json" not in local_hub.files("alice/tiny-full")
+    # The weights took the real Hub's LFS path: batch endpoint, one PUT to the storage server (never given the
+    # token), then the commit names the object; the small files travelled inline.
+    assert ("POST", "/alice/tiny-full.git/info/lfs/objects/batch") in local_hub.requests
+    assert [method for method, *_ in local_hub.storage_requests] == ["PUT"]
+    weights = (tiny_runs["full"] / "model.safetensors").read_bytes()
+    assert local_hub.storage_requests[0][1] == f"/objects/{hashlib.sha256(weights).hexdigest()}"
 
     code, _, err = cli("push", tiny_runs["lora"], "--repo-id", "acme/tiny-merged", "--merged")
     assert code == 0, err
@@ -208,6 +216,9 @@ def test_full_run_pushes_the_model_and_merged_push_is_a_standalone_model(
     code2, pulled, err = cli("eval", "acme/tiny-merged", *data_args(tiny_runs["lora"]))
     assert code == 0 and code2 == 0, err
     assert pulled.split("(n=")[0] == local.split("(n=")[0] or _close_metrics(pulled, local)
+    # The pull followed the Hub's redirect for the LFS weights to the storage server, without the token.
+    assert [m for m, *_ in local_hub.storage_requests].count("GET") == 1
+    assert not any(authorized for *_, authorized in local_hub.storage_requests)
 
 
 def _close_metrics(a: str, b: str) -> bool:
