@@ -9,6 +9,7 @@ import time
 
 from . import runs
 from .batching import SortedBatches
+from .errors import UserError
 from .tasks.base import Task, run_batches
 
 # A long evaluation (generating a test split can take many minutes) reports its progress this often.
@@ -25,6 +26,31 @@ def new_accelerator(**options):
     AcceleratorState._reset_state()
     GradientState._reset_state()
     return Accelerator(**options)
+
+
+def mixed_precision(precision: str, evaluating: bool = False) -> str:
+    """Accelerate's mixed_precision for the recipe's `training.precision`.
+
+    Training and `llmtune eval` of its run use the same one, so that eval reproduces the run's metrics (on a GPU,
+    validation during training runs under bf16 autocast). Evaluating on a machine that lacks the run's fp16 (it
+    needs a GPU) falls back to fp32 instead of failing.
+    """
+    import torch
+
+    if precision == "fp32":
+        return "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        if evaluating:
+            return "no"
+        raise UserError(
+            "training.precision: fp16 needs a GPU and none is available; "
+            "use auto or fp32 (bf16 runs on CPU, but slowly)"
+        )
+    if precision in ("bf16", "fp16"):
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"  # bf16 on CPU is far slower than fp32
 
 
 def model_features(features, task: Task):

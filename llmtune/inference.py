@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from . import data, models, runs, tasks
 from .batching import PadCollator
 from .errors import UserError
-from .evaluation import eval_loader, new_accelerator, run_evaluation
+from .evaluation import eval_loader, mixed_precision, new_accelerator, run_evaluation
 from .quiet import peft_deprecations_silenced, quiet_libraries
 from .recipe import DataSource, DataSpec, ModelSpec, Recipe, apply_override, load_recipe, validate
 from .tasks.base import Task
@@ -169,7 +169,7 @@ def evaluate(
     task.prepare(splits, spec)
     max_length = models.effective_max_length(loaded.model.config, recipe.training.max_length)
     features = task.preprocess(splits[split], loaded.tokenizer, max_length)
-    accelerator = new_accelerator(mixed_precision="no")
+    accelerator = new_accelerator(mixed_precision=mixed_precision(recipe.training.precision, evaluating=True))
     collate = PadCollator(loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
     loader = eval_loader(features, task, recipe.training, collate, accelerator)
     model = accelerator.prepare(loaded.model)

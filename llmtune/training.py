@@ -31,7 +31,14 @@ from . import checkpoints, data, models, plots, runs, speed, tasks, tracking
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .errors import Interrupted, PeerLost, UserError
-from .evaluation import eval_loader, format_metrics, model_features, new_accelerator, run_evaluation
+from .evaluation import (
+    eval_loader,
+    format_metrics,
+    mixed_precision,
+    model_features,
+    new_accelerator,
+    run_evaluation,
+)
 from .progress import Clock, Progress, RunLog
 from .quiet import quiet_libraries
 from .recipe import Recipe, dump_recipe
@@ -170,22 +177,6 @@ def check_warmup(cfg, total_steps: int) -> None:
             f"training.warmup_steps: {cfg.warmup_steps} warmup steps but the run has {total_steps} steps in all; the "
             "learning rate would never reach training.learning_rate. Use fewer warmup steps (or training.warmup_ratio)"
         )
-
-
-def mixed_precision(precision: str) -> str:
-    """Accelerate's mixed_precision for the recipe's `training.precision`."""
-    if precision == "fp32":
-        return "no"
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise UserError(
-            "training.precision: fp16 needs a GPU and none is available; "
-            "use auto or fp32 (bf16 runs on CPU, but slowly)"
-        )
-    if precision in ("bf16", "fp16"):
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"  # bf16 on CPU is far slower than fp32
 
 
 # ---------------------------------------------------------------------------------------------- setup
