@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
+import torch
 from conftest import write_recipe
 
 
@@ -97,7 +99,11 @@ def test_predict_without_input_is_a_usage_error(cli, trained_run):
     assert code == 2 and "--text" in err
 
 
-def test_text_pairs(cli, tiny_bert, tmp_path):
+def test_text_pairs(cli, minilm_path, tmp_path):
+    """The label depends on the second text alone (every premise is the same), so a run learns it only if
+    text_pair_column reaches the model in training and evaluation."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     rows = [("a cat sits", "an animal sits", "entailment"), ("a cat sits", "nobody sits", "contradiction")] * 8
     files = {}
     for split in ("train", "validation", "test"):
@@ -105,17 +111,26 @@ def test_text_pairs(cli, tiny_bert, tmp_path):
         files[split].write_text(
             "".join(json.dumps({"premise": p, "hypothesis": h, "label": label}) + "\n" for p, h, label in rows)
         )
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, files)
-    code, out, err = cli(
-        "train", recipe, "--set", "task.text_column=premise", "--set", "task.text_pair_column=hypothesis"
-    )
+    recipe = write_recipe(tmp_path / "r.yaml", minilm_path, files)  # a random tiny model hardly tells texts apart
+    pair = ["--set", "task.text_column=premise", "--set", "task.text_pair_column=hypothesis"]
+    code, out, err = cli("train", recipe, *pair, "--set", "training.epochs=4", "--set", "training.learning_rate=1e-4")
     assert code == 0, err
-    code, out, err = cli("predict", tmp_path / "run", "--input", files["test"])
+    run = tmp_path / "run"
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] == 1.0
+    # The saved predictions are plain transformers' on the encoded pair.
+    saved = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()][:2]
+    tokenizer, model = AutoTokenizer.from_pretrained(run), AutoModelForSequenceClassification.from_pretrained(run)
+    batch = tokenizer([p for p, *_ in rows[:2]], [h for _, h, _ in rows[:2]], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        plain = model.eval()(**batch).logits.softmax(-1)
+    names = [model.config.id2label[i] for i in range(2)]
+    assert torch.allclose(plain, torch.tensor([[r["probabilities"][n] for n in names] for r in saved]), atol=1e-5)
+
+    code, out, err = cli("predict", run, "--input", files["test"])
     assert code == 0, err
     row = json.loads(out.splitlines()[0])
     assert row["inputs"] == {"premise": "a cat sits", "hypothesis": "an animal sits"}
-    assert row["predicted"] in ("contradiction", "entailment") and row["reference"] == "entailment"
-    # The second text reaches the model: the same premise with another hypothesis is scored differently.
+    assert row["predicted"] == row["reference"] == "entailment"
     pairs = [
         "--text",
         "a cat sits",
@@ -126,15 +141,31 @@ def test_text_pairs(cli, tiny_bert, tmp_path):
         "--text-pair",
         "nobody sits",
     ]
-    code, out, err = cli("predict", tmp_path / "run", *pairs)
+    code, out, err = cli("predict", run, *pairs)
     assert code == 0, err
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["inputs"]["hypothesis"] == "an animal sits" and second["inputs"]["hypothesis"] == "nobody sits"
-    assert first["probabilities"] != second["probabilities"]
+    assert (first["predicted"], second["predicted"]) == ("entailment", "contradiction")
 
 
-@pytest.mark.parametrize("command", [[], ["validate"], ["train"], ["eval"], ["predict"]])
-def test_help_explains_each_command(cli, command):
+COMMANDS = ["validate", "train", "eval", "predict", "push", "merge", "export", "serve", "report", "compare", "recipes"]
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ([], [*COMMANDS, "init"]),
+        (["validate"], ["recipe", "--set"]),
+        (["train"], ["recipe", "--set", "--output", "--overwrite", "--resume"]),
+        (["eval"], ["--split", "--data", "--output", "--set"]),
+        (["predict"], ["--text", "--text-pair", "--question", "--context", "--input", "--output"]),
+    ],
+)
+def test_help_explains_each_command(cli, command, expected):
     code, out, err = cli(*command, "--help")
-    assert code == 0
-    assert "Usage" in out and len(out.splitlines()) > 8
+    assert code == 0, err
+    words = set(re.findall(r"[\w-]+", out))
+    assert not [item for item in expected if item not in words], out
+    if not command:  # each command comes with its one-line summary, not a bare name
+        lines = {line.split()[1]: line for line in out.splitlines() if len(line.split()) > 2 and line.startswith("│ ")}
+        assert all(len(lines[name].split()) > 4 for name in COMMANDS)

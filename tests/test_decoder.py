@@ -99,7 +99,13 @@ def test_sentiment_gpt_recipe_runs_with_a_local_decoder(cli, tiny_llama, sst2, t
     code, out, err = cli("train", RECIPES / "sentiment-gpt.yaml", *args, "--output", run)
     assert code == 0, err
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["validation"]["num_examples"] == 32 and 0 <= metrics["validation"]["accuracy"] <= 1
+    assert metrics["validation"]["num_examples"] == 32
+    # The reported accuracy is the share of the saved predictions that match their reference (the run has no test
+    # split, so predictions.jsonl holds the validation split's 32 rows).
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert [row["index"] for row in rows] == list(range(32))
+    matches = [row["predicted"] == row["reference"] for row in rows]
+    assert metrics["validation"]["accuracy"] == pytest.approx(sum(matches) / 32)
     assert "score" in json.loads((run / "adapter_config.json").read_text())["modules_to_save"]
     code, out, err = cli("predict", run, "--text", "a wonderful, moving film")
     assert code == 0, err

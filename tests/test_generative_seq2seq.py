@@ -81,8 +81,17 @@ def read_predictions(run) -> list[dict]:
     return [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
 
 
+def zero_shot_cross_entropy(cli, recipe, args, tmp_path) -> float:
+    """The test split's cross-entropy of the recipe's model before any training (`llmtune eval RECIPE`)."""
+    code, _, err = cli("eval", recipe, "--split", "test", *args, "--output", tmp_path / "zero-shot.json")
+    assert code == 0, err
+    return json.loads((tmp_path / "zero-shot.json").read_text())["cross_entropy"]
+
+
+# LoRA's few adapter weights need a high learning rate to move a random 32-wide model within a few steps.
 @pytest.mark.parametrize(
-    "name, extra", [("tiny_gpt2", ("method={type: full}",)), ("tiny_llama", ("task.packing=false",))]
+    "name, extra",
+    [("tiny_gpt2", ("method={type: full}",)), ("tiny_llama", ("task.packing=false", "training.learning_rate=3e-2"))],
 )
 def test_translation_gpt_recipe_trains_evaluates_and_predicts(name, extra, cli, tmp_path, request):
     model = request.getfixturevalue(name)
@@ -93,8 +102,12 @@ def test_translation_gpt_recipe_trains_evaluates_and_predicts(name, extra, cli, 
     code, out, err = cli("train", RECIPES / "translation-gpt.yaml", *args)
     assert code == 0, err
     losses = training_losses(run)
-    # LoRA's few adapter weights barely move a random 32-wide model (the SmolLM2 test below is the real learning check).
-    assert losses[-1] < losses[0] * (0.9 if "full" in extra[0] else 1.0), losses
+    # Learning, not batch-to-batch noise: the held-out cross-entropy (deterministic) fell below the untrained
+    # model's, by the margin each method reaches here (full 6.01 -> 5.49; LoRA 6.01 -> 5.92 nats: its adapters move
+    # a random 32-wide model little).
+    before = zero_shot_cross_entropy(cli, RECIPES / "translation-gpt.yaml", args, tmp_path)
+    after = json.loads((run / "metrics.json").read_text())["test"]["cross_entropy"]
+    assert after < before - (0.3 if "full" in extra[0] else 0.04), (before, after, losses)
     test_line = next(line for line in out.splitlines() if line.startswith("test: "))
     assert "signature=BLEU|nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in test_line
     metrics = json.loads((run / "metrics.json").read_text())["test"]
@@ -185,13 +198,18 @@ def assert_plain_generation_matches(run, texts: list[str]) -> None:
 def test_summarization_gpt_recipe_with_chat_template_and_packing(cli, tiny_llama, tmp_path):
     """SciTLDR: a list of sentences as the source (joined into the prompt), several references per dev/test example."""
     run = tmp_path / "run"
-    args = run_args(summarization_settings(tiny_llama, run, "task.chat_template=true", "task.packing=true"))
+    settings = summarization_settings(
+        tiny_llama, run, "task.chat_template=true", "task.packing=true", "training.learning_rate=3e-2"
+    )
+    args = run_args(settings)
     code, out, err = cli("validate", RECIPES / "summarization-gpt.yaml", *args)
     assert code == 0, err
     code, out, err = cli("train", RECIPES / "summarization-gpt.yaml", *args)
     assert code == 0, err
     losses = training_losses(run)
-    assert losses[-1] < losses[0], losses
+    before = zero_shot_cross_entropy(cli, RECIPES / "summarization-gpt.yaml", args, tmp_path)
+    after = json.loads((run / "metrics.json").read_text())["test"]["cross_entropy"]
+    assert after < before - 0.04, (before, after, losses)
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["test"]) == {
         "num_examples",

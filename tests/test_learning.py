@@ -36,6 +36,7 @@ def test_full_finetuning_learns_sst2(sst2, tmp_path):
     recipe = load_recipe(RECIPES / "sentiment.yaml", sst2_overrides(sst2, "training.learning_rate=1e-4"))
     result = train(recipe, output_dir=tmp_path / "full", echo=lambda *a: None)
     assert result.metrics["validation"]["num_examples"] == 872
+    # 0.8177 on these 4,000 sentences (measured 2026-11-30); the full 67k-sentence epoch reaches 0.9025.
     assert result.metrics["validation"]["accuracy"] >= 0.80
 
 
@@ -49,6 +50,8 @@ def test_lora_learns_sst2_and_reloads_with_plain_peft(sst2, minilm_path, tmp_pat
         sst2_overrides(sst2, "method.type=lora", "method.r=16", "method.alpha=32", "training.learning_rate=5e-4"),
     )
     result = train(recipe, output_dir=tmp_path / "lora", echo=lambda *a: None)
+    # 0.7718 on these 4,000 sentences (measured 2026-11-30; 0.8716 after the full 67k-sentence epoch): 2 points of
+    # margin for other machines' float differences, far above the 0.5 of a model that learned nothing.
     assert result.metrics["validation"]["accuracy"] >= 0.75
 
     run_dir = result.run_dir

@@ -28,6 +28,9 @@ def test_quickstart_notebook_runs_offline_and_shows_metrics_and_images():
     assert len(images) == 3, "loss curve, validation metric and confusion matrix"
     assert "'accuracy':" in texts and "'macro_f1':" in texts and "test reviews misclassified" in texts
     accuracy = float(texts.split("'accuracy': ", 2)[2].split(",")[0])  # the test split's, printed by evaluate
-    assert 0 <= accuracy <= 1
+    # LoRA on 320 reviews for 2 epochs learns the task: 0.85 here (with the earlier lr 5e-4 it stayed at chance, 0.48).
+    assert accuracy >= 0.78
+    mistakes = int(texts.split(" test reviews misclassified")[0].rsplit("\n", 1)[-1].split()[0])
+    assert mistakes == round((1 - accuracy) * 200)  # the notebook's own count agrees with the metric
     labels = [line.split()[0] for line in texts.splitlines() if line.strip().endswith(("film.", "waiter.", "anyone."))]
-    assert len(labels) == 3 and set(labels) <= {"positive", "negative"}
+    assert len(labels) == 3 and labels[:2] == ["positive", "negative"]  # the negated third one is a hard case

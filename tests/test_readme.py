@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 import yaml
 from conftest import ROOT
@@ -23,24 +24,48 @@ def test_recipe_reference_is_a_valid_recipe():
     assert recipe.method.type == "lora"
 
 
+def comment_text(block: str, section: str) -> str:
+    """The comment lines inside one top-level section of the YAML block, without their leading '#'."""
+    body = block.split(f"\n{section}:", 1)[1]
+    body = re.split(r"\n(?=\w)", body, maxsplit=1)[0]  # up to the next top-level key
+    return "\n".join(line.split("#", 1)[1] for line in body.splitlines() if line.lstrip().startswith("#"))
+
+
 def test_recipe_reference_documents_every_key():
+    """Each key is a line of the YAML in its own section, or, for the variants the example does not use (other
+    task types, other methods), a word in the comments that describe that variant."""
     text = readme_block("recipe-reference")
-    sections = [
-        schema.Recipe,
-        schema.ModelSpec,
-        *tasks.option_classes(),  # every registered task's section
-        schema.DataSpec,
-        schema.DataSource,
-        schema.LoraMethod,
-        schema.IA3Method,
-        schema.PrefixTuningMethod,
-        schema.Training,
-        schema.Evaluation,
-        schema.Checkpointing,
-    ]
+    raw = yaml.safe_load(text)
+    as_yaml = {
+        schema.Recipe: raw,
+        schema.ModelSpec: raw["model"],
+        schema.DataSpec: raw["data"],
+        schema.DataSource: raw["data"]["train"],
+        schema.LoraMethod: raw["method"],
+        schema.Training: raw["training"],
+        schema.Evaluation: raw["evaluation"],
+        schema.Checkpointing: raw["checkpointing"],
+    }
     missing = [
-        f"{cls.__name__}.{name}" for cls in sections for name in cls.model_fields if not re.search(rf"\b{name}\b", text)
+        f"{cls.__name__}.{name}" for cls, section in as_yaml.items() for name in cls.model_fields if name not in section
     ]
+
+    task_comments = comment_text(text, "task")
+    paragraphs = re.split(r"\n(?= type: )", task_comments)  # one per "# type: X takes ..." paragraph
+    for cls in tasks.option_classes():
+        (task_type,) = get_args(cls.model_fields["type"].annotation)
+        if task_type == raw["task"]["type"]:
+            missing += [f"{cls.__name__}.{name}" for name in cls.model_fields if name not in raw["task"]]
+            continue
+        paragraph = next((p for p in paragraphs if re.search(rf"\btype: {task_type}\b", p)), "")
+        missing += [f"{cls.__name__}.{name}" for name in cls.model_fields if not re.search(rf"\b{name}\b", paragraph)]
+    method_comments = comment_text(text, "method")
+    for cls in (schema.IA3Method, schema.PrefixTuningMethod):
+        missing += [
+            f"{cls.__name__}.{name}"
+            for name in cls.model_fields
+            if name not in raw["method"] and not re.search(rf"\b{name}\b", method_comments)
+        ]
     assert not missing, f"README recipe reference lacks: {missing}"
 
 
