@@ -109,3 +109,20 @@ def test_sentence_bleu_equals_sacrebleu():
         assert sentence_bleu(prediction, golds) == pytest.approx(
             sacrebleu.sentence_bleu(prediction, golds).score, abs=1e-6
         )
+
+
+def test_degenerate_outputs_are_named_with_their_share():
+    from llmtune.tasks.generation import degeneracy, is_loop
+
+    varied = [f"a sentence about topic number {k}." for k in range(12)]
+    assert degeneracy(varied) is None
+    assert degeneracy(["same"] * 9) is None  # fewer than 10 outputs: too few to judge
+    assert degeneracy(["we propose a method."] * 7 + varied[:5]) == (
+        "58% of the 12 generated outputs are the same text ('we propose a method.')"
+    )
+    assert degeneracy([""] * 6 + ["  "] + varied[:5]) == "58% of the 12 generated outputs are empty"
+    loops = [f"the cat sat on the cat sat on the cat sat on {k}" for k in range(7)]
+    assert degeneracy(loops + varied[:5]) == "58% of the 12 generated outputs repeat a phrase over and over"
+    assert degeneracy(["we propose a method."] * 6 + varied[:6]) is None  # half is not more than half
+    assert is_loop("the cat sat the cat sat the cat sat") and not is_loop("the cat sat on the mat with a hat")
+    assert not is_loop("the the the")  # too short to call a loop

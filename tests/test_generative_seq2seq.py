@@ -14,6 +14,7 @@ from conftest import RECIPES, SHARED_DATA
 from test_bad_input import assert_user_error
 
 from llmtune import load_recipe
+from llmtune.errors import Notice
 
 MULTI30K = SHARED_DATA / "multi30k"
 SCITLDR = SHARED_DATA / "scitldr"
@@ -118,6 +119,7 @@ def test_translation_gpt_recipe_trains_evaluates_and_predicts(name, extra, cli, 
         "chrf",
         "cross_entropy",
         "perplexity",
+        "distinct_outputs",
         "signature",
         "num_target_tokens",
     }
@@ -220,6 +222,7 @@ def test_summarization_gpt_recipe_with_chat_template_and_packing(cli, tiny_llama
         "rougeLsum",
         "cross_entropy",
         "perplexity",
+        "distinct_outputs",
         "num_target_tokens",
     }
     predictions = read_predictions(run)
@@ -414,3 +417,32 @@ def test_smollm2_lora_learns_to_translate_multi30k(smollm2_path, tmp_path):
     assert after["cross_entropy"] < before["cross_entropy"]
     generated = [row["predicted"] for row in predict(result.run_dir, ["Ein Mann fährt Fahrrad."])]
     assert generated[0], generated
+
+
+def test_a_model_that_repeats_itself_is_reported(cli, tiny_gpt2, tmp_path):
+    """A model that writes one word over and over whatever its input: the evaluation says so in one warning line
+    (with the share) and metrics.json's distinct_outputs shows it."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_gpt2), GPT2LMHeadModel.from_pretrained(tiny_gpt2)
+    (word,) = tokenizer.encode(" the")
+    with torch.no_grad():  # the last layer norm now outputs the same vector, close to " the"'s embedding, always
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(10 * model.transformer.wte.weight[word])
+    parrot = tmp_path / "parrot"
+    model.save_pretrained(parrot)
+    tokenizer.save_pretrained(parrot)
+    run = tmp_path / "run"
+    args = run_args(translation_settings(parrot, run, "method={type: full}", f"data.test={parallel('val', 12)}"))
+    recipe = RECIPES / "translation-gpt.yaml"
+    # Recorded as the warning it is (the CLI prints each as one `warning:` line: tests/test_hostile_input.py).
+    with pytest.warns(Notice) as caught:
+        code, out, err = cli("eval", recipe, "--split", "test", *args, "--output", tmp_path / "m.json")
+    assert code == 0, err
+    warned = [str(warning.message) for warning in caught if "generated outputs" in str(warning.message)]
+    assert warned == [
+        "evaluation: 100% of the 12 generated outputs are the same text ('the the the the the the the the'); "
+        "the model is not using its input yet"
+    ]
+    assert "distinct_outputs=0.0833" in out
+    assert json.loads((tmp_path / "m.json").read_text())["distinct_outputs"] == round(1 / 12, 4)

@@ -575,9 +575,13 @@ CARD_EXPECTATIONS = {
     "t5_summarization_run": (
         "summarization",
         "summarization",
-        ["ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "cross-entropy", "perplexity"],
+        ["ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "distinct outputs (share)", "cross-entropy", "perplexity"],
     ),
-    "llama_translation_run": ("text-generation", "translation", ["BLEU", "chrF", "cross-entropy", "perplexity"]),
+    "llama_translation_run": (
+        "text-generation",
+        "translation",
+        ["BLEU", "chrF", "distinct outputs (share)", "cross-entropy", "perplexity"],
+    ),
     "qa_run": ("question-answering", "question-answering", ["exact match", "F1", "cross-entropy"]),
 }
 

@@ -307,6 +307,7 @@ def test_summarization_recipe_trains_evaluates_and_predicts_with_t5(cli, tiny_t5
         "rougeLsum",
         "cross_entropy",
         "perplexity",
+        "distinct_outputs",
         "num_target_tokens",
     }
     predictions = read_predictions(run)

@@ -270,7 +270,11 @@ class LabelledTask(Task):
 
 
 # Display names of metrics every task may report.
-COMMON_METRIC_LABELS = {"cross_entropy": "cross-entropy", "perplexity": "perplexity"}
+COMMON_METRIC_LABELS = {
+    "cross_entropy": "cross-entropy",
+    "perplexity": "perplexity",
+    "distinct_outputs": "distinct outputs (share)",
+}
 
 
 def metric_label(task: type[Task] | Task, name: str) -> str:

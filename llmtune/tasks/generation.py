@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ from pydantic import field_validator, model_validator
 
 from .. import prompting
 from ..data import describe, row_location
-from ..errors import DataWarning, UserError
+from ..errors import DataWarning, Notice, UserError
 from ..lazy import F, datasets, torch
 from ..models import is_decoder_only
 from ..sections import DataSpec
@@ -384,6 +385,12 @@ class TextGenerationAccumulator(Accumulator):
         if references is not None:
             corpus, per_example = task.score(generated, references, self.metric_names)
             metrics.update(corpus)
+        if "distinct_outputs" in self.metric_names:
+            metrics["distinct_outputs"] = round(len(set(generated)) / len(generated), 4) if generated else 1.0
+        problem = degeneracy(generated)
+        if problem:
+            warnings.warn(f"evaluation: {problem}; the model is not using its input yet", Notice, stacklevel=2)
+        if references is not None:
             metrics.update(_cross_entropy(columns, self.metric_names))
             if "signature" in metrics:  # sacrebleu's signature last: a line, not a number
                 metrics["signature"] = metrics.pop("signature")
@@ -403,6 +410,36 @@ class TextGenerationAccumulator(Accumulator):
                 )
             )
         return metrics, predictions
+
+
+# Fewer outputs than this are too few to call a model degenerate (a tiny test split may well repeat itself).
+DEGENERACY_MIN_OUTPUTS = 10
+
+
+def degeneracy(generated: list[str]) -> str | None:
+    """What makes these outputs degenerate, with its share, or None: more than half of them empty, or the same
+    text, or stuck in a loop (a failure that ROUGE or BLEU alone hides: a fixed generic sentence still scores)."""
+    total = len(generated)
+    if total < DEGENERACY_MIN_OUTPUTS:
+        return None
+    empty = sum(not text.strip() for text in generated)
+    if empty > total / 2:
+        return f"{empty / total:.0%} of the {total} generated outputs are empty"
+    text, count = Counter(generated).most_common(1)[0]
+    if count > total / 2:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        return f"{count / total:.0%} of the {total} generated outputs are the same text ({shown!r})"
+    loops = sum(map(is_loop, generated))
+    if loops > total / 2:
+        return f"{loops / total:.0%} of the {total} generated outputs repeat a phrase over and over"
+    return None
+
+
+def is_loop(text: str, n: int = 3) -> bool:
+    """A text of at least 8 words whose word n-grams are mostly repeats ("the cat sat the cat sat the cat sat")."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(words) >= 8 and len(set(grams)) <= len(grams) / 2
 
 
 def _cross_entropy(columns: dict, metric_names) -> dict:

@@ -63,7 +63,7 @@ class QuestionAnsweringOptions(PromptCompletionOptions):
 
     @property
     def available_metrics(self) -> tuple[str, ...]:
-        extra = ("perplexity",) if self.generative else ()
+        extra = ("perplexity", "distinct_outputs") if self.generative else ()
         return ("exact_match", "f1", "cross_entropy", *extra)
 
     def check_recipe(self, recipe) -> None:

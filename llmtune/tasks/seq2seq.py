@@ -116,6 +116,7 @@ class SummarizationOptions(Seq2SeqOptions):
         "rougeLsum",
         "cross_entropy",
         "perplexity",
+        "distinct_outputs",
     )
 
     type: Literal["summarization"] = SchemaField(description="The task.")
@@ -174,7 +175,7 @@ class Summarization(Seq2Seq):
 class TranslationOptions(Seq2SeqOptions):
     """Translation with an encoder-decoder model, or a causal LM (`generative`): source text -> target text."""
 
-    available_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "cross_entropy", "perplexity")
+    available_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "cross_entropy", "perplexity", "distinct_outputs")
 
     type: Literal["translation"] = SchemaField(description="The task.")
     source_lang: str = SchemaField(
