@@ -425,6 +425,53 @@ def serve(
 
 
 @app.command()
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML) whose keys the sweep varies.")],
+    space: Annotated[
+        Path, typer.Option("--space", help="The search space (YAML): objective, pruner, seed, parameters.")
+    ],
+    set_: SetOption = None,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Finished trials the study should hold.")] = 20,
+    timeout: Annotated[
+        Optional[float], typer.Option("--timeout", min=1, help="Stop starting trials after this many seconds.")
+    ] = None,
+    storage: Annotated[
+        Optional[str],
+        typer.Option(
+            "--storage",
+            help="An Optuna storage URL shared by workers on several machines (e.g. postgresql://...); "
+            "default: SQLite in the sweep directory.",
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Sweep directory; default: runs/sweep-<recipe name>.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in the output directory.")] = False,
+) -> None:
+    """Search hyper-parameters with Optuna: TPE-sampled trials, each an ordinary run, pruned on validation.
+
+    The sweep directory holds a run directory per trial, trials.csv / trials.md, and best.yaml (the winning
+    recipe, ready for `llmtune train`); `llmtune report SWEEP_DIR` draws the search.
+    """
+    from .sweep import redacted
+
+    output = output or Path("runs") / f"sweep-{recipe.stem}"
+    try:
+        from .sweep import run_sweep
+
+        silence_libraries()
+        study = run_sweep(recipe, space, output, trials, timeout, storage, resume, set_ or [], echo=_echo)
+    except UserError as error:
+        _fail(error)
+    except Interrupted as stopped:
+        typer.echo(f"{stopped}\nthe sweep stopped; continue it with the same command and --resume", err=True)
+        raise typer.Exit(stopped.exit_code) from None
+    _echo(f"sweep saved to {output} ({len(study.trials)} trials in {redacted(storage) if storage else 'study.db'})")
+    if (output / "best.yaml").exists():
+        _echo(f"best recipe: {output / 'best.yaml'} (llmtune train {output / 'best.yaml'})")
+
+
+@app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     format_: Annotated[
@@ -438,11 +485,16 @@ def report(
         typer.Option("--output", "-o", help="Report file; default: report.html / report.md in the run directory."),
     ] = None,
 ) -> None:
-    """Write a run report: recipe, metrics per split, plots, throughput and memory, sample predictions (worst first)."""
+    """Write a run report: recipe, metrics per split, plots, throughput and memory, sample predictions (worst first).
+
+    For a sweep directory: the trials, the optimisation history and parameter importances, and the best trial's
+    report (Markdown with PNG plots, in the sweep directory).
+    """
     from .report import write_report
+    from .sweep import is_sweep_dir, write_sweep_report
 
     try:
-        written = write_report(run_dir, format_, output)
+        written = write_sweep_report(run_dir) if is_sweep_dir(run_dir) else write_report(run_dir, format_, output)
     except UserError as error:
         _fail(error)
     _echo(f"report written to {written}")

@@ -58,6 +58,7 @@ def train(
     overwrite: bool = False,
     echo=None,
     resume: bool | str | Path = False,
+    on_validation: Callable[[int, dict], bool] | None = None,
 ) -> TrainResult:
     """Fine-tune as the recipe says and write the run directory.
 
@@ -68,6 +69,9 @@ def train(
     Args:
         resume: continue from the newest complete checkpoint of the run directory (True), or from the
             run directory or checkpoint at this path.
+        on_validation: called after each validation with (step, metrics); returning True stops training there,
+            and the run finishes as usual (a sweep's pruner uses it). Called in every process (the metrics are
+            the same in all).
 
     Raises:
         UserError: bad recipe, data, model or output directory; nothing to resume, or a recipe that
@@ -86,6 +90,7 @@ def train(
     prepared = prepare(recipe)
     with checkpoints.StopSignals(announce=os.environ.get("RANK", "0") == "0") as stop:
         run, state = setup(prepared, run_dir, resume, explicit_checkpoint, stop, echo)
+        run.on_validation = on_validation
         with writing(run, state):
             state = fit(run, state)
             return finish(run, state)
@@ -213,6 +218,8 @@ class Run:
     created_dir: bool = False  # the run created its directory (a failed run removes it again)
     log: RunLog | None = None  # opened by `writing`, with the run directory
     last_validation: tuple | None = None  # (step, metrics, prediction rows) of the newest validation
+    on_validation: Callable[[int, dict], bool] | None = None  # the caller's hook; True asks training to stop
+    stop_requested: bool = False  # on_validation asked to stop
 
     @functools.cached_property
     def encoder_decoder(self) -> bool:
@@ -447,9 +454,8 @@ def step_size(run: Run) -> str:
 
 def fit(run: Run, state: TrainingState) -> TrainingState:
     """The loop: forward, backward, step, log, evaluate, checkpoint, until the step budget or early stopping."""
-    evaluation = run.recipe.evaluation
     run.model.train()
-    while state.step < run.total_steps and not checkpoints.should_stop(evaluation, state):
+    while state.step < run.total_steps and not stopping(run, state):
         for batch in epoch_batches(run, state):
             loss, grad_norm = train_step(run, batch)
             state.add_batch(loss, len(batch["index"]), run.accelerator.num_processes)
@@ -460,10 +466,15 @@ def fit(run: Run, state: TrainingState) -> TrainingState:
                 log_training(run, state, grad_norm)
             improved = validate_if_due(run, state)
             checkpoint_if_due(run, state, improved)
-            if state.step >= run.total_steps or checkpoints.should_stop(evaluation, state):
+            if state.step >= run.total_steps or stopping(run, state):
                 break
         state.start_epoch()
     return state
+
+
+def stopping(run: Run, state: TrainingState) -> bool:
+    """Early stopping (evaluation.early_stopping_patience), or the caller's on_validation asked to stop."""
+    return run.stop_requested or checkpoints.should_stop(run.recipe.evaluation, state)
 
 
 def epoch_batches(run: Run, state: TrainingState):
@@ -553,7 +564,10 @@ def validate_if_due(run: Run, state: TrainingState) -> bool:
         run.last_validation = (state.step, metrics, predictions)
         run.log.write({"step": state.step, "split": "validation", **metrics})
         run.progress.note(f"step {state.step}: validation " + format_metrics(metrics))
-    return checkpoints.update_best(run.recipe.evaluation, state, metrics)
+    improved = checkpoints.update_best(run.recipe.evaluation, state, metrics)
+    if run.on_validation is not None and run.on_validation(state.step, metrics):
+        run.stop_requested = True
+    return improved
 
 
 def checkpoint_if_due(run: Run, state: TrainingState, improved: bool) -> None:
@@ -609,6 +623,8 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
             f"early stopping at step {state.step}: {evaluation.metric_for_best} has not improved for "
             f"{evaluation.early_stopping_patience} evaluation(s)"
         )
+    if run.stop_requested:
+        say(f"stopped at step {state.step} of {run.total_steps}, as asked after the validation (a sweep's pruner)")
     if state.best_step is not None and state.best_step != state.step:  # the saved model is the best one
         best = run.run_dir / checkpoints.CHECKPOINTS_DIR / f"step-{state.best_step}"
         checkpoints.load_weights(best, accelerator.unwrap_model(run.model, keep_torch_compile=False))

@@ -148,13 +148,13 @@ def test_text_pairs(cli, minilm_path, tmp_path):
     assert (first["predicted"], second["predicted"]) == ("entailment", "contradiction")
 
 
-COMMANDS = ["validate", "train", "eval", "predict", "push", "merge", "export", "serve", "report", "compare", "recipes"]
+COMMANDS = ["validate", "train", "eval", "predict", "sweep", "push", "merge", "export", "serve", "report", "compare"]
 
 
 @pytest.mark.parametrize(
     "command, expected",
     [
-        ([], [*COMMANDS, "init"]),
+        ([], [*COMMANDS, "recipes", "init"]),
         (["validate"], ["recipe", "--set"]),
         (["train"], ["recipe", "--set", "--output", "--overwrite", "--resume"]),
         (["eval"], ["--split", "--data", "--output", "--set"]),
