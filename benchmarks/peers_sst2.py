@@ -429,9 +429,7 @@ def tta_mode(args) -> str:
         else:
             ratio = f"{r['seconds'] / ours:.2f}×" if r["seconds"] else f"> {args.limit_s / ours:.2f}×"
         label = "llmtune (recipes/sentiment.yaml hyper-parameters)" if config == "llmtune" else LABELS[config]
-        lines.append(
-            f"| {label} | {seconds} | {r['step'] or '-'} | {r['evals']} | {r['best'] or 0:.4f} | {ratio} |"
-        )
+        lines.append(f"| {label} | {seconds} | {r['step'] or '-'} | {r['evals']} | {r['best'] or 0:.4f} | {ratio} |")
     return "\n".join(lines)
 
 

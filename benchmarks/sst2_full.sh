@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # MiniLM on the full SST-2 train split (67,349 sentences), one epoch, evaluated on the 872-sentence
 # dev split: full fine-tuning and LoRA. Usage: bash benchmarks/sst2_full.sh [full|lora|both] [OUT_DIR]
+# Environment: EVAL_EVERY (validation every N steps, default 1000), BATCH and LR (full fine-tuning's batch size
+# and learning rate, default 32 and 1e-4; the other rows of the learning-rate table in docs/benchmarks.md).
 # Reads ../shared/data/sst2 (benchmark data; the package never refers to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +14,10 @@ mkdir -p "$(dirname "$out")"
 common=(--set data.train.path="$sst2/train.tsv" --set data.validation="$sst2/validation.tsv" --set data.test=null
         --set task.text_column=sentence --set task.label_names=null
         --set training.epochs=1 --set training.warmup_ratio=0.06
-        --set evaluation.every_n_steps=1000 --overwrite)
+        --set evaluation.every_n_steps="${EVAL_EVERY:-1000}" --overwrite)
 if [[ "$which" == full || "$which" == both ]]; then
-  /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set training.batch_size=32 --set training.learning_rate=1e-4 \
+  /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set training.batch_size="${BATCH:-32}" \
+    --set training.learning_rate="${LR:-1e-4}" \
     --output "$out/full" 2>&1 | tee "$out-full.log"
 fi
 if [[ "$which" == lora || "$which" == both ]]; then
