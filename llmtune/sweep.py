@@ -225,7 +225,6 @@ def run_sweep(
         echo(f"the study already holds {done} finished trials (--trials {trials}); nothing to run")
     else:
         objective = make_objective(recipe_path, overrides, space, output, echo)
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial says what it did in one line of its own
         failures = []
 
         def after_trial(study, trial) -> None:
@@ -271,6 +270,7 @@ def open_study(space: Space, output: Path, storage: str | None, resume: bool):
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial says what it did in one line of its own
     database = output / "study.db"
     if storage is None and database.exists() and not resume:
         raise UserError(f"{output}: already holds a sweep; continue it with --resume or choose another --output")
@@ -411,6 +411,11 @@ def trial_rows(study) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def shown_rows(rows: list[list]) -> list[list[str]]:
+    """Table cells for people: floats to 4 significant digits (trials.csv keeps them whole)."""
+    return [[f"{cell:.4g}" if isinstance(cell, float) else str(cell) for cell in row] for row in rows]
+
+
 def write_results(study, output: Path) -> None:
     """trials.csv, trials.md and best.yaml (atomically: a sweep killed while writing leaves the previous ones)."""
     from .report import markdown_table
@@ -419,7 +424,7 @@ def write_results(study, output: Path) -> None:
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header, *rows])
     runs.write_atomic(output / "trials.csv", buffer.getvalue())
-    runs.write_atomic(output / "trials.md", markdown_table(header, [[str(c) for c in row] for row in rows]) + "\n")
+    runs.write_atomic(output / "trials.md", markdown_table(header, shown_rows(rows)) + "\n")
     best = best_trial(study)
     best_recipe = Path(best.user_attrs["run_dir"]) / "recipe.yaml" if best is not None else None
     if best_recipe is not None and best_recipe.is_file():  # (another machine's trial may be out of reach)
@@ -507,7 +512,7 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
             lines += [f"({name.replace('_', ' ')}: not drawn: {exc})", ""]
     from .report import markdown_table
 
-    lines += ["## Trials", "", markdown_table(header, [[str(c) for c in row] for row in rows]), ""]
+    lines += ["## Trials", "", markdown_table(header, shown_rows(rows)), ""]
     output = sweep_dir / "report.md"
     runs.write_atomic(output, "\n".join(lines))
     return output
