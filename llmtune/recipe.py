@@ -317,6 +317,11 @@ def _where(loc: tuple, source: str, yaml_root: yaml.Node | None, origins: dict[s
     for key, item in origins.items():
         if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
             return f"--set {item}"
+    return yaml_location(loc, source, yaml_root)
+
+
+def yaml_location(loc: tuple, source: str, yaml_root: yaml.Node | None) -> str:
+    """`source:line:column` of the deepest key of `loc` found in a composed YAML document (else `source`)."""
     node, mark = yaml_root, None
     for part in loc:
         if isinstance(node, yaml.MappingNode):

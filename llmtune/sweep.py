@@ -62,10 +62,10 @@ def load_space(path: Path, recipe_path: Path, overrides: list[str]) -> Space:
     Raises:
         UserError: the first problem, with the space file's line and column.
     """
-    from .recipe import load_recipe
+    from .recipe import load_recipe, yaml_location
 
     root, raw = _read_yaml(path)
-    where = lambda *keys: _location(path, root, keys)  # noqa: E731
+    where = lambda *keys: yaml_location(keys, str(path), root)  # noqa: E731
     if not isinstance(raw, dict):
         raise UserError(f"{path}:1:1: expected a mapping with {', '.join(SPACE_KEYS)}")
     for key in raw:
@@ -104,18 +104,6 @@ def _read_yaml(path: Path):
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
-
-
-def _location(path: Path, root, keys: tuple) -> str:
-    node, mark = root, None
-    for key in keys:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
-        if match is None:
-            break
-        mark, node = match[0].start_mark, match[1]
-    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
 
 
 def _suggest(word: str, options) -> str:
