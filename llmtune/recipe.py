@@ -139,6 +139,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     base = path.resolve().parent
     for source in _data_sources(raw):
         _resolve_paths(source, base)
+    for method in _augment_methods(raw):
+        method["lexicon"] = str((base / method["lexicon"]).resolve())
     raw.setdefault("output_dir", str(Path("runs") / path.stem))
 
     origins = {}
@@ -175,6 +177,15 @@ def _data_sources(raw: dict, with_keys: bool = False):
             data[split] = {"path": data[split]}
         if isinstance(data.get(split), dict):
             yield (f"data.{split}", data[split]) if with_keys else data[split]
+
+
+def _augment_methods(raw: dict):
+    """data.augment's entries that name a lexicon file (its path is relative to the recipe, as data paths are)."""
+    data = raw.get("data")
+    methods = data.get("augment") if isinstance(data, dict) else None
+    for method in methods if isinstance(methods, list) else []:
+        if isinstance(method, dict) and isinstance(method.get("lexicon"), str):
+            yield method
 
 
 def _resolve_paths(source: dict, base: Path) -> None:

@@ -115,6 +115,71 @@ def _source_shorthand(value: Any) -> Any:
     return {"path": value} if isinstance(value, str) else value
 
 
+class WordAugment(Section):
+    """Simple word operations (EDA): swap, delete or insert words at random."""
+
+    type: Literal["random_swap", "random_delete", "random_insert"] = Field(
+        description="random_swap: swap two words; random_delete: drop words; random_insert: insert a copy of one "
+        "of the row's words (a synonym of it with `lexicon`) at a random place."
+    )
+    share: float = Field(1.0, gt=0, le=1, description="Share of the training rows that get one augmented copy.")
+    probability: float = Field(
+        0.1, gt=0, le=1, description="Share of a row's words the operation touches (at least one word)."
+    )
+    lexicon: str | None = Field(
+        None, description="random_insert: insert synonyms from this lexicon (see `synonym`) instead of copies."
+    )
+
+
+class SynonymAugment(Section):
+    """Synonym replacement, offline: from a lexicon file or WordNet database, or by a masked language model."""
+
+    type: Literal["synonym"] = Field(description="Replace words by synonyms.")
+    share: float = Field(1.0, gt=0, le=1, description="Share of the training rows that get one augmented copy.")
+    probability: float = Field(0.1, gt=0, le=1, description="Share of a row's words replaced (at least one word).")
+    lexicon: str | None = Field(
+        None,
+        description="A local WordNet database directory (the `dict` folder with index.noun and data.noun, "
+        "e.g. Debian's wordnet-base: /usr/share/wordnet), or a text file with one group of "
+        "synonyms per line, separated by commas or tabs. Relative paths are relative to the recipe file.",
+    )
+    masked_lm: str | None = Field(
+        None,
+        description="Instead of a lexicon: a masked language model (hub id or local directory) that proposes a "
+        "replacement for each masked word (its most likely whole word other than the original).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SynonymAugment:
+        if (self.lexicon is None) == (self.masked_lm is None):
+            raise ValueError("give exactly one of `lexicon` (a synonym file or WordNet folder) or `masked_lm`")
+        return self
+
+
+class BackTranslationAugment(Section):
+    """Back-translation: a text translated into another language and back (a paraphrase)."""
+
+    type: Literal["back_translation"] = Field(description="Translate each chosen text there and back.")
+    share: float = Field(1.0, gt=0, le=1, description="Share of the training rows that get one augmented copy.")
+    forward: str = Field(
+        description="The model that translates out of the data's language: hub id or local directory of a "
+        "sequence-to-sequence model (e.g. Helsinki-NLP/opus-mt-en-de, or an llmtune translation run) or of a "
+        "causal LM (then give `forward_prompt`)."
+    )
+    backward: str = Field(description="The model that translates back (e.g. Helsinki-NLP/opus-mt-de-en).")
+    forward_prompt: str | None = Field(
+        None, description="Causal LMs: the prompt, with `{text}` where the text goes; the completion is the output."
+    )
+    backward_prompt: str | None = Field(None, description="Causal LMs: the prompt for the way back.")
+    num_beams: int = Field(1, ge=1, description="Beam search width (1: greedy, or sampling with `sample`).")
+    sample: bool = Field(False, description="Sample (top-p 0.9) instead of searching: more varied paraphrases.")
+    max_new_tokens: int = Field(128, ge=1, description="Longest translation, in tokens.")
+    batch_size: int = Field(16, ge=1, description="Texts translated at once.")
+
+
+Augment = Annotated[Union[WordAugment, SynonymAugment, BackTranslationAugment], Field(discriminator="type")]
+
+
 class DataSpec(Section):
     """The splits. `train` is needed to train; `validation` is evaluated during training, `test` once at the end."""
 
@@ -133,6 +198,12 @@ class DataSpec(Section):
         description="Tasks that generate text (summarization, translation, generative question answering): "
         "leave out rows with an empty input or target (counted in a warning) "
         "instead of stopping at the first with an error; metrics then cover the rows that are left.",
+    )
+    augment: list[Augment] = Field(
+        default_factory=list,
+        description="Data augmentation of the train split, before tokenization: a list of methods (random_swap, "
+        "random_delete, random_insert, synonym, back_translation), each adding augmented copies of a share of "
+        "the training rows, with their labels. Validation and test are never augmented; results are cached.",
     )
 
     _shorthand = field_validator("train", "validation", "test", mode="before")(

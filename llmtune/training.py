@@ -27,7 +27,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from . import checkpoints, data, models, plots, runs, speed, tasks, tracking
+from . import augment, checkpoints, data, models, plots, runs, speed, tasks, tracking
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .errors import Interrupted, PeerLost, UserError
@@ -131,6 +131,7 @@ def prepare(recipe: Recipe) -> Prepared:
     task = tasks.create(recipe.task)
     splits = data.load_splits(recipe.data, task.file_readers)
     task.prepare(splits, recipe.data)
+    augment.check(recipe.data.augment, task.augment_fields(), task.name)
     if recipe.evaluation.metric_for_best and "validation" not in splits:
         raise UserError("evaluation.metric_for_best: needs data.validation, the split the best checkpoint is chosen on")
     checkpoint, decoder = models.resolve_checkpoint(recipe.model), models.resolve_decoder(recipe.model)
@@ -220,6 +221,7 @@ class Run:
     last_validation: tuple | None = None  # (step, metrics, prediction rows) of the newest validation
     on_validation: Callable[[int, dict], bool] | None = None  # the caller's hook; True asks training to stop
     stop_requested: bool = False  # on_validation asked to stop
+    augmented: dict = dataclasses.field(default_factory=dict)  # rows data.augment added, by method
 
     @functools.cached_property
     def encoder_decoder(self) -> bool:
@@ -248,6 +250,7 @@ def setup(
     if resume:
         checkpoints.check_same_recipe(run_dir, recipe)
         resume_from = checkpoints.find_resumable(run_dir, explicit_checkpoint)
+    augmented = augment_train(prepared, accelerator, say)
     set_seed(cfg.seed)
     model, new_modules = load_model(prepared, say)
     features, sampler, train_loader, eval_loaders = make_batches(prepared, accelerator)
@@ -292,12 +295,25 @@ def setup(
         pending_rng=pending_rng,
         examples_at_start=state.examples_seen,
         resumed=resume_from is not None,
+        augmented=augmented,
     )
     say(
         f"training: {len(prepared.splits['train']):,} examples, {total_steps:,} steps of {step_size(run)}, "
         f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}"
     )
     return run, state
+
+
+def augment_train(prepared: Prepared, accelerator: Accelerator, say) -> dict[str, int]:
+    """`data.augment` applied to the train split (replaced in `prepared.splits`); the rows each method added."""
+    methods = prepared.recipe.data.augment
+    if not methods:
+        return {}
+    with accelerator.main_process_first():  # one process augments, the others read its cache
+        fields = prepared.task.augment_fields()
+        train, counts = augment.apply(prepared.splits["train"], methods, fields, prepared.recipe.training.seed, say)
+    prepared.splits["train"] = train
+    return counts
 
 
 def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
@@ -674,6 +690,7 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
         "runtime_s": round(wall_seconds, 2),
         **throughput.summary(examples, train_seconds, speed.flops_per_token(run.model), peak),
         **tracking.peak_memory(),
+        **({"augmented_rows": run.augmented} if run.augmented else {}),
     }
 
 

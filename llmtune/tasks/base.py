@@ -20,6 +20,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..augment import AugmentFields
 from ..batching import PadCollator, SortedBatches
 from ..data import in_memory, tokenization_fingerprint
 from ..errors import UserError
@@ -126,6 +127,11 @@ class Task:
     def resolved_options(self) -> TaskOptions:
         """The options after `prepare` saw the data; saved in the run's recipe so eval and predict need no data."""
         return self.options
+
+    def augment_fields(self) -> AugmentFields | None:
+        """What `data.augment` may rewrite in a training row with its reference unchanged (a classified text, a
+        question but not the context its answer points into); None: the task takes no augmentation."""
+        return None
 
     # ------------------------------------------------------------------ model
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from .. import figures
 from .. import metrics as metric_modules
+from ..augment import AugmentFields
 from ..data import describe, require_columns, row_location
 from ..errors import DataWarning, UserError
 from ..lazy import F, datasets, torch
@@ -193,6 +194,10 @@ class Classification(LabelledTask):
 
     def new_accumulator(self, metric_names: tuple[str, ...]) -> ClassificationAccumulator:
         return ClassificationAccumulator(self, metric_names)
+
+    def augment_fields(self) -> AugmentFields:
+        o = self.options
+        return AugmentFields(texts=tuple(column for column in (o.text_column, o.text_pair_column) if column))
 
     def input_columns(self) -> dict[str, str]:
         columns = {"text": self.options.text_column}

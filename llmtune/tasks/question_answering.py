@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field as SchemaField
 
 from .. import prompting
+from ..augment import AugmentFields
 from ..data import describe, require_columns, row_location
 from ..errors import DataWarning, UserError
 from ..lazy import F, datasets, torch
@@ -243,6 +244,10 @@ class QuestionAnswering(Task):
     def input_columns(self) -> dict[str, str]:
         return {"question": self.options.question_column, "context": self.options.context_column}
 
+    def augment_fields(self) -> AugmentFields:
+        """The question only: the answers are spans of the context (and a generative answer quotes it)."""
+        return AugmentFields(texts=(self.options.question_column,))
+
     def input_truncated(self, row: dict, tokenizer, max_length: int) -> bool:
         return False  # a long context is read in overlapping windows, never cut
 
@@ -436,6 +441,10 @@ class GenerativeQuestionAnswering(TextGeneration):
 
     def input_columns(self) -> dict[str, str]:
         return {"question": self.options.question_column, "context": self.options.context_column}
+
+    def augment_fields(self) -> AugmentFields:
+        """The question only: the answers are spans of the context (and a generative answer quotes it)."""
+        return AugmentFields(texts=(self.options.question_column,))
 
     def default_template(self) -> str:
         o = self.options

@@ -16,6 +16,7 @@ from pydantic import Field as SchemaField
 from pydantic import field_validator, model_validator
 
 from .. import prompting
+from ..augment import AugmentFields
 from ..data import describe, require_columns
 from ..errors import UserError
 from ..metrics import generation as generation_metrics
@@ -80,6 +81,9 @@ class Seq2Seq(TextGeneration):
 
     def input_columns(self) -> dict[str, str]:
         return {"text": self.source_name()}
+
+    def augment_fields(self) -> AugmentFields:
+        return AugmentFields(texts=(self.source_name(),))
 
     def input_limits(self) -> dict[str, int]:
         limit = self.options.max_source_length

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 
 from .. import figures
 from .. import metrics as metric_modules
+from ..augment import AugmentFields
 from ..data import describe, require_columns, row_location
 from ..errors import UserError
 from ..lazy import F, datasets, torch
@@ -186,6 +187,16 @@ class TokenClassification(LabelledTask):
             where = describe(split, sources[split])
             for row, example in enumerate(dataset):
                 self._check_sentence(example, where, sources[split], row)
+
+    def augment_fields(self) -> AugmentFields:
+        """Only words outside every entity change, so tags stay aligned and entities whole."""
+        names = self.label_names
+        return AugmentFields(
+            words=self.options.tokens_column,
+            tags=self.options.tags_column,
+            outside=frozenset({"O", names.index("O")} if "O" in names else set()),
+            continues=frozenset(x for i, name in enumerate(names) if name.startswith("I-") for x in (name, i)),
+        )
 
     def _location(self, source, example: dict, row: int, word: int = 0) -> str:
         """Where a sentence (or one of its words) is: its line in a CoNLL file, else the row's location."""
