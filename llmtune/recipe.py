@@ -19,6 +19,7 @@ from . import tasks
 from .errors import UserError
 from .sections import (  # noqa: F401 (the schema's sections, importable from here)
     SPLITS,
+    BackTranslationAugment,
     Checkpointing,
     DataSource,
     DataSpec,
@@ -30,7 +31,9 @@ from .sections import (  # noqa: F401 (the schema's sections, importable from he
     ModelSpec,
     PrefixTuningMethod,
     Section,
+    SynonymAugment,
     Training,
+    WordAugment,
 )
 
 # The `task` section: one registered task's options, picked by `type`.

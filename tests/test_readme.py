@@ -66,6 +66,10 @@ def test_recipe_reference_documents_every_key():
             for name in cls.model_fields
             if name not in raw["method"] and not re.search(rf"\b{name}\b", method_comments)
         ]
+    data_comments = comment_text(text, "data")
+    for cls in (schema.WordAugment, schema.SynonymAugment, schema.BackTranslationAugment):
+        undocumented = [name for name in cls.model_fields if not re.search(rf"\b{name}\b", data_comments)]
+        missing += [f"{cls.__name__}.{name}" for name in undocumented]
     assert not missing, f"README recipe reference lacks: {missing}"
 
 
