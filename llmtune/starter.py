@@ -123,6 +123,7 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
         lines.append(f"  {split}: data/{split}.csv  # {data_fields[split].description}")
     lines.append(f"  columns: {{}}  # {data_fields['columns'].description}")
     lines.append(f"  drop_empty: false  # {data_fields['drop_empty'].description}")
+    lines.append(f"  augment: []  # {data_fields['augment'].description}")
 
     methods = schema.union_members("method").values()
     lines += [
