@@ -19,6 +19,7 @@ import os
 import random
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,7 +94,8 @@ def apply(
     for number, method in enumerate(methods):
         rng = random.Random(f"{seed}-{number}-{method.type}")
         chosen = sorted(rng.sample(range(len(rows)), max(1, round(method.share * len(rows)))))
-        new = [row for row in _augmented(method, [rows[i] for i in chosen], fields, rng, number) if row is not None]
+        new = _augmented(method, [rows[i] for i in chosen], fields, rng, number, say)
+        new = [row for row in new if row is not None]
         key = method.type if method.type not in counts else f"{method.type}_{number}"
         counts[key] = len(new)
         added += new
@@ -138,11 +140,11 @@ def _fingerprint(dataset: datasets.Dataset, methods: list, fields: AugmentFields
     return digest.hexdigest()[:32]
 
 
-def _augmented(method, rows: list[dict], fields: AugmentFields, rng: random.Random, number: int) -> list[dict | None]:
+def _augmented(method, rows: list[dict], fields: AugmentFields, rng, number: int, say) -> list[dict | None]:
     """One augmented copy of each row (None where the method left it unchanged)."""
     where = f"data.augment[{number}] ({method.type})"
     if method.type == "back_translation":
-        return _back_translated(method, rows, fields, where)
+        return _back_translated(method, rows, fields, where, say)
     lexicon = load_lexicon(method.lexicon, where) if getattr(method, "lexicon", None) else None
     if method.type == "synonym" and method.masked_lm:
         return MaskedLmSynonyms(method.masked_lm, where).rows(rows, fields, method.probability, rng)
@@ -341,18 +343,18 @@ class MaskedLmSynonyms:
 # ---------------------------------------------------------------------------------------------- back-translation
 
 
-def _back_translated(method, rows: list[dict], fields: AugmentFields, where: str) -> list[dict | None]:
+def _back_translated(method, rows: list[dict], fields: AugmentFields, where: str, say) -> list[dict | None]:
     forward = Translator(method.forward, method.forward_prompt, method, f"{where}.forward")
     out = [dict(row) for row in rows]
     for column in fields.texts:
         texts = [row[column] or "" for row in rows]
-        there = forward.translate(texts)
+        there = forward.translate(texts, say)
         for row, text in zip(out, there):
             row[column] = text
     del forward
     backward = Translator(method.backward, method.backward_prompt, method, f"{where}.backward")
     for column in fields.texts:
-        back = backward.translate([row[column] for row in out])
+        back = backward.translate([row[column] for row in out], say)
         for row, text in zip(out, back):
             row[column] = text
     return [
@@ -365,7 +367,7 @@ class Translator:
     """A sequence-to-sequence model, or a causal LM with a prompt, that translates texts in batches."""
 
     def __init__(self, name: str, prompt: str | None, method, where: str):
-        self.method, self.prompt = method, prompt
+        self.method, self.prompt, self.where = method, prompt, where
         try:
             config = transformers.AutoConfig.from_pretrained(name)
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(name)
@@ -386,8 +388,9 @@ class Translator:
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    def translate(self, texts: list[str]) -> list[str]:
-        m, out = self.method, []
+    def translate(self, texts: list[str], say) -> list[str]:
+        """The translations, in order; a progress line every 30 s (a few thousand texts take minutes)."""
+        m, out, shown = self.method, [], time.monotonic()
         settings = {"max_new_tokens": m.max_new_tokens, "num_beams": m.num_beams, "do_sample": m.sample}
         if m.sample:
             settings["top_p"] = 0.9
@@ -402,4 +405,7 @@ class Translator:
                 generated = generated[:, encoded["input_ids"].shape[1] :]
             decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
             out += [text.strip().split("\n")[0].strip() if self.causal else text.strip() for text in decoded]
+            if time.monotonic() - shown > 30:
+                say(f"augment: {self.where}: {len(out):,} of {len(texts):,} texts translated")
+                shown = time.monotonic()
         return out
