@@ -221,7 +221,8 @@ def train_save_reload_resume(name: str, make_recipe, work: Path) -> dict:
         "reload_max_difference": round(reload_gap, 6),
         "resume_final_loss_difference": round(loss_gap, 6),
         "peak_gpu_memory_mb": straight.metrics["train"].get("peak_gpu_memory_mb"),
-        "ok": reload_gap < 2e-2 and loss_gap < 5e-2,  # bf16 kernels are not bit-reproducible across runs
+        # GPU bf16 kernels are not bit-reproducible; a resume that lost its optimizer state was 0.004-0.07 off
+        "ok": reload_gap < 2e-2 and loss_gap < 1e-2,
     }
 
 
