@@ -31,6 +31,7 @@ from .lazy import datasets, torch, transformers
 CACHE_VERSION = "augment-1"
 WORDY = re.compile(r"[A-Za-z][A-Za-z'\-]*$")  # words a synonym may replace (not numbers, punctuation or @handles)
 PUNCTUATED = re.compile(r"^(\W*)(.*?)(\W*)$")
+MASKED_LM_BATCH = 32  # texts per forward pass of a masked_lm
 
 
 @dataclass(frozen=True)
@@ -306,38 +307,46 @@ class MaskedLmSynonyms:
             raise UserError(f"{where}: masked_lm '{name}' has no mask token; expected a masked language model")
 
     def rows(self, rows: list[dict], fields: AugmentFields, probability: float, rng) -> list[dict | None]:
-        out = []
-        for row in rows:
-            new = dict(row)
+        jobs = []  # (row number, column, its words, the positions that may change)
+        for number, row in enumerate(rows):
             if fields.words:
-                tags = row[fields.tags]
-                free = [i for i, tag in enumerate(tags) if tag in fields.outside and WORDY.match(row[fields.words][i])]
-                new[fields.words] = self.replaced(list(row[fields.words]), free, probability, rng)
+                words, tags = list(row[fields.words]), row[fields.tags]
+                free = [i for i, tag in enumerate(tags) if tag in fields.outside and WORDY.match(words[i])]
+                jobs.append((number, fields.words, words, free))
             for column in fields.texts:
                 words = (row[column] or "").split()
-                new[column] = " ".join(
-                    self.replaced(words, [i for i, w in enumerate(words) if WORDY.match(w)], probability, rng)
-                )
-            out.append(None if new == row else new)
-        return out
+                jobs.append((number, column, words, [i for i, word in enumerate(words) if WORDY.match(word)]))
+        jobs = [
+            (number, column, words, rng.sample(free, min(len(free), max(1, round(probability * len(words))))))
+            for number, column, words, free in jobs
+            if free
+        ]
+        out = [dict(row) for row in rows]
+        for start in range(0, len(jobs), MASKED_LM_BATCH):
+            batch = jobs[start : start + MASKED_LM_BATCH]
+            for (number, column, _, _), new in zip(batch, self.replaced(batch)):
+                out[number][column] = new if column == fields.words else " ".join(new)
+        return [None if new == row else new for row, new in zip(rows, out)]
 
-    def replaced(self, words: list[str], free: list[int], probability: float, rng) -> list[str]:
-        if not free:
-            return words
-        chosen = rng.sample(free, min(len(free), max(1, round(probability * len(words)))))
-        masked = [self.tokenizer.mask_token if i in chosen else word for i, word in enumerate(words)]
-        encoded = self.tokenizer(" ".join(masked), return_tensors="pt", truncation=True)
+    def replaced(self, batch: list[tuple]) -> list[list[str]]:
+        """Each job's words with its chosen positions replaced: one forward pass for the batch."""
+        mask = self.tokenizer.mask_token
+        texts = [" ".join(mask if i in chosen else word for i, word in enumerate(words)) for *_, words, chosen in batch]
+        encoded = self.tokenizer(texts, return_tensors="pt", truncation=True, padding=True)
         with torch.inference_mode():
-            logits = self.model(**encoded).logits[0]
-        positions = (encoded["input_ids"][0] == self.tokenizer.mask_token_id).nonzero().flatten().tolist()
-        new = list(words)
-        for i, position in zip(sorted(chosen), positions):
-            for token in logits[position].topk(20).indices.tolist():
-                candidate = self.tokenizer.decode([token]).strip()
-                if WORDY.match(candidate) and candidate.lower() != words[i].lower():
-                    new[i] = _cased(candidate, words[i])
-                    break
-        return new
+            logits = self.model(**encoded).logits
+        results = []
+        for row, (*_, words, chosen) in enumerate(batch):
+            positions = (encoded["input_ids"][row] == self.tokenizer.mask_token_id).nonzero().flatten().tolist()
+            new = list(words)
+            for i, position in zip(sorted(chosen), positions):
+                for token in logits[row, position].topk(20).indices.tolist():
+                    candidate = self.tokenizer.decode([token]).strip()
+                    if WORDY.match(candidate) and candidate.lower() != words[i].lower():
+                        new[i] = _cased(candidate, words[i])
+                        break
+            results.append(new)
+        return results
 
 
 # ---------------------------------------------------------------------------------------------- back-translation
