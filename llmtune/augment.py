@@ -38,7 +38,9 @@ MASKED_LM_BATCH = 32  # texts per forward pass of a masked_lm
 class AugmentFields:
     """What augmentation may rewrite in a task's training rows without changing their references."""
 
-    texts: tuple[str, ...] = ()  # text columns rewritten whole (a sentence, a question, a source text)
+    # text columns rewritten whole (a sentence, a question, a source text): a column, or (column, key) for a text
+    # inside a nested column (a WMT-style `translation: {de: ..., en: ...}`)
+    texts: tuple[str | tuple[str, str], ...] = ()
     words: str | None = None  # or: a column of word lists (token classification) ...
     tags: str | None = None  # ... with its per-word tags, which move with the words
     outside: frozenset = frozenset()  # the tag (name and id) of words outside every entity: only these change
@@ -233,10 +235,25 @@ def _word_edit(row: dict, fields: AugmentFields, operation, probability: float, 
         new[fields.tags] = [tags[free[0]] if i is None else tags[i] for _, i in edited]  # inserted: outside
     else:
         for column in fields.texts:
-            words = (row[column] or "").split()
+            words = read_text(row, column).split()
             if words:
-                new[column] = " ".join(word for word, _ in operation(words, list(range(len(words))), probability, rng))
+                edited = operation(words, list(range(len(words))), probability, rng)
+                write_text(new, column, " ".join(word for word, _ in edited))
     return None if new == row else new
+
+
+def read_text(row: dict, field: str | tuple[str, str]) -> str:
+    """A text of a row: its column, or (column, key) inside a nested column."""
+    value = row.get(field[0], {}).get(field[1]) if isinstance(field, tuple) else row.get(field)
+    return value or ""
+
+
+def write_text(row: dict, field: str | tuple[str, str], text: str) -> None:
+    """Set a text of a row; a nested column is copied, so the row the copy came from is left as it was."""
+    if isinstance(field, tuple):
+        row[field[0]] = {**row[field[0]], field[1]: text}
+    else:
+        row[field] = text
 
 
 def _no_split_entities(edited: list, tags: list, fields: AugmentFields) -> list:
@@ -314,7 +331,7 @@ class MaskedLmSynonyms:
                 free = [i for i, tag in enumerate(tags) if tag in fields.outside and WORDY.match(words[i])]
                 jobs.append((number, fields.words, words, free))
             for column in fields.texts:
-                words = (row[column] or "").split()
+                words = read_text(row, column).split()
                 jobs.append((number, column, words, [i for i, word in enumerate(words) if WORDY.match(word)]))
         jobs = [
             (number, column, words, rng.sample(free, min(len(free), max(1, round(probability * len(words))))))
@@ -325,7 +342,10 @@ class MaskedLmSynonyms:
         for start in range(0, len(jobs), MASKED_LM_BATCH):
             batch = jobs[start : start + MASKED_LM_BATCH]
             for (number, column, _, _), new in zip(batch, self.replaced(batch)):
-                out[number][column] = new if column == fields.words else " ".join(new)
+                if column == fields.words:
+                    out[number][column] = new
+                else:
+                    write_text(out[number], column, " ".join(new))
         return [None if new == row else new for row, new in zip(rows, out)]
 
     def replaced(self, batch: list[tuple]) -> list[list[str]]:
@@ -356,18 +376,17 @@ def _back_translated(method, rows: list[dict], fields: AugmentFields, where: str
     forward = Translator(method.forward, method.forward_prompt, method, f"{where}.forward")
     out = [dict(row) for row in rows]
     for column in fields.texts:
-        texts = [row[column] or "" for row in rows]
-        there = forward.translate(texts, say)
+        there = forward.translate([read_text(row, column) for row in rows], say)
         for row, text in zip(out, there):
-            row[column] = text
+            write_text(row, column, text)
     del forward
     backward = Translator(method.backward, method.backward_prompt, method, f"{where}.backward")
     for column in fields.texts:
-        back = backward.translate([row[column] for row in out], say)
+        back = backward.translate([read_text(row, column) for row in out], say)
         for row, text in zip(out, back):
-            row[column] = text
+            write_text(row, column, text)
     return [
-        None if new == row or any(not (new[column] or "").strip() for column in fields.texts) else new
+        None if new == row or any(not read_text(new, column).strip() for column in fields.texts) else new
         for row, new in zip(rows, out)
     ]
 

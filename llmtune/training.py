@@ -131,7 +131,8 @@ def prepare(recipe: Recipe) -> Prepared:
     task = tasks.create(recipe.task)
     splits = data.load_splits(recipe.data, task.file_readers)
     task.prepare(splits, recipe.data)
-    augment.check(recipe.data.augment, task.augment_fields(), task.name)
+    if recipe.data.augment and "train" in splits:
+        augment.check(recipe.data.augment, task.augment_fields(splits["train"].column_names), task.name)
     if recipe.evaluation.metric_for_best and "validation" not in splits:
         raise UserError("evaluation.metric_for_best: needs data.validation, the split the best checkpoint is chosen on")
     checkpoint, decoder = models.resolve_checkpoint(recipe.model), models.resolve_decoder(recipe.model)
@@ -310,7 +311,7 @@ def augment_train(prepared: Prepared, accelerator: Accelerator, say) -> dict[str
     if not methods:
         return {}
     with accelerator.main_process_first():  # one process augments, the others read its cache
-        fields = prepared.task.augment_fields()
+        fields = prepared.task.augment_fields(prepared.splits["train"].column_names)
         train, counts = augment.apply(prepared.splits["train"], methods, fields, prepared.recipe.training.seed, say)
     prepared.splits["train"] = train
     return counts

@@ -105,7 +105,8 @@ def test_augmented_rows_keep_their_labels_and_validation_and_test_are_untouched(
     recipe = load_recipe(augmented_sentiment)
     prepared = prepare(recipe)
     original = prepared.splits["train"]
-    train, cached = augment.apply(original, recipe.data.augment, prepared.task.augment_fields(), 42, say=print)
+    fields = prepared.task.augment_fields(original.column_names)
+    train, cached = augment.apply(original, recipe.data.augment, fields, 42, say=print)
     assert cached == counts
     assert train[: len(original)] == original[:]  # the original rows come first, as they were
     labels = {text: label for text, label in zip(original["text"], original["label"])}
@@ -119,7 +120,8 @@ def test_augmented_rows_keep_their_labels_and_validation_and_test_are_untouched(
 def test_the_cache_is_reused_and_a_changed_method_is_recomputed(augmented_sentiment, monkeypatch):
     recipe = load_recipe(augmented_sentiment)
     prepared = prepare(recipe)
-    fields, train = prepared.task.augment_fields(), prepared.splits["train"]
+    train = prepared.splits["train"]
+    fields = prepared.task.augment_fields(train.column_names)
     first, counts = augment.apply(train, recipe.data.augment, fields, 7, say=print)
 
     def fail(*args):
@@ -170,13 +172,35 @@ def test_qa_back_translation_rewrites_the_question_and_never_the_context_or_answ
     recipe = load_recipe(RECIPES / "qa.yaml", [*tiny_qa_overrides(tiny_bert), f"data.augment={augment_value}"])
     prepared = prepare(recipe)
     original = prepared.splits["train"]
-    train, counts = augment.apply(original, recipe.data.augment, prepared.task.augment_fields(), 1, say=print)
+    fields = prepared.task.augment_fields(original.column_names)
+    train, counts = augment.apply(original, recipe.data.augment, fields, 1, say=print)
     assert counts["back_translation"] > 0 and len(train) == len(original) + counts["back_translation"]
     by_question = {row["id"]: row for row in original}
     for row in train.select(range(len(original), len(train))):
         source = by_question[row["id"]]
         assert row["context"] == source["context"] and row["answers"] == source["answers"]
         assert row["question"] != source["question"] and row["question"].strip()
+
+
+def test_a_nested_translation_column_has_only_its_source_language_rewritten(tiny_bert, tmp_path):
+    rows = [{"translation": {"de": f"ein kleiner hund läuft schnell {i}", "en": f"a small dog runs fast {i}"}}
+            for i in range(8)]  # fmt: skip
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = load_recipe(RECIPES / "translation.yaml", [
+        f"model.name={tiny_bert}", f"model.decoder={tiny_bert}", f"data.train={tmp_path / 'train.jsonl'}",
+        f"data.validation={tmp_path / 'validation.jsonl'}", "data.test=null", "data.augment=[{type: random_swap}]",
+    ])  # fmt: skip
+    prepared = prepare(recipe)
+    original = prepared.splits["train"]
+    fields = prepared.task.augment_fields(original.column_names)
+    assert fields.texts == (("translation", "de"),)
+    train, counts = augment.apply(original, recipe.data.augment, fields, 3, say=print)
+    assert counts["random_swap"] == 8 and original[:] == train[:8]  # the originals are untouched
+    for row, source in zip(train.select(range(8, 16)), rows):
+        assert row["translation"]["en"] == source["translation"]["en"]
+        assert sorted(row["translation"]["de"].split()) == sorted(source["translation"]["de"].split())
+        assert row["translation"]["de"] != source["translation"]["de"]
 
 
 def test_masked_lm_synonyms_replace_words_by_whole_words(tmp_path, sentiment_files):
@@ -243,3 +267,12 @@ def test_ner_trains_with_word_operations(tiny_bert, tmp_path, cli):
 def test_bad_augment_settings_are_one_line(value, fragment, augmented_sentiment, cli):
     assert_user_error(cli("train", augmented_sentiment, "--set", f"data.augment={value}"), fragment)
     assert not (augmented_sentiment.parent / "run").exists()
+
+
+def test_rewriting_a_nested_text_leaves_the_row_it_was_copied_from_as_it_was():
+    """Several methods augment the same source rows: one must not see another's rewrite."""
+    row = {"translation": {"de": "ein hund", "en": "a dog"}}
+    copy = dict(row)
+    augment.write_text(copy, ("translation", "de"), "hund ein")
+    assert row["translation"] == {"de": "ein hund", "en": "a dog"}
+    assert copy["translation"] == {"de": "hund ein", "en": "a dog"}

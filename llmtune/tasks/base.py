@@ -128,9 +128,10 @@ class Task:
         """The options after `prepare` saw the data; saved in the run's recipe so eval and predict need no data."""
         return self.options
 
-    def augment_fields(self) -> AugmentFields | None:
-        """What `data.augment` may rewrite in a training row with its reference unchanged (a classified text, a
-        question but not the context its answer points into); None: the task takes no augmentation."""
+    def augment_fields(self, column_names: list[str]) -> AugmentFields | None:
+        """What `data.augment` may rewrite in a training row (of a split with these columns) with its reference
+        unchanged (a classified text, a question but not the context its answer points into); None: the task
+        takes no augmentation."""
         return None
 
     # ------------------------------------------------------------------ model

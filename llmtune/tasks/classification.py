@@ -195,7 +195,7 @@ class Classification(LabelledTask):
     def new_accumulator(self, metric_names: tuple[str, ...]) -> ClassificationAccumulator:
         return ClassificationAccumulator(self, metric_names)
 
-    def augment_fields(self) -> AugmentFields:
+    def augment_fields(self, column_names: list[str]) -> AugmentFields:
         o = self.options
         return AugmentFields(texts=tuple(column for column in (o.text_column, o.text_pair_column) if column))
 

@@ -244,7 +244,7 @@ class QuestionAnswering(Task):
     def input_columns(self) -> dict[str, str]:
         return {"question": self.options.question_column, "context": self.options.context_column}
 
-    def augment_fields(self) -> AugmentFields:
+    def augment_fields(self, column_names: list[str]) -> AugmentFields:
         """The question only: the answers are spans of the context (and a generative answer quotes it)."""
         return AugmentFields(texts=(self.options.question_column,))
 
@@ -442,9 +442,7 @@ class GenerativeQuestionAnswering(TextGeneration):
     def input_columns(self) -> dict[str, str]:
         return {"question": self.options.question_column, "context": self.options.context_column}
 
-    def augment_fields(self) -> AugmentFields:
-        """The question only: the answers are spans of the context (and a generative answer quotes it)."""
-        return AugmentFields(texts=(self.options.question_column,))
+    augment_fields = QuestionAnswering.augment_fields
 
     def default_template(self) -> str:
         o = self.options

@@ -82,8 +82,10 @@ class Seq2Seq(TextGeneration):
     def input_columns(self) -> dict[str, str]:
         return {"text": self.source_name()}
 
-    def augment_fields(self) -> AugmentFields:
-        return AugmentFields(texts=(self.source_name(),))
+    def augment_fields(self, column_names: list[str]) -> AugmentFields:
+        """The source; in a nested translation column, its source-language key."""
+        field = self.input_fields(column_names, "data.train")["source"]
+        return AugmentFields(texts=((field.column, field.key) if field.key else field.column,))
 
     def input_limits(self) -> dict[str, int]:
         limit = self.options.max_source_length

@@ -188,7 +188,7 @@ class TokenClassification(LabelledTask):
             for row, example in enumerate(dataset):
                 self._check_sentence(example, where, sources[split], row)
 
-    def augment_fields(self) -> AugmentFields:
+    def augment_fields(self, column_names: list[str]) -> AugmentFields:
         """Only words outside every entity change, so tags stay aligned and entities whole."""
         names = self.label_names
         return AugmentFields(
