@@ -62,7 +62,7 @@ TASKS = {
 }
 
 
-def augment_value(method: str, translator: Path | None) -> str:
+def augment_value(method: str, translator: str | None) -> str:
     if method in ("none", "none_double"):
         return "[]"
     if method == "synonym":
@@ -76,22 +76,7 @@ def augment_value(method: str, translator: Path | None) -> str:
     return f"[{{type: {method}}}]"
 
 
-def smollm2_checkpoint(folder: Path) -> Path:
-    """SmolLM2 from its offline GGUF package, saved once as a plain checkpoint the translator loads."""
-    if (folder / "config.json").exists():
-        return folder
-    from llmtune import models
-    from llmtune.recipe import ModelSpec
-
-    checkpoint = models.resolve_checkpoint(ModelSpec(name=SMOLLM2))
-    tokenizer = models.load_tokenizer(checkpoint)
-    model, _ = models.load_model(checkpoint, "AutoModelForCausalLM", pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def run_one(task: dict, method: str, seed: int, n: int, out: Path, translator: Path | None) -> dict:
+def run_one(task: dict, method: str, seed: int, n: int, out: Path, translator: str | None) -> dict:
     from llmtune import load_recipe, train
 
     overrides = [
@@ -152,7 +137,7 @@ def main() -> None:
     task = TASKS[args.task]
     methods = args.methods or task["methods"]
     args.out.mkdir(parents=True, exist_ok=True)
-    translator = smollm2_checkpoint(args.out / "smollm2") if "back_translation" in methods else None
+    translator = SMOLLM2 if "back_translation" in methods else None  # found offline through its package
     results_file = args.out / "results.jsonl"
     rows = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
     done = {(row["method"], row["seed"]) for row in rows}

@@ -22,11 +22,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import models
 from .errors import UserError
-from .lazy import datasets, torch, transformers
+from .lazy import datasets, torch
+from .sections import ModelSpec
 
 CACHE_VERSION = "augment-1"
 WORDY = re.compile(r"[A-Za-z][A-Za-z'\-]*$")  # words a synonym may replace (not numbers, punctuation or @handles)
@@ -310,16 +313,35 @@ def _wordnet(folder: Path, where: str) -> dict[str, list[str]]:
     return {word: sorted(others) for word, others in lexicon.items() if others}
 
 
+def _checkpoint(name: str, where: str) -> models.Checkpoint:
+    """An augmentation model found the way model.name is: a local folder or GGUF file, a llmtune run, the hub or
+    its cache, or an installed offline package (so `HuggingFaceTB/SmolLM2-135M-Instruct` works offline too).
+
+    Raises:
+        UserError: as for model.name, with the augmentation key named instead.
+    """
+    with _keyed(where):
+        return models.resolve_checkpoint(ModelSpec(name=name))
+
+
+@contextmanager
+def _keyed(where: str):
+    """Model loading reports its errors under model.name; here the model comes from a data.augment key."""
+    try:
+        yield
+    except UserError as error:
+        raise UserError(str(error).replace("model.name", where, 1)) from None
+
+
 class MaskedLmSynonyms:
     """Replacements proposed by a masked language model: each chosen word masked, the most likely whole word
     in its place that differs from it taken."""
 
     def __init__(self, name: str, where: str):
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(name)
-            self.model = transformers.AutoModelForMaskedLM.from_pretrained(name).eval()
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{where}: cannot load masked_lm '{name}': {str(exc).splitlines()[0]}") from None
+        checkpoint = _checkpoint(name, f"{where} masked_lm")
+        with _keyed(f"{where} masked_lm"):
+            self.tokenizer = models.load_tokenizer(checkpoint)
+            self.model = models.load_model(checkpoint, "AutoModelForMaskedLM")[0].eval()
         if self.tokenizer.mask_token is None:
             raise UserError(f"{where}: masked_lm '{name}' has no mask token; expected a masked language model")
 
@@ -396,25 +418,21 @@ class Translator:
 
     def __init__(self, name: str, prompt: str | None, method, where: str):
         self.method, self.prompt, self.where = method, prompt, where
-        try:
-            config = transformers.AutoConfig.from_pretrained(name)
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(name)
-            self.causal = not config.is_encoder_decoder
+        checkpoint = _checkpoint(name, where)
+        with _keyed(where):
+            self.causal = not models.load_config(checkpoint).is_encoder_decoder
             if self.causal and (prompt is None or "{text}" not in prompt):
                 raise UserError(
                     f"{where}: '{name}' is a causal LM; expected a prompt with {{text}} "
                     f"({where.rsplit('.', 1)[-1]}_prompt)"
                 )
-            auto = transformers.AutoModelForCausalLM if self.causal else transformers.AutoModelForSeq2SeqLM
-            self.model = auto.from_pretrained(name).eval()
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{where}: cannot load '{name}': {str(exc).splitlines()[0]}") from None
+            self.tokenizer = models.load_tokenizer(checkpoint)
+            auto = "AutoModelForCausalLM" if self.causal else "AutoModelForSeq2SeqLM"
+            self.model = models.load_model(checkpoint, auto)[0].eval()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         if self.causal:
             self.tokenizer.padding_side = "left"
-            if self.tokenizer.pad_token is None:
-                self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def translate(self, texts: list[str], say) -> list[str]:
         """The translations, in order; a progress line every 30 s (a few thousand texts take minutes)."""

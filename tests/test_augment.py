@@ -224,6 +224,20 @@ def test_masked_lm_synonyms_replace_words_by_whole_words(tmp_path, sentiment_fil
         assert len(replaced) == 1 and augment.WORDY.match(replaced[0])
 
 
+def test_augmentation_models_are_found_like_model_name_offline():
+    """A hub id works offline through its installed package, as for model.name; an unknown one is one line."""
+    rows = [{"text": "a wonderful moving film", "label": 1}]
+    fields = augment.AugmentFields(texts=("text",))
+    synonyms = augment.MaskedLmSynonyms("sentence-transformers/all-MiniLM-L6-v2", "data.augment[0] (synonym)")
+    [row] = synonyms.rows(rows, fields, 0.25, random.Random(0))
+    assert len(row["text"].split()) == 4 and row["text"] != rows[0]["text"]
+    with pytest.raises(augment.UserError) as raised:
+        augment.Translator("nobody/no-such-model", None, None, "data.augment[1] (back_translation).forward")
+    assert str(raised.value).startswith(
+        "data.augment[1] (back_translation).forward: 'nobody/no-such-model' is not available offline"
+    )
+
+
 # --------------------------------------------------------------------------- refused clearly
 
 
