@@ -4,7 +4,8 @@
 # Environment: EVAL_EVERY (validation every N steps, default 1000), BATCH and LR (full fine-tuning's batch size
 # and learning rate, default 32 and 1e-4; the other rows of the learning-rate table in docs/benchmarks.md),
 # EPOCHS (default 1), WARMUP (warmup share, default 0.06), SCHEDULER (default linear) and HEAD_LR (the new
-# classifier head's learning rate, default: the same as the body's).
+# classifier head's learning rate, default: the same as the body's); for LoRA, LORA_LR (default 5e-4), LORA_R (default
+# 16, alpha twice it) and LORA_TARGETS (a YAML list of module names, default: the attention's query and value).
 # Reads ../shared/data/sst2 (benchmark data; the package never refers to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ if [[ "$which" == full || "$which" == both ]]; then
     --output "$out/full" 2>&1 | tee "$out-full.log"
 fi
 if [[ "$which" == lora || "$which" == both ]]; then
-  /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set method.type=lora --set method.r=16 --set method.alpha=32 \
-    --set training.batch_size=32 --set training.learning_rate=5e-4 --output "$out/lora" 2>&1 | tee "$out-lora.log"
+  /usr/bin/time -v llmtune train recipes/sentiment.yaml "${common[@]}" --set method.type=lora --set method.r="${LORA_R:-16}" \
+    --set method.alpha="$((2 * ${LORA_R:-16}))" ${LORA_TARGETS:+--set method.target_modules="$LORA_TARGETS"} \
+    --set training.batch_size=32 --set training.learning_rate="${LORA_LR:-5e-4}" --output "$out/lora" 2>&1 | tee "$out-lora.log"
 fi
