@@ -89,10 +89,14 @@ def run_evaluation(
     drop them for batch samplers with varying batch sizes such as ours.)
     `echo`, on the main process: a progress line every EVAL_PROGRESS_EVERY_S.
     """
+    import torch
     from accelerate.utils import gather_object
 
     started = last_line = time.perf_counter()
     total, done = len(loader.batch_sampler), 0
+    # Not through DistributedDataParallel: its forward may broadcast buffers, a collective that deadlocks when the
+    # processes have different numbers of batches, and evaluation needs none of its gradient synchronisation.
+    model = getattr(model, "module", model) if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
     def progress(number: int, examples: int) -> None:
         nonlocal last_line, done

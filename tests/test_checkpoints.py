@@ -325,6 +325,20 @@ def test_an_accelerate_config_that_shards_is_refused_before_anything_loads(varia
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+def test_two_processes_evaluate_a_split_smaller_than_one_batch(setup, tmp_path):
+    """One evaluation batch for two processes: the second has none, and must not wait for the first forever."""
+    recipe, _ = setup
+    args = sets(*SETTINGS, "training.max_steps=2", "training.eval_batch_size=64")
+    finished = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "llmtune", "train", str(recipe),
+         *args, "--output", str(tmp_path / "run")],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]["num_examples"] == 32
+
+
 def free_port() -> int:
     import socket
 
