@@ -4,7 +4,8 @@ A checkpoint is a directory `RUN_DIR/checkpoints/step-N/`:
 
     trainable.safetensors   the trainable parameters (the whole model for full fine-tuning, the adapter
                             and the new head for adapter methods)
-    optimizer.pt            the optimizer state (tensors only; loaded with torch.load(weights_only=True))
+    optimizer.pt            the optimizer state, keyed by parameter name (tensors only; loaded with
+                            torch.load(weights_only=True))
     state.json              the loop's TrainingState (step, data position, samples seen, best metric and
                             patience) and the learning-rate scheduler's state
     process-R.pt            per process R: the RNG states (python, numpy, torch, cuda) and the unlogged loss
@@ -13,6 +14,10 @@ A checkpoint is a directory `RUN_DIR/checkpoints/step-N/`:
 It is written to `checkpoints/.tmp-step-N` and renamed into place when complete, so a half-written
 checkpoint never has its final name; a checkpoint whose files do not match its manifest (a truncated
 file, a disk that filled up) is skipped with a warning. Only the main process writes.
+
+Under FSDP each process holds a shard of every parameter and of its optimizer state; all processes gather them
+into whole tensors on the main one, which writes the same files. So a checkpoint does not depend on the engine or
+the process count: a sharded run resumes data-parallel, on one process, or sharded over another number.
 """
 
 from __future__ import annotations
@@ -213,6 +218,8 @@ def save(run_dir: Path, accelerator, model, optimizer, scheduler, state: Trainin
     """
     window_loss = torch.as_tensor(state.window_loss).detach().cpu()
     process_states = gather_object([{"rng": capture_rng(), "window_loss": window_loss}])
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # plain names, as without compile
+    weights, optimizer_state = whole_state(accelerator, unwrapped, optimizer)
     root = run_dir / CHECKPOINTS_DIR
     final = root / f"step-{state.step}"
     if accelerator.is_main_process:
@@ -221,10 +228,8 @@ def save(run_dir: Path, accelerator, model, optimizer, scheduler, state: Trainin
         if temporary.exists():
             shutil.rmtree(temporary)
         temporary.mkdir()
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # plain names, as without compile
-        weights = {name: p.detach().cpu().contiguous() for name, p in unwrapped.named_parameters() if p.requires_grad}
         save_file(weights, temporary / WEIGHTS)
-        torch.save(optimizer.state_dict(), temporary / OPTIMIZER)
+        torch.save(optimizer_state, temporary / OPTIMIZER)
         (temporary / STATE).write_text(json.dumps({**state.shared(), "scheduler": scheduler.state_dict()}, indent=1))
         for rank, process_state in enumerate(process_states):
             torch.save(process_state, temporary / f"process-{rank}.pt")
@@ -240,6 +245,86 @@ def save(run_dir: Path, accelerator, model, optimizer, scheduler, state: Trainin
         _prune(run_dir, keep_last, state.best_step)
     accelerator.wait_for_everyone()
     return final
+
+
+def sharded(accelerator) -> bool:
+    """Whether parameters and optimizer state are sharded over the processes (FSDP2)."""
+    return bool(getattr(accelerator, "is_fsdp2", False))
+
+
+def whole_state(accelerator, model, optimizer) -> tuple[dict, dict]:
+    """The trainable weights and the optimizer state (keyed by parameter name), whole and on the CPU, on the main
+    process; the other processes get empty dicts. All processes must call it: under FSDP it gathers the shards."""
+    params = dict(model.named_parameters())
+    trainable = [name for name, p in params.items() if p.requires_grad]
+    if not (sharded(accelerator) or accelerator.is_main_process):
+        return {}, {}
+    # By hand rather than torch's get_optimizer_state_dict, which (torch 2.13, Accelerate's FSDP2) lost the
+    # classifier bias's state on the second process (KeyError) when it had one element per process.
+    weights = {name: _whole(params[name]).contiguous() for name in trainable}
+    state = _plain(optimizer).state_dict()
+    state["state"] = {
+        i: {key: _whole(value) for key, value in moments.items()} for i, moments in state["state"].items()
+    }
+    if not accelerator.is_main_process:
+        return {}, {}
+    return weights, _by_name(state, _plain(optimizer), model)
+
+
+def _whole(value):
+    """A tensor on the CPU; an FSDP shard (DTensor) gathered into the whole tensor first (a collective: every
+    process calls it, in the same order)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return value.detach().cpu()
+
+
+def _shard_like(value, like):
+    """A whole tensor cut as the FSDP shard `like` is, this process's part kept (a collective, like _whole);
+    anything else unchanged."""
+    if not (hasattr(like, "device_mesh") and isinstance(value, torch.Tensor) and value.shape == like.shape):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements)
+
+
+def _plain(optimizer):
+    """The torch optimizer inside Accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _by_name(state: dict, optimizer, model) -> dict:
+    """An optimizer state dict with parameter names in place of torch's running indices (the form FSDP's
+    state-dict functions use), so that it no longer depends on how the optimizer was built."""
+    names = _names_in_order(optimizer, model)
+    groups = [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]]
+    return {"state": {names[i]: value for i, value in state["state"].items()}, "param_groups": groups}
+
+
+def _by_index(state: dict, optimizer, model) -> dict:
+    """The inverse of _by_name, for this optimizer (older checkpoints, keyed by index, pass through)."""
+    if _keyed_by_index(state):
+        return state
+    index = {name: i for i, name in enumerate(_names_in_order(optimizer, model))}
+    groups = [{**group, "params": [index[name] for name in group["params"]]} for group in state["param_groups"]]
+    return {"state": {index[name]: value for name, value in state["state"].items()}, "param_groups": groups}
+
+
+def _keyed_by_index(state: dict) -> bool:
+    return all(isinstance(i, int) for group in state["param_groups"] for i in group["params"])
+
+
+def _names_in_order(optimizer, model) -> list[str]:
+    """The names of the optimizer's parameters in the order torch numbers them (group by group): the groups' own
+    (training.parameter_groups names them; FSDP may register new parameter objects, so identity cannot tell), else
+    found by identity in the model."""
+    if all("param_names" in group for group in optimizer.param_groups):
+        return [name for group in optimizer.param_groups for name in group["param_names"]]
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
 def _prune(run_dir: Path, keep_last: int, keep_step: int | None) -> None:
@@ -281,8 +366,17 @@ def _fsync(path: Path) -> None:
 def load(path: Path, accelerator, model, optimizer, scheduler) -> tuple[TrainingState, dict]:
     """Restore weights, optimizer and schedule from a checkpoint; returns its TrainingState (with this process's
     unlogged loss) and this process's RNG states, which the loop restores at the right moment (see `restore_rng`)."""
-    load_weights(path, accelerator.unwrap_model(model, keep_torch_compile=False))
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True))
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    load_weights(path, unwrapped, sharded(accelerator))
+    optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
+    optimizer_state = _by_index(optimizer_state, _plain(optimizer), unwrapped)
+    if sharded(accelerator):
+        params = [p for group in _plain(optimizer).param_groups for p in group["params"]]
+        optimizer_state["state"] = {
+            i: {key: _shard_like(value, params[i]) for key, value in moments.items()}
+            for i, moments in optimizer_state["state"].items()
+        }
+    optimizer.load_state_dict(optimizer_state)
     saved = json.loads((path / STATE).read_text())
     scheduler.load_state_dict(saved.pop("scheduler"))
     # The same process's states when the process count is unchanged; otherwise the main process's.
@@ -292,7 +386,12 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> tuple[Training
     return state, process_state["rng"]
 
 
-def load_weights(path: Path, model) -> None:
+def load_weights(path: Path, model, sharded_model: bool = False) -> None:
+    """A checkpoint's trainable weights into `model` (every process reads the whole tensors; FSDP keeps its shard).
+
+    Raises:
+        UserError: the checkpoint holds other weights than this model trains.
+    """
     weights = load_file(path / WEIGHTS)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(params):
@@ -301,8 +400,12 @@ def load_weights(path: Path, model) -> None:
             "was it written by another recipe?"
         )
     with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+        for name in sorted(weights):  # the same order in every process: cutting shards is a collective
+            param = params[name]
+            if sharded_model and hasattr(param, "to_local"):
+                param.to_local().copy_(_shard_like(weights[name], param).to_local())
+            else:
+                param.copy_(weights[name])
 
 
 def capture_rng() -> dict:

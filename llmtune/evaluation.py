@@ -112,12 +112,41 @@ def run_evaluation(
             eta = elapsed / number * (total - number)
             echo(f"{label}: batch {number}/{total} ({done:,} examples)  elapsed {elapsed:.0f}s  eta {eta:.0f}s")
 
-    outputs = run_batches(task, model, loader, accelerator.device, progress)
+    if getattr(accelerator, "is_fsdp2", False):
+        outputs = run_batches(task, model, evened(loader, accelerator), accelerator.device, progress)
+        del outputs[len(loader.batch_sampler) :]
+        resharded(model)
+    else:
+        outputs = run_batches(task, model, loader, accelerator.device, progress)
     accumulator = task.new_accumulator(metric_names)
     for result in gather_object(outputs) if accelerator.num_processes > 1 else outputs:
         accumulator.add(result)
     metrics, predictions = accumulator.result(dataset, features)
     return {**metrics, "runtime_s": round(time.perf_counter() - started, 2)}, predictions
+
+
+def evened(loader, accelerator):
+    """This process's batches, then repeats of a one-example batch until every process has run as many: under FSDP
+    each forward pass gathers the weights from all processes, so a process that stopped early would leave the
+    others waiting forever. The caller drops the repeats' outputs."""
+    import torch
+
+    own = len(loader.batch_sampler)
+    most = int(accelerator.reduce(torch.tensor([own], device=accelerator.device), "max").item())
+    yield from loader
+    for _ in range(most - own):
+        yield loader.collate_fn([loader.dataset[0]])
+
+
+def resharded(model) -> None:
+    """FSDP keeps the outermost module's weights gathered after a forward pass without backward (it expects the
+    backward next), registered in place of the shards: put the shards back, so that the optimizer, checkpoints and
+    the saved model see the parameters they hold."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def format_metrics(metrics: dict) -> str:

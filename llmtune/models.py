@@ -522,6 +522,22 @@ def apply_method(model, method: Method, task_type: str, new_modules: list[str]):
     return wrapped
 
 
+def materialize_meta(model) -> None:
+    """Give parameters left on the meta device (no storage) empty CPU storage.
+
+    Under FSDP with Accelerate's RAM-efficient loading, processes other than the first load the checkpoint's
+    weights as empty tensors and leave newly initialised modules (a classification head) on the meta device; the
+    first process's values replace them all when Accelerate shards the model. But Accelerate finds each
+    optimizer parameter's sharded replacement by its data pointer, and every meta tensor's is 0: the head's weight
+    and bias would share one optimizer entry, and the head would train wrongly on those processes.
+    """
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.is_meta:
+                empty = torch.empty_like(param, device="cpu")
+                setattr(module, name, torch.nn.Parameter(empty, requires_grad=param.requires_grad))
+
+
 def effective_max_length(config, max_length: int) -> int:
     """training.max_length, capped at the model config's position limit (longer inputs would not fit its embeddings)."""
     limit = getattr(config, "max_position_embeddings", None) or getattr(

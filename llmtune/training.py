@@ -119,7 +119,7 @@ def prepare(recipe: Recipe) -> Prepared:
     Raises:
         UserError: the first problem, in one line.
     """
-    check_engine()
+    check_engine(recipe)
     precision = mixed_precision(recipe.training.precision)
     tracking.check_installed(recipe.tracking)
     if getattr(recipe.method, "quantization", None):
@@ -147,27 +147,47 @@ def prepare(recipe: Recipe) -> Prepared:
     return Prepared(recipe, task, splits, checkpoint, decoder, tokenizer, precision)
 
 
-# What `accelerate launch` sets when its config (or a flag) picks a sharding engine.
-SHARDING_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+def check_engine(recipe: Recipe) -> None:
+    """Refuse, before anything loads, an Accelerate config whose engine llmtune cannot train with correctly.
 
-
-def check_engine() -> None:
-    """Refuse sharded training before anything loads: checkpoints and the saved model are gathered from the main
-    process's parameters and optimizer, which under FSDP or DeepSpeed hold one shard each, so resuming would
-    silently train from broken state (and FSDP's RAM-efficient loading leaves other ranks' heads on the meta
-    device, which crashes in `prepare`).
+    FSDP2 is supported: checkpoints and the saved model gather the shards (checkpoints.whole_state). DeepSpeed and
+    FSDP1 are not: their checkpoints would hold one process's shard.
 
     Raises:
-        UserError: the Accelerate config selects FSDP or DeepSpeed.
+        UserError: the engine, and what to use instead.
     """
-    for variable, engine in SHARDING_ENGINES.items():
-        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
-            raise UserError(
-                f"accelerate config: {engine} (sharded training) is not supported yet: llmtune's checkpoints save "
-                "the main process's parameters and optimizer state, which under sharding hold only a shard. Train "
-                "data-parallel instead (accelerate launch without --use_fsdp / --use_deepspeed, or torchrun), with "
-                "training.gradient_checkpointing and method.quantization to fit a larger model"
-            )
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        raise UserError(
+            "accelerate config: DeepSpeed is not supported yet: llmtune's checkpoints would hold only one process's "
+            "shard. Shard with FSDP2 instead (accelerate launch --use_fsdp --fsdp_version 2), or train data-parallel"
+        )
+    if not _env_flag("ACCELERATE_USE_FSDP"):
+        return
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise UserError(
+            f"accelerate config: fsdp_version {os.environ.get('FSDP_VERSION', '1')}: llmtune shards with FSDP2 only; "
+            "set fsdp_version: 2 in the config (or accelerate launch --use_fsdp --fsdp_version 2)"
+        )
+    if not accelerator_present():
+        raise UserError(
+            "accelerate config: FSDP needs GPUs (or other accelerators): Accelerate shards only across devices and "
+            "would run CPU processes data-parallel with the weights loaded on the first one alone. On CPU, launch "
+            "without --use_fsdp (data-parallel, e.g. torchrun --nproc_per_node N)"
+        )
+    if getattr(recipe.method, "quantization", None):
+        raise UserError(
+            f"method.quantization: {recipe.method.quantization} is not supported with FSDP yet; train the quantized "
+            "model on one GPU per process (data-parallel), or shard it unquantized"
+        )
+
+
+def _env_flag(variable: str) -> bool:
+    return os.environ.get(variable, "").lower() in ("1", "true", "yes")
+
+
+def accelerator_present() -> bool:
+    """Whether this machine has a GPU (or another device Accelerate can shard across)."""
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
 def planned_steps(examples: int, cfg) -> int:
@@ -260,6 +280,9 @@ def setup(
         torch.backends.cudnn.allow_tf32 = True
     optimizer = make_optimizer(parameter_groups(model, cfg, new_modules), cfg)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    # Seeded again: dropout must not depend on how many random numbers loading drew, which differs between
+    # processes under FSDP's RAM-efficient loading (only the first one initialises a new head).
+    set_seed(cfg.seed)
     if cfg.compile:
         model = torch.compile(model)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
@@ -340,6 +363,7 @@ def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
     elif recipe.training.gradient_checkpointing:
         models.enable_gradient_checkpointing(model)
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
+    models.materialize_meta(model)
     trainable, total = models.count_parameters(model)
     say(
         f"method: {recipe.method.type}, training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
@@ -385,8 +409,12 @@ def parameter_groups(model, training, new_modules: list[str]) -> list[dict]:
                 head_lr if is_head else training.learning_rate,
                 0.0 if name.endswith(no_decay) else training.weight_decay,
             )
-            groups.setdefault(key, []).append(param)
-    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+            groups.setdefault(key, []).append((name, param))
+    # The names travel with the groups (torch's param_names): checkpoints key the optimizer state by them.
+    return [
+        {"params": [p for _, p in pairs], "param_names": [n for n, _ in pairs], "lr": lr, "weight_decay": decay}
+        for (lr, decay), pairs in groups.items()
+    ]
 
 
 def make_optimizer(groups: list[dict], cfg) -> torch.optim.Optimizer:
@@ -644,7 +672,8 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         say(f"stopped at step {state.step} of {run.total_steps}, as asked after the validation (a sweep's pruner)")
     if state.best_step is not None and state.best_step != state.step:  # the saved model is the best one
         best = run.run_dir / checkpoints.CHECKPOINTS_DIR / f"step-{state.best_step}"
-        checkpoints.load_weights(best, accelerator.unwrap_model(run.model, keep_torch_compile=False))
+        unwrapped = accelerator.unwrap_model(run.model, keep_torch_compile=False)
+        checkpoints.load_weights(best, unwrapped, checkpoints.sharded(accelerator))
         run.last_validation = None
         say(f"using the best checkpoint: step {state.best_step}, {evaluation.metric_for_best}={state.best_value:.4f}")
     results = {"train": training_summary(run, state, *seconds)}
@@ -658,10 +687,11 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
             run.log.write({"step": state.step, "split": split, **metrics})
         results[split] = metrics
     run.log.close()
+    # Under FSDP every process takes part in gathering the whole weights, which the main process then saves.
+    whole = accelerator.get_state_dict(run.model) if checkpoints.sharded(accelerator) else None
     if accelerator.is_main_process:
-        save_model(
-            accelerator.unwrap_model(run.model, keep_torch_compile=False), run.tokenizer, run.run_dir, run.recipe
-        )
+        unwrapped = accelerator.unwrap_model(run.model, keep_torch_compile=False)
+        save_model(unwrapped, run.tokenizer, run.run_dir, run.recipe, whole)
         if predictions is not None:
             runs.write_jsonl(run.run_dir / runs.PREDICTIONS_FILE, predictions)
         plots.save_plots(run.run_dir)
@@ -695,11 +725,11 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
     }
 
 
-def save_model(model, tokenizer, run_dir: Path, recipe: Recipe) -> None:
-    """Save as plain transformers / peft files (safetensors)."""
+def save_model(model, tokenizer, run_dir: Path, recipe: Recipe, state_dict: dict | None = None) -> None:
+    """Save as plain transformers / peft files (safetensors); `state_dict`: the whole weights of a sharded model."""
     if hasattr(model, "peft_config"):
         # Point the adapter at the hub id, not this machine's cache path, so it loads anywhere.
         for config in model.peft_config.values():
             config.base_model_name_or_path = recipe.model.name
-    model.save_pretrained(run_dir, safe_serialization=True)
+    model.save_pretrained(run_dir, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(run_dir)

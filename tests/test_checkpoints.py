@@ -314,17 +314,6 @@ def test_two_processes_train_evaluate_once_and_resume_across_process_counts(setu
     ] == list(range(1, 13))
 
 
-@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_an_accelerate_config_that_shards_is_refused_before_anything_loads(variable, cli, setup, tmp_path, monkeypatch):
-    recipe, _ = setup
-    monkeypatch.setenv(variable, "true")  # what `accelerate launch --use_fsdp` / `--use_deepspeed` sets
-    for command in (["validate", recipe], ["train", recipe, "--output", tmp_path / "run"]):
-        code, out, err = cli(*command)
-        assert code == 2 and len(err.strip().splitlines()) == 1, err
-        assert "(sharded training) is not supported yet" in err
-    assert not (tmp_path / "run").exists()
-
-
 @pytest.mark.slow
 def test_two_processes_evaluate_a_split_smaller_than_one_batch(setup, tmp_path):
     """One evaluation batch for two processes: the second has none, and must not wait for the first forever."""

@@ -1,0 +1,138 @@
+"""Sharded training (FSDP2 through Accelerate): it trains exactly as data-parallel training does, checkpoints gather
+the shards so that a run resumes exactly (also from a data-parallel checkpoint), the best checkpoint and the saved
+model are the whole weights, and what cannot run is refused with one line before anything loads.
+
+Accelerate runs FSDP only across GPUs (or other accelerators); `fsdp_on_cpu.py` marks the Accelerator llmtune creates
+as FSDP2 so that Accelerate's own FSDP2 preparation shards the model over two CPU processes (gloo) here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import RECIPES, ROOT, write_recipe, write_sentiment_files
+from safetensors.torch import load_file
+from test_bad_input import assert_user_error
+from test_checkpoints import SETTINGS, assert_same_result, sets
+
+# What `accelerate launch --use_fsdp --fsdp_version 2` sets (RAM-efficient loading is its default).
+FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
+
+
+def launch(args: list, fsdp: bool) -> str:
+    """llmtune ARGS on two CPU processes, sharded (FSDP2) or data-parallel; returns stdout."""
+    program = [str(ROOT / "tests" / "fsdp_on_cpu.py")] if fsdp else ["-m", "llmtune"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(FSDP if fsdp else {})}
+    finished = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *program, *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished.stdout
+
+
+def cut_after(run, step: int, copy):
+    """A copy of a finished run with only its checkpoints up to `step`: as if it had been killed then."""
+    shutil.copytree(run, copy)
+    for checkpoint in (copy / "checkpoints").iterdir():
+        if int(checkpoint.name.removeprefix("step-")) > step:
+            shutil.rmtree(checkpoint)
+    (copy / "metrics.json").unlink()
+    return copy
+
+
+@pytest.mark.slow
+def test_fsdp_trains_as_data_parallel_does_and_resumes_exactly(tiny_bert, tmp_path):
+    files = write_sentiment_files(tmp_path, repeat=8)
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, files)
+    train = ["train", recipe, *sets(*SETTINGS, "training.max_steps=6", "checkpointing.keep_last=10"), "--output"]
+    launch([*train, tmp_path / "ddp"], fsdp=False)
+    out = launch([*train, tmp_path / "fsdp"], fsdp=True)
+    assert "2 process(es)" in out
+    # The new classifier head exists only on the first process before sharding (RAM-efficient loading); the
+    # shards, the optimizer and the dropout masks still match data-parallel training step for step.
+    assert_same_result(tmp_path / "fsdp", tmp_path / "ddp")
+    resumed = cut_after(tmp_path / "fsdp", 3, tmp_path / "fsdp-resumed")
+    assert "(step 3)" in launch([*train, resumed, "--resume"], fsdp=True)
+    assert_same_result(resumed, tmp_path / "ddp")
+    crossed = cut_after(tmp_path / "ddp", 3, tmp_path / "ddp-then-fsdp")  # a data-parallel checkpoint, sharded
+    launch([*train, crossed, "--resume"], fsdp=True)
+    assert_same_result(crossed, tmp_path / "ddp")
+
+
+@pytest.mark.slow
+def test_fsdp_lora_generation_keeps_the_best_checkpoint_as_data_parallel_does(tiny_llama, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"de": f"ein hund läuft {i}", "en": f"a dog runs {i}"} for i in range(24)]
+    rows += [{"de": "zwei katzen schlafen heute", "en": "two cats sleep today"}] * 5  # 29: uneven shards
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = sets(
+        f"model.name={tiny_llama}", f"data.train={data}", f"data.validation={data}", "data.test=null",
+        "training.batch_size=4", "training.max_steps=4", "training.learning_rate=1e-2", "task.max_new_tokens=6",
+        "evaluation.every_n_steps=2", "checkpointing.every_n_steps=2", "training.log_every_n_steps=1",
+    )  # fmt: skip
+    train = ["train", RECIPES / "translation-gpt.yaml", *args, "--output"]
+    launch([*train, tmp_path / "ddp"], fsdp=False)
+    out = launch([*train, tmp_path / "fsdp"], fsdp=True)
+    ours, theirs = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("fsdp", "ddp"))
+    assert "using the best checkpoint: step 2" in out  # bleu ties, so the earlier step stays the best
+    assert ours["validation"]["cross_entropy"] == pytest.approx(theirs["validation"]["cross_entropy"], abs=1e-6)
+    generated = [
+        [json.loads(line)["predicted"] for line in (tmp_path / run / "predictions.jsonl").read_text().splitlines()]
+        for run in ("fsdp", "ddp")
+    ]
+    assert generated[0] == generated[1] and len(generated[0]) == 29  # generation synchronised over the processes
+    adapter, expected = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("fsdp", "ddp"))
+    assert adapter.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(adapter[name], expected[name], rtol=0, atol=1e-6)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tmp_path / "fsdp")  # plain peft
+
+
+@pytest.mark.parametrize(
+    ("variables", "fragment"),
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported yet"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version 1: llmtune shards with FSDP2 only"),
+        (FSDP, "FSDP needs GPUs"),
+    ],
+    ids=["deepspeed", "fsdp1", "fsdp-on-cpu"],
+)
+def test_an_engine_that_cannot_train_here_is_refused_before_anything_loads(
+    variables, fragment, cli, tiny_bert, tmp_path, monkeypatch
+):
+    if fragment.startswith("FSDP needs") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: FSDP can run")
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    for command in (["validate", recipe], ["train", recipe, "--output", tmp_path / "run"]):
+        assert_user_error(cli(*command), fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_quantization_with_fsdp_is_refused(cli, tiny_bert, tmp_path, monkeypatch):
+    from llmtune import training
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
+    for variable, value in FSDP.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(training, "accelerator_present", lambda: True)  # as on a GPU machine
+    quantized = sets("method.type=lora", "method.quantization=4bit")
+    assert_user_error(
+        cli("train", recipe, *quantized, "--output", tmp_path / "run"), "method.quantization: 4bit is not supported"
+    )
+    assert not (tmp_path / "run").exists()
