@@ -22,6 +22,10 @@ and how fast. The checks:
   samples/s, non-pad tokens/s, MFU against the GPU's nominal dense bf16 peak, peak GPU memory.
 - generation: a decoder of SmolLM2-135M's shape (its vocabulary cut to the made-up tokenizer's) evaluated on a
   generative task: generated tokens per second.
+- fsdp: FSDP2 through Accelerate (`torchrun` with the variables `accelerate launch --use_fsdp --fsdp_version 2`
+  sets, on every GPU of the machine): a BERT classifier and a Llama decoder with LoRA on a generative task, each
+  trained sharded and data-parallel (the same final loss), and sharded again resumed from its step-2 checkpoint
+  (the same again). With --device cpu, on two CPU processes through tests/fsdp_on_cpu.py.
 
 On a bare GPU machine that has torch and transformers but not the rest of llmtune's requirements (datasets,
 pydantic, evaluate, seqeval, ...), install them first from wheels: `python benchmarks/gpu_wheels.py` builds the
@@ -38,6 +42,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -284,6 +289,91 @@ def check_qlora(ctx) -> dict:
         "peak_gpu_memory_mb": result.metrics["train"].get("peak_gpu_memory_mb"),
         "merged_parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+# What `accelerate launch --use_fsdp --fsdp_version 2` sets (RAM-efficient loading is its default).
+FSDP_VARIABLES = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
+
+
+def check_fsdp(ctx) -> dict:
+    import torch
+
+    from llmtune.recipe import dump_recipe
+
+    bert = bert_model(ctx.models / "bert-small", 64, 2, 2, 128)
+    llama = llama_model(ctx.models / "llama-small", 64, 2, 4, 2, 128)
+    translation = {"type": "translation", "source_lang": "de", "target_lang": "en", "generative": True,
+                   "num_beams": 1, "max_target_length": 16}  # fmt: skip
+    cases = {
+        "classification/encoder": recipe(bert, {"type": "classification"}, ctx.files["classification"],
+                                         ctx.work / "unused", 4, ctx),
+        "translation/decoder+lora": recipe(llama, translation, ctx.files["translation"], ctx.work / "unused", 4,
+                                           ctx, method={"type": "lora", "r": 8}),
+    }  # fmt: skip
+    cases = {
+        name: made.model_copy(update={"checkpointing": made.checkpointing.model_copy(update={"keep_last": 5})})
+        for name, made in cases.items()
+    }  # fmt: skip  (the resume starts from step 2's checkpoint)
+    processes = torch.cuda.device_count() if ctx.device == "cuda" else 2
+    results = {}
+    for name, made in cases.items():
+        slug = name.replace("/", "-").replace("+", "-")
+        path = ctx.work / f"fsdp-{slug}.yaml"
+        path.write_text(dump_recipe(made))
+        runs = {kind: ctx.work / f"fsdp-{slug}-{kind}" for kind in ("ddp", "fsdp", "resumed")}
+        launch_llmtune(["train", path, "--output", runs["ddp"], "--overwrite"], processes, fsdp=False)
+        started = time.perf_counter()
+        launch_llmtune(["train", path, "--output", runs["fsdp"], "--overwrite"], processes, fsdp=True)
+        seconds = time.perf_counter() - started
+        shutil.copytree(runs["fsdp"], runs["resumed"])
+        shutil.rmtree(runs["resumed"] / "checkpoints" / "step-4")
+        launch_llmtune(["train", path, "--output", runs["resumed"], "--resume"], processes, fsdp=True)
+        ddp_gap = abs(last_loss(runs["fsdp"]) - last_loss(runs["ddp"]))
+        resume_gap = abs(last_loss(runs["resumed"]) - last_loss(runs["fsdp"]))
+        metrics = json.loads((runs["fsdp"] / "metrics.json").read_text())
+        results[name] = {
+            "processes": processes,
+            "final_loss_difference_vs_ddp": round(ddp_gap, 6),
+            "resume_final_loss_difference": round(resume_gap, 6),
+            "peak_gpu_memory_mb": metrics["train"].get("peak_gpu_memory_mb"),
+            "seconds_sharded_run": round(seconds, 1),
+            "ok": ddp_gap < 1e-2 and resume_gap < 1e-2,  # bf16 GPU kernels are not bit-reproducible
+        }
+        ctx.say(f"  {name}: {'ok' if results[name]['ok'] else 'FAILED'}")
+    return {"ok": all(r["ok"] for r in results.values()), "runs": results}
+
+
+def launch_llmtune(args: list, processes: int, fsdp: bool) -> None:
+    """`llmtune ARGS` under torchrun, through this script (see run_llmtune); raises with its last output lines."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(FSDP_VARIABLES if fsdp else {})}
+    if not fsdp:
+        for variable in FSDP_VARIABLES:
+            env.pop(variable, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               str(Path(__file__).resolve()), "llmtune", *map(str, args)]  # fmt: skip
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    if finished.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args[:1]))} ({'fsdp' if fsdp else 'ddp'}): {finished.stderr[-1500:]}")
+
+
+def run_llmtune(args: list[str]) -> int:
+    """One process of a launch_llmtune run: llmtune's CLI, without plots when matplotlib is missing, and on a
+    machine without GPUs with Accelerate's FSDP2 forced onto the CPU processes (tests/fsdp_on_cpu.py)."""
+    import torch
+
+    import llmtune.plots
+    from llmtune import cli
+
+    if importlib.util.find_spec("matplotlib") is None:
+        llmtune.plots.save_plots = lambda run_dir: None
+    if os.environ.get("ACCELERATE_USE_FSDP") and not torch.cuda.is_available():
+        sys.path.insert(0, str(ROOT / "tests"))
+        import fsdp_on_cpu
+
+        fsdp_on_cpu.install()
+    sys.argv = ["llmtune", *args]
+    cli.main()
+    return 0
 
 
 def speed_rows(count: int) -> list[dict]:
@@ -533,7 +623,13 @@ def main() -> int:
     return 0 if all(r["status"] != "FAILED" for r in report["checks"].values()) else 1
 
 
-CHECKS = {"families": check_families, "qlora": check_qlora, "speed": check_speed, "generation": check_generation}
+CHECKS = {
+    "families": check_families,
+    "qlora": check_qlora,
+    "speed": check_speed,
+    "generation": check_generation,
+    "fsdp": check_fsdp,
+}
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_llmtune(sys.argv[2:]) if sys.argv[1:2] == ["llmtune"] else main())
