@@ -11,34 +11,43 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import torch
 from conftest import RECIPES, ROOT, write_recipe, write_sentiment_files
 from safetensors.torch import load_file
 from test_bad_input import assert_user_error
-from test_checkpoints import SETTINGS, assert_same_result, sets
+from test_checkpoints import SETTINGS, assert_same_result, checkpoint_steps, sets
 
 # What `accelerate launch --use_fsdp --fsdp_version 2` sets (RAM-efficient loading is its default).
 FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
 
 
-def launch(args: list, fsdp: bool) -> str:
-    """llmtune ARGS on two CPU processes, sharded (FSDP2) or data-parallel; returns stdout."""
+def start(args: list, fsdp: bool) -> subprocess.Popen:
+    """llmtune ARGS on two CPU processes, sharded (FSDP2) or data-parallel."""
     program = [str(ROOT / "tests" / "fsdp_on_cpu.py")] if fsdp else ["-m", "llmtune"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(FSDP if fsdp else {})}
-    finished = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *program, *map(str, args)],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    return finished.stdout
+
+
+def launch(args: list, fsdp: bool) -> str:
+    """As start, to the end; returns stdout."""
+    process = start(args, fsdp)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return out
 
 
 def cut_after(run, step: int, copy):
@@ -52,21 +61,32 @@ def cut_after(run, step: int, copy):
 
 
 @pytest.mark.slow
-def test_fsdp_trains_as_data_parallel_does_and_resumes_exactly(tiny_bert, tmp_path):
+def test_fsdp_trains_as_data_parallel_does_and_resumes_exactly_after_sigkill(tiny_bert, tmp_path):
     files = write_sentiment_files(tmp_path, repeat=8)
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, files)
-    train = ["train", recipe, *sets(*SETTINGS, "training.max_steps=6", "checkpointing.keep_last=10"), "--output"]
+    train = ["train", recipe, *sets(*SETTINGS, "checkpointing.keep_last=20"), "--output"]  # 16 steps
     launch([*train, tmp_path / "ddp"], fsdp=False)
     out = launch([*train, tmp_path / "fsdp"], fsdp=True)
     assert "2 process(es)" in out
     # The new classifier head exists only on the first process before sharding (RAM-efficient loading); the
     # shards, the optimizer and the dropout masks still match data-parallel training step for step.
     assert_same_result(tmp_path / "fsdp", tmp_path / "ddp")
-    resumed = cut_after(tmp_path / "fsdp", 3, tmp_path / "fsdp-resumed")
-    assert "(step 3)" in launch([*train, resumed, "--resume"], fsdp=True)
-    assert_same_result(resumed, tmp_path / "ddp")
-    crossed = cut_after(tmp_path / "ddp", 3, tmp_path / "ddp-then-fsdp")  # a data-parallel checkpoint, sharded
-    launch([*train, crossed, "--resume"], fsdp=True)
+
+    killed = tmp_path / "killed"
+    process = start([*train, killed], fsdp=True)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline and len(checkpoint_steps(killed)) < 3:
+        time.sleep(0.005)
+    for child in psutil.Process(process.pid).children(recursive=True):  # both training processes, mid-run
+        child.send_signal(signal.SIGKILL)
+    process.kill()
+    process.communicate(timeout=60)
+    assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
+    assert "resuming from" in launch([*train, killed, "--resume"], fsdp=True)
+    assert_same_result(killed, tmp_path / "ddp")
+
+    crossed = cut_after(tmp_path / "ddp", 5, tmp_path / "ddp-then-fsdp")  # a data-parallel checkpoint, sharded
+    assert "(step 5)" in launch([*train, crossed, "--resume"], fsdp=True)
     assert_same_result(crossed, tmp_path / "ddp")
 
 
