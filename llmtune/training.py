@@ -168,6 +168,8 @@ def check_engine(recipe: Recipe) -> None:
             f"accelerate config: fsdp_version {os.environ.get('FSDP_VERSION', '1')}: llmtune shards with FSDP2 only; "
             "set fsdp_version: 2 in the config (or accelerate launch --use_fsdp --fsdp_version 2)"
         )
+    if torch.__version__ < "2.6":
+        raise UserError(f"accelerate config: FSDP2 needs torch 2.6 or later (installed: {torch.__version__})")
     if not accelerator_present():
         raise UserError(
             "accelerate config: FSDP needs GPUs (or other accelerators): Accelerate shards only across devices and "
