@@ -4,6 +4,7 @@
 #             BLEU / chrF on test_2016 (beam 4), a validation curve on 200 val sentences every 150 steps
 #   scitldr   SciTLDR-A abstract -> TL;DR, ROUGE-1/2/L/Lsum on test (max over its references)
 # Usage: bash benchmarks/seq2seq_bert2bert.sh [multi30k|scitldr] [OUT_DIR]
+# Environment: HEAD_LR (multi30k: the learning rate of the new cross-attention and LM head, default: the body's 2e-4).
 # MiniLM's vocabulary is uncased and strips accents: English is the side it can write.
 # Reads ../shared/data (benchmark data; the package never refers to it).
 set -euo pipefail
@@ -24,7 +25,7 @@ if [[ "$which" == multi30k ]]; then
     --set training.epochs=1 --set training.batch_size=32 --set training.learning_rate=2e-4 --set training.warmup_ratio=0.05 \
     --set training.max_length=48 --set task.max_target_length=48 --set task.max_new_tokens=48 --set task.num_beams=4 \
     --set training.eval_batch_size=64 --set evaluation.every_n_steps=150 --set evaluation.metric_for_best=null \
-    --output "$out/multi30k" 2>&1 | tee "$out/multi30k.log"
+    ${HEAD_LR:+--set training.head_learning_rate="$HEAD_LR"} --output "$out/multi30k" 2>&1 | tee "$out/multi30k.log"
 fi
 if [[ "$which" == scitldr ]]; then
   s="$shared/scitldr"
