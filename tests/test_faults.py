@@ -32,8 +32,8 @@ where = os.environ["PAUSE_AT"]
 if where == "model":
     from llmtune import training
     real_save = training.save_model
-    def save_model(model, tokenizer, run_dir, recipe):
-        real_save(model, tokenizer, run_dir, recipe)
+    def save_model(model, tokenizer, run_dir, recipe, *rest):
+        real_save(model, tokenizer, run_dir, recipe, *rest)
         weights = pathlib.Path(run_dir) / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
         pause()
