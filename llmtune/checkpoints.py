@@ -268,7 +268,7 @@ def whole_state(accelerator, model, optimizer) -> tuple[dict, dict]:
     }
     if not accelerator.is_main_process:
         return {}, {}
-    return weights, _by_name(state, _plain(optimizer), model)
+    return weights, _by_name(state, _plain(optimizer))
 
 
 def _whole(value):
@@ -296,19 +296,19 @@ def _plain(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def _by_name(state: dict, optimizer, model) -> dict:
+def _by_name(state: dict, optimizer) -> dict:
     """An optimizer state dict with parameter names in place of torch's running indices (the form FSDP's
     state-dict functions use), so that it no longer depends on how the optimizer was built."""
-    names = _names_in_order(optimizer, model)
+    names = _names_in_order(optimizer)
     groups = [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]]
     return {"state": {names[i]: value for i, value in state["state"].items()}, "param_groups": groups}
 
 
-def _by_index(state: dict, optimizer, model) -> dict:
+def _by_index(state: dict, optimizer) -> dict:
     """The inverse of _by_name, for this optimizer (older checkpoints, keyed by index, pass through)."""
     if _keyed_by_index(state):
         return state
-    index = {name: i for i, name in enumerate(_names_in_order(optimizer, model))}
+    index = {name: i for i, name in enumerate(_names_in_order(optimizer))}
     groups = [{**group, "params": [index[name] for name in group["params"]]} for group in state["param_groups"]]
     return {"state": {index[name]: value for name, value in state["state"].items()}, "param_groups": groups}
 
@@ -317,14 +317,10 @@ def _keyed_by_index(state: dict) -> bool:
     return all(isinstance(i, int) for group in state["param_groups"] for i in group["params"])
 
 
-def _names_in_order(optimizer, model) -> list[str]:
-    """The names of the optimizer's parameters in the order torch numbers them (group by group): the groups' own
-    (training.parameter_groups names them; FSDP may register new parameter objects, so identity cannot tell), else
-    found by identity in the model."""
-    if all("param_names" in group for group in optimizer.param_groups):
-        return [name for group in optimizer.param_groups for name in group["param_names"]]
-    name_of = {id(p): name for name, p in model.named_parameters()}
-    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+def _names_in_order(optimizer) -> list[str]:
+    """The names of the optimizer's parameters in the order torch numbers them (group by group), from the names
+    training.parameter_groups gives each group: FSDP may register new parameter objects, so identity cannot tell."""
+    return [name for group in optimizer.param_groups for name in group["param_names"]]
 
 
 def _prune(run_dir: Path, keep_last: int, keep_step: int | None) -> None:
@@ -369,7 +365,7 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> tuple[Training
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     load_weights(path, unwrapped, sharded(accelerator))
     optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
-    optimizer_state = _by_index(optimizer_state, _plain(optimizer), unwrapped)
+    optimizer_state = _by_index(optimizer_state, _plain(optimizer))
     if sharded(accelerator):
         params = [p for group in _plain(optimizer).param_groups for p in group["params"]]
         optimizer_state["state"] = {
