@@ -18,6 +18,7 @@ file, a disk that filled up) is skipped with a warning. Only the main process wr
 Under FSDP each process holds a shard of every parameter and of its optimizer state; all processes gather them
 into whole tensors on the main one, which writes the same files. So a checkpoint does not depend on the engine or
 the process count: a sharded run resumes data-parallel, on one process, or sharded over another number.
+DeepSpeed ZeRO's partitions are gathered and cut back the same way (zero.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import yaml
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from . import runs
+from . import runs, zero
 from .errors import Notice, UserError
 from .recipe import Evaluation, Recipe, dump_recipe
 
@@ -254,7 +255,10 @@ def sharded(accelerator) -> bool:
 
 def whole_state(accelerator, model, optimizer) -> tuple[dict, dict]:
     """The trainable weights and the optimizer state (keyed by parameter name), whole and on the CPU, on the main
-    process; the other processes get empty dicts. All processes must call it: under FSDP it gathers the shards."""
+    process; the other processes get empty dicts. All processes must call it: under FSDP or ZeRO it gathers the
+    shards."""
+    if zero.engaged(accelerator):
+        return zero.whole_state(model, optimizer, accelerator.is_main_process)
     params = dict(model.named_parameters())
     trainable = [name for name, p in params.items() if p.requires_grad]
     if not (sharded(accelerator) or accelerator.is_main_process):
@@ -299,7 +303,10 @@ def _plain(optimizer):
 def _by_name(state: dict, optimizer) -> dict:
     """An optimizer state dict with parameter names in place of torch's running indices (the form FSDP's
     state-dict functions use), so that it no longer depends on how the optimizer was built."""
-    names = _names_in_order(optimizer)
+    return _renamed(state, _names_in_order(optimizer))
+
+
+def _renamed(state: dict, names: list[str]) -> dict:
     groups = [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]]
     return {"state": {names[i]: value for i, value in state["state"].items()}, "param_groups": groups}
 
@@ -363,16 +370,11 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> tuple[Training
     """Restore weights, optimizer and schedule from a checkpoint; returns its TrainingState (with this process's
     unlogged loss) and this process's RNG states, which the loop restores at the right moment (see `restore_rng`)."""
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    load_weights(path, unwrapped, sharded(accelerator))
     optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
-    optimizer_state = _by_index(optimizer_state, _plain(optimizer))
-    if sharded(accelerator):
-        params = [p for group in _plain(optimizer).param_groups for p in group["params"]]
-        optimizer_state["state"] = {
-            i: {key: _shard_like(value, params[i]) for key, value in moments.items()}
-            for i, moments in optimizer_state["state"].items()
-        }
-    optimizer.load_state_dict(optimizer_state)
+    if zero.engaged(accelerator):
+        zero.load_state(unwrapped, optimizer, _checked_weights(path, unwrapped), _named(optimizer_state, path))
+    else:
+        _load_state(path, accelerator, unwrapped, optimizer, optimizer_state)
     saved = json.loads((path / STATE).read_text())
     scheduler.load_state_dict(saved.pop("scheduler"))
     # The same process's states when the process count is unchanged; otherwise the main process's.
@@ -382,19 +384,32 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> tuple[Training
     return state, process_state["rng"]
 
 
-def load_weights(path: Path, model, sharded_model: bool = False) -> None:
-    """A checkpoint's trainable weights into `model` (every process reads the whole tensors; FSDP keeps its shard).
+def _load_state(path: Path, accelerator, model, optimizer, optimizer_state: dict) -> None:
+    """Weights and optimizer state into a data-parallel or FSDP-sharded model."""
+    load_weights(path, model, accelerator)
+    optimizer_state = _by_index(optimizer_state, _plain(optimizer))
+    if sharded(accelerator):
+        params = [p for group in _plain(optimizer).param_groups for p in group["params"]]
+        optimizer_state["state"] = {
+            i: {key: _shard_like(value, params[i]) for key, value in moments.items()}
+            for i, moments in optimizer_state["state"].items()
+        }
+    optimizer.load_state_dict(optimizer_state)
+
+
+def load_weights(path: Path, model, accelerator=None) -> None:
+    """A checkpoint's trainable weights into `model` (every process reads the whole tensors; FSDP and ZeRO keep
+    their shard).
 
     Raises:
         UserError: the checkpoint holds other weights than this model trains.
     """
-    weights = load_file(path / WEIGHTS)
+    weights = _checked_weights(path, model)
+    if zero.engaged(accelerator):
+        zero.load_weights(model, weights)
+        return
+    sharded_model = sharded(accelerator)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != set(params):
-        raise UserError(
-            f"--resume: checkpoint {path} does not hold this model's trainable weights; "
-            "was it written by another recipe?"
-        )
     with torch.no_grad():
         for name in sorted(weights):  # the same order in every process: cutting shards is a collective
             param = params[name]
@@ -402,6 +417,30 @@ def load_weights(path: Path, model, sharded_model: bool = False) -> None:
                 param.to_local().copy_(_shard_like(weights[name], param).to_local())
             else:
                 param.copy_(weights[name])
+
+
+def _checked_weights(path: Path, model) -> dict:
+    weights = load_file(path / WEIGHTS)
+    if set(weights) != {name for name, p in model.named_parameters() if p.requires_grad}:
+        raise UserError(
+            f"--resume: checkpoint {path} does not hold this model's trainable weights; "
+            "was it written by another recipe?"
+        )
+    return weights
+
+
+def _named(state: dict, path: Path) -> dict:
+    """An optimizer state keyed by parameter name; one keyed by index (written before names) is renamed from the
+    names its groups carry."""
+    if not _keyed_by_index(state):
+        return state
+    names = [name for group in state["param_groups"] for name in group.get("param_names", [])]
+    if len(names) != sum(len(group["params"]) for group in state["param_groups"]):
+        raise UserError(
+            f"--resume: checkpoint {path} keys its optimizer state by position, without parameter names; resume it "
+            "without DeepSpeed"
+        )
+    return _renamed(state, names)
 
 
 def capture_rng() -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from . import runs
+from . import runs, zero
 from .batching import SortedBatches
 from .errors import UserError
 from .tasks.base import Task, run_batches
@@ -112,7 +112,7 @@ def run_evaluation(
             eta = elapsed / number * (total - number)
             echo(f"{label}: batch {number}/{total} ({done:,} examples)  elapsed {elapsed:.0f}s  eta {eta:.0f}s")
 
-    if getattr(accelerator, "is_fsdp2", False):
+    if getattr(accelerator, "is_fsdp2", False) or zero.partitions_parameters(model):
         outputs = run_batches(task, model, evened(loader, accelerator), accelerator.device, progress)
         del outputs[len(loader.batch_sampler) :]
         resharded(model)
@@ -127,8 +127,8 @@ def run_evaluation(
 
 def evened(loader, accelerator):
     """This process's batches, then repeats of a one-example batch until every process has run as many: under FSDP
-    each forward pass gathers the weights from all processes, so a process that stopped early would leave the
-    others waiting forever. The caller drops the repeats' outputs."""
+    (or ZeRO stage 3) each forward pass gathers the weights from all processes, so a process that stopped early
+    would leave the others waiting forever. The caller drops the repeats' outputs."""
     import torch
 
     own = len(loader.batch_sampler)

@@ -547,9 +547,14 @@ def effective_max_length(config, max_length: int) -> int:
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts (under DeepSpeed ZeRO-3's partitioned loading, each parameter's whole
+    size, ds_numel, in place of its empty placeholder's)."""
+
+    def size(param) -> int:
+        return getattr(param, "ds_numel", None) or param.numel()
+
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(size(p) for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------- ONNX

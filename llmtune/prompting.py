@@ -16,6 +16,7 @@ import functools
 import inspect
 import string
 
+from . import zero
 from .errors import UserError
 from .lazy import F, torch, transformers
 
@@ -369,8 +370,10 @@ def generate_with_confidence(model, inputs: dict, settings: dict, eos_token_id: 
 
 
 def sharded(model) -> bool:
-    """Whether FSDP shards the model: then every process must take each generation step until all are done
-    (transformers' synced_gpus), since each step's forward pass gathers the weights from all of them."""
+    """Whether FSDP or ZeRO stage 3 shards the model: then every process must take each generation step until all
+    are done (transformers' synced_gpus), since each step's forward pass gathers the weights from all of them."""
+    if zero.partitions_parameters(model):
+        return True
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # torch < 2.6: no FSDP2

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from . import augment, checkpoints, data, models, plots, runs, speed, tasks, tracking
+from . import augment, checkpoints, data, models, plots, runs, speed, tasks, tracking, zero
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .errors import Interrupted, PeerLost, UserError
@@ -150,17 +151,16 @@ def prepare(recipe: Recipe) -> Prepared:
 def check_engine(recipe: Recipe) -> None:
     """Refuse, before anything loads, an Accelerate config whose engine llmtune cannot train with correctly.
 
-    FSDP2 is supported: checkpoints and the saved model gather the shards (checkpoints.whole_state). DeepSpeed and
-    FSDP1 are not: their checkpoints would hold one process's shard.
+    FSDP2 and DeepSpeed ZeRO are supported: checkpoints and the saved model gather the shards
+    (checkpoints.whole_state). FSDP1 is not. The DeepSpeed config itself is checked once Accelerate has read it
+    (zero.configure).
 
     Raises:
         UserError: the engine, and what to use instead.
     """
     if _env_flag("ACCELERATE_USE_DEEPSPEED"):
-        raise UserError(
-            "accelerate config: DeepSpeed is not supported yet: llmtune's checkpoints would hold only one process's "
-            "shard. Shard with FSDP2 instead (accelerate launch --use_fsdp --fsdp_version 2), or train data-parallel"
-        )
+        check_deepspeed(recipe)
+        return
     if not _env_flag("ACCELERATE_USE_FSDP"):
         return
     if os.environ.get("FSDP_VERSION", "1") != "2":
@@ -180,6 +180,26 @@ def check_engine(recipe: Recipe) -> None:
         raise UserError(
             f"method.quantization: {recipe.method.quantization} is not supported with FSDP yet; train the quantized "
             "model on one GPU per process (data-parallel), or shard it unquantized"
+        )
+
+
+def check_deepspeed(recipe: Recipe) -> None:
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError("accelerate config: DeepSpeed is selected but not installed: pip install deepspeed")
+    if not accelerator_present():
+        raise UserError(
+            "accelerate config: DeepSpeed needs GPUs (or other accelerators): Accelerate runs CPU processes "
+            "data-parallel without it. On CPU, launch without DeepSpeed (e.g. torchrun --nproc_per_node N)"
+        )
+    if getattr(recipe.method, "quantization", None):
+        raise UserError(
+            f"method.quantization: {recipe.method.quantization} is not supported with DeepSpeed yet; train the "
+            "quantized model on one GPU per process (data-parallel), or shard it unquantized"
+        )
+    if recipe.training.optimizer != "adamw":
+        raise UserError(
+            f"training.optimizer: {recipe.training.optimizer} is not supported with DeepSpeed (ZeRO partitions "
+            "the optimizer state itself); use adamw"
         )
 
 
@@ -268,6 +288,8 @@ def setup(
         cpu=cpu_processes,
         **tracking.accelerator_options(recipe.tracking, run_dir),
     )
+    if zero.engaged(accelerator):
+        zero.configure(accelerator, cfg)
     say = echo if accelerator.is_main_process and echo is not None else (lambda *args, **kwargs: None)
     resume_from = None
     if resume:
@@ -675,7 +697,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
     if state.best_step is not None and state.best_step != state.step:  # the saved model is the best one
         best = run.run_dir / checkpoints.CHECKPOINTS_DIR / f"step-{state.best_step}"
         unwrapped = accelerator.unwrap_model(run.model, keep_torch_compile=False)
-        checkpoints.load_weights(best, unwrapped, checkpoints.sharded(accelerator))
+        checkpoints.load_weights(best, unwrapped, accelerator)
         run.last_validation = None
         say(f"using the best checkpoint: step {state.best_step}, {evaluation.metric_for_best}={state.best_value:.4f}")
     results = {"train": training_summary(run, state, *seconds)}
@@ -689,8 +711,12 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
             run.log.write({"step": state.step, "split": split, **metrics})
         results[split] = metrics
     run.log.close()
-    # Under FSDP every process takes part in gathering the whole weights, which the main process then saves.
-    whole = accelerator.get_state_dict(run.model) if checkpoints.sharded(accelerator) else None
+    # Under FSDP or ZeRO every process takes part in gathering the whole weights, which the main process saves.
+    whole = None
+    if zero.engaged(accelerator):
+        whole = zero.saved_state_dict(accelerator, run.model)
+    elif checkpoints.sharded(accelerator):
+        whole = accelerator.get_state_dict(run.model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model, keep_torch_compile=False)
         save_model(unwrapped, run.tokenizer, run.run_dir, run.recipe, whole)

@@ -125,11 +125,10 @@ def test_fsdp_lora_generation_keeps_the_best_checkpoint_as_data_parallel_does(ti
 @pytest.mark.parametrize(
     ("variables", "fragment"),
     [
-        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported yet"),
         ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version 1: llmtune shards with FSDP2 only"),
         (FSDP, "FSDP needs GPUs"),
     ],
-    ids=["deepspeed", "fsdp1", "fsdp-on-cpu"],
+    ids=["fsdp1", "fsdp-on-cpu"],
 )
 def test_an_engine_that_cannot_train_here_is_refused_before_anything_loads(
     variables, fragment, cli, tiny_bert, tmp_path, monkeypatch

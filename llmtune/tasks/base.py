@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..lazy import datasets, torch
 from ..models import is_decoder_only
 from ..sections import DataSpec, Section
+from ..zero import partitions_parameters
 
 if TYPE_CHECKING:
     from .card import PushedModel
@@ -368,8 +369,11 @@ def run_batches(task: Task, model, batches: Iterable[dict], device, on_batch: Ca
     if was_training:  # walking every module costs ~2 ms, a fifth of a served request's time
         model.eval()
     outputs = []
+    # Not inference mode under ZeRO-3: the weights it gathers for the forward pass would become inference tensors,
+    # which training's next backward cannot record.
+    no_gradients = torch.no_grad() if partitions_parameters(model) else torch.inference_mode()
     try:
-        with torch.inference_mode():
+        with no_gradients:
             for number, batch in enumerate(batches, 1):
                 batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
                 outputs.append({key: value.detach().cpu() for key, value in task.eval_step(model, batch).items()})
