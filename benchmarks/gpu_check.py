@@ -26,6 +26,8 @@ and how fast. The checks:
   sets, on every GPU of the machine): a BERT classifier and a Llama decoder with LoRA on a generative task, each
   trained sharded and data-parallel (the same final loss), and sharded again resumed from its step-2 checkpoint
   (the same again). With --device cpu, on two CPU processes through tests/fsdp_on_cpu.py.
+- deepspeed: the same under DeepSpeed ZeRO-3 (`accelerate launch --use_deepspeed --zero_stage 3`'s variables);
+  skipped when deepspeed is not installed. With --device cpu, through tests/deepspeed_on_cpu.py.
 
 On a bare GPU machine that has torch and transformers but not the rest of llmtune's requirements (datasets,
 pydantic, evaluate, seqeval, ...), install them first from wheels: `python benchmarks/gpu_wheels.py` builds the
@@ -291,11 +293,28 @@ def check_qlora(ctx) -> dict:
     }
 
 
-# What `accelerate launch --use_fsdp --fsdp_version 2` sets (RAM-efficient loading is its default).
-FSDP_VARIABLES = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
+# What `accelerate launch` sets for each sharding engine: --use_fsdp --fsdp_version 2 (RAM-efficient loading is its
+# default), and --use_deepspeed --zero_stage 3.
+ENGINE_VARIABLES = {
+    "fsdp": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"},
+    "deepspeed": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+}
+CPU_LAUNCHERS = {"fsdp": "fsdp_on_cpu", "deepspeed": "deepspeed_on_cpu"}  # (tests/: the engines forced onto gloo)
 
 
 def check_fsdp(ctx) -> dict:
+    return check_sharded(ctx, "fsdp")
+
+
+def check_deepspeed(ctx) -> dict:
+    if importlib.util.find_spec("deepspeed") is None:
+        raise Skipped("deepspeed is not installed (pip install deepspeed; benchmarks/gpu_wheels.py carries it)")
+    return check_sharded(ctx, "deepspeed")
+
+
+def check_sharded(ctx, engine: str) -> dict:
+    """A BERT classifier and a Llama decoder with LoRA on a generative task, each trained under `engine` and
+    data-parallel (the same final loss), and under `engine` again resumed from its step-2 checkpoint."""
     import torch
 
     from llmtune.recipe import dump_recipe
@@ -317,20 +336,20 @@ def check_fsdp(ctx) -> dict:
     processes = torch.cuda.device_count() if ctx.device == "cuda" else 2
     results = {}
     for name, made in cases.items():
-        slug = name.replace("/", "-").replace("+", "-")
-        path = ctx.work / f"fsdp-{slug}.yaml"
+        slug = f"{engine}-" + name.replace("/", "-").replace("+", "-")
+        path = ctx.work / f"{slug}.yaml"
         path.write_text(dump_recipe(made))
-        runs = {kind: ctx.work / f"fsdp-{slug}-{kind}" for kind in ("ddp", "fsdp", "resumed")}
-        launch_llmtune(["train", path, "--output", runs["ddp"], "--overwrite"], processes, fsdp=False)
+        runs = {kind: ctx.work / f"{slug}-{kind}" for kind in ("ddp", "sharded", "resumed")}
+        launch_llmtune(["train", path, "--output", runs["ddp"], "--overwrite"], processes, engine=None)
         started = time.perf_counter()
-        launch_llmtune(["train", path, "--output", runs["fsdp"], "--overwrite"], processes, fsdp=True)
+        launch_llmtune(["train", path, "--output", runs["sharded"], "--overwrite"], processes, engine)
         seconds = time.perf_counter() - started
-        shutil.copytree(runs["fsdp"], runs["resumed"])
+        shutil.copytree(runs["sharded"], runs["resumed"])
         shutil.rmtree(runs["resumed"] / "checkpoints" / "step-4")
-        launch_llmtune(["train", path, "--output", runs["resumed"], "--resume"], processes, fsdp=True)
-        ddp_gap = abs(last_loss(runs["fsdp"]) - last_loss(runs["ddp"]))
-        resume_gap = abs(last_loss(runs["resumed"]) - last_loss(runs["fsdp"]))
-        metrics = json.loads((runs["fsdp"] / "metrics.json").read_text())
+        launch_llmtune(["train", path, "--output", runs["resumed"], "--resume"], processes, engine)
+        ddp_gap = abs(last_loss(runs["sharded"]) - last_loss(runs["ddp"]))
+        resume_gap = abs(last_loss(runs["resumed"]) - last_loss(runs["sharded"]))
+        metrics = json.loads((runs["sharded"] / "metrics.json").read_text())
         results[name] = {
             "processes": processes,
             "final_loss_difference_vs_ddp": round(ddp_gap, 6),
@@ -343,22 +362,24 @@ def check_fsdp(ctx) -> dict:
     return {"ok": all(r["ok"] for r in results.values()), "runs": results}
 
 
-def launch_llmtune(args: list, processes: int, fsdp: bool) -> None:
-    """`llmtune ARGS` under torchrun, through this script (see run_llmtune); raises with its last output lines."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(FSDP_VARIABLES if fsdp else {})}
-    if not fsdp:
-        for variable in FSDP_VARIABLES:
+def launch_llmtune(args: list, processes: int, engine: str | None) -> None:
+    """`llmtune ARGS` under torchrun (data-parallel, or sharded by `engine`), through this script (see run_llmtune);
+    raises with its last output lines."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for variables in ENGINE_VARIABLES.values():
+        for variable in variables:
             env.pop(variable, None)
+    env.update(ENGINE_VARIABLES.get(engine, {}))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                str(Path(__file__).resolve()), "llmtune", *map(str, args)]  # fmt: skip
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     if finished.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, args[:1]))} ({'fsdp' if fsdp else 'ddp'}): {finished.stderr[-1500:]}")
+        raise RuntimeError(f"{' '.join(map(str, args[:1]))} ({engine or 'ddp'}): {finished.stderr[-1500:]}")
 
 
 def run_llmtune(args: list[str]) -> int:
     """One process of a launch_llmtune run: llmtune's CLI, without plots when matplotlib is missing, and on a
-    machine without GPUs with Accelerate's FSDP2 forced onto the CPU processes (tests/fsdp_on_cpu.py)."""
+    machine without GPUs with the sharding engine forced onto the CPU processes (tests/*_on_cpu.py)."""
     import torch
 
     import llmtune.plots
@@ -366,11 +387,11 @@ def run_llmtune(args: list[str]) -> int:
 
     if importlib.util.find_spec("matplotlib") is None:
         llmtune.plots.save_plots = lambda run_dir: None
-    if os.environ.get("ACCELERATE_USE_FSDP") and not torch.cuda.is_available():
+    switches = {"fsdp": "ACCELERATE_USE_FSDP", "deepspeed": "ACCELERATE_USE_DEEPSPEED"}
+    engine = next((name for name, variable in switches.items() if os.environ.get(variable)), None)
+    if engine and not torch.cuda.is_available():
         sys.path.insert(0, str(ROOT / "tests"))
-        import fsdp_on_cpu
-
-        fsdp_on_cpu.install()
+        importlib.import_module(CPU_LAUNCHERS[engine]).install()
     sys.argv = ["llmtune", *args]
     cli.main()
     return 0
@@ -629,6 +650,7 @@ CHECKS = {
     "speed": check_speed,
     "generation": check_generation,
     "fsdp": check_fsdp,
+    "deepspeed": check_deepspeed,
 }
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ sacrebleu, tensorboard and scikit-learn, no registry, and take at most 64 MiB of
 also needs datasets (with pyarrow and pandas), pydantic, evaluate and seqeval. pyarrow's wheel alone is 55 MB;
 its Flight RPC and S3 libraries (17 MB of it) are linked by nothing datasets loads (`ldd` on pyarrow's modules),
 so this script repacks the wheel without them. bitsandbytes, for the QLoRA check, is too big to come along:
-gpu_check.py skips that check without it.
+gpu_check.py skips that check without it. DeepSpeed (its ZeRO-3 check) comes as a wheel built here from its sdist.
 
     python benchmarks/gpu_wheels.py gpu-wheels                    # download, repack, print the size
     python benchmarks/gpu_wheels.py gpu-wheels --verify python3.12 # and check that datasets works from them
@@ -19,6 +19,7 @@ git-ignored, so name it in the device tool's `carry`. Then, on the GPU machine:
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,9 @@ PACKAGES = [
     "datasets==5.2.0", "pyarrow==26.0.1", "pandas", "python-dateutil", "pytz", "tzdata", "dill<0.4.2",
     "multiprocess<0.70.20", "xxhash", "fsspec<=2026.9.0", "pydantic==2.14.4", "pydantic-core==2.50.5",
     "annotated-types", "typing-inspection", "evaluate", "seqeval", "requests", "urllib3", "idna",
-    "charset-normalizer", "certifi",
+    "charset-normalizer", "certifi", "hjson", "msgpack", "ninja", "py-cpuinfo", "einops",
 ]  # fmt: skip
+DEEPSPEED = "deepspeed==0.19.8"  # only an sdist on PyPI: built here into a pure-Python wheel (no compiled ops)
 PLATFORM = ["--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
             "--platform", "manylinux2014_x86_64", "--python-version", "3.12", "--implementation", "cp"]  # fmt: skip
 LEFT_OUT = ("libarrow_flight", "libarrow_python_flight", "_flight.", "libarrow_s3", "_s3fs.")
@@ -41,6 +43,8 @@ def download(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", *PLATFORM]
     subprocess.run([*command, "-d", str(folder), *PACKAGES], check=True)
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(folder), DEEPSPEED]
+    subprocess.run(build, check=True, env={**os.environ, "DS_BUILD_OPS": "0"})
 
 
 def repack_pyarrow(folder: Path) -> None:

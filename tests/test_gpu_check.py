@@ -24,7 +24,7 @@ def test_gpu_check_runs_every_check_on_the_cpu(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     checks = report["checks"]
-    assert list(checks) == ["families", "qlora", "speed", "generation", "fsdp"]
+    assert list(checks) == ["families", "qlora", "speed", "generation", "fsdp", "deepspeed"]
     for name, check in checks.items():
         skipped_for_a_reason = check["status"] == "skipped" and check["reason"]
         assert check["status"] == "ok" or (name == "qlora" and skipped_for_a_reason), (name, check)
@@ -35,6 +35,8 @@ def test_gpu_check_runs_every_check_on_the_cpu(tmp_path):
         assert family["reload_max_difference"] == 0 and family["resume_final_loss_difference"] == 0, name
     assert checks["speed"]["llmtune"]["samples_per_s"] > 0 and checks["speed"]["trainer"]["samples_per_s"] > 0
     assert checks["generation"]["generated_tokens"] > 0
-    for name, run in checks["fsdp"]["runs"].items():  # two CPU processes, Accelerate's FSDP2 forced onto gloo
-        assert run["resume_final_loss_difference"] == 0 and run["final_loss_difference_vs_ddp"] < 1e-3, name
+    for engine in ("fsdp", "deepspeed"):  # two CPU processes, Accelerate's FSDP2 / DeepSpeed forced onto gloo
+        for name, run in checks[engine]["runs"].items():
+            assert run["resume_final_loss_difference"] == 0, (engine, name)
+            assert run["final_loss_difference_vs_ddp"] < 1e-3, (engine, name)
     assert "| families | ok |" in (out / "gpu_check.md").read_text()
