@@ -196,6 +196,11 @@ def check_deepspeed(recipe: Recipe) -> None:
             f"method.quantization: {recipe.method.quantization} is not supported with DeepSpeed yet; train the "
             "quantized model on one GPU per process (data-parallel), or shard it unquantized"
         )
+    if recipe.training.compile:
+        raise UserError(
+            "training.compile is not supported with DeepSpeed yet (not tested on its engine); set training.compile: "
+            "false"
+        )
     if recipe.training.optimizer != "adamw":
         raise UserError(
             f"training.optimizer: {recipe.training.optimizer} is not supported with DeepSpeed (ZeRO partitions "

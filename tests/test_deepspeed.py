@@ -10,47 +10,35 @@ processes (gloo) here.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
-import psutil
 import pytest
 import torch
-from conftest import RECIPES, ROOT, write_recipe, write_sentiment_files
+from conftest import write_recipe, write_sentiment_files
 from safetensors.torch import load_file
 from test_bad_input import assert_user_error
-from test_checkpoints import SETTINGS, checkpoint_steps, sets
-from test_fsdp import cut_after
+from test_checkpoints import SETTINGS, sets
+from test_fsdp import (
+    assert_sharded_lora_generation_as_data_parallel,
+    cut_after,
+    finished,
+    kill_after_checkpoints,
+    start_two,
+)
 
 from llmtune.errors import UserError
 
 
 def start(args: list, stage: int | None) -> subprocess.Popen:
     """llmtune ARGS on two CPU processes, under ZeRO `stage` or (None) data-parallel."""
-    program = [str(ROOT / "tests" / "deepspeed_on_cpu.py")] if stage else ["-m", "llmtune"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if stage:  # what `accelerate launch --use_deepspeed --zero_stage N` sets
-        env |= {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *program, *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # What `accelerate launch --use_deepspeed --zero_stage N` sets.
+    variables = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage)} if stage else {}
+    return start_two(["deepspeed_on_cpu.py"] if stage else [], variables, args)
 
 
 def launch(args: list, stage: int | None) -> str:
-    process = start(args, stage)
-    out, err = process.communicate(timeout=300)
-    first = err.find("Traceback")  # the first process's error, not torchrun's summary after it
-    assert process.returncode == 0, err[first : first + 12000] if first >= 0 else err[-3000:]
-    return out
+    return finished(start(args, stage))
 
 
 def assert_close_result(run, reference, tolerance: float) -> None:
@@ -73,19 +61,6 @@ def assert_close_result(run, reference, tolerance: float) -> None:
     assert [e["loss"] for e in ours_log] == pytest.approx([e["loss"] for e in their_log], abs=tolerance)
 
 
-def kill_after_checkpoints(args: list, run, stage: int, count: int) -> None:
-    """Start a run and SIGKILL every process of it once `count` checkpoints exist."""
-    process = start([*args, run], stage)
-    deadline = time.monotonic() + 240
-    while process.poll() is None and time.monotonic() < deadline and len(checkpoint_steps(run)) < count:
-        time.sleep(0.005)
-    for child in psutil.Process(process.pid).children(recursive=True):
-        child.send_signal(signal.SIGKILL)
-    process.kill()
-    process.communicate(timeout=60)
-    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_trains_as_data_parallel_does_and_resumes_exactly_after_sigkill(stage, tiny_bert, tmp_path):
@@ -100,7 +75,7 @@ def test_zero_trains_as_data_parallel_does_and_resumes_exactly_after_sigkill(sta
     assert_close_result(tmp_path / "zero", tmp_path / "ddp", tolerance=1e-4)
 
     killed = tmp_path / "killed"
-    kill_after_checkpoints(train, killed, stage, count=3)
+    kill_after_checkpoints(start([*train, killed], stage), killed, count=3)
     assert "resuming from" in launch([*train, killed, "--resume"], stage=stage)
     assert_close_result(killed, tmp_path / "zero", tolerance=1e-6)  # exactly the uninterrupted ZeRO run
 
@@ -115,34 +90,10 @@ def test_zero_trains_as_data_parallel_does_and_resumes_exactly_after_sigkill(sta
 
 @pytest.mark.slow
 def test_zero3_lora_generation_keeps_the_best_checkpoint_as_data_parallel_does(tiny_llama, tmp_path):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    def launch_runs(args, sharded: bool) -> str:
+        return launch(args, stage=3 if sharded else None)
 
-    rows = [{"de": f"ein hund läuft {i}", "en": f"a dog runs {i}"} for i in range(24)]
-    rows += [{"de": "zwei katzen schlafen heute", "en": "two cats sleep today"}] * 5  # 29: uneven shards
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    args = sets(
-        f"model.name={tiny_llama}", f"data.train={data}", f"data.validation={data}", "data.test=null",
-        "training.batch_size=4", "training.max_steps=4", "training.learning_rate=1e-2", "task.max_new_tokens=6",
-        "evaluation.every_n_steps=2", "checkpointing.every_n_steps=2", "training.log_every_n_steps=1",
-    )  # fmt: skip
-    train = ["train", RECIPES / "translation-gpt.yaml", *args, "--output"]
-    launch([*train, tmp_path / "ddp"], stage=None)
-    out = launch([*train, tmp_path / "zero"], stage=3)
-    ours, theirs = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("zero", "ddp"))
-    assert "using the best checkpoint: step 2" in out  # bleu ties, so the earlier step stays the best
-    assert ours["validation"]["cross_entropy"] == pytest.approx(theirs["validation"]["cross_entropy"], abs=1e-5)
-    generated = [
-        [json.loads(line)["predicted"] for line in (tmp_path / run / "predictions.jsonl").read_text().splitlines()]
-        for run in ("zero", "ddp")
-    ]
-    assert generated[0] == generated[1] and len(generated[0]) == 29  # generation synchronised over the processes
-    adapter, expected = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("zero", "ddp"))
-    assert adapter.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(adapter[name], expected[name], rtol=0, atol=1e-5)
-    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tmp_path / "zero")  # plain peft
+    assert_sharded_lora_generation_as_data_parallel(tiny_llama, tmp_path, launch_runs, atol=1e-5)
 
 
 def accelerator_with(config: dict, processes: int = 2):
@@ -201,8 +152,9 @@ def test_a_deepspeed_config_llmtune_cannot_honour_is_refused(config, fragment):
         ([], False, "DeepSpeed needs GPUs"),
         (["method.type=lora", "method.quantization=4bit"], True, "method.quantization: 4bit is not supported with"),
         (["training.optimizer=adamw_8bit"], True, "training.optimizer: adamw_8bit is not supported with DeepSpeed"),
+        (["training.compile=true"], True, "training.compile is not supported with DeepSpeed yet"),
     ],
-    ids=["on-cpu", "quantization", "8bit-optimizer"],
+    ids=["on-cpu", "quantization", "8bit-optimizer", "compile"],
 )
 def test_deepspeed_that_cannot_train_is_refused_before_anything_loads(
     settings, present, fragment, cli, tiny_bert, tmp_path, monkeypatch
