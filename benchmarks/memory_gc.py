@@ -11,6 +11,8 @@ with checkpointing, in turns for `--rounds` rounds. Peak memory is the process's
 train.peak_memory_mb, which is getrusage's ru_maxrss); step time is train.training_s / steps.
 
 Usage: python benchmarks/memory_gc.py [qa] [xsum] [--steps 12] [--rounds 1] [--work runs/bench-memory]
+       [--checkpointing both|on|off] [--checkout PATH (another checkout's llmtune, to compare two versions)]
+       [--release-memory (training.release_freed_memory: true)]
 Reads ../shared/data (benchmark data; the package never refers to it). Run it alone: it measures speed.
 """
 
@@ -50,13 +52,15 @@ def settings(name: str) -> tuple[Path, list[str]]:
     ]  # fmt: skip
 
 
-def train(name: str, checkpointing: bool, steps: int, output: Path) -> dict:
+def train(name: str, checkpointing: bool, steps: int, output: Path, checkout: Path | None = None, extra=()) -> dict:
     recipe, overrides = settings(name)
     flag = f"training.gradient_checkpointing={str(checkpointing).lower()}"
-    overrides += [*QUIET, f"training.max_steps={steps}", flag]
-    command = [sys.executable, "-m", "llmtune", "train", str(recipe), "--output", str(output), "--overwrite"]
+    overrides += [*QUIET, f"training.max_steps={steps}", flag, *extra]
+    command = [sys.executable, "-m", "llmtune", "train", str(recipe), "--output", str(output.resolve()), "--overwrite"]
     command += [arg for item in overrides for arg in ("--set", item)]
-    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"PYTHONPATH": str(checkout)} if checkout else {})}
+    # From the checkout's folder: `python -m` puts the working directory ahead of PYTHONPATH.
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, cwd=checkout)
     summary = json.loads((output / "metrics.json").read_text())["train"]
     return {
         "peak_rss_mb": summary["peak_memory_mb"],
@@ -71,13 +75,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-memory"))
+    parser.add_argument("--checkpointing", choices=["both", "on", "off"], default="both")
+    parser.add_argument("--checkout", type=Path, help="run the llmtune of this checkout (e.g. a git worktree)")
+    parser.add_argument("--release-memory", action="store_true", help="with training.release_freed_memory: true")
     args = parser.parse_args()
+    extra = ["training.release_freed_memory=true"] if args.release_memory else []
+    settings = {"both": (False, True), "on": (True,), "off": (False,)}[args.checkpointing]
     results: dict = {}
     for round_ in range(args.rounds):
         for name in args.names:
-            for checkpointing in (False, True) if round_ % 2 == 0 else (True, False):
+            for checkpointing in settings if round_ % 2 == 0 else settings[::-1]:
                 key = f"{name} {'with' if checkpointing else 'without'} checkpointing"
-                measured = train(name, checkpointing, args.steps, args.work / key.replace(" ", "-"))
+                output = args.work / key.replace(" ", "-")
+                measured = train(name, checkpointing, args.steps, output, args.checkout, extra)
                 results.setdefault(key, []).append(measured)
                 print(key, measured, flush=True)
     print("\n| run | peak RSS MB | step s | non-pad tokens/s |\n|---|---:|---:|---:|")

@@ -331,6 +331,13 @@ class Training(Section):
         "pass: far less activation memory (longer inputs, bigger batches or models) for about a third more compute "
         "per step. Works with every method.",
     )
+    release_freed_memory: bool = Field(
+        False,
+        description="Linux (glibc) only: give memory the batches free back to the system at once instead of keeping "
+        "it in the C heap, where batches of other shapes fragment it and peak memory climbs step after step. On CPU, "
+        "MiniLM QA (batch 32 x 384 tokens, gradient checkpointing): 2.2 GB peak instead of 4.5 GB, steps about 30% "
+        "slower. Holds for the rest of the process. Ignored when MALLOC_* or GLIBC_TUNABLES malloc settings are set.",
+    )
     compile: bool = Field(
         False,
         description="Compile the model with torch.compile (worth it on GPU for long runs; the first steps are slow).",

@@ -28,7 +28,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from . import augment, checkpoints, data, models, plots, runs, speed, tasks, tracking, zero
+from . import allocator, augment, checkpoints, data, models, plots, runs, speed, tasks, tracking, zero
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .errors import Interrupted, PeerLost, UserError
@@ -80,6 +80,8 @@ def train(
         Interrupted: stopped by a signal; a checkpoint was saved.
         PeerLost: another process of a data-parallel run stopped or hung; the run resumes from its checkpoints.
     """
+    if recipe.training.release_freed_memory:
+        allocator.fix_mmap_threshold()
     run_dir = Path(output_dir or recipe.output_dir)
     explicit_checkpoint = None
     if resume:
