@@ -86,10 +86,12 @@ def whole_state(model, optimizer, is_main: bool) -> tuple[dict, dict]:
     _link_states(zero_optimizer)
     step, keys = _step_and_keys(zero_optimizer)
     weights, moments = {}, {}
-    for name, param in _trainable(model):  # the same order everywhere: stage 3's accessors are collectives
-        weights[name] = safe_get_full_fp32_param(param).detach().cpu()
-        moments[name] = {key: safe_get_full_optimizer_state(param, key).detach().cpu() for key in keys}
-        moments[name]["step"] = step.clone()
+    for name, param in _trainable(model):  # the same order everywhere: the accessors are collectives
+        weight = safe_get_full_fp32_param(param)
+        values = {key: safe_get_full_optimizer_state(param, key) for key in keys}
+        if is_main:  # (the other processes drop their copies at once: a model's worth of memory each)
+            weights[name] = weight.detach().cpu()
+            moments[name] = {key: value.detach().cpu() for key, value in values.items()} | {"step": step.clone()}
     if not is_main:
         return {}, {}
     groups = [
