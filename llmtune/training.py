@@ -178,11 +178,7 @@ def check_engine(recipe: Recipe) -> None:
             "would run CPU processes data-parallel with the weights loaded on the first one alone. On CPU, launch "
             "without --use_fsdp (data-parallel, e.g. torchrun --nproc_per_node N)"
         )
-    if getattr(recipe.method, "quantization", None):
-        raise UserError(
-            f"method.quantization: {recipe.method.quantization} is not supported with FSDP yet; train the quantized "
-            "model on one GPU per process (data-parallel), or shard it unquantized"
-        )
+    refuse_quantization(recipe, "FSDP")
 
 
 def check_deepspeed(recipe: Recipe) -> None:
@@ -193,11 +189,7 @@ def check_deepspeed(recipe: Recipe) -> None:
             "accelerate config: DeepSpeed needs GPUs (or other accelerators): Accelerate runs CPU processes "
             "data-parallel without it. On CPU, launch without DeepSpeed (e.g. torchrun --nproc_per_node N)"
         )
-    if getattr(recipe.method, "quantization", None):
-        raise UserError(
-            f"method.quantization: {recipe.method.quantization} is not supported with DeepSpeed yet; train the "
-            "quantized model on one GPU per process (data-parallel), or shard it unquantized"
-        )
+    refuse_quantization(recipe, "DeepSpeed")
     if recipe.training.compile:
         raise UserError(
             "training.compile is not supported with DeepSpeed yet (not tested on its engine); set training.compile: "
@@ -207,6 +199,14 @@ def check_deepspeed(recipe: Recipe) -> None:
         raise UserError(
             f"training.optimizer: {recipe.training.optimizer} is not supported with DeepSpeed (ZeRO partitions "
             "the optimizer state itself); use adamw"
+        )
+
+
+def refuse_quantization(recipe: Recipe, engine: str) -> None:
+    if getattr(recipe.method, "quantization", None):
+        raise UserError(
+            f"method.quantization: {recipe.method.quantization} is not supported with {engine} yet; train the "
+            "quantized model on one GPU per process (data-parallel), or shard it unquantized"
         )
 
 
