@@ -26,79 +26,101 @@ class LoadedRun:
     run_dir: Path | None  # None for a bare checkpoint or a recipe's starting model
 
 
+@dataclass
+class Source:
+    """Where a model for inference comes from, settled before any weights load."""
+
+    recipe: Recipe
+    checkpoint: models.Checkpoint  # the model's files (a run's own, an export's, a hub checkpoint's)
+    run_dir: Path | None  # a finished run (or its export): its recipe already holds what the task settled
+
+
 @quiet_libraries
 def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRun:
-    """Load a run directory (full model or adapter on its base), a run pushed to the hub, a plain checkpoint,
-    or a recipe file's starting model (before fine-tuning, to measure the zero-shot baseline).
+    """The one road from a saved model to a ready one: a run directory (full model or adapter on its base), its
+    ONNX export, a run pushed to the hub, a plain checkpoint, or a recipe file's starting model (before
+    fine-tuning, to measure the zero-shot baseline) becomes a model, tokenizer and task, set up as training left
+    them. `evaluate`, `predict`, `serve`, `export` and `merge` all load through it.
 
     Raises:
         UserError: not a run directory nor a loadable checkpoint.
     """
+    source = find_source(target, overrides)
+    recipe, checkpoint, run_dir = source.recipe, source.checkpoint, source.run_dir
+    trust = recipe.model.trust_remote_code
+    if run_dir is None:  # what the task leaves open (label names) comes from the checkpoint's config
+        recipe = recipe.model_copy(
+            update={"task": tasks.from_model_config(recipe.task, models.load_config(checkpoint, trust))}
+        )
+    task = tasks.create(recipe.task)
+    # A run's tokenizer is its saved files, read without remote code as it always was.
+    tokenizer = models.load_tokenizer(checkpoint, trust and run_dir is None)
+    model = load_weights(recipe, task, checkpoint, run_dir, tokenizer.pad_token_id)
+    task.setup(model.config, tokenizer)
+    return LoadedRun(recipe, task, model, tokenizer, run_dir)
+
+
+def find_source(target: str | Path, overrides) -> Source:
+    """Which kind of source `target` names, and its recipe (a bare checkpoint's is made from the overrides)."""
     path = Path(target)
     if not path.is_dir() and models.is_hub_id(str(target)):
         path = models.pull_run(str(target)) or path  # a run pushed with `llmtune push` loads like its run directory
     if path.is_dir() and (path / runs.RECIPE_FILE).is_file():
-        return _load_run_dir(path, overrides)
+        if not (path / runs.METRICS_FILE).is_file():
+            raise UserError(f"{path}: not a finished run (no {runs.METRICS_FILE}); did training stop early?")
+        recipe = load_recipe(path / runs.RECIPE_FILE, overrides)
+        return Source(recipe, models.Checkpoint(str(path), str(path), "run directory"), path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        return _load_starting_model(path, overrides)
+        recipe = starting_recipe(path, overrides)
+        return Source(recipe, models.resolve_checkpoint(recipe.model), None)
     if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
         raise UserError(
             f"{path}: neither a run directory (no {runs.RECIPE_FILE}) nor a checkpoint directory (no config.json); "
             "expected a directory written by llmtune train, a Hugging Face checkpoint, or a hub id"
         )
-    return _load_checkpoint(str(target), overrides)
+    return checkpoint_source(str(target), overrides)
 
 
-def _load_run_dir(path: Path, overrides) -> LoadedRun:
-    if not (path / runs.METRICS_FILE).is_file():
-        raise UserError(f"{path}: not a finished run (no {runs.METRICS_FILE}); did training stop early?")
-    recipe = load_recipe(path / runs.RECIPE_FILE, overrides)
-    task = tasks.create(recipe.task)
-    saved = models.Checkpoint(str(path), str(path), "run directory")
-    tokenizer = models.load_tokenizer(saved)
+def load_weights(recipe: Recipe, task: Task, checkpoint: models.Checkpoint, run_dir: Path | None, pad_token_id):
+    """The model: ONNX Runtime's for an export, an adapter on its base, or the checkpoint's own weights."""
     trust = recipe.model.trust_remote_code
-    exported = models.onnx_file(path)
+    exported = models.onnx_file(run_dir) if run_dir is not None else None
     if exported is not None:  # `llmtune export`: ONNX Runtime runs the model
-        config = models.load_config(saved, trust)
-        model = models.load_onnx(exported, config, models.ONNX_OUTPUTS[task.auto_class])
-    elif (path / runs.ADAPTER_CONFIG).is_file():
-        from peft import PeftModel
+        config = models.load_config(checkpoint, trust)
+        return models.load_onnx(exported, config, models.ONNX_OUTPUTS[task.auto_class])
+    adapter = run_dir is not None and (run_dir / runs.ADAPTER_CONFIG).is_file()
+    if run_dir is not None and not adapter:  # a fully fine-tuned run: its config already holds the task's head
+        return models.load_model(checkpoint, task.auto_class, trust, pad_token_id)[0]
+    base = models.resolve_checkpoint(recipe.model) if adapter else checkpoint
+    decoder = models.resolve_decoder(recipe.model)
+    model, _ = models.load_model(base, task.auto_class, trust, pad_token_id, decoder=decoder, **task.model_kwargs())
+    if not adapter:
+        return model
+    from peft import PeftModel
 
-        base, _ = models.load_model(
-            models.resolve_checkpoint(recipe.model),
-            task.auto_class,
-            trust,
-            tokenizer.pad_token_id,
-            decoder=models.resolve_decoder(recipe.model),
-            **task.model_kwargs(),
-        )
-        try:
-            with peft_deprecations_silenced():
-                model = PeftModel.from_pretrained(base, str(path))
-        except SafetensorError as error:
-            raise models.damaged_weights(str(path), error) from None
-    else:
-        model, _ = models.load_model(saved, task.auto_class, trust, tokenizer.pad_token_id)
-    task.setup(model.config, tokenizer)
-    return LoadedRun(recipe, task, model, tokenizer, path)
+    try:
+        with peft_deprecations_silenced():
+            return PeftModel.from_pretrained(model, str(run_dir))
+    except SafetensorError as error:
+        raise models.damaged_weights(str(run_dir), error) from None
 
 
-def _load_starting_model(path: Path, overrides) -> LoadedRun:
-    """A recipe's model before any fine-tuning, with the task settled on the recipe's train split as training would
-    (seeded as training is, so newly initialised weights are the ones training starts from)."""
+def starting_recipe(path: Path, overrides) -> Recipe:
+    """A recipe's task settled on its train split as training would settle it (seeded as training is, so newly
+    initialised weights are the ones training starts from)."""
     from accelerate.utils import set_seed
 
     recipe = load_recipe(path, overrides)
     set_seed(recipe.training.seed)
-    task = tasks.create(recipe.task)
     if recipe.data.train is not None:
+        task = tasks.create(recipe.task)
         spec = DataSpec(train=recipe.data.train, columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
         task.prepare(data.load_splits(spec, task.file_readers), spec)
         recipe = recipe.model_copy(update={"task": task.resolved_options()})
-    return _load_model(recipe, models.resolve_checkpoint(recipe.model))
+    return recipe
 
 
-def _load_checkpoint(target: str, overrides) -> LoadedRun:
+def checkpoint_source(target: str, overrides) -> Source:
     """A plain checkpoint (directory or hub id): its task is read off its config's architectures unless the
     overrides name it."""
     raw: dict = {"model": {"name": target}, "task": {}, "data": {}, "output_dir": "."}
@@ -112,27 +134,7 @@ def _load_checkpoint(target: str, overrides) -> LoadedRun:
     if raw["task"].get("type") is None:
         config = models.load_config(checkpoint, raw["model"].get("trust_remote_code", False))
         raw["task"]["type"] = tasks.for_architectures(getattr(config, "architectures", None), target)
-    return _load_model(validate(raw, source="command line"), checkpoint)
-
-
-def _load_model(recipe: Recipe, checkpoint: models.Checkpoint) -> LoadedRun:
-    """The checkpoint's model for the recipe's task; what the task leaves open (label names) comes from its config."""
-    trust = recipe.model.trust_remote_code
-    config = models.load_config(checkpoint, trust)
-    options = tasks.from_model_config(recipe.task, config)
-    recipe = recipe.model_copy(update={"task": options})
-    task = tasks.create(options)
-    tokenizer = models.load_tokenizer(checkpoint, trust)
-    model, _ = models.load_model(
-        checkpoint,
-        task.auto_class,
-        trust,
-        tokenizer.pad_token_id,
-        decoder=models.resolve_decoder(recipe.model),
-        **task.model_kwargs(),
-    )
-    task.setup(model.config, tokenizer)
-    return LoadedRun(recipe, task, model, tokenizer, None)
+    return Source(validate(raw, source="command line"), checkpoint, None)
 
 
 @quiet_libraries
