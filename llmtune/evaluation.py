@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from . import runs, zero
-from .batching import SortedBatches
+from .batching import PadCollator, SortedBatches
 from .errors import UserError
 from .tasks.base import Task, run_batches
 
@@ -56,6 +56,21 @@ def mixed_precision(precision: str, evaluating: bool = False) -> str:
 def model_features(features, task: Task):
     """The columns batches are made of; tasks keep decoding metadata (e.g. QA offsets) out of the model's way."""
     return features.remove_columns(list(task.metadata_columns)) if task.metadata_columns else features
+
+
+def tokenize(splits: dict, task: Task, tokenizer, max_length: int, accelerator) -> dict:
+    """Each split's features, as the task tokenizes them."""
+    with accelerator.main_process_first():  # one process tokenizes, the others read its cache
+        return {split: task.preprocess(dataset, tokenizer, max_length) for split, dataset in splits.items()}
+
+
+def eval_batches(splits: dict, task: Task, tokenizer, training, accelerator) -> tuple[dict, dict]:
+    """Each split's features and this process's evaluation loader of them: what training evaluates validation
+    and test with, and `llmtune eval` its split. `training` is the recipe's training section, with the max_length
+    the model allows."""
+    features = tokenize(splits, task, tokenizer, training.max_length, accelerator)
+    collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+    return features, {split: eval_loader(features[split], task, training, collate, accelerator) for split in features}
 
 
 def eval_loader(features, task: Task, training, collate, accelerator):

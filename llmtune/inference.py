@@ -9,9 +9,8 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 
 from . import data, models, runs, tasks
-from .batching import PadCollator
 from .errors import UserError
-from .evaluation import eval_loader, mixed_precision, new_accelerator, run_evaluation
+from .evaluation import eval_batches, mixed_precision, new_accelerator, run_evaluation
 from .quiet import peft_deprecations_silenced, quiet_libraries
 from .recipe import DataSource, DataSpec, ModelSpec, Recipe, apply_override, load_recipe, validate
 from .tasks.base import Task
@@ -170,13 +169,14 @@ def evaluate(
     splits = data.load_splits(spec, task.file_readers)
     task.prepare(splits, spec)
     max_length = models.effective_max_length(loaded.model.config, recipe.training.max_length)
-    features = task.preprocess(splits[split], loaded.tokenizer, max_length)
+    training = recipe.training.model_copy(update={"max_length": max_length})
     accelerator = new_accelerator(mixed_precision=mixed_precision(recipe.training.precision, evaluating=True))
-    collate = PadCollator(loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
-    loader = eval_loader(features, task, recipe.training, collate, accelerator)
+    features, loaders = eval_batches({split: splits[split]}, task, loaded.tokenizer, training, accelerator)
     model = accelerator.prepare(loaded.model)
     label = "data" if data_file else split
-    return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics, echo, label)
+    return run_evaluation(
+        model, loaders[split], task, accelerator, splits[split], features[split], recipe.metrics, echo, label
+    )
 
 
 @quiet_libraries

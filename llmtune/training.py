@@ -33,12 +33,13 @@ from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .errors import Interrupted, PeerLost, UserError
 from .evaluation import (
-    eval_loader,
+    eval_batches,
     format_metrics,
     mixed_precision,
     model_features,
     new_accelerator,
     run_evaluation,
+    tokenize,
 )
 from .progress import Clock, Progress, RunLog
 from .quiet import quiet_libraries
@@ -406,24 +407,18 @@ def make_batches(prepared: Prepared, accelerator: Accelerator):
     """Tokenized features of every split, the training batch sampler and loader, and the evaluation loaders."""
     recipe, task, cfg = prepared.recipe, prepared.task, prepared.recipe.training
     tokenizer = prepared.tokenizer
-    with accelerator.main_process_first():  # one process tokenizes, the others read its cache
-        features = {
-            split: task.preprocess(dataset, tokenizer, cfg.max_length) for split, dataset in prepared.splits.items()
-        }
-    collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+    features = tokenize({"train": prepared.splits["train"]}, task, tokenizer, cfg.max_length, accelerator)
+    eval_splits = {split: prepared.splits[split] for split in ("validation", "test") if split in prepared.splits}
+    eval_features, eval_loaders = eval_batches(eval_splits, task, tokenizer, recipe.training, accelerator)
+    features.update(eval_features)
     size = None if cfg.max_tokens else cfg.batch_size
     sampler = LengthGroupedBatches(features["train"]["length"], size, cfg.seed, max_tokens=cfg.max_tokens)
     train_loader = DataLoader(
         model_features(features["train"], task),
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=PadCollator(tokenizer.pad_token_id, tokenizer.padding_side),
         pin_memory=accelerator.device.type == "cuda",
     )
-    eval_loaders = {
-        split: eval_loader(features[split], task, recipe.training, collate, accelerator)
-        for split in ("validation", "test")
-        if split in features
-    }
     return features, sampler, train_loader, eval_loaders
 
 
