@@ -239,9 +239,9 @@ def check_warmup(cfg, total_steps: int) -> None:
 # ---------------------------------------------------------------------------------------------- setup
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """What `fit` and `finish` work with, built by `setup`."""
+    """What `fit` and `finish` work with, built by `setup` (by keyword: 27 fields are too many to wire by position)."""
 
     recipe: Recipe
     task: Task
@@ -330,24 +330,24 @@ def setup(
     check_warmup(cfg, total_steps)
     progress = Progress(total_steps, enabled=accelerator.is_main_process and echo is not None, echo=say)
     run = Run(
-        recipe,
-        prepared.task,
-        run_dir,
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
-        sampler,
-        train_loader,
-        prepared.splits,
-        features,
-        eval_loaders,
-        prepared.tokenizer,
-        total_steps,
-        steps_per_epoch,
-        progress,
-        say,
-        stop,
+        recipe=recipe,
+        task=prepared.task,
+        run_dir=run_dir,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        train_loader=train_loader,
+        splits=prepared.splits,
+        features=features,
+        eval_loaders=eval_loaders,
+        tokenizer=prepared.tokenizer,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        progress=progress,
+        say=say,
+        stop=stop,
         pending_rng=pending_rng,
         examples_at_start=state.examples_seen,
         resumed=resume_from is not None,
