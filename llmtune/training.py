@@ -221,10 +221,9 @@ def accelerator_present() -> bool:
 
 
 def planned_steps(examples: int, cfg) -> int:
-    """The run's optimizer steps with a fixed batch size, before anything is tokenized (setup counts them again)."""
+    """The run's optimizer steps with a fixed batch size, counted before anything is tokenized."""
     batches = LengthGroupedBatches([1] * examples, cfg.batch_size, cfg.seed).full_length()
-    per_process = math.ceil(batches / int(os.environ.get("WORLD_SIZE", "1")))
-    return cfg.max_steps or max(1, math.ceil(cfg.epochs * math.ceil(per_process / cfg.gradient_accumulation_steps)))
+    return count_steps(math.ceil(batches / int(os.environ.get("WORLD_SIZE", "1"))), cfg)[1]
 
 
 def check_warmup(cfg, total_steps: int) -> None:
@@ -285,49 +284,20 @@ def setup(
     """The model (with its adapter), batches, optimizer and schedule; the training state, from a checkpoint when
     resuming; the run directory opened for writing."""
     recipe, cfg = prepared.recipe, prepared.recipe.training
-    # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
-    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # A crashed or hung peer ends the run after collective_timeout_s instead of blocking forever.
-    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
-    accelerator = new_accelerator(
-        kwargs_handlers=[timeout],
-        mixed_precision=prepared.precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        cpu=cpu_processes,
-        **tracking.accelerator_options(recipe.tracking, run_dir),
-    )
-    if zero.engaged(accelerator):
-        zero.configure(accelerator, cfg)
+    accelerator = training_accelerator(prepared, run_dir)
     say = echo if accelerator.is_main_process and echo is not None else (lambda *args, **kwargs: None)
-    resume_from = None
-    if resume:
-        checkpoints.check_same_recipe(run_dir, recipe)
-        resume_from = checkpoints.find_resumable(run_dir, explicit_checkpoint)
+    resume_from = resume_point(recipe, run_dir, explicit_checkpoint) if resume else None
     augmented = augment_train(prepared, accelerator, say)
-    set_seed(cfg.seed)
+    set_seed(cfg.seed)  # a newly initialised head starts from the recipe's seed
     model, new_modules = load_model(prepared, say)
     features, sampler, train_loader, eval_loaders = make_batches(prepared, accelerator)
-    if accelerator.device.type == "cuda":  # TF32 matmuls: fp32 parameters and optimizer, tensor-core speed (Ampere+)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     optimizer = make_optimizer(parameter_groups(model, cfg, new_modules), cfg)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    # Seeded again: dropout must not depend on how many random numbers loading drew, which differs between
-    # processes under FSDP's RAM-efficient loading (only the first one initialises a new head).
-    set_seed(cfg.seed)
-    if cfg.compile:
-        model = torch.compile(model)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    state, pending_rng = TrainingState(num_processes=accelerator.num_processes), None
-    if resume_from is not None:
-        state, pending_rng = checkpoints.load(resume_from, accelerator, model, optimizer, scheduler)
-        say(f"resuming from {resume_from} (step {state.step})")
-    if isinstance(state.window_loss, float):
-        state.window_loss = torch.zeros((), device=accelerator.device)
-    check_warmup(cfg, total_steps)
+    model, optimizer, train_loader = prepare_for_training(accelerator, model, optimizer, train_loader, cfg)
+    steps_per_epoch, total_steps = count_steps(len(train_loader), cfg)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    state, pending_rng = starting_state(resume_from, accelerator, model, optimizer, scheduler, say)
+    if cfg.max_tokens:  # a token budget's steps are known once the data is tokenized; prepare checked the others
+        check_warmup(cfg, total_steps)
     progress = Progress(total_steps, enabled=accelerator.is_main_process and echo is not None, echo=say)
     run = Run(
         recipe=recipe,
@@ -358,6 +328,69 @@ def setup(
         f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}"
     )
     return run, state
+
+
+def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
+    """The Accelerator this run trains with (and TF32 matmuls on CUDA: fp32 parameters and optimizer, tensor-core
+    speed on Ampere and later)."""
+    recipe, cfg = prepared.recipe, prepared.recipe.training
+    # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
+    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # A crashed or hung peer ends the run after collective_timeout_s instead of blocking forever.
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
+    accelerator = new_accelerator(
+        kwargs_handlers=[timeout],
+        mixed_precision=prepared.precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=cpu_processes,
+        **tracking.accelerator_options(recipe.tracking, run_dir),
+    )
+    if zero.engaged(accelerator):
+        zero.configure(accelerator, cfg)
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
+
+
+def resume_point(recipe: Recipe, run_dir: Path, explicit_checkpoint: Path | None) -> Path:
+    """The checkpoint a resumed run continues from, once its recipe is known to be the run's."""
+    checkpoints.check_same_recipe(run_dir, recipe)
+    return checkpoints.find_resumable(run_dir, explicit_checkpoint)
+
+
+def prepare_for_training(accelerator: Accelerator, model, optimizer, train_loader, cfg):
+    """The model, optimizer and train loader wrapped by Accelerate (and compiled if asked)."""
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    # Seeded again: dropout must not depend on how many random numbers loading drew, which differs between
+    # processes under FSDP's RAM-efficient loading (only the first one initialises a new head).
+    set_seed(cfg.seed)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model, optimizer, train_loader
+
+
+def count_steps(batches_per_epoch: int, cfg) -> tuple[int, int]:
+    """Optimizer steps per epoch and in all, from one process's batches per epoch."""
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
+    return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def starting_state(resume_from: Path | None, accelerator: Accelerator, model, optimizer, scheduler, say):
+    """The loop's state (and a resumed run's RNG states, to restore where its checkpoint took them): new, or the
+    checkpoint's, whose weights, optimizer and schedule are loaded too."""
+    state, pending_rng = TrainingState(num_processes=accelerator.num_processes), None
+    if resume_from is not None:
+        state, pending_rng = checkpoints.load(resume_from, accelerator, model, optimizer, scheduler)
+        say(f"resuming from {resume_from} (step {state.step})")
+    if isinstance(state.window_loss, float):
+        state.window_loss = torch.zeros((), device=accelerator.device)
+    return state, pending_rng
 
 
 def augment_train(prepared: Prepared, accelerator: Accelerator, say) -> dict[str, int]:
