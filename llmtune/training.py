@@ -15,9 +15,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
-import importlib.util
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from . import allocator, augment, checkpoints, data, models, plots, runs, speed, tasks, tracking, zero
+from . import allocator, augment, checkpoints, data, fsdp, launch, models, plots, runs, speed, tasks, tracking, zero
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .errors import Interrupted, PeerLost, UserError
@@ -92,7 +90,7 @@ def train(
     if recipe.data.train is None:
         raise UserError("data.train: missing; training needs a train split")
     prepared = prepare(recipe)
-    with checkpoints.StopSignals(announce=os.environ.get("RANK", "0") == "0") as stop:
+    with checkpoints.StopSignals(announce=launch.is_first_process()) as stop:
         run, state = setup(prepared, run_dir, resume, explicit_checkpoint, stop, echo)
         run.on_validation = on_validation
         with writing(run, state):
@@ -154,76 +152,22 @@ def prepare(recipe: Recipe) -> Prepared:
 def check_engine(recipe: Recipe) -> None:
     """Refuse, before anything loads, an Accelerate config whose engine llmtune cannot train with correctly.
 
-    FSDP2 and DeepSpeed ZeRO are supported: checkpoints and the saved model gather the shards
-    (checkpoints.whole_state). FSDP1 is not. The DeepSpeed config itself is checked once Accelerate has read it
-    (zero.configure).
+    FSDP2 and DeepSpeed ZeRO are supported (fsdp.py, zero.py). The DeepSpeed config itself is checked once
+    Accelerate has read it (zero.configure).
 
     Raises:
         UserError: the engine, and what to use instead.
     """
-    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
-        check_deepspeed(recipe)
-        return
-    if not _env_flag("ACCELERATE_USE_FSDP"):
-        return
-    if os.environ.get("FSDP_VERSION", "1") != "2":
-        raise UserError(
-            f"accelerate config: fsdp_version {os.environ.get('FSDP_VERSION', '1')}: llmtune shards with FSDP2 only; "
-            "set fsdp_version: 2 in the config (or accelerate launch --use_fsdp --fsdp_version 2)"
-        )
-    if torch.__version__ < "2.6":
-        raise UserError(f"accelerate config: FSDP2 needs torch 2.6 or later (installed: {torch.__version__})")
-    if not accelerator_present():
-        raise UserError(
-            "accelerate config: FSDP needs GPUs (or other accelerators): Accelerate shards only across devices and "
-            "would run CPU processes data-parallel with the weights loaded on the first one alone. On CPU, launch "
-            "without --use_fsdp (data-parallel, e.g. torchrun --nproc_per_node N)"
-        )
-    refuse_quantization(recipe, "FSDP")
-
-
-def check_deepspeed(recipe: Recipe) -> None:
-    if importlib.util.find_spec("deepspeed") is None:
-        raise UserError("accelerate config: DeepSpeed is selected but not installed: pip install deepspeed")
-    if not accelerator_present():
-        raise UserError(
-            "accelerate config: DeepSpeed needs GPUs (or other accelerators): Accelerate runs CPU processes "
-            "data-parallel without it. On CPU, launch without DeepSpeed (e.g. torchrun --nproc_per_node N)"
-        )
-    refuse_quantization(recipe, "DeepSpeed")
-    if recipe.training.compile:
-        raise UserError(
-            "training.compile is not supported with DeepSpeed yet (not tested on its engine); set training.compile: "
-            "false"
-        )
-    if recipe.training.optimizer != "adamw":
-        raise UserError(
-            f"training.optimizer: {recipe.training.optimizer} is not supported with DeepSpeed (ZeRO partitions "
-            "the optimizer state itself); use adamw"
-        )
-
-
-def refuse_quantization(recipe: Recipe, engine: str) -> None:
-    if getattr(recipe.method, "quantization", None):
-        raise UserError(
-            f"method.quantization: {recipe.method.quantization} is not supported with {engine} yet; train the "
-            "quantized model on one GPU per process (data-parallel), or shard it unquantized"
-        )
-
-
-def _env_flag(variable: str) -> bool:
-    return os.environ.get(variable, "").lower() in ("1", "true", "yes")
-
-
-def accelerator_present() -> bool:
-    """Whether this machine has a GPU (or another device Accelerate can shard across)."""
-    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    if launch.env_flag("ACCELERATE_USE_DEEPSPEED"):
+        zero.check_deepspeed(recipe)
+    elif launch.env_flag("ACCELERATE_USE_FSDP"):
+        fsdp.check_fsdp(recipe)
 
 
 def planned_steps(examples: int, cfg) -> int:
     """The run's optimizer steps with a fixed batch size, counted before anything is tokenized."""
     batches = LengthGroupedBatches([1] * examples, cfg.batch_size, cfg.seed).full_length()
-    return count_steps(math.ceil(batches / int(os.environ.get("WORLD_SIZE", "1"))), cfg)[1]
+    return count_steps(math.ceil(batches / launch.world_size()), cfg)[1]
 
 
 def check_warmup(cfg, total_steps: int) -> None:
@@ -335,7 +279,7 @@ def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
     speed on Ampere and later)."""
     recipe, cfg = prepared.recipe, prepared.recipe.training
     # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
-    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu_processes = not torch.cuda.is_available() and launch.world_size() > 1
     # A crashed or hung peer ends the run after collective_timeout_s instead of blocking forever.
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
     accelerator = new_accelerator(

@@ -15,6 +15,9 @@ is refused rather than silently overriding the recipe.
 
 from __future__ import annotations
 
+import importlib.util
+
+from . import launch
 from .errors import UserError
 from .lazy import torch
 
@@ -24,6 +27,32 @@ OWNED = {
     "gradient_accumulation_steps": "gradient_accumulation_steps",
     "gradient_clipping": "max_grad_norm",
 }
+
+
+def check_deepspeed(recipe) -> None:
+    """Refuse, before anything loads, a DeepSpeed setup llmtune cannot train with correctly.
+
+    Raises:
+        UserError: what is not supported, and what to use instead.
+    """
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError("accelerate config: DeepSpeed is selected but not installed: pip install deepspeed")
+    if not launch.accelerator_present():
+        raise UserError(
+            "accelerate config: DeepSpeed needs GPUs (or other accelerators): Accelerate runs CPU processes "
+            "data-parallel without it. On CPU, launch without DeepSpeed (e.g. torchrun --nproc_per_node N)"
+        )
+    launch.refuse_quantization(recipe, "DeepSpeed")
+    if recipe.training.compile:
+        raise UserError(
+            "training.compile is not supported with DeepSpeed yet (not tested on its engine); set training.compile: "
+            "false"
+        )
+    if recipe.training.optimizer != "adamw":
+        raise UserError(
+            f"training.optimizer: {recipe.training.optimizer} is not supported with DeepSpeed (ZeRO partitions "
+            "the optimizer state itself); use adamw"
+        )
 
 
 def engaged(accelerator) -> bool:

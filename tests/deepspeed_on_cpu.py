@@ -16,7 +16,7 @@ import sys
 from accelerate.state import PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedType
 
-from llmtune import cli, training
+from llmtune import cli, launch, training
 
 
 def install() -> None:
@@ -34,7 +34,7 @@ def install() -> None:
         return accelerator
 
     training.new_accelerator = deepspeed_accelerator
-    training.accelerator_present = lambda: True
+    launch.accelerator_present = lambda: True
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from accelerate import FullyShardedDataParallelPlugin
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType
 
-from llmtune import cli, training
+from llmtune import cli, launch, training
 
 
 def install() -> None:
@@ -31,7 +31,7 @@ def install() -> None:
         return accelerator
 
     training.new_accelerator = fsdp_accelerator
-    training.accelerator_present = lambda: True
+    launch.accelerator_present = lambda: True
 
 
 if __name__ == "__main__":

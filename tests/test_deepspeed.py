@@ -159,9 +159,9 @@ def test_a_deepspeed_config_llmtune_cannot_honour_is_refused(config, fragment):
 def test_deepspeed_that_cannot_train_is_refused_before_anything_loads(
     settings, present, fragment, cli, tiny_bert, tmp_path, monkeypatch
 ):
-    from llmtune import training
+    from llmtune import launch
 
-    monkeypatch.setattr(training, "accelerator_present", lambda: present)
+    monkeypatch.setattr(launch, "accelerator_present", lambda: present)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
     assert_user_error(cli("train", recipe, *sets(*settings), "--output", tmp_path / "run"), fragment)
@@ -171,13 +171,13 @@ def test_deepspeed_that_cannot_train_is_refused_before_anything_loads(
 def test_deepspeed_selected_but_not_installed_is_refused(cli, tiny_bert, tmp_path, monkeypatch):
     import importlib.util
 
-    from llmtune import training
+    from llmtune import launch
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a)
     )
-    monkeypatch.setattr(training, "accelerator_present", lambda: True)
+    monkeypatch.setattr(launch, "accelerator_present", lambda: True)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
     result = cli("train", recipe, "--output", tmp_path / "run")

@@ -153,9 +153,9 @@ def assert_sharded_lora_generation_as_data_parallel(tiny_llama, tmp_path, launch
 def test_an_engine_that_cannot_train_here_is_refused_before_anything_loads(
     variables, fragment, cli, tiny_bert, tmp_path, monkeypatch
 ):
-    from llmtune import training
+    from llmtune import launch
 
-    monkeypatch.setattr(training, "accelerator_present", lambda: False)  # as here, also on a GPU machine
+    monkeypatch.setattr(launch, "accelerator_present", lambda: False)  # as here, also on a GPU machine
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
     for variable, value in variables.items():
         monkeypatch.setenv(variable, value)
@@ -165,12 +165,12 @@ def test_an_engine_that_cannot_train_here_is_refused_before_anything_loads(
 
 
 def test_quantization_with_fsdp_is_refused(cli, tiny_bert, tmp_path, monkeypatch):
-    from llmtune import training
+    from llmtune import launch
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
     for variable, value in FSDP.items():
         monkeypatch.setenv(variable, value)
-    monkeypatch.setattr(training, "accelerator_present", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(launch, "accelerator_present", lambda: True)  # as on a GPU machine
     quantized = sets("method.type=lora", "method.quantization=4bit")
     assert_user_error(
         cli("train", recipe, *quantized, "--output", tmp_path / "run"), "method.quantization: 4bit is not supported"
