@@ -343,13 +343,6 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def remove_leftovers(run_dir: Path) -> None:
-    """Temporary directories of checkpoints that were being written or deleted when a run was killed."""
-    root = run_dir / CHECKPOINTS_DIR
-    for path in root.glob(".tmp-*") if root.is_dir() else ():
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:

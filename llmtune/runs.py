@@ -277,6 +277,64 @@ def abandon(path: Path, aside: Path | None, created: bool) -> None:
         path.rmdir()
 
 
+@contextlib.contextmanager
+def transaction(path: Path, recipe_text: str, *, resumed: bool, step: int, main: bool, stays, before_cleanup):
+    """The run directory, opened for one run: what happens inside either finishes the run, or leaves the directory
+    as it was before the command (a new run's files removed, the run it replaced put back; a resumed run keeps its
+    checkpoints). An error that `stays(error)` accepts (a signal's stop, a lost peer) leaves a resumable run; a full
+    disk says so. Only the main process (`main`) touches the directory; `before_cleanup` runs before it is cleaned.
+
+    Raises:
+        UserError: the disk filled up (or the directory stopped being writable) while writing.
+    """
+    previous, created = open_run_dir(path, recipe_text, resumed, step) if main else (None, False)
+    try:
+        yield
+    except BaseException as error:
+        if stays(error):
+            if main:
+                discard(previous)  # the new run can be resumed; the one it replaces is gone as asked
+            raise
+        full = is_disk_full(error, path)  # before cleaning up frees the space again
+        if main:
+            before_cleanup()
+            if resumed:
+                remove_leftovers(path)
+            else:
+                abandon(path, previous, created)
+        if full:
+            kept = "its checkpoints are as they were: continue with --resume" if resumed else "it is as it was"
+            raise UserError(
+                f"output_dir: the disk is full (no space left on device while writing {path}); {kept}. Free "
+                "some space, or choose another directory with --output DIR"
+            ) from None
+        raise
+    if main:
+        discard(previous)
+
+
+def open_run_dir(path: Path, recipe_text: str, resumed: bool, step: int) -> tuple[Path | None, bool]:
+    """A new run starts in an empty directory (a run it replaces is set aside until it finishes); a resumed one drops
+    what was written after its checkpoint. Either way the resolved recipe is written.
+    Returns where the replaced run was set aside, and whether the run created its directory."""
+    previous, created = None, False
+    if resumed:
+        remove_leftovers(path)
+        reopen_run(path, step)
+    else:
+        created = not path.exists()
+        previous = set_aside(path)
+    write_atomic(path / RECIPE_FILE, recipe_text)
+    return previous, created
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Temporary directories of checkpoints that were being written or deleted when a run was killed."""
+    root = run_dir / CHECKPOINTS_DIR
+    for path in root.glob(".tmp-*") if root.is_dir() else ():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def is_disk_full(error: BaseException, path: Path) -> bool:
     """Whether an error while writing under `path` came from a full disk (or quota). torch and safetensors report
     it in their own exception types, often without the OS error, so a write error on a nearly full disk counts."""

@@ -210,7 +210,6 @@ class Run:
     examples_at_start: int = 0  # examples seen before this session (a resumed run's): not in this session's speed
     last_finite_loss: float | None = None  # for the message when the loss diverges
     resumed: bool = False  # continues from a checkpoint of the run directory
-    created_dir: bool = False  # the run created its directory (a failed run removes it again)
     log: RunLog | None = None  # opened by `writing`, with the run directory
     last_validation: tuple | None = None  # (step, metrics, prediction rows) of the newest validation
     on_validation: Callable[[int, dict], bool] | None = None  # the caller's hook; True asks training to stop
@@ -432,62 +431,32 @@ def make_optimizer(groups: list[dict], cfg) -> torch.optim.Optimizer:
 
 @contextlib.contextmanager
 def writing(run: Run, state: TrainingState):
-    """The run directory, opened for this run: what happens inside either finishes the run, or leaves the directory
-    as it was before the command (a new run's files removed, the run it replaced put back; a resumed run keeps its
-    checkpoints). A signal stops with a resumable checkpoint; a full disk says so.
+    """The run directory opened for this run (runs.transaction), with its log and trackers. A process group that
+    failed (a peer crashed or hung) ends the run as a signal does, resumable from its checkpoints (PeerLost).
 
     Raises:
         UserError: the disk filled up (or the directory stopped being writable) while writing.
     """
     main = run.accelerator.is_main_process
-    previous = open_run_dir(run, state.step) if main else None
-    if not main:
+    with runs.transaction(
+        run.run_dir,
+        dump_recipe(run.recipe),
+        resumed=run.resumed,
+        step=state.step,
+        main=main,
+        stays=lambda error: isinstance(error, (Interrupted, PeerLost)),
+        before_cleanup=lambda: run.log is not None and run.log.close(),
+    ):
         run.log = RunLog(run.run_dir, run.accelerator)
-    tracking.start(run.accelerator, run.recipe.model_dump(mode="json"))
-    try:
-        yield
-    except Interrupted:
-        if main:
-            runs.discard(previous)  # the new run can be resumed; the one it replaces is gone as asked
-        raise
-    except BaseException as error:
-        if checkpoints.collective_failed(error, run.accelerator.num_processes):
-            if main:  # like a signal: the run stays, resumable from its checkpoints
-                run.log.close()
-                runs.discard(previous)
-            raise PeerLost(state.step, error) from None
-        full = runs.is_disk_full(error, run.run_dir)  # before cleaning up frees the space again
-        if main:
-            run.log.close()
-            if run.resumed:
-                checkpoints.remove_leftovers(run.run_dir)
-            else:
-                runs.abandon(run.run_dir, previous, run.created_dir)
-        if full:
-            kept = "its checkpoints are as they were: continue with --resume" if run.resumed else "it is as it was"
-            raise UserError(
-                f"output_dir: the disk is full (no space left on device while writing {run.run_dir}); {kept}. Free "
-                "some space, or choose another directory with --output DIR"
-            ) from None
-        raise
-    if main:
-        runs.discard(previous)
-
-
-def open_run_dir(run: Run, step: int) -> Path | None:
-    """A new run starts in an empty directory (a run it replaces is set aside until it finishes); a resumed one drops
-    what was written after its checkpoint. Either way the resolved recipe is written and the log opened.
-    Returns where the replaced run was set aside."""
-    previous = None
-    if run.resumed:
-        checkpoints.remove_leftovers(run.run_dir)
-        runs.reopen_run(run.run_dir, step)
-    else:
-        run.created_dir = not run.run_dir.exists()
-        previous = runs.set_aside(run.run_dir)
-    runs.write_atomic(run.run_dir / runs.RECIPE_FILE, dump_recipe(run.recipe))
-    run.log = RunLog(run.run_dir, run.accelerator)
-    return previous
+        tracking.start(run.accelerator, run.recipe.model_dump(mode="json"))
+        try:
+            yield
+        except BaseException as error:
+            if checkpoints.collective_failed(error, run.accelerator.num_processes):
+                if main:
+                    run.log.close()
+                raise PeerLost(state.step, error) from None
+            raise
 
 
 def step_size(run: Run) -> str:
