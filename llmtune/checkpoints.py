@@ -326,7 +326,7 @@ def _keyed_by_index(state: dict) -> bool:
 
 def _names_in_order(optimizer) -> list[str]:
     """The names of the optimizer's parameters in the order torch numbers them (group by group), from the names
-    training.parameter_groups gives each group: FSDP may register new parameter objects, so identity cannot tell."""
+    components.parameter_groups gives each group: FSDP may register new parameter objects, so identity cannot tell."""
     return [name for group in optimizer.param_groups for name in group["param_names"]]
 
 

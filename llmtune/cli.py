@@ -67,7 +67,7 @@ def validate(
 
     try:
         loaded = load_recipe(recipe, set_ or [])
-        from .training import prepare  # torch loads only for a recipe that parses
+        from .preparation import prepare  # torch loads only for a recipe that parses
 
         silence_libraries()
         prepared = prepare(loaded)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import functools
 import math
 from collections.abc import Callable
@@ -22,23 +21,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
 
-from . import allocator, augment, checkpoints, data, fsdp, launch, models, plots, runs, speed, tasks, tracking, zero
-from .batching import LengthGroupedBatches, PadCollator
+from . import allocator, checkpoints, components, launch, plots, runs, speed, tracking, zero
+from .batching import LengthGroupedBatches
 from .checkpoints import TrainingState
+from .components import save_model  # by name: a fault test replaces it here
 from .errors import Interrupted, PeerLost, UserError
-from .evaluation import (
-    eval_batches,
-    format_metrics,
-    mixed_precision,
-    model_features,
-    new_accelerator,
-    run_evaluation,
-    tokenize,
-)
+from .evaluation import format_metrics, run_evaluation
+from .preparation import Prepared, check_warmup, count_steps, prepare
 from .progress import Clock, Progress, RunLog
 from .quiet import quiet_libraries
 from .recipe import Recipe, dump_recipe
@@ -98,87 +90,6 @@ def train(
             return finish(run, state)
 
 
-# ---------------------------------------------------------------------------------------------- prepare
-
-
-@dataclass
-class Prepared:
-    """What the checks settled, before any weights are loaded."""
-
-    recipe: Recipe  # with what the data and the model decided: label names, the max_length the model allows
-    task: Task
-    splits: dict
-    checkpoint: models.Checkpoint
-    decoder: models.Checkpoint | None
-    tokenizer: object
-    precision: str  # Accelerate's mixed_precision
-
-
-def prepare(recipe: Recipe) -> Prepared:
-    """Every check `train` makes before loading weights: precision and trackers on this machine, the data against
-    the task, the checkpoint's config and tokenizer. `llmtune validate` runs it too.
-
-    Raises:
-        UserError: the first problem, in one line.
-    """
-    check_engine(recipe)
-    precision = mixed_precision(recipe.training.precision)
-    tracking.check_installed(recipe.tracking)
-    if getattr(recipe.method, "quantization", None):
-        models.check_quantization_installed(f"method.quantization: {recipe.method.quantization}")
-    if recipe.training.optimizer == "adamw_8bit":
-        models.check_quantization_installed("training.optimizer: adamw_8bit")
-    if not recipe.data.sources():
-        raise UserError("data: no split given; expected data.train (and data.validation, data.test)")
-    task = tasks.create(recipe.task)
-    splits = data.load_splits(recipe.data, task.file_readers)
-    task.prepare(splits, recipe.data)
-    if recipe.data.augment and "train" in splits:
-        augment.check(recipe.data.augment, task.augment_fields(splits["train"].column_names), task.name)
-    if recipe.evaluation.metric_for_best and "validation" not in splits:
-        raise UserError("evaluation.metric_for_best: needs data.validation, the split the best checkpoint is chosen on")
-    checkpoint, decoder = models.resolve_checkpoint(recipe.model), models.resolve_decoder(recipe.model)
-    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
-    config = models.load_config(checkpoint, recipe.model.trust_remote_code)
-    task.setup(config, tokenizer)
-    if "train" in splits and not recipe.training.max_tokens:  # (with a token budget, setup checks it)
-        check_warmup(recipe.training, planned_steps(len(splits["train"]), recipe.training))
-    max_length = models.effective_max_length(config, recipe.training.max_length)
-    training = recipe.training.model_copy(update={"max_length": max_length})
-    recipe = recipe.model_copy(update={"task": task.resolved_options(), "training": training})
-    return Prepared(recipe, task, splits, checkpoint, decoder, tokenizer, precision)
-
-
-def check_engine(recipe: Recipe) -> None:
-    """Refuse, before anything loads, an Accelerate config whose engine llmtune cannot train with correctly.
-
-    FSDP2 and DeepSpeed ZeRO are supported (fsdp.py, zero.py). The DeepSpeed config itself is checked once
-    Accelerate has read it (zero.configure).
-
-    Raises:
-        UserError: the engine, and what to use instead.
-    """
-    if launch.env_flag("ACCELERATE_USE_DEEPSPEED"):
-        zero.check_deepspeed(recipe)
-    elif launch.env_flag("ACCELERATE_USE_FSDP"):
-        fsdp.check_fsdp(recipe)
-
-
-def planned_steps(examples: int, cfg) -> int:
-    """The run's optimizer steps with a fixed batch size, counted before anything is tokenized."""
-    batches = LengthGroupedBatches([1] * examples, cfg.batch_size, cfg.seed).full_length()
-    return count_steps(math.ceil(batches / launch.world_size()), cfg)[1]
-
-
-def check_warmup(cfg, total_steps: int) -> None:
-    """Raises UserError: more warmup steps than the run has, so the learning rate would never reach its peak."""
-    if cfg.warmup_steps is not None and cfg.warmup_steps > total_steps:
-        raise UserError(
-            f"training.warmup_steps: {cfg.warmup_steps} warmup steps but the run has {total_steps} steps in all; the "
-            "learning rate would never reach training.learning_rate. Use fewer warmup steps (or training.warmup_ratio)"
-        )
-
-
 # ---------------------------------------------------------------------------------------------- setup
 
 
@@ -227,18 +138,18 @@ def setup(
     """The model (with its adapter), batches, optimizer and schedule; the training state, from a checkpoint when
     resuming; the run directory opened for writing."""
     recipe, cfg = prepared.recipe, prepared.recipe.training
-    accelerator = training_accelerator(prepared, run_dir)
+    accelerator = components.training_accelerator(prepared, run_dir)
     say = echo if accelerator.is_main_process and echo is not None else (lambda *args, **kwargs: None)
-    resume_from = resume_point(recipe, run_dir, explicit_checkpoint) if resume else None
-    augmented = augment_train(prepared, accelerator, say)
+    resume_from = components.resume_point(recipe, run_dir, explicit_checkpoint) if resume else None
+    augmented = components.augment_train(prepared, accelerator, say)
     set_seed(cfg.seed)  # a newly initialised head starts from the recipe's seed
-    model, new_modules = load_model(prepared, say)
-    features, sampler, train_loader, eval_loaders = make_batches(prepared, accelerator)
-    optimizer = make_optimizer(parameter_groups(model, cfg, new_modules), cfg)
-    model, optimizer, train_loader = prepare_for_training(accelerator, model, optimizer, train_loader, cfg)
+    model, new_modules = components.load_model(prepared, say)
+    features, sampler, train_loader, eval_loaders = components.make_batches(prepared, accelerator)
+    optimizer = components.make_optimizer(components.parameter_groups(model, cfg, new_modules), cfg)
+    model, optimizer, train_loader = components.prepare_for_training(accelerator, model, optimizer, train_loader, cfg)
     steps_per_epoch, total_steps = count_steps(len(train_loader), cfg)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
-    state, pending_rng = starting_state(resume_from, accelerator, model, optimizer, scheduler, say)
+    scheduler = components.make_scheduler(optimizer, cfg, total_steps)
+    state, pending_rng = components.starting_state(resume_from, accelerator, model, optimizer, scheduler, say)
     if cfg.max_tokens:  # a token budget's steps are known once the data is tokenized; prepare checked the others
         check_warmup(cfg, total_steps)
     progress = Progress(total_steps, enabled=accelerator.is_main_process and echo is not None, echo=say)
@@ -267,166 +178,10 @@ def setup(
         augmented=augmented,
     )
     say(
-        f"training: {len(prepared.splits['train']):,} examples, {total_steps:,} steps of {step_size(run)}, "
+        f"training: {len(prepared.splits['train']):,} examples, {total_steps:,} steps of {components.step_size(run)}, "
         f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}"
     )
     return run, state
-
-
-def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
-    """The Accelerator this run trains with (and TF32 matmuls on CUDA: fp32 parameters and optimizer, tensor-core
-    speed on Ampere and later)."""
-    recipe, cfg = prepared.recipe, prepared.recipe.training
-    # Accelerate sets up several CPU processes (gloo) only when told to use the CPU.
-    cpu_processes = not torch.cuda.is_available() and launch.world_size() > 1
-    # A crashed or hung peer ends the run after collective_timeout_s instead of blocking forever.
-    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
-    accelerator = new_accelerator(
-        kwargs_handlers=[timeout],
-        mixed_precision=prepared.precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        cpu=cpu_processes,
-        **tracking.accelerator_options(recipe.tracking, run_dir),
-    )
-    if zero.engaged(accelerator):
-        zero.configure(accelerator, cfg)
-    if accelerator.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return accelerator
-
-
-def resume_point(recipe: Recipe, run_dir: Path, explicit_checkpoint: Path | None) -> Path:
-    """The checkpoint a resumed run continues from, once its recipe is known to be the run's."""
-    checkpoints.check_same_recipe(run_dir, recipe)
-    return checkpoints.find_resumable(run_dir, explicit_checkpoint)
-
-
-def prepare_for_training(accelerator: Accelerator, model, optimizer, train_loader, cfg):
-    """The model, optimizer and train loader wrapped by Accelerate (and compiled if asked)."""
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    # Seeded again: dropout must not depend on how many random numbers loading drew, which differs between
-    # processes under FSDP's RAM-efficient loading (only the first one initialises a new head).
-    set_seed(cfg.seed)
-    if cfg.compile:
-        model = torch.compile(model)
-    return model, optimizer, train_loader
-
-
-def count_steps(batches_per_epoch: int, cfg) -> tuple[int, int]:
-    """Optimizer steps per epoch and in all, from one process's batches per epoch."""
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
-    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
-    return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-
-
-def starting_state(resume_from: Path | None, accelerator: Accelerator, model, optimizer, scheduler, say):
-    """The loop's state (and a resumed run's RNG states, to restore where its checkpoint took them): new, or the
-    checkpoint's, whose weights, optimizer and schedule are loaded too."""
-    state, pending_rng = TrainingState(num_processes=accelerator.num_processes), None
-    if resume_from is not None:
-        state, pending_rng = checkpoints.load(resume_from, accelerator, model, optimizer, scheduler)
-        say(f"resuming from {resume_from} (step {state.step})")
-    if isinstance(state.window_loss, float):
-        state.window_loss = torch.zeros((), device=accelerator.device)
-    return state, pending_rng
-
-
-def augment_train(prepared: Prepared, accelerator: Accelerator, say) -> dict[str, int]:
-    """`data.augment` applied to the train split (replaced in `prepared.splits`); the rows each method added."""
-    methods = prepared.recipe.data.augment
-    if not methods:
-        return {}
-    with accelerator.main_process_first():  # one process augments, the others read its cache
-        fields = prepared.task.augment_fields(prepared.splits["train"].column_names)
-        train, counts = augment.apply(prepared.splits["train"], methods, fields, prepared.recipe.training.seed, say)
-    prepared.splits["train"] = train
-    return counts
-
-
-def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
-    """The task's model with the recipe's method applied; the names of its newly initialised modules."""
-    recipe, task = prepared.recipe, prepared.task
-    decoder = prepared.decoder
-    quantization = getattr(recipe.method, "quantization", None)  # adapter methods only
-    say(
-        f"model: {prepared.checkpoint.name} ({prepared.checkpoint.origin})"
-        + (f", decoder warm-started from {decoder.name} ({decoder.origin})" if decoder else "")
-    )
-    model, new_modules = models.load_model(
-        prepared.checkpoint,
-        task.auto_class,
-        recipe.model.trust_remote_code,
-        prepared.tokenizer.pad_token_id,
-        decoder=decoder,
-        quantization=quantization,
-        **task.model_kwargs(),
-    )
-    if quantization:
-        model = models.prepare_quantized(model, recipe.training.gradient_checkpointing)
-    elif recipe.training.gradient_checkpointing:
-        models.enable_gradient_checkpointing(model)
-    model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
-    models.materialize_meta(model)
-    trainable, total = models.count_parameters(model)
-    say(
-        f"method: {recipe.method.type}, training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
-    )
-    return model, new_modules
-
-
-def make_batches(prepared: Prepared, accelerator: Accelerator):
-    """Tokenized features of every split, the training batch sampler and loader, and the evaluation loaders."""
-    recipe, task, cfg = prepared.recipe, prepared.task, prepared.recipe.training
-    tokenizer = prepared.tokenizer
-    features = tokenize({"train": prepared.splits["train"]}, task, tokenizer, cfg.max_length, accelerator)
-    eval_splits = {split: prepared.splits[split] for split in ("validation", "test") if split in prepared.splits}
-    eval_features, eval_loaders = eval_batches(eval_splits, task, tokenizer, recipe.training, accelerator)
-    features.update(eval_features)
-    size = None if cfg.max_tokens else cfg.batch_size
-    sampler = LengthGroupedBatches(features["train"]["length"], size, cfg.seed, max_tokens=cfg.max_tokens)
-    train_loader = DataLoader(
-        model_features(features["train"], task),
-        batch_sampler=sampler,
-        collate_fn=PadCollator(tokenizer.pad_token_id, tokenizer.padding_side),
-        pin_memory=accelerator.device.type == "cuda",
-    )
-    return features, sampler, train_loader, eval_loaders
-
-
-def parameter_groups(model, training, new_modules: list[str]) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norms;
-    the newly initialised head at its own learning rate if asked."""
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    head_lr = training.head_learning_rate or training.learning_rate
-    groups: dict[tuple, list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            is_head = any(f".{module}." in f".{name}" for module in new_modules)
-            key = (
-                head_lr if is_head else training.learning_rate,
-                0.0 if name.endswith(no_decay) else training.weight_decay,
-            )
-            groups.setdefault(key, []).append((name, param))
-    # The names travel with the groups (torch's param_names): checkpoints key the optimizer state by them.
-    return [
-        {"params": [p for _, p in pairs], "param_names": [n for n, _ in pairs], "lr": lr, "weight_decay": decay}
-        for (lr, decay), pairs in groups.items()
-    ]
-
-
-def make_optimizer(groups: list[dict], cfg) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw_8bit":
-        import bitsandbytes
-
-        return bitsandbytes.optim.AdamW8bit(groups, lr=cfg.learning_rate)
-    # The fused kernel updates every tensor in one pass: on CPU 5x faster than the multi-tensor (foreach)
-    # path for MiniLM (49 vs 277 ms a step), which is a quarter of a step on short sentences.
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
 
 
 @contextlib.contextmanager
@@ -457,13 +212,6 @@ def writing(run: Run, state: TrainingState):
                     run.log.close()
                 raise PeerLost(state.step, error) from None
             raise
-
-
-def step_size(run: Run) -> str:
-    cfg, processes = run.recipe.training, run.accelerator.num_processes
-    if cfg.max_tokens:
-        return f"{cfg.max_tokens * cfg.gradient_accumulation_steps * processes:,} tokens"
-    return f"{cfg.batch_size * cfg.gradient_accumulation_steps * processes} examples"
 
 
 # ---------------------------------------------------------------------------------------------- fit
@@ -699,13 +447,3 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
         **tracking.peak_memory(),
         **({"augmented_rows": run.augmented} if run.augmented else {}),
     }
-
-
-def save_model(model, tokenizer, run_dir: Path, recipe: Recipe, state_dict: dict | None = None) -> None:
-    """Save as plain transformers / peft files (safetensors); `state_dict`: the whole weights of a sharded model."""
-    if hasattr(model, "peft_config"):
-        # Point the adapter at the hub id, not this machine's cache path, so it loads anywhere.
-        for config in model.peft_config.values():
-            config.base_model_name_or_path = recipe.model.name
-    model.save_pretrained(run_dir, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(run_dir)

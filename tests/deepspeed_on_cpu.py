@@ -16,12 +16,12 @@ import sys
 from accelerate.state import PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedType
 
-from llmtune import cli, launch, training
+from llmtune import cli, components, launch
 
 
 def install() -> None:
     """Make every Accelerator llmtune creates a DeepSpeed one, and let llmtune's engine check pass on this CPU."""
-    create = training.new_accelerator
+    create = components.new_accelerator
 
     def deepspeed_accelerator(**options):
         accelerator = create(**options)
@@ -33,7 +33,7 @@ def install() -> None:
         accelerator.deepspeed_engine_wrapped = None  # (Accelerator.__init__ sets it only for DeepSpeed)
         return accelerator
 
-    training.new_accelerator = deepspeed_accelerator
+    components.new_accelerator = deepspeed_accelerator
     launch.accelerator_present = lambda: True
 
 

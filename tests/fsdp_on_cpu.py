@@ -16,12 +16,12 @@ from accelerate import FullyShardedDataParallelPlugin
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType
 
-from llmtune import cli, launch, training
+from llmtune import cli, components, launch
 
 
 def install() -> None:
     """Make every Accelerator llmtune creates an FSDP2 one, and let llmtune's engine check pass on this CPU."""
-    create = training.new_accelerator
+    create = components.new_accelerator
 
     def fsdp_accelerator(**options):
         accelerator = create(**options)
@@ -30,7 +30,7 @@ def install() -> None:
         accelerator.state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
         return accelerator
 
-    training.new_accelerator = fsdp_accelerator
+    components.new_accelerator = fsdp_accelerator
     launch.accelerator_present = lambda: True
 
 

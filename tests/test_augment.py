@@ -13,7 +13,7 @@ from test_bad_input import assert_user_error
 from test_token_classification import args, conll_files, settings
 
 from llmtune import augment, load_recipe
-from llmtune.training import prepare
+from llmtune.preparation import prepare
 
 LEXICON = """wonderful, marvellous, great
 film, movie, picture

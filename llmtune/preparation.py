@@ -1,0 +1,98 @@
+"""`prepare`: every check `train` makes before loading weights, and what the checks settle (Prepared).
+`llmtune validate` runs it too."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from . import augment, data, fsdp, launch, models, tasks, tracking, zero
+from .batching import LengthGroupedBatches
+from .errors import UserError
+from .evaluation import mixed_precision
+from .recipe import Recipe
+from .tasks.base import Task
+
+
+@dataclass
+class Prepared:
+    """What the checks settled, before any weights are loaded."""
+
+    recipe: Recipe  # with what the data and the model decided: label names, the max_length the model allows
+    task: Task
+    splits: dict
+    checkpoint: models.Checkpoint
+    decoder: models.Checkpoint | None
+    tokenizer: object
+    precision: str  # Accelerate's mixed_precision
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Every check `train` makes before loading weights: precision and trackers on this machine, the data against
+    the task, the checkpoint's config and tokenizer. `llmtune validate` runs it too.
+
+    Raises:
+        UserError: the first problem, in one line.
+    """
+    check_engine(recipe)
+    precision = mixed_precision(recipe.training.precision)
+    tracking.check_installed(recipe.tracking)
+    if getattr(recipe.method, "quantization", None):
+        models.check_quantization_installed(f"method.quantization: {recipe.method.quantization}")
+    if recipe.training.optimizer == "adamw_8bit":
+        models.check_quantization_installed("training.optimizer: adamw_8bit")
+    if not recipe.data.sources():
+        raise UserError("data: no split given; expected data.train (and data.validation, data.test)")
+    task = tasks.create(recipe.task)
+    splits = data.load_splits(recipe.data, task.file_readers)
+    task.prepare(splits, recipe.data)
+    if recipe.data.augment and "train" in splits:
+        augment.check(recipe.data.augment, task.augment_fields(splits["train"].column_names), task.name)
+    if recipe.evaluation.metric_for_best and "validation" not in splits:
+        raise UserError("evaluation.metric_for_best: needs data.validation, the split the best checkpoint is chosen on")
+    checkpoint, decoder = models.resolve_checkpoint(recipe.model), models.resolve_decoder(recipe.model)
+    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
+    config = models.load_config(checkpoint, recipe.model.trust_remote_code)
+    task.setup(config, tokenizer)
+    if "train" in splits and not recipe.training.max_tokens:  # (with a token budget, setup checks it)
+        check_warmup(recipe.training, planned_steps(len(splits["train"]), recipe.training))
+    max_length = models.effective_max_length(config, recipe.training.max_length)
+    training = recipe.training.model_copy(update={"max_length": max_length})
+    recipe = recipe.model_copy(update={"task": task.resolved_options(), "training": training})
+    return Prepared(recipe, task, splits, checkpoint, decoder, tokenizer, precision)
+
+
+def check_engine(recipe: Recipe) -> None:
+    """Refuse, before anything loads, an Accelerate config whose engine llmtune cannot train with correctly.
+
+    FSDP2 and DeepSpeed ZeRO are supported (fsdp.py, zero.py). The DeepSpeed config itself is checked once
+    Accelerate has read it (zero.configure).
+
+    Raises:
+        UserError: the engine, and what to use instead.
+    """
+    if launch.env_flag("ACCELERATE_USE_DEEPSPEED"):
+        zero.check_deepspeed(recipe)
+    elif launch.env_flag("ACCELERATE_USE_FSDP"):
+        fsdp.check_fsdp(recipe)
+
+
+def planned_steps(examples: int, cfg) -> int:
+    """The run's optimizer steps with a fixed batch size, counted before anything is tokenized."""
+    batches = LengthGroupedBatches([1] * examples, cfg.batch_size, cfg.seed).full_length()
+    return count_steps(math.ceil(batches / launch.world_size()), cfg)[1]
+
+
+def count_steps(batches_per_epoch: int, cfg) -> tuple[int, int]:
+    """Optimizer steps per epoch and in all, from one process's batches per epoch."""
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def check_warmup(cfg, total_steps: int) -> None:
+    """Raises UserError: more warmup steps than the run has, so the learning rate would never reach its peak."""
+    if cfg.warmup_steps is not None and cfg.warmup_steps > total_steps:
+        raise UserError(
+            f"training.warmup_steps: {cfg.warmup_steps} warmup steps but the run has {total_steps} steps in all; the "
+            "learning rate would never reach training.learning_rate. Use fewer warmup steps (or training.warmup_ratio)"
+        )
