@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -14,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import Interrupted, Notice, PeerLost, UserError
-from .quiet import silence_libraries  # for the rest of the command: never restored, the CLI is its own process
+from .quiet import silence_libraries_when_loaded
 
 app = typer.Typer(
     help="Fine-tune BERT- and GPT-style checkpoints on NLP tasks from one YAML recipe.\n\n"
@@ -50,11 +51,29 @@ def _fail(error: UserError) -> None:
     raise typer.Exit(2)
 
 
+def command(*names: str):
+    """A command of the app: its user errors end it with one line and exit code 2, and the libraries it loads stay
+    silent for the rest of the command (never restored: the CLI is its own process)."""
+
+    def register(function):
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            silence_libraries_when_loaded()
+            try:
+                return function(*args, **kwargs)
+            except UserError as error:
+                _fail(error)
+
+        return app.command(*names)(run)
+
+    return register
+
+
 def _echo(*parts) -> None:
     typer.echo(" ".join(str(part) for part in parts))
 
 
-@app.command()
+@command()
 def validate(
     recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
     set_: SetOption = None,
@@ -65,14 +84,10 @@ def validate(
     """
     from .recipe import load_recipe
 
-    try:
-        loaded = load_recipe(recipe, set_ or [])
-        from .preparation import prepare  # torch loads only for a recipe that parses
+    loaded = load_recipe(recipe, set_ or [])
+    from .preparation import prepare  # torch loads only for a recipe that parses
 
-        silence_libraries()
-        prepared = prepare(loaded)
-    except UserError as error:
-        _fail(error)
+    prepared = prepare(loaded)
     checkpoint, decoder = prepared.checkpoint, prepared.decoder
     _echo(f"{recipe}: ok")
     _echo(
@@ -92,7 +107,7 @@ def _shown(value) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-@app.command()
+@command()
 def train(
     recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
     set_: SetOption = None,
@@ -122,16 +137,12 @@ def train(
     from .recipe import load_recipe
 
     if (resume or resume_from) and overwrite:
-        typer.echo("error: --resume and --overwrite contradict each other; give one of them", err=True)
-        raise typer.Exit(2)
+        raise UserError("--resume and --overwrite contradict each other; give one of them")
     try:
         loaded = load_recipe(recipe, set_ or [])
         from .training import train as run_training  # torch loads only for a recipe that parses
 
-        silence_libraries()
         run_training(loaded, output_dir=output, overwrite=overwrite, echo=_echo, resume=resume_from or resume)
-    except UserError as error:
-        _fail(error)
     except PeerLost as lost:
         typer.echo(f"error: {lost}", err=True)
         raise typer.Exit(1) from None
@@ -148,7 +159,7 @@ def train(
         raise typer.Exit(stopped.exit_code) from None
 
 
-@app.command("eval")
+@command("eval")
 def eval_(
     target: Annotated[
         str,
@@ -180,20 +191,16 @@ def eval_(
     from .inference import evaluate
     from .runs import check_output_file, write_json, write_jsonl
 
-    silence_libraries()
-    try:
-        if output is not None:  # before the work: an evaluation can take an hour
-            check_output_file(output, "--output")
-            check_output_file(output.with_suffix(".predictions.jsonl"), "--output")
-        metrics, predictions = evaluate(
-            target,
-            split=split,
-            data_file=str(data_file) if data_file else None,
-            overrides=set_ or [],
-            echo=lambda line: typer.echo(line, err=True),
-        )  # stdout keeps the results only
-    except UserError as error:
-        _fail(error)
+    if output is not None:  # before the work: an evaluation can take an hour
+        check_output_file(output, "--output")
+        check_output_file(output.with_suffix(".predictions.jsonl"), "--output")
+    metrics, predictions = evaluate(
+        target,
+        split=split,
+        data_file=str(data_file) if data_file else None,
+        overrides=set_ or [],
+        echo=lambda line: typer.echo(line, err=True),
+    )  # stdout keeps the results only
     _echo(f"{'data' if data_file else split}: {format_metrics(metrics)}")
     if output is not None:
         write_json(output, metrics)
@@ -226,28 +233,24 @@ def predict(
 
     given = {name: values for name, values in fields.items() if values}
     if len({len(values) for values in given.values()}) > 1:
-        _fail(UserError(f"{' and '.join(_flag(name) for name in given)} must be given the same number of times"))
+        raise UserError(f"{' and '.join(_flag(name) for name in given)} must be given the same number of times")
     if not given and input_file is None:
         options = ", ".join(f"{_flag(name)} ..." for name in fields)
-        _fail(UserError(f"give the inputs to predict for: {options} (repeatable), or --input FILE"))
-    silence_libraries()
-    try:
-        if output is not None:
-            check_output_file(output, "--output")
-        rows: list = [dict(zip(given, values)) for values in zip(*given.values())]
-        if input_file is not None:
-            rows += read_file(str(input_file), f"--input {input_file}").to_list()
-        loaded = load_run(target, set_ or [])
-        accepted = loaded.task.input_columns()
-        unknown = [name for name in given if name not in accepted]
-        if unknown:
-            raise UserError(
-                f"{_flag(unknown[0])}: not an input of {loaded.task.name} runs; they take "
-                + " and ".join(_flag(name) for name in accepted)
-            )
-        predictions = run_predict(loaded, rows)
-    except UserError as error:
-        _fail(error)
+        raise UserError(f"give the inputs to predict for: {options} (repeatable), or --input FILE")
+    if output is not None:
+        check_output_file(output, "--output")
+    rows: list = [dict(zip(given, values)) for values in zip(*given.values())]
+    if input_file is not None:
+        rows += read_file(str(input_file), f"--input {input_file}").to_list()
+    loaded = load_run(target, set_ or [])
+    accepted = loaded.task.input_columns()
+    unknown = [name for name in given if name not in accepted]
+    if unknown:
+        raise UserError(
+            f"{_flag(unknown[0])}: not an input of {loaded.task.name} runs; they take "
+            + " and ".join(_flag(name) for name in accepted)
+        )
+    predictions = run_predict(loaded, rows)
     if output is not None:
         write_jsonl(output, predictions)
         _echo(f"{len(predictions)} predictions written to {output}")
@@ -277,10 +280,10 @@ def _with_input_fields(command):
     return command
 
 
-app.command()(_with_input_fields(predict))
+command()(_with_input_fields(predict))
 
 
-@app.command()
+@command()
 def push(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     repo_id: Annotated[str, typer.Option("--repo-id", help="Target repository, ORG/NAME (created if missing).")],
@@ -306,24 +309,20 @@ def push(
     """
     from .hub import push as run_push
 
-    silence_libraries()
-    try:
-        run_push(
-            run_dir,
-            repo_id,
-            private=private,
-            revision=revision,
-            merged=merged,
-            commit_message=commit_message,
-            include=include or [],
-            license=license,
-            echo=_echo,
-        )
-    except UserError as error:
-        _fail(error)
+    run_push(
+        run_dir,
+        repo_id,
+        private=private,
+        revision=revision,
+        merged=merged,
+        commit_message=commit_message,
+        include=include or [],
+        license=license,
+        echo=_echo,
+    )
 
 
-@app.command()
+@command()
 def merge(
     run_dir: Annotated[Path, typer.Argument(help="A finished LoRA or IA3 run directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged model.")],
@@ -334,15 +333,11 @@ def merge(
     """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
     from .merge import merge as run_merge
 
-    silence_libraries()
-    try:
-        run_merge(run_dir, output, overwrite=overwrite)
-    except UserError as error:
-        _fail(error)
+    run_merge(run_dir, output, overwrite=overwrite)
     _echo(f"merged model saved to {output}")
 
 
-@app.command()
+@command()
 def export(
     run_dir: Annotated[
         Path, typer.Argument(help="A finished run that classifies texts or tokens, or answers questions.")
@@ -356,18 +351,14 @@ def export(
 ) -> None:
     """Export a run to ONNX for ONNX Runtime (an adapter is merged first); eval, predict and serve load the export."""
     if format_ != "onnx":
-        _fail(UserError(f"--format {format_}: unknown; expected onnx"))
-    silence_libraries()
-    try:
-        from .export import export as run_export
+        raise UserError(f"--format {format_}: unknown; expected onnx")
+    from .export import export as run_export
 
-        written = run_export(run_dir, output, quantize=quantize, overwrite=overwrite)
-    except UserError as error:
-        _fail(error)
+    written = run_export(run_dir, output, quantize=quantize, overwrite=overwrite)
     _echo(f"exported to {written}" + (" (int8: model_quantized.onnx)" if quantize else ""))
 
 
-@app.command()
+@command()
 def serve(
     target: Annotated[str, typer.Argument(help="A finished run, an export of one, or a hub id of a pushed run.")],
     host: Annotated[
@@ -401,30 +392,26 @@ def serve(
     from .serve import Settings, api_key_from
     from .serve import serve as run_server
 
-    try:
-        key = api_key_from(api_key_env)
-        from . import models
-        from .inference import load_run
+    key = api_key_from(api_key_env)
+    from . import models
+    from .inference import load_run
 
-        folder = Path(target)
-        exported = folder.is_dir() and models.onnx_file(folder) is not None
-        if backend not in ("auto", "torch", "onnx"):
-            raise UserError(f"--backend {backend}: unknown; expected torch or onnx")
-        if backend == "onnx" and not exported:
-            raise UserError(f"--backend onnx: {target} holds no ONNX model; write one with llmtune export RUN -o DIR")
-        if backend == "torch" and exported:
-            raise UserError(
-                f"--backend torch: {target} is an ONNX export; serve it with --backend onnx or the run it came from"
-            )
-        silence_libraries()
-        loaded = load_run(target, set_ or [])
-    except UserError as error:
-        _fail(error)
+    folder = Path(target)
+    exported = folder.is_dir() and models.onnx_file(folder) is not None
+    if backend not in ("auto", "torch", "onnx"):
+        raise UserError(f"--backend {backend}: unknown; expected torch or onnx")
+    if backend == "onnx" and not exported:
+        raise UserError(f"--backend onnx: {target} holds no ONNX model; write one with llmtune export RUN -o DIR")
+    if backend == "torch" and exported:
+        raise UserError(
+            f"--backend torch: {target} is an ONNX export; serve it with --backend onnx or the run it came from"
+        )
+    loaded = load_run(target, set_ or [])
     settings = Settings(max_batch_size, max_wait_ms, max_queue, max_batch_tokens=max_batch_tokens, api_key=key)
     run_server(loaded, host, port, settings, echo=lambda line: typer.echo(line, err=True))
 
 
-@app.command()
+@command()
 def sweep(
     recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML) whose keys the sweep varies.")],
     space: Annotated[
@@ -459,10 +446,7 @@ def sweep(
     try:
         from .sweep import run_sweep
 
-        silence_libraries()
         study = run_sweep(recipe, space, output, trials, timeout, storage, resume, set_ or [], echo=_echo)
-    except UserError as error:
-        _fail(error)
     except Interrupted as stopped:
         typer.echo(f"{stopped}\nthe sweep stopped; continue it with the same command and --resume", err=True)
         raise typer.Exit(stopped.exit_code) from None
@@ -471,7 +455,7 @@ def sweep(
         _echo(f"best recipe: {output / 'best.yaml'} (llmtune train {output / 'best.yaml'})")
 
 
-@app.command()
+@command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     format_: Annotated[
@@ -493,14 +477,11 @@ def report(
     from .report import write_report
     from .sweep import is_sweep_dir, write_sweep_report
 
-    try:
-        written = write_sweep_report(run_dir) if is_sweep_dir(run_dir) else write_report(run_dir, format_, output)
-    except UserError as error:
-        _fail(error)
+    written = write_sweep_report(run_dir) if is_sweep_dir(run_dir) else write_report(run_dir, format_, output)
     _echo(f"report written to {written}")
 
 
-@app.command()
+@command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more finished run directories.")],
 ) -> None:
@@ -508,28 +489,22 @@ def compare(
     from .report import compare as compare_runs
     from .report import markdown_table
 
-    try:
-        header, rows = compare_runs(run_dirs)
-    except UserError as error:
-        _fail(error)
+    header, rows = compare_runs(run_dirs)
     _echo(markdown_table(header, rows))
 
 
-@app.command()
+@command()
 def recipes() -> None:
     """List the built-in recipes, one line each."""
     from .starter import builtin_recipes
 
-    try:
-        found = builtin_recipes()
-    except UserError as error:
-        _fail(error)
+    found = builtin_recipes()
     width = max((len(str(path.relative_to(path.parent.parent))) for path, _ in found), default=0)
     for path, summary in found:
         _echo(f"{str(path.relative_to(path.parent.parent)):<{width}}  {summary}")
 
 
-@app.command()
+@command()
 def init(
     task: Annotated[str, typer.Argument(help="The task, e.g. classification.")],
     model: Annotated[
@@ -546,14 +521,11 @@ def init(
     from .runs import write_atomic
     from .starter import starter_recipe
 
-    try:
-        if output is not None and output.exists():
-            raise UserError(f"--output {output}: already exists; choose another file name")
-        text = starter_recipe(task, model, output_dir=f"runs/{output.stem}" if output else None)
-        if output is not None and not output.parent.is_dir():
-            raise UserError(f"--output {output}: the directory {output.parent} does not exist")
-    except UserError as error:
-        _fail(error)
+    if output is not None and output.exists():
+        raise UserError(f"--output {output}: already exists; choose another file name")
+    text = starter_recipe(task, model, output_dir=f"runs/{output.stem}" if output else None)
+    if output is not None and not output.parent.is_dir():
+        raise UserError(f"--output {output}: the directory {output.parent} does not exist")
     if output is None:
         typer.echo(text, nl=False)
     else:

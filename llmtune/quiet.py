@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
+import sys
 import warnings
 from typing import Callable
 
@@ -41,6 +44,35 @@ def silence_libraries() -> Callable[[], None]:
             datasets.enable_progress_bars()
 
     return restore
+
+
+def silence_libraries_when_loaded() -> None:
+    """Silence transformers / datasets for the rest of the process as soon as either is imported (at once if one
+    is): a command answers bad input before it imports them, and stays fast doing so."""
+    if "transformers" in sys.modules or "datasets" in sys.modules:
+        silence_libraries()
+    elif not any(isinstance(finder, _SilenceOnLoad) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _SilenceOnLoad())
+
+
+class _SilenceOnLoad(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: it lets the usual finder load transformers or datasets, then silences both."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in ("transformers", "datasets"):
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            silence_libraries()
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def quiet_libraries(function):
