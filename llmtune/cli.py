@@ -389,25 +389,14 @@ def serve(
 ) -> None:
     """Serve a run over HTTP: /v1/predict, and OpenAI-compatible /v1/completions and /v1/chat/completions for causal
     LMs; requests are batched; /docs shows the API."""
-    from .serve import Settings, api_key_from
+    from .serve import Settings, api_key_from, load_for_serving
     from .serve import serve as run_server
 
     key = api_key_from(api_key_env)
-    from . import models
-    from .inference import load_run
-
-    folder = Path(target)
-    exported = folder.is_dir() and models.onnx_file(folder) is not None
-    if backend not in ("auto", "torch", "onnx"):
-        raise UserError(f"--backend {backend}: unknown; expected torch or onnx")
-    if backend == "onnx" and not exported:
-        raise UserError(f"--backend onnx: {target} holds no ONNX model; write one with llmtune export RUN -o DIR")
-    if backend == "torch" and exported:
-        raise UserError(
-            f"--backend torch: {target} is an ONNX export; serve it with --backend onnx or the run it came from"
-        )
-    loaded = load_run(target, set_ or [])
-    settings = Settings(max_batch_size, max_wait_ms, max_queue, max_batch_tokens=max_batch_tokens, api_key=key)
+    loaded, backend = load_for_serving(target, backend, set_ or [])
+    settings = Settings(
+        max_batch_size, max_wait_ms, max_queue, max_batch_tokens=max_batch_tokens, api_key=key, backend=backend
+    )
     run_server(loaded, host, port, settings, echo=lambda line: typer.echo(line, err=True))
 
 

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import models
 from .errors import UserError
-from .inference import LoadedRun
+from .inference import LoadedRun, load_run
 
 log = logging.getLogger("llmtune.serve")
 
@@ -48,6 +49,7 @@ class Settings:
     max_items: int = 64  # inputs per request
     max_body_bytes: int = 1 << 20
     api_key: str | None = field(default=None, repr=False)  # never logged
+    backend: str = "torch"  # what runs the model: torch, or onnx (ONNX Runtime, for an export)
 
 
 # On a CPU, padding costs as much as text: a batch of 32 random SST-2 sentences ran 1.35x faster through MiniLM
@@ -472,13 +474,35 @@ def serve(loaded: LoadedRun, host: str, port: int, settings: Settings, echo=prin
     datasets.disable_progress_bars()  # a "Tokenizing" bar per batch would bury the access log
     app = create_app(loaded, settings)
     echo(
-        f"serving {describe(loaded)}, task {loaded.task.name}, on http://{host}:{port} "
+        f"serving {describe(loaded)}, task {loaded.task.name}, backend {settings.backend}, on http://{host}:{port} "
         f"(batches of up to {settings.max_batch_size} inputs, {settings.max_wait_ms:g} ms wait)"
     )
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=60, lifespan="on"
     )
     uvicorn.Server(config).run()
+
+
+def load_for_serving(target: str, backend: str = "auto", overrides=()) -> tuple[LoadedRun, str]:
+    """The model to serve, and the backend that runs it: torch, or onnx (ONNX Runtime) for a directory written by
+    llmtune export; "auto" takes the one the directory holds.
+
+    Raises:
+        UserError: an unknown backend, or one the directory does not hold; what load_run raises.
+    """
+    folder = Path(target)
+    exported = folder.is_dir() and models.onnx_file(folder) is not None
+    if backend not in ("auto", "torch", "onnx"):
+        raise UserError(f"--backend {backend}: unknown; expected torch or onnx")
+    if backend == "onnx" and not exported:
+        raise UserError(f"--backend onnx: {target} holds no ONNX model; write one with llmtune export RUN -o DIR")
+    if backend == "torch" and exported:
+        raise UserError(
+            f"--backend torch: {target} is an ONNX export; serve it with --backend onnx or the run it came from"
+        )
+    loaded = load_run(target, overrides)
+    onnx = loaded.run_dir is not None and models.onnx_file(loaded.run_dir) is not None  # also a pulled export
+    return loaded, "onnx" if onnx else "torch"
 
 
 def api_key_from(variable: str | None) -> str | None:
