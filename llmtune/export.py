@@ -20,7 +20,7 @@ from . import models, runs
 from .batching import PadCollator
 from .errors import UserError
 from .inference import LoadedRun, load_run
-from .merge import check_finished_run
+from .merge import check_finished_run, refuse_prefix_tuning
 from .recipe import dump_recipe
 from .tasks.base import Task
 
@@ -47,11 +47,7 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
             f"{run_dir}: a {loaded.task.name} run generates text, which llmtune does not export to ONNX (it exports "
             "models that classify texts or tokens, or find answer spans); serve it with llmtune serve instead"
         )
-    if recipe.method.type == "prefix_tuning":
-        raise UserError(
-            f"{run_dir}: prefix tuning adds virtual tokens that do not fold into the weights; it cannot "
-            "be exported to ONNX (train with LoRA or full fine-tuning to export)"
-        )
+    refuse_prefix_tuning(run_dir, recipe, "exported to ONNX; train with LoRA or full fine-tuning to export")
     runs.check_output_dir(output, overwrite)
     model = loaded.model.merge_and_unload() if hasattr(loaded.model, "peft_config") else loaded.model
     with runs.staged_directory(output) as staging:

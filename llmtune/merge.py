@@ -21,6 +21,14 @@ def check_finished_run(run_dir: Path) -> Recipe:
     return load_recipe(run_dir / runs.RECIPE_FILE)
 
 
+def refuse_prefix_tuning(run_dir: Path, recipe: Recipe, refused: str) -> None:
+    """Raises UserError: a prefix-tuning run, whose virtual tokens no weights can take in (merge, export)."""
+    if recipe.method.type == "prefix_tuning":
+        raise UserError(
+            f"{run_dir}: prefix tuning adds virtual tokens instead of changing weights, so it cannot be {refused}"
+        )
+
+
 def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> Path:
     """Fold a run's LoRA (or IA3) adapter into its base weights and save a standalone transformers model.
 
@@ -34,11 +42,7 @@ def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> P
             f"{run_dir}: a full fine-tuning run (no {runs.ADAPTER_CONFIG}); "
             "it already is a standalone model, nothing to merge"
         )
-    if recipe.method.type == "prefix_tuning":
-        raise UserError(
-            f"{run_dir}: prefix tuning adds virtual tokens instead of changing weights, so it cannot be merged; "
-            "push the adapter instead"
-        )
+    refuse_prefix_tuning(run_dir, recipe, "merged; push the adapter instead")
     runs.check_output_dir(output, overwrite)
     loaded = load_run(run_dir)
     merged = loaded.model.merge_and_unload()
