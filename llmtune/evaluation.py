@@ -69,11 +69,10 @@ def eval_batches(splits: dict, task: Task, tokenizer, training, accelerator) -> 
     and test with, and `llmtune eval` its split. `training` is the recipe's training section, with the max_length
     the model allows."""
     features = tokenize(splits, task, tokenizer, training.max_length, accelerator)
-    collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
-    return features, {split: eval_loader(features[split], task, training, collate, accelerator) for split in features}
+    return features, {split: eval_loader(features[split], task, training, tokenizer, accelerator) for split in features}
 
 
-def eval_loader(features, task: Task, training, collate, accelerator):
+def eval_loader(features, task: Task, training, tokenizer, accelerator):
     """This process's share of the evaluation batches (not passed to `accelerator.prepare`: see run_evaluation).
 
     `training` is the recipe's training section: eval_batch_size, else twice the training batch (in
@@ -83,6 +82,7 @@ def eval_loader(features, task: Task, training, collate, accelerator):
 
     size = training.eval_batch_size or (None if training.max_tokens else 2 * training.batch_size)
     budget = 2 * training.max_tokens if size is None else None
+    collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
     batches = SortedBatches(
         features["length"], size, accelerator.num_processes, accelerator.process_index, max_tokens=budget
     )

@@ -47,13 +47,12 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     source = find_source(target, overrides)
     recipe, checkpoint, run_dir = source.recipe, source.checkpoint, source.run_dir
     trust = recipe.model.trust_remote_code
-    if run_dir is None:  # what the task leaves open (label names) comes from the checkpoint's config
-        recipe = recipe.model_copy(
-            update={"task": tasks.from_model_config(recipe.task, models.load_config(checkpoint, trust))}
-        )
-    task = tasks.create(recipe.task)
+    config = models.load_config(checkpoint, trust) if run_dir is None else None
     # A run's tokenizer is its saved files, read without remote code as it always was.
     tokenizer = models.load_tokenizer(checkpoint, trust and run_dir is None)
+    if config is not None:  # what the task leaves open (label names) comes from the checkpoint's config
+        recipe = recipe.model_copy(update={"task": tasks.from_model_config(recipe.task, config)})
+    task = tasks.create(recipe.task)
     model = load_weights(recipe, task, checkpoint, run_dir, tokenizer.pad_token_id)
     task.setup(model.config, tokenizer)
     return LoadedRun(recipe, task, model, tokenizer, run_dir)
