@@ -192,17 +192,7 @@ def push(
     recipe = public_recipe(recipe)
 
     with tempfile.TemporaryDirectory(prefix="llmtune-push-") as scratch:
-        if merged:
-            source = merge(run_dir, Path(scratch) / "merged")
-            patterns = runs.MODEL_FILES + runs.TOKENIZER_FILES + RUN_FILES
-        else:
-            source = run_dir
-            patterns = (runs.ADAPTER_FILES if adapter else runs.MODEL_FILES) + runs.TOKENIZER_FILES + RUN_FILES
-        files = [p for p in artifact_files(source, patterns) if p.name != runs.RECIPE_FILE]
-        files += [p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}]
-        public = Path(scratch) / runs.RECIPE_FILE  # without this machine's paths
-        runs.write_atomic(public, dump_recipe(recipe))
-        files.append(public)
+        files = upload_files(run_dir, Path(scratch), recipe, merged, adapter, include)
         card = model_card(recipe, metrics, repo_id, adapter=adapter and not merged, revision=revision, license=license)
         operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
@@ -221,6 +211,23 @@ def push(
             info = _commit_with_retries(api, repo_id, operations, message, revision, token, echo)
     echo(f"pushed as {user}: {info.commit_url}")
     return info.commit_url
+
+
+def upload_files(run_dir: Path, scratch: Path, recipe: Recipe, merged: bool, adapter: bool, include) -> list[Path]:
+    """What a push uploads: the adapter or model (merged into `scratch` first if asked) with its tokenizer, the run's
+    files, the --include matches, and the recipe without this machine's paths."""
+    if merged:
+        source = merge(run_dir, scratch / "merged")
+        patterns = runs.MODEL_FILES + runs.TOKENIZER_FILES + RUN_FILES
+    else:
+        source = run_dir
+        patterns = (runs.ADAPTER_FILES if adapter else runs.MODEL_FILES) + runs.TOKENIZER_FILES + RUN_FILES
+    files = [p for p in artifact_files(source, patterns) if p.name != runs.RECIPE_FILE]
+    files += [p for p in artifact_files(run_dir, list(include)) if p.name not in {f.name for f in files}]
+    public = scratch / runs.RECIPE_FILE  # without this machine's paths
+    runs.write_atomic(public, dump_recipe(recipe))
+    files.append(public)
+    return files
 
 
 def check_includes(run_dir: Path, patterns) -> None:

@@ -104,6 +104,29 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
         "",
         f"data:  # {schema.DataSpec.__doc__}",
     ]
+    lines += _data_lines()
+    lines += _method_lines(fields)
+    lines += [
+        "",
+        f"training:  # {schema.Training.__doc__}",
+        *_fields(schema.Training, "  "),
+        "",
+        f"evaluation:  # {schema.Evaluation.__doc__}",
+        *_fields(schema.Evaluation, "  "),
+        "",
+        f"checkpointing:  # {schema.Checkpointing.__doc__}",
+        *_fields(schema.Checkpointing, "  "),
+        "",
+        f"tracking: []  # {fields['tracking'].description}",
+        f"output_dir: {output_dir or 'runs/' + task}  # {fields['output_dir'].description}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _data_lines() -> list[str]:
+    """The data section's keys after its comment line: the train source's keys, then the other splits'."""
+    lines = []
     data_fields = schema.DataSpec.model_fields
     lines.append(f"  train:  # {data_fields['train'].description}")
     for name, field in schema.DataSource.model_fields.items():
@@ -124,7 +147,12 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
     lines.append(f"  columns: {{}}  # {data_fields['columns'].description}")
     lines.append(f"  drop_empty: false  # {data_fields['drop_empty'].description}")
     lines.append(f"  augment: []  # {data_fields['augment'].description}")
+    return lines
 
+
+def _method_lines(fields) -> list[str]:
+    """The method section: full fine-tuning, and every other method's keys commented out."""
+    lines = []
     methods = schema.union_members("method").values()
     lines += [
         "",
@@ -136,19 +164,4 @@ def starter_recipe(task: str, model: str = DEFAULT_MODEL, output_dir: str | None
         other = {n: f for n, f in method.model_fields.items() if n != "type"}
         for name, field in other.items():
             lines.append(f"  # {name}: {_value(_default(field))}  # with type {kind}: {field.description}")
-    lines += [
-        "",
-        f"training:  # {schema.Training.__doc__}",
-        *_fields(schema.Training, "  "),
-        "",
-        f"evaluation:  # {schema.Evaluation.__doc__}",
-        *_fields(schema.Evaluation, "  "),
-        "",
-        f"checkpointing:  # {schema.Checkpointing.__doc__}",
-        *_fields(schema.Checkpointing, "  "),
-        "",
-        f"tracking: []  # {fields['tracking'].description}",
-        f"output_dir: {output_dir or 'runs/' + task}  # {fields['output_dir'].description}",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
