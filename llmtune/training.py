@@ -361,16 +361,9 @@ def checkpoint_if_due(run: Run, state: TrainingState, improved: bool) -> None:
 
 
 def evaluate_split(run: Run, split: str, label: str, echo) -> tuple[dict, list[dict]]:
+    loader, examples, features = run.eval_loaders[split], run.splits[split], run.features[split]
     return run_evaluation(
-        run.model,
-        run.eval_loaders[split],
-        run.task,
-        run.accelerator,
-        run.splits[split],
-        run.features[split],
-        run.recipe.metrics,
-        echo,
-        label,
+        run.model, loader, run.task, run.accelerator, examples, features, run.recipe.metrics, echo, label
     )
 
 
