@@ -208,6 +208,18 @@ def test_bad_input_is_one_line_and_writes_nothing(case, cli, tiny_bert, sentimen
     assert sorted(path.name for path in tmp_path.iterdir()) == before  # no run directory, nothing else
 
 
+def test_warmup_longer_than_a_token_budget_run_stops_before_anything_is_written(
+    cli, tiny_bert, sentiment_files, tmp_path
+):
+    """A token budget's steps are counted once the data is tokenized (after the model loads), and checked then."""
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    sets = ("--set", "training.max_tokens=512", "--set", "training.warmup_steps=1000")
+    code, _, err = cli("train", recipe, *sets, "--output", tmp_path / "run")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: training.warmup_steps: 1000 warmup steps but the run has "), err
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- llmtune goes on, and says why
 
 
