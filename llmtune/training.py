@@ -354,9 +354,17 @@ def setup(
     )
     say(
         f"training: {len(prepared.splits['train']):,} examples, {total_steps:,} steps of {step_size(run)}, "
-        f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}"
+        f"{accelerator.device}, {accelerator.num_processes} process(es), "
+        f"precision {precision_label(recipe, accelerator)}"
     )
     return run, state
+
+
+def precision_label(recipe: Recipe, accelerator: Accelerator) -> str:
+    """What the run trains in: fp32, bf16-mixed or fp16-mixed (fp32 master weights under autocast), or bf16-pure."""
+    if recipe.training.precision == "bf16-pure":
+        return "bf16-pure"
+    return "fp32" if accelerator.mixed_precision == "no" else f"{accelerator.mixed_precision}-mixed"
 
 
 def augment_train(prepared: Prepared, accelerator: Accelerator, say) -> dict[str, int]:
@@ -395,6 +403,7 @@ def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
         models.enable_gradient_checkpointing(model)
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
     models.materialize_meta(model)
+    models.set_precision(model, prepared.precision, recipe.training.precision == "bf16-pure")
     trainable, total = models.count_parameters(model)
     say(
         f"method: {recipe.method.type}, training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
@@ -726,7 +735,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         whole = accelerator.get_state_dict(run.model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model, keep_torch_compile=False)
-        save_model(unwrapped, run.tokenizer, run.run_dir, run.recipe, whole)
+        save_model(unwrapped, run.tokenizer, run.run_dir, run.recipe, models.in_stored_dtypes(unwrapped, whole))
         if predictions is not None:
             runs.write_jsonl(run.run_dir / runs.PREDICTIONS_FILE, predictions)
         plots.save_plots(run.run_dir)
@@ -754,6 +763,7 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
         "epochs": round(state.step / run.steps_per_epoch, 4),
         "examples": state.examples_seen,
         "runtime_s": round(wall_seconds, 2),
+        "precision": precision_label(run.recipe, accelerator),
         **throughput.summary(examples, train_seconds, speed.flops_per_token(run.model), peak),
         **tracking.peak_memory(),
         **({"augmented_rows": run.augmented} if run.augmented else {}),
