@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -290,6 +290,8 @@ def setup(
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
     accelerator = new_accelerator(
         kwargs_handlers=[timeout],
+        # Batches (in pinned memory on CUDA) copied to the GPU without the host waiting for each copy.
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         mixed_precision=prepared.precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cpu_processes,
