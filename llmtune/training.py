@@ -489,6 +489,15 @@ def writing(run: Run, state: TrainingState):
         if main:
             runs.discard(previous)  # the new run can be resumed; the one it replaces is gone as asked
         raise
+    except torch.OutOfMemoryError:
+        saved = checkpoints.checkpoint_dirs(run.run_dir) if main else []
+        if main:  # the checkpoints written before are complete (atomic): keep them, as after a signal
+            run.log.close()
+            if saved or run.resumed:
+                runs.discard(previous)
+            else:
+                runs.abandon(run.run_dir, previous, run.created_dir)
+        raise out_of_memory(run, state, bool(saved)) from None
     except BaseException as error:
         if checkpoints.collective_failed(error, run.accelerator.num_processes):
             if main:  # like a signal: the run stays, resumable from its checkpoints
@@ -511,6 +520,38 @@ def writing(run: Run, state: TrainingState):
         raise
     if main:
         runs.discard(previous)
+
+
+def out_of_memory(run: Run, state: TrainingState, kept: bool) -> UserError:
+    """The one line for an accelerator out of memory: how much was used, and the recipe keys that lower it."""
+    cfg, method = run.recipe.training, run.recipe.method
+    if torch.cuda.is_available():
+        used = f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB"
+        used += f" of {torch.cuda.get_device_properties(run.accelerator.device).total_memory / 2**20:,.0f} MiB"
+    else:
+        used = f"peak memory {tracking.peak_memory()['peak_memory_mb']:,.0f} MB"
+    batch = (
+        f"training.max_tokens (now {cfg.max_tokens})"
+        if cfg.max_tokens
+        else f"training.batch_size (now {cfg.batch_size})"
+    )
+    lower = [
+        f"{batch} (with training.gradient_accumulation_steps to keep the step size)",
+        f"training.max_length (now {cfg.max_length})",
+        "training.eval_batch_size (evaluation)",
+    ]
+    if not cfg.gradient_checkpointing:
+        lower.append("training.gradient_checkpointing: true")
+    if method.type == "full":
+        lower.append("method.type: lora")
+    elif not getattr(method, "quantization", None):
+        lower.append("method.quantization: 4bit")
+    if cfg.precision in ("auto", "fp32"):
+        lower.append("training.precision: bf16")
+    kept_line = "the run's checkpoints are kept (--resume continues)" if kept else "no checkpoint was written"
+    return UserError(
+        f"out of memory at step {state.step + 1} ({used}); lower it with " + ", ".join(lower) + f"; {kept_line}"
+    )
 
 
 def open_run_dir(run: Run, step: int) -> Path | None:
