@@ -174,7 +174,10 @@ def evaluate(
     loader = eval_loader(features, task, recipe.training, collate, accelerator)
     model = accelerator.prepare(loaded.model)
     label = "data" if data_file else split
-    return run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics, echo, label)
+    result = run_evaluation(model, loader, task, accelerator, splits[split], features, recipe.metrics, echo, label)
+    del model, loaded, accelerator, loader  # nothing of the model outlives the call
+    models.release_accelerator_memory()
+    return result
 
 
 @quiet_libraries

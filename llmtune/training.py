@@ -91,12 +91,17 @@ def train(
     if recipe.data.train is None:
         raise UserError("data.train: missing; training needs a train split")
     prepared = prepare(recipe)
+    if torch.cuda.is_available():  # metrics.json's peak GPU memory is this run's, not the process's so far
+        torch.cuda.reset_peak_memory_stats()
     with checkpoints.StopSignals(announce=os.environ.get("RANK", "0") == "0") as stop:
         run, state = setup(prepared, run_dir, resume, explicit_checkpoint, stop, echo)
         run.on_validation = on_validation
         with writing(run, state):
             state = fit(run, state)
-            return finish(run, state)
+            result = finish(run, state)
+    del run, state  # the model, optimizer, batches and accelerator: nothing of them outlives the call
+    models.release_accelerator_memory()
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- prepare

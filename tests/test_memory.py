@@ -3,9 +3,9 @@ run's checkpoints; `train` and `evaluate` hold nothing of the run once they retu
 
 from __future__ import annotations
 
-import gc
 import weakref
 
+import pytest
 import torch
 from conftest import write_recipe, write_sentiment_files
 
@@ -55,3 +55,39 @@ def test_out_of_memory_before_any_checkpoint_leaves_no_run(cli, tiny_bert, tmp_p
     code, out, err = cli("train", recipe, *sets("training.max_steps=2"))
     assert code == 2 and "no checkpoint was written" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: Accelerate's autocast wrapper refers to the model
+def test_train_and_evaluate_keep_no_reference_to_the_model_or_optimizer(precision, tiny_bert, tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
+    made = {}
+    load_model, make_optimizer = training.load_model, training.make_optimizer
+
+    def recording_load_model(*args, **kwargs):
+        model, new_modules = load_model(*args, **kwargs)
+        made["model"] = weakref.ref(model)
+        return model, new_modules
+
+    def recording_make_optimizer(*args, **kwargs):
+        optimizer = make_optimizer(*args, **kwargs)
+        made["optimizer"] = weakref.ref(optimizer)
+        return optimizer
+
+    monkeypatch.setattr(training, "load_model", recording_load_model)
+    monkeypatch.setattr(training, "make_optimizer", recording_make_optimizer)
+    overrides = ["training.max_steps=2", "data.validation=null", f"training.precision={precision}"]
+    result = training.train(load_recipe(recipe, overrides))
+    assert made["model"]() is None and made["optimizer"]() is None, "train() kept the run's model or optimizer"
+
+    from llmtune import inference
+
+    load_run, loaded = inference.load_run, {}
+
+    def recording_load_run(*args, **kwargs):
+        run = load_run(*args, **kwargs)
+        loaded["model"] = weakref.ref(run.model)
+        return run
+
+    monkeypatch.setattr(inference, "load_run", recording_load_run)
+    evaluate(result.run_dir, split="test")
+    assert loaded["model"]() is None, "evaluate() kept the model"
