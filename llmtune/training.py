@@ -671,6 +671,10 @@ def log_training(run: Run, state: TrainingState, grad_norm) -> None:
 def check_finite(run: Run, state: TrainingState, loss: float) -> None:
     """Stop a run whose loss became NaN or infinite, before it writes a checkpoint or a model of such weights.
 
+    Checked where the loss is read anyway, at logging steps and before each checkpoint, so a run stops at most
+    log_every_n_steps - 1 steps after its loss diverged: reading the loss every step would make the host wait for
+    the GPU every step.
+
     Raises:
         UserError: the step, the last finite loss, and what usually causes it.
     """
