@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -31,6 +31,8 @@ def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.collective_timeout_s))
     accelerator = new_accelerator(
         kwargs_handlers=[timeout],
+        # Batches (in pinned memory on CUDA) copied to the GPU without the host waiting for each copy.
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         mixed_precision=prepared.precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=cpu_processes,
@@ -42,6 +44,23 @@ def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator
+
+
+def whole_weights(accelerator: Accelerator, model) -> dict | None:
+    """The whole weights to save, under FSDP or ZeRO (every process takes part in gathering them, the main process
+    saves them); None when the model holds them whole."""
+    if zero.engaged(accelerator):
+        return zero.saved_state_dict(accelerator, model)
+    if checkpoints.sharded(accelerator):
+        return accelerator.get_state_dict(model)
+    return None
+
+
+def precision_label(recipe: Recipe, accelerator: Accelerator) -> str:
+    """What the run trains in: fp32, bf16-mixed or fp16-mixed (fp32 master weights under autocast), or bf16-pure."""
+    if recipe.training.precision == "bf16-pure":
+        return "bf16-pure"
+    return "fp32" if accelerator.mixed_precision == "no" else f"{accelerator.mixed_precision}-mixed"
 
 
 def resume_point(recipe: Recipe, run_dir: Path, explicit_checkpoint: Path | None) -> Path:
@@ -86,6 +105,7 @@ def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
         models.enable_gradient_checkpointing(model)
     model = models.apply_method(model, recipe.method, task.peft_task_type, new_modules)
     models.materialize_meta(model)
+    models.set_precision(model, prepared.precision, recipe.training.precision == "bf16-pure")
     trainable, total = models.count_parameters(model)
     say(
         f"method: {recipe.method.type}, training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
@@ -179,6 +199,16 @@ def save_model(model, tokenizer, run_dir: Path, recipe: Recipe, state_dict: dict
             config.base_model_name_or_path = recipe.model.name
     model.save_pretrained(run_dir, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(run_dir)
+
+
+def training_line(run) -> str:
+    """The line that says what the run trains on: examples, steps and their size, device, processes, precision."""
+    accelerator = run.accelerator
+    return (
+        f"training: {len(run.splits['train']):,} examples, {run.total_steps:,} steps of {step_size(run)}, "
+        f"{accelerator.device}, {accelerator.num_processes} process(es), "
+        f"precision {precision_label(run.recipe, accelerator)}"
+    )
 
 
 def step_size(run) -> str:

@@ -39,6 +39,12 @@ def mixed_precision(precision: str, evaluating: bool = False) -> str:
 
     if precision == "fp32":
         return "no"
+    if precision == "bf16-pure":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise UserError("training.precision: bf16-pure needs a GPU with bf16 (Ampere or later); use fp16 or fp32")
+        # The weights themselves are bf16 (models.set_precision): no autocast needed while training. The saved
+        # model keeps the checkpoint's dtype, so evaluating it runs under bf16 autocast instead.
+        return "bf16" if evaluating else "no"
     if precision == "fp16" and not torch.cuda.is_available():
         if evaluating:
             return "no"

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from safetensors import SafetensorError
 
-from . import data, models, runs, tasks
+from . import data, memory, models, runs, tasks
 from .errors import UserError
 from .evaluation import eval_batches, mixed_precision, new_accelerator, run_evaluation
 from .quiet import peft_deprecations_silenced, quiet_libraries
@@ -173,9 +173,12 @@ def evaluate(
     features, loaders = eval_batches({split: splits[split]}, task, loaded.tokenizer, training, accelerator)
     model = accelerator.prepare(loaded.model)
     label = "data" if data_file else split
-    return run_evaluation(
+    result = run_evaluation(
         model, loaders[split], task, accelerator, splits[split], features[split], recipe.metrics, echo, label
     )
+    del model, loaded, accelerator, loaders  # nothing of the model outlives the call
+    memory.release()
+    return result
 
 
 @quiet_libraries

@@ -321,8 +321,13 @@ class Training(Section):
         1.0, gt=0, description="Clip the gradient norm to this value; null: no clipping."
     )
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 (else fp16) mixed precision on GPU, fp32 on CPU."
+    precision: Literal["auto", "fp32", "bf16", "fp16", "bf16-pure"] = Field(
+        "auto",
+        description="auto: bf16 (else fp16) mixed precision on GPU, fp32 on CPU. bf16 and fp16 are mixed precision: "
+        "the trained weights and the optimizer state stay fp32 (master weights, whatever dtype the checkpoint is "
+        "stored in) and autocast runs the matmuls in bf16/fp16; an adapter's frozen base stays as loaded. "
+        "bf16-pure: every weight and the optimizer state in bf16 (half the memory of the trained weights, but "
+        "updates smaller than a weight's bf16 resolution are lost). The saved model keeps the checkpoint's dtype.",
     )
     log_every_n_steps: int = Field(10, ge=1, description="Write a training-log line every N optimizer steps.")
     gradient_checkpointing: bool = Field(

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from . import allocator, checkpoints, components, launch, plots, runs, speed, tracking, zero
+from . import allocator, checkpoints, components, launch, memory, models, plots, runs, speed, tracking
 from .batching import LengthGroupedBatches
 from .checkpoints import TrainingState
 from .components import save_model  # by name: a fault test replaces it here
@@ -82,12 +82,16 @@ def train(
     if recipe.data.train is None:
         raise UserError("data.train: missing; training needs a train split")
     prepared = prepare(recipe)
+    memory.reset_peak()
     with checkpoints.StopSignals(announce=launch.is_first_process()) as stop:
         run, state = setup(prepared, run_dir, resume, explicit_checkpoint, stop, echo)
         run.on_validation = on_validation
         with writing(run, state):
             state = fit(run, state)
-            return finish(run, state)
+            result = finish(run, state)
+    del run, state  # the model, optimizer, batches and accelerator: nothing of them outlives the call
+    memory.release()
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -177,10 +181,7 @@ def setup(
         resumed=resume_from is not None,
         augmented=augmented,
     )
-    say(
-        f"training: {len(prepared.splits['train']):,} examples, {total_steps:,} steps of {components.step_size(run)}, "
-        f"{accelerator.device}, {accelerator.num_processes} process(es), precision {accelerator.mixed_precision}"
-    )
+    say(components.training_line(run))
     return run, state
 
 
@@ -193,25 +194,34 @@ def writing(run: Run, state: TrainingState):
         UserError: the disk filled up (or the directory stopped being writable) while writing.
     """
     main = run.accelerator.is_main_process
-    with runs.transaction(
-        run.run_dir,
-        dump_recipe(run.recipe),
-        resumed=run.resumed,
-        step=state.step,
-        main=main,
-        stays=lambda error: isinstance(error, (Interrupted, PeerLost)),
-        before_cleanup=lambda: run.log is not None and run.log.close(),
-    ):
-        run.log = RunLog(run.run_dir, run.accelerator)
-        tracking.start(run.accelerator, run.recipe.model_dump(mode="json"))
-        try:
-            yield
-        except BaseException as error:
-            if checkpoints.collective_failed(error, run.accelerator.num_processes):
-                if main:
-                    run.log.close()
-                raise PeerLost(state.step, error) from None
-            raise
+
+    def stays(error: BaseException) -> bool:
+        return isinstance(error, (Interrupted, PeerLost)) or memory.resumable(error, run.run_dir, run.resumed, main)
+
+    try:
+        with runs.transaction(
+            run.run_dir,
+            dump_recipe(run.recipe),
+            resumed=run.resumed,
+            step=state.step,
+            main=main,
+            stays=stays,
+            before_cleanup=lambda: run.log is not None and run.log.close(),
+        ):
+            run.log = RunLog(run.run_dir, run.accelerator)
+            tracking.start(run.accelerator, run.recipe.model_dump(mode="json"))
+            try:
+                yield
+            except BaseException as error:
+                if checkpoints.collective_failed(error, run.accelerator.num_processes):
+                    if main:
+                        run.log.close()
+                    raise PeerLost(state.step, error) from None
+                raise
+    except torch.OutOfMemoryError as error:
+        run.log.close()
+        kept = memory.resumable(error, run.run_dir, run.resumed, main)
+        raise memory.out_of_memory(run.recipe, run.accelerator, state.step, kept) from None
 
 
 # ---------------------------------------------------------------------------------------------- fit
@@ -302,6 +312,10 @@ def log_training(run: Run, state: TrainingState, grad_norm) -> None:
 
 def check_finite(run: Run, state: TrainingState, loss: float) -> None:
     """Stop a run whose loss became NaN or infinite, before it writes a checkpoint or a model of such weights.
+
+    Checked where the loss is read anyway, at logging steps and before each checkpoint, so a run stops at most
+    log_every_n_steps - 1 steps after its loss diverged: reading the loss every step would make the host wait for
+    the GPU every step.
 
     Raises:
         UserError: the step, the last finite loss, and what usually causes it.
@@ -400,15 +414,10 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
             run.log.write({"step": state.step, "split": split, **metrics})
         results[split] = metrics
     run.log.close()
-    # Under FSDP or ZeRO every process takes part in gathering the whole weights, which the main process saves.
-    whole = None
-    if zero.engaged(accelerator):
-        whole = zero.saved_state_dict(accelerator, run.model)
-    elif checkpoints.sharded(accelerator):
-        whole = accelerator.get_state_dict(run.model)
+    whole = components.whole_weights(accelerator, run.model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model, keep_torch_compile=False)
-        save_model(unwrapped, run.tokenizer, run.run_dir, run.recipe, whole)
+        save_model(unwrapped, run.tokenizer, run.run_dir, run.recipe, models.in_stored_dtypes(unwrapped, whole))
         if predictions is not None:
             runs.write_jsonl(run.run_dir / runs.PREDICTIONS_FILE, predictions)
         plots.save_plots(run.run_dir)
@@ -426,9 +435,7 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
     """metrics.json's "train" entry: steps, epochs, time (with and without evaluations and checkpoints) and the
     throughput figures, all processes counted."""
     accelerator, throughput = run.accelerator, run.throughput
-    counts = [float(throughput.tokens), float(throughput.target_tokens), float(throughput.padded_tokens)]
-    counts = accelerator.reduce(torch.tensor(counts, device=accelerator.device), "sum")
-    throughput.tokens, throughput.target_tokens, throughput.padded_tokens = (int(count) for count in counts)
+    throughput.reduce(accelerator)
     examples = state.examples_seen - run.examples_at_start
     peak = speed.matmul_peak_flops(accelerator.device)
     return {
@@ -436,6 +443,7 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
         "epochs": round(state.step / run.steps_per_epoch, 4),
         "examples": state.examples_seen,
         "runtime_s": round(wall_seconds, 2),
+        "precision": components.precision_label(run.recipe, accelerator),
         **throughput.summary(examples, train_seconds, speed.flops_per_token(run.model), peak),
         **tracking.peak_memory(),
         **({"augmented_rows": run.augmented} if run.augmented else {}),
