@@ -101,7 +101,10 @@ def train(
     ] = None,
     overwrite: Annotated[
         bool,
-        typer.Option(help="Replace the llmtune run in the output directory (never a directory holding other files)."),
+        typer.Option(
+            help="Replace the training run (written by llmtune train) in the output directory; never an export, a "
+            "merged model, a sweep or other files."
+        ),
     ] = False,
     resume: Annotated[
         bool,
@@ -328,7 +331,11 @@ def merge(
     run_dir: Annotated[Path, typer.Argument(help="A finished LoRA or IA3 run directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged model.")],
     overwrite: Annotated[
-        bool, typer.Option(help="Replace the llmtune run (or merged model) at --output; never other files.")
+        bool,
+        typer.Option(
+            help="Replace the merged model (written by llmtune merge) at --output; never a training run, an export, "
+            "a sweep or other files."
+        ),
     ] = False,
 ) -> None:
     """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
@@ -352,7 +359,13 @@ def export(
     quantize: Annotated[
         Optional[str], typer.Option(help="int8: also write model_quantized.onnx, int8 weights (dynamic quantization).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace the llmtune export at --output; never other files.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace the ONNX export (written by llmtune export) at --output; never a training run, a merged "
+            "model, a sweep or other files."
+        ),
+    ] = False,
 ) -> None:
     """Export a run to ONNX for ONNX Runtime (an adapter is merged first); eval, predict and serve load the export."""
     if format_ != "onnx":

@@ -32,7 +32,8 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
 
     Raises:
         UserError: not a finished run, a model that generates text or a prefix adapter, an unknown
-            quantization, or an output directory that holds anything but an llmtune run.
+            quantization, or an output directory that holds anything but an llmtune export (a training run, a
+            merged model or a sweep included: --overwrite replaces only an export).
     """
     run_dir, output = Path(run_dir), Path(output)
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -40,6 +41,7 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
     recipe = check_finished_run(run_dir)
     if models.onnx_file(run_dir) is not None:
         raise UserError(f"{run_dir}: is an export already (it holds ONNX files); export the run it came from")
+    runs.check_output_dir(output, overwrite, runs.EXPORT, "--output")  # before loading: refused in a second
     loaded = load_run(run_dir)
     outputs = models.ONNX_OUTPUTS.get(loaded.task.auto_class)
     if outputs is None:
@@ -52,9 +54,8 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
             f"{run_dir}: prefix tuning adds virtual tokens that do not fold into the weights; it cannot "
             "be exported to ONNX (train with LoRA or full fine-tuning to export)"
         )
-    runs.check_output_dir(output, overwrite)
     model = loaded.model.merge_and_unload() if hasattr(loaded.model, "peft_config") else loaded.model
-    with runs.staged_directory(output) as staging:
+    with runs.staged_directory(output, runs.EXPORT) as staging:
         write_onnx(model.eval(), example_batch(loaded), outputs, staging / "model.onnx")
         if quantize == "int8":
             quantize_int8(staging / "model.onnx", staging / "model_quantized.onnx")
