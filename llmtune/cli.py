@@ -398,6 +398,14 @@ def serve(
             min=1, help="Most padded tokens per forward pass (batches are cut by length); default 512 on CPU, else none"
         ),
     ] = None,
+    max_inputs: Annotated[
+        int,
+        typer.Option(min=1, help="Most inputs (or prompts) in one request; beyond it the request gets 413."),
+    ] = 64,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(min=1, help="Largest request body in bytes (default 1 MiB); beyond it the request gets 413."),
+    ] = 1 << 20,
     backend: Annotated[
         str,
         typer.Option(
@@ -410,7 +418,12 @@ def serve(
     set_: SetOption = None,
 ) -> None:
     """Serve a run over HTTP: /v1/predict, and OpenAI-compatible /v1/completions and /v1/chat/completions for causal
-    LMs; requests are batched; /docs shows the API."""
+    LMs; requests are batched; /docs shows the API.
+
+    Requests are UTF-8 JSON (Content-Type: application/json) of at most 1 MiB with at most 64 inputs by default
+    (--max-body-bytes, --max-inputs).
+
+    Every error is one JSON object, {"error": {"message": ...}}, with a 4xx or 5xx status."""
     from .serve import Settings, api_key_from
     from .serve import serve as run_server
 
@@ -433,7 +446,15 @@ def serve(
         loaded = load_run(target, set_ or [])
     except UserError as error:
         _fail(error)
-    settings = Settings(max_batch_size, max_wait_ms, max_queue, max_batch_tokens=max_batch_tokens, api_key=key)
+    settings = Settings(
+        max_batch_size,
+        max_wait_ms,
+        max_queue,
+        max_batch_tokens=max_batch_tokens,
+        max_items=max_inputs,
+        max_body_bytes=max_body_bytes,
+        api_key=key,
+    )
     run_server(loaded, host, port, settings, echo=lambda line: typer.echo(line, err=True))
 
 
