@@ -21,6 +21,7 @@ from .batching import PadCollator
 from .errors import UserError
 from .inference import LoadedRun, load_run
 from .merge import check_finished_run
+from .quiet import onnx_tracer_warnings_silenced
 from .recipe import dump_recipe
 from .tasks.base import Task
 
@@ -114,7 +115,7 @@ def write_onnx(model, batch: dict, outputs: dict[str, dict], path: Path) -> None
             return tuple(getattr(result, name) for name in outputs)
 
     axes = {**{name: {0: "batch", 1: "sequence"} for name in names}, **outputs}
-    with torch.no_grad():
+    with torch.no_grad(), onnx_tracer_warnings_silenced():
         torch.onnx.export(
             Positional(),
             tuple(batch[name] for name in names),

@@ -145,6 +145,18 @@ def test_overwrite_replaces_an_export_and_never_a_training_run(runs, tmp_path, c
     assert (exported / "model_quantized.onnx").is_file()
 
 
+def test_an_export_shows_no_tracer_warnings(runs, tmp_path, cli):
+    """torch's tracer warned six lines about transformers' code on every export."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = cli("export", runs["lora"], "--output", tmp_path / "onnx")
+    assert code == 0, err
+    shown = [w for w in caught if not issubclass(w.category, DeprecationWarning)]  # Python shows users no others
+    assert [f"{w.category.__name__}: {w.message}" for w in shown] == []
+
+
 def test_a_model_that_generates_text_is_refused_in_one_line(tiny_llama, tmp_path, cli):
     from test_generative_seq2seq import translation_settings
 

@@ -295,6 +295,30 @@ def test_train_says_once_that_max_length_is_capped(cli, tiny_bert, sentiment_fil
     ]
 
 
+def test_a_lora_run_shows_no_library_warnings(tiny_bert, sentiment_files, tmp_path):
+    """The real entry point: DeepSpeed, when installed, is not imported by a run that does not use its engine, so its
+    'Setting accelerator to CPU' line is gone, and no library warning reaches stderr."""
+    import os
+    import sys
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files, "method:\n  type: lora\n")
+    code = (
+        "import sys, runpy; sys.argv = ['llmtune', 'train', sys.argv[1], '--set', 'training.max_steps=1'];"
+        "\ntry: runpy.run_module('llmtune', run_name='__main__')"
+        "\nfinally: print('deepspeed imported:', 'deepspeed' in sys.modules)"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", code, str(recipe)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr == ""
+    assert "[WARNING]" not in finished.stdout and "deepspeed imported: False" in finished.stdout, finished.stdout
+
+
 def test_a_rename_of_a_column_the_data_lacks_is_a_warning(cli, tiny_bert, sentiment_files, tmp_path):
     from llmtune.errors import DataWarning
 
