@@ -189,8 +189,8 @@ def check_output_dir(path: Path, overwrite: bool, kind: str = TRAINING_RUN, opti
     found = output_kind(path)
     if found is not None and found != kind:
         raise UserError(
-            f"{option}: {path} holds {_a(found)} ({KIND_COMMANDS[found]}), not {_a(kind)}; {KIND_COMMANDS[kind]} "
-            f"replaces only its own {kind}s, so choose another directory with --output DIR"
+            f"{option}: {path} holds {with_article(found)} ({KIND_COMMANDS[found]}), not {with_article(kind)}; "
+            f"{KIND_COMMANDS[kind]} replaces only its own {kind}s, so choose another directory with --output DIR"
         )
     foreign = foreign_entries(path, kind_entries(kind))
     if found is None or foreign:
@@ -207,7 +207,9 @@ def check_output_dir(path: Path, overwrite: bool, kind: str = TRAINING_RUN, opti
         )
     if not overwrite:
         what = (
-            _a(kind) if kind != TRAINING_RUN else ("a finished run" if is_finished_run(path) else "an unfinished run")
+            with_article(kind)
+            if kind != TRAINING_RUN
+            else ("a finished run" if is_finished_run(path) else "an unfinished run")
         )
         raise UserError(
             f"{option}: {path} already holds {what}; "
@@ -215,7 +217,7 @@ def check_output_dir(path: Path, overwrite: bool, kind: str = TRAINING_RUN, opti
         )
 
 
-def _a(kind: str) -> str:
+def with_article(kind: str) -> str:
     return ("an " if kind[0] in "aeiouAEIOU" else "a ") + kind
 
 
@@ -259,7 +261,7 @@ def clear_output_dir(path: Path, kind: str = TRAINING_RUN) -> None:
     found = output_kind(path)
     foreign = foreign_entries(path, kind_entries(kind))
     if found not in (None, kind):
-        raise UserError(f"{path} now holds {_a(found)}, not {_a(kind)}; nothing was deleted")
+        raise UserError(f"{path} now holds {with_article(found)}, not {with_article(kind)}; nothing was deleted")
     if foreign:
         raise UserError(
             f"{path} now holds files that are not part of an llmtune {kind} ({', '.join(foreign[:5])}); "

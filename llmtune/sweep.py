@@ -244,7 +244,9 @@ def check_sweep_dir(output: Path) -> None:
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output}: is a file; a sweep needs a directory")
     if output.is_dir() and any(output.iterdir()) and not (is_sweep_dir(output) or (output / "study.db").exists()):
-        raise UserError(f"--output {output}: holds other files; choose a new or empty directory for the sweep")
+        kind = runs.output_kind(output)
+        what = f"{runs.with_article(kind)} ({runs.KIND_COMMANDS[kind]})" if kind else "other files"
+        raise UserError(f"--output {output}: holds {what}; choose a new or empty directory for the sweep")
 
 
 def finished_states() -> tuple:

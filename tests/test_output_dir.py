@@ -204,3 +204,20 @@ def test_output_kind_tells_what_a_directory_holds(setup, kind, tmp_path):
 
     setup(tmp_path / "target", tmp_path)
     assert output_kind(tmp_path / "target") == kind
+
+
+def test_a_sweep_names_the_output_it_will_not_write_into(cli, tiny_bert, sentiment_files, tmp_path):
+    pytest.importorskip("optuna")
+    target = tmp_path / "target"
+    fake_run(target, tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "objective: {metric: accuracy}\nparameters:\n  training.learning_rate: {uniform: [1.0e-5, 1.0e-3]}\n"
+    )
+    before = snapshot(target)
+    assert_user_error(
+        cli("sweep", recipe, "--space", space, "--output", target),
+        f"--output {target}: holds a training run (llmtune train); choose a new or empty directory for the sweep",
+    )
+    assert snapshot(target) == before
