@@ -8,8 +8,10 @@
 
 Concurrent requests that arrive within `max_wait_ms` of each other are answered as one batch (up to `max_batch_size`,
 sorted by length by the task's predict); the model runs on one worker thread, off the event loop, in
-inference mode, fed by a bounded queue (full: 503 with Retry-After). Bad requests get a 4xx with one JSON
-error and the server goes on; SIGTERM lets the requests in flight finish, then exits.
+inference mode, fed by a bounded queue (full: 503 with Retry-After). Requests are UTF-8 JSON sent as
+application/json, at most `max_body_bytes` (1 MiB) with at most `max_items` (64) inputs. Every error, a bad request
+or a fault, is one JSON object, {"error": {"message": ...}}, and the server goes on; SIGTERM lets the requests in
+flight finish, then exits.
 """
 
 from __future__ import annotations
