@@ -116,7 +116,10 @@ def train(
     ] = None,
     overwrite: Annotated[
         bool,
-        typer.Option(help="Replace the llmtune run in the output directory (never a directory holding other files)."),
+        typer.Option(
+            help="Replace the training run (written by llmtune train) in the output directory; never an export, a "
+            "merged model, a sweep or other files."
+        ),
     ] = False,
     resume: Annotated[
         bool,
@@ -327,7 +330,11 @@ def merge(
     run_dir: Annotated[Path, typer.Argument(help="A finished LoRA or IA3 run directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged model.")],
     overwrite: Annotated[
-        bool, typer.Option(help="Replace the llmtune run (or merged model) at --output; never other files.")
+        bool,
+        typer.Option(
+            help="Replace the merged model (written by llmtune merge) at --output; never a training run, an export, "
+            "a sweep or other files."
+        ),
     ] = False,
 ) -> None:
     """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
@@ -347,7 +354,13 @@ def export(
     quantize: Annotated[
         Optional[str], typer.Option(help="int8: also write model_quantized.onnx, int8 weights (dynamic quantization).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace the llmtune export at --output; never other files.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace the ONNX export (written by llmtune export) at --output; never a training run, a merged "
+            "model, a sweep or other files."
+        ),
+    ] = False,
 ) -> None:
     """Export a run to ONNX for ONNX Runtime (an adapter is merged first); eval, predict and serve load the export."""
     if format_ != "onnx":
@@ -376,6 +389,14 @@ def serve(
             min=1, help="Most padded tokens per forward pass (batches are cut by length); default 512 on CPU, else none"
         ),
     ] = None,
+    max_inputs: Annotated[
+        int,
+        typer.Option(min=1, help="Most inputs (or prompts) in one request; beyond it the request gets 413."),
+    ] = 64,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(min=1, help="Largest request body in bytes (default 1 MiB); beyond it the request gets 413."),
+    ] = 1 << 20,
     backend: Annotated[
         str,
         typer.Option(
@@ -388,14 +409,26 @@ def serve(
     set_: SetOption = None,
 ) -> None:
     """Serve a run over HTTP: /v1/predict, and OpenAI-compatible /v1/completions and /v1/chat/completions for causal
-    LMs; requests are batched; /docs shows the API."""
+    LMs; requests are batched; /docs shows the API.
+
+    Requests are UTF-8 JSON (Content-Type: application/json) of at most 1 MiB with at most 64 inputs by default
+    (--max-body-bytes, --max-inputs).
+
+    Every error is one JSON object, {"error": {"message": ...}}, with a 4xx or 5xx status."""
     from .serve import Settings, api_key_from, load_for_serving
     from .serve import serve as run_server
 
     key = api_key_from(api_key_env)
     loaded, backend = load_for_serving(target, backend, set_ or [])
     settings = Settings(
-        max_batch_size, max_wait_ms, max_queue, max_batch_tokens=max_batch_tokens, api_key=key, backend=backend
+        max_batch_size,
+        max_wait_ms,
+        max_queue,
+        max_batch_tokens=max_batch_tokens,
+        max_items=max_inputs,
+        max_body_bytes=max_body_bytes,
+        api_key=key,
+        backend=backend,
     )
     run_server(loaded, host, port, settings, echo=lambda line: typer.echo(line, err=True))
 

@@ -193,11 +193,14 @@ def starting_state(resume_from: Path | None, accelerator: Accelerator, model, op
 
 def save_model(model, tokenizer, run_dir: Path, recipe: Recipe, state_dict: dict | None = None) -> None:
     """Save as plain transformers / peft files (safetensors); `state_dict`: the whole weights of a sharded model."""
+    options = {}
     if hasattr(model, "peft_config"):
         # Point the adapter at the hub id, not this machine's cache path, so it loads anywhere.
         for config in model.peft_config.values():
             config.base_model_name_or_path = recipe.model.name
-    model.save_pretrained(run_dir, safe_serialization=True, state_dict=state_dict)
+        # llmtune never resizes the vocabulary: no hub lookup (and two peft warnings offline) to ask whether it did.
+        options["save_embedding_layers"] = False
+    model.save_pretrained(run_dir, safe_serialization=True, state_dict=state_dict, **options)
     tokenizer.save_pretrained(run_dir)
 
 

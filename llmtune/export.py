@@ -21,6 +21,7 @@ from .batching import PadCollator
 from .errors import UserError
 from .inference import LoadedRun, load_run
 from .merge import check_finished_run, refuse_prefix_tuning
+from .quiet import onnx_tracer_warnings_silenced
 from .recipe import dump_recipe
 from .tasks.base import Task
 
@@ -32,7 +33,8 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
 
     Raises:
         UserError: not a finished run, a model that generates text or a prefix adapter, an unknown
-            quantization, or an output directory that holds anything but an llmtune run.
+            quantization, or an output directory that holds anything but an llmtune export (a training run, a
+            merged model or a sweep included: --overwrite replaces only an export).
     """
     run_dir, output = Path(run_dir), Path(output)
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -40,6 +42,7 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
     recipe = check_finished_run(run_dir)
     if models.onnx_file(run_dir) is not None:
         raise UserError(f"{run_dir}: is an export already (it holds ONNX files); export the run it came from")
+    runs.check_output_dir(output, overwrite, runs.EXPORT, "--output")  # before loading: refused in a second
     loaded = load_run(run_dir)
     outputs = models.ONNX_OUTPUTS.get(loaded.task.auto_class)
     if outputs is None:
@@ -48,9 +51,8 @@ def export(run_dir: str | Path, output: str | Path, quantize: str | None = None,
             "models that classify texts or tokens, or find answer spans); serve it with llmtune serve instead"
         )
     refuse_prefix_tuning(run_dir, recipe, "exported to ONNX; train with LoRA or full fine-tuning to export")
-    runs.check_output_dir(output, overwrite)
     model = loaded.model.merge_and_unload() if hasattr(loaded.model, "peft_config") else loaded.model
-    with runs.staged_directory(output) as staging:
+    with runs.staged_directory(output, runs.EXPORT) as staging:
         write_onnx(model.eval(), example_batch(loaded), outputs, staging / "model.onnx")
         if quantize == "int8":
             quantize_int8(staging / "model.onnx", staging / "model_quantized.onnx")
@@ -109,7 +111,7 @@ def write_onnx(model, batch: dict, outputs: dict[str, dict], path: Path) -> None
             return tuple(getattr(result, name) for name in outputs)
 
     axes = {**{name: {0: "batch", 1: "sequence"} for name in names}, **outputs}
-    with torch.no_grad():
+    with torch.no_grad(), onnx_tracer_warnings_silenced():
         torch.onnx.export(
             Positional(),
             tuple(batch[name] for name in names),

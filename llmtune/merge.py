@@ -33,7 +33,8 @@ def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> P
     """Fold a run's LoRA (or IA3) adapter into its base weights and save a standalone transformers model.
 
     Raises:
-        UserError: not a finished adapter run, a method that cannot merge, or an occupied output directory.
+        UserError: not a finished adapter run, a method that cannot merge, or an output directory that holds
+            anything but a merged model (a training run, an export or a sweep included).
     """
     run_dir, output = Path(run_dir), Path(output)
     recipe = check_finished_run(run_dir)
@@ -43,10 +44,10 @@ def merge(run_dir: str | Path, output: str | Path, overwrite: bool = False) -> P
             "it already is a standalone model, nothing to merge"
         )
     refuse_prefix_tuning(run_dir, recipe, "merged; push the adapter instead")
-    runs.check_output_dir(output, overwrite)
+    runs.check_output_dir(output, overwrite, runs.MERGED_MODEL, "--output")
     loaded = load_run(run_dir)
     merged = loaded.model.merge_and_unload()
-    with runs.staged_directory(output) as staging:
+    with runs.staged_directory(output, runs.MERGED_MODEL) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)
         runs.write_atomic(staging / runs.RECIPE_FILE, dump_recipe(recipe))

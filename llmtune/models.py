@@ -588,6 +588,19 @@ def effective_max_length(config, max_length: int) -> int:
     return min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
 
 
+def capped_max_length(config, max_length: int) -> int:
+    """effective_max_length, with a notice when the model reads fewer positions than training.max_length asks."""
+    effective = effective_max_length(config, max_length)
+    if effective < max_length:
+        warnings.warn(
+            f"training.max_length: {max_length} is more than the model reads; inputs are cut at {effective} tokens "
+            "(its max_position_embeddings)",
+            Notice,
+            stacklevel=2,
+        )
+    return effective
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts (under DeepSpeed ZeRO-3's partitioned loading, each parameter's whole
     size, ds_numel, in place of its empty placeholder's)."""
@@ -601,7 +614,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------------------------- ONNX
 
-ONNX_FILES = ("model_quantized.onnx", "model.onnx")  # an export's weights: the quantized file when there is one
+ONNX_FILES = runs.ONNX_FILES  # an export's weights: the quantized file when there is one
 # The model classes whose forward pass ONNX Runtime runs in llmtune's place: the outputs tasks read, and their
 # free axes (a sequence classifier's logits have no sequence axis).
 ONNX_OUTPUTS = {

@@ -55,8 +55,10 @@ def prepare(recipe: Recipe) -> Prepared:
     config = models.load_config(checkpoint, recipe.model.trust_remote_code)
     task.setup(config, tokenizer)
     if "train" in splits and not recipe.training.max_tokens:  # (with a token budget, setup checks it)
-        check_warmup(recipe.training, planned_steps(len(splits["train"]), recipe.training))
-    max_length = models.effective_max_length(config, recipe.training.max_length)
+        steps = planned_steps(len(splits["train"]), recipe.training)
+        recipe.training.check_planned_steps(steps)
+        check_warmup(recipe.training, steps)
+    max_length = models.capped_max_length(config, recipe.training.max_length)  # says so when it caps
     training = recipe.training.model_copy(update={"max_length": max_length})
     recipe = recipe.model_copy(update={"task": task.resolved_options(), "training": training})
     return Prepared(recipe, task, splits, checkpoint, decoder, tokenizer, precision)

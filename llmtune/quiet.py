@@ -33,8 +33,10 @@ def silence_libraries() -> Callable[[], None]:
     bitsandbytes = logging.getLogger("bitsandbytes")
     bitsandbytes_level = bitsandbytes.level
     bitsandbytes.setLevel(logging.ERROR)
+    restore_deepspeed_check = import_deepspeed_only_for_its_engine()
 
     def restore() -> None:
+        restore_deepspeed_check()
         transformers.logging.set_verbosity(verbosity)
         bitsandbytes.setLevel(bitsandbytes_level)
         datasets.logging.set_verbosity(datasets_verbosity)
@@ -75,6 +77,34 @@ class _SilenceOnLoad(importlib.abc.MetaPathFinder):
         return spec
 
 
+def import_deepspeed_only_for_its_engine() -> Callable[[], None]:
+    """Keep DeepSpeed unimported in runs that do not use its engine; returns a function that undoes it.
+
+    Accelerate's unwrap_model imports DeepSpeed, whenever it is installed, only to ask whether the model is a
+    DeepSpeed engine: seconds of imports, and on a CPU DeepSpeed's "Setting accelerator to CPU" warning in every
+    plain run. No model is the engine of a DeepSpeed that was never imported (a DeepSpeed run imports it when
+    Accelerate prepares the engine), so whether it was imported answers the question exactly.
+    """
+    try:
+        from accelerate.utils import other
+    except ImportError:  # (accelerate is a dependency; nothing to keep unimported without it)
+        return lambda: None
+    original = other.is_deepspeed_available
+    if getattr(original, "llmtune_wrapped", False):
+        return lambda: None
+
+    def imported_and_available() -> bool:
+        return "deepspeed" in sys.modules and original()
+
+    imported_and_available.llmtune_wrapped = True
+    other.is_deepspeed_available = imported_and_available
+
+    def restore() -> None:
+        other.is_deepspeed_available = original
+
+    return restore
+
+
 def quiet_libraries(function):
     """Run `function` with transformers / datasets logging and progress bars silenced, then restore them."""
 
@@ -99,4 +129,18 @@ def peft_deprecations_silenced():
         warnings.filterwarnings(
             "ignore", message="`gradient_checkpointing_enable` is deprecated", category=FutureWarning
         )
+        yield
+
+
+@contextlib.contextmanager
+def onnx_tracer_warnings_silenced():
+    """torch's ONNX exporter traces the model, and the trace warns about transformers' own Python branches on
+    tensor values (the padding of the attention mask, SDPA's is_causal) and about its indexing ops: lines about
+    library code the user cannot change. The export is checked against the model's own outputs instead
+    (tests/test_export.py, logits on inputs of other lengths and batch sizes)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
         yield

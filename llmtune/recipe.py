@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from . import tasks
 from .errors import UserError
@@ -58,6 +58,13 @@ class Recipe(Section):
     output_dir: str = Field(
         description="Run directory, relative to the current directory; default: runs/<recipe file name>."
     )
+
+    @field_validator("output_dir")
+    @classmethod
+    def _a_directory(cls, value: str) -> str:
+        if not value.strip():  # Path("") is the current directory: a run would be written among the user's files
+            raise ValueError("empty; expected a directory path, e.g. runs/sentiment")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -302,7 +309,7 @@ def _describe(error: dict, source: str, yaml_root: yaml.Node | None, origins: di
         return f"{where}: missing key '{dotted}.type'"
     message = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
-    if kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "finite_number"):
+    if kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "finite_number", "less_than_equal"):
         message = f"{message}; got {shortened(repr(got))}"
     return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
 

@@ -102,8 +102,8 @@ def require_finished_run(path: Path) -> None:
         raise UserError(f"{path}: not a finished llmtune run (no {missing}); train it to the end first")
 
 
-def foreign_entries(path: Path) -> list[str]:
-    """Names in a directory that llmtune does not write into a run, sorted.
+def foreign_entries(path: Path, entries: list[str] = RUN_ENTRIES) -> list[str]:
+    """Names in a directory that llmtune does not write into a run (or into the output `entries` describes), sorted.
 
     Symbolic links count as foreign, whatever their name: deleting through one could reach anything.
     """
@@ -112,56 +112,113 @@ def foreign_entries(path: Path) -> list[str]:
         name = entry.name
         if entry.is_symlink():
             return False
-        if any(fnmatch.fnmatch(name, pattern) for pattern in RUN_ENTRIES):
+        if any(fnmatch.fnmatch(name, pattern) for pattern in entries):
             return True
         # Temporary files of an interrupted atomic write (`.metrics.json.x1y2`) and of checkpoints (`.tmp-step-N`).
-        return name.startswith(".") and any(name[1:].startswith(known.split("*")[0]) for known in RUN_ENTRIES)
+        return name.startswith(".") and any(name[1:].startswith(known.split("*")[0]) for known in entries)
 
     return sorted(entry.name for entry in path.iterdir() if not ours(entry))
 
 
-def is_run_dir(path: Path) -> bool:
-    """A directory llmtune may replace: it holds a run's recipe.yaml and nothing llmtune does not write into runs."""
+# The kinds of llmtune output a directory can hold. Each command with `--overwrite` replaces only its own kind.
+TRAINING_RUN, EXPORT, MERGED_MODEL, SWEEP = "training run", "ONNX export", "merged model", "sweep"
+# Which command writes each kind, to name it in refusals.
+KIND_COMMANDS = {
+    TRAINING_RUN: "llmtune train",
+    EXPORT: "llmtune export",
+    MERGED_MODEL: "llmtune merge",
+    SWEEP: "llmtune sweep",
+}
+ONNX_FILES = ("model_quantized.onnx", "model.onnx")  # an export's weights: the quantized file when there is one
+SWEEP_FILE = "sweep.json"
+# Adapter methods: a merged model is one of their runs folded into its base weights (no adapter files left).
+MERGEABLE_METHODS = ("lora", "ia3")
+
+
+def kind_entries(kind: str) -> list[str]:
+    """The names llmtune writes into an output of this kind (an export adds its ONNX files to a run's)."""
+    return [*RUN_ENTRIES, *ONNX_FILES] if kind == EXPORT else RUN_ENTRIES
+
+
+def output_kind(path: Path) -> str | None:
+    """What kind of llmtune output a directory holds (TRAINING_RUN, EXPORT, MERGED_MODEL or SWEEP), judged by the
+    files each command writes; None when it holds no llmtune recipe.yaml (empty, a user's folder, a plain
+    checkpoint, another tool's recipe.yaml). Whether it holds other files as well is foreign_entries' question."""
+    if (path / SWEEP_FILE).is_file() or (path / "study.db").is_file():
+        return SWEEP
     recipe = path / RECIPE_FILE
-    if not recipe.is_file() or recipe.is_symlink() or foreign_entries(path):
-        return False
+    if not recipe.is_file() or recipe.is_symlink():
+        return None
     try:
         raw = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(raw, dict) and {"model", "task", "data"} <= set(raw)
+        return None
+    if not isinstance(raw, dict) or not {"model", "task", "data"} <= set(raw):
+        return None
+    if any((path / name).is_file() for name in ONNX_FILES):
+        return EXPORT
+    method = raw.get("method")
+    adapter_method = isinstance(method, dict) and method.get("type") in MERGEABLE_METHODS
+    weights = any(fnmatch.fnmatch(entry.name, "model*.safetensors") for entry in path.iterdir())
+    if adapter_method and weights and not (path / ADAPTER_CONFIG).exists():
+        return MERGED_MODEL  # an adapter run always keeps its adapter; only merge leaves the folded weights
+    return TRAINING_RUN
 
 
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a directory that holds anything, unless it is an llmtune run and overwrite was asked for.
+def is_run_dir(path: Path, kind: str = TRAINING_RUN) -> bool:
+    """A directory llmtune may replace with a new output of `kind`: it holds an output of that kind and nothing
+    llmtune does not write into one."""
+    return output_kind(path) == kind and not foreign_entries(path, kind_entries(kind))
 
-    Only runs are ever replaced: a directory with any file llmtune does not write (a user's notes, data,
-    a plain checkpoint without a run's recipe.yaml) is refused with or without `overwrite`.
+
+def check_output_dir(path: Path, overwrite: bool, kind: str = TRAINING_RUN, option: str = "output_dir") -> None:
+    """Refuse a directory that holds anything, unless it holds llmtune output of `kind` and overwrite was asked for.
+
+    Each command replaces only its own kind of output: `train` a training run, `export` an export, `merge` a
+    merged model. A directory with any file llmtune does not write (a user's notes, data, a plain checkpoint
+    without a run's recipe.yaml), or with another kind of llmtune output, is refused with or without `overwrite`.
 
     Raises:
         UserError: naming what the directory holds and what to do instead.
     """
     if path.exists() and not path.is_dir():
-        raise UserError(f"output_dir: {path} exists and is not a directory; choose another directory with --output DIR")
-    check_writable(path, "output_dir")
+        raise UserError(f"{option}: {path} exists and is not a directory; choose another directory with --output DIR")
+    check_writable(path, option)
     if not path.is_dir() or not any(path.iterdir()):
         return
-    if not is_run_dir(path):
-        foreign = foreign_entries(path)
+    found = output_kind(path)
+    if found is not None and found != kind:
+        raise UserError(
+            f"{option}: {path} holds {with_article(found)} ({KIND_COMMANDS[found]}), not {with_article(kind)}; "
+            f"{KIND_COMMANDS[kind]} replaces only its own {kind}s, so choose another directory with --output DIR"
+        )
+    foreign = foreign_entries(path, kind_entries(kind))
+    if found is None or foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        noun = "run" if kind == TRAINING_RUN else kind
         what = (
-            f"files that are not part of an llmtune run ({shown})" if foreign else f"files but no llmtune {RECIPE_FILE}"
+            f"files that are not part of an llmtune {noun} ({shown})"
+            if foreign
+            else f"files but no llmtune {RECIPE_FILE}"
         )
         raise UserError(
-            f"output_dir: {path} already holds {what}; llmtune writes only into an empty directory or replaces its "
-            "own runs, so choose another directory with --output DIR"
+            f"{option}: {path} already holds {what}; llmtune writes only into an empty directory or replaces its "
+            "own output, so choose another directory with --output DIR"
         )
     if not overwrite:
-        what = "a finished run" if is_finished_run(path) else "an unfinished run"
+        what = (
+            with_article(kind)
+            if kind != TRAINING_RUN
+            else ("a finished run" if is_finished_run(path) else "an unfinished run")
+        )
         raise UserError(
-            f"output_dir: {path} already holds {what}; "
+            f"{option}: {path} already holds {what}; "
             "pass --overwrite to replace it, or choose another directory with --output DIR"
         )
+
+
+def with_article(kind: str) -> str:
+    return ("an " if kind[0] in "aeiouAEIOU" else "a ") + kind
 
 
 def check_writable(path: Path, key: str) -> None:
@@ -193,16 +250,21 @@ def check_output_file(path: Path, option: str) -> None:
         raise UserError(f"{option} {path}: the directory {path.parent} does not exist")
 
 
-def clear_output_dir(path: Path) -> None:
-    """Empty a run directory (check_output_dir allowed it) and create it if needed; the directory itself stays.
+def clear_output_dir(path: Path, kind: str = TRAINING_RUN) -> None:
+    """Empty a directory of llmtune output of `kind` (check_output_dir allowed it) and create it if needed; the
+    directory itself stays.
 
-    Deletes only what llmtune writes into runs: anything that appeared since the check is left alone and refused.
+    Deletes only what llmtune writes into such output: anything that appeared since the check is left alone and
+    refused, and so is output of another kind.
     """
     path.mkdir(parents=True, exist_ok=True)
-    foreign = foreign_entries(path)
+    found = output_kind(path)
+    foreign = foreign_entries(path, kind_entries(kind))
+    if found not in (None, kind):
+        raise UserError(f"{path} now holds {with_article(found)}, not {with_article(kind)}; nothing was deleted")
     if foreign:
         raise UserError(
-            f"output_dir: {path} now holds files that are not part of an llmtune run ({', '.join(foreign[:5])}); "
+            f"{path} now holds files that are not part of an llmtune {kind} ({', '.join(foreign[:5])}); "
             "nothing was deleted"
         )
     for entry in path.iterdir():
@@ -213,16 +275,16 @@ def clear_output_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_directory(output: Path):
-    """A temporary directory beside `output` to write into; when the block succeeds it replaces `output` (a run
-    check_output_dir allowed to replace, cleared with the same check), so the output appears complete or not at
-    all; when the block fails it is removed."""
+def staged_directory(output: Path, kind: str):
+    """A temporary directory beside `output` to write into; when the block succeeds it replaces `output` (output of
+    `kind` check_output_dir allowed to replace, cleared with the same check), so the output appears complete or not
+    at all; when the block fails it is removed."""
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
     try:
         yield staging
         if output.exists():
-            clear_output_dir(output)
+            clear_output_dir(output, kind)
             output.rmdir()
         staging.rename(output)
     except BaseException:

@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import UserError
+
 SPLITS = ("train", "validation", "test")
+# Bounds no real run reaches, so that a typo (or 1e26) is refused in one line instead of planning a run that cannot
+# finish. A billion optimizer steps is four months at 100 steps a second, a tiny model's pace on a GPU; the longest
+# fine-tuning runs take about a million. A million examples in one batch of one process would not fit in memory.
+MAX_STEPS = 10**9
+MAX_BATCH = 10**6
 
 
 class Section(BaseModel):
@@ -281,10 +288,13 @@ class Training(Section):
     """Optimisation settings."""
 
     epochs: float = Field(
-        3, gt=0, description="Passes over the training split (fractions allowed); ignored when max_steps is set."
+        3,
+        gt=0,
+        le=MAX_BATCH,
+        description="Passes over the training split (fractions allowed); ignored when max_steps is set.",
     )
     max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps instead of counting epochs."
+        None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps instead of counting epochs."
     )
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
     optimizer: Literal["adamw", "adamw_8bit"] = Field(
@@ -302,20 +312,30 @@ class Training(Section):
         "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"
     ] = Field("linear", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the optimizer steps spent warming up.")
-    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
-    batch_size: int = Field(32, ge=1, description="Examples per batch and process (ignored when max_tokens is set).")
+    warmup_steps: int | None = Field(None, ge=0, le=MAX_STEPS, description="Warmup steps; overrides warmup_ratio.")
+    batch_size: int = Field(
+        32, ge=1, le=MAX_BATCH, description="Examples per batch and process (ignored when max_tokens is set)."
+    )
     max_tokens: int | None = Field(
         None,
         ge=8,
+        le=MAX_STEPS,
         description="Token budget per batch and process instead of a fixed batch size: "
         "each batch holds as many examples as fit in this many padded tokens (examples x longest), "
         "so every step costs about the same; evaluation batches get twice the budget.",
     )
     eval_batch_size: int | None = Field(
-        None, ge=1, description="Examples per evaluation batch; default: 2 x batch_size (or 2 x max_tokens tokens)."
+        None,
+        ge=1,
+        le=MAX_BATCH,
+        description="Examples per evaluation batch; default: 2 x batch_size (or 2 x max_tokens tokens).",
     )
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated into one optimizer step.")
-    max_length: int = Field(128, ge=8, description="Longest tokenized input; longer inputs are truncated.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=MAX_BATCH, description="Batches accumulated into one optimizer step."
+    )
+    max_length: int = Field(
+        128, ge=8, le=MAX_STEPS, description="Longest tokenized input; longer inputs are truncated."
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the gradient norm to this value; null: no clipping."
@@ -353,6 +373,14 @@ class Training(Section):
         description="Several processes: seconds a process waits for the others to join a step before it stops with "
         "an error (a crashed or hung process); the run continues from its last checkpoint with --resume.",
     )
+
+    def check_planned_steps(self, steps: int) -> None:
+        """Raises UserError: the epochs over the training split plan more optimizer steps than any run takes."""
+        if steps > MAX_STEPS:
+            raise UserError(
+                f"training.epochs: {self.epochs:g} epochs plan {steps:,} optimizer steps; at most {MAX_STEPS:,} "
+                "(no fine-tuning run comes near). Use fewer epochs, or set training.max_steps"
+            )
 
 
 class Evaluation(Section):

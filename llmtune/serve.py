@@ -8,8 +8,10 @@
 
 Concurrent requests that arrive within `max_wait_ms` of each other are answered as one batch (up to `max_batch_size`,
 sorted by length by the task's predict); the model runs on one worker thread, off the event loop, in
-inference mode, fed by a bounded queue (full: 503 with Retry-After). Bad requests get a 4xx with one JSON
-error and the server goes on; SIGTERM lets the requests in flight finish, then exits.
+inference mode, fed by a bounded queue (full: 503 with Retry-After). Requests are UTF-8 JSON sent as
+application/json, at most `max_body_bytes` (1 MiB) with at most `max_items` (64) inputs. Every error, a bad request
+or a fault, is one JSON object, {"error": {"message": ...}}, and the server goes on; SIGTERM lets the requests in
+flight finish, then exits.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from . import models
 from .errors import UserError
@@ -47,7 +50,7 @@ class Settings:
     max_queue: int = 512  # waiting inputs; beyond it requests get 503
     max_batch_tokens: int | None = None  # padded tokens per forward pass; None: CPU_BATCH_TOKENS on a CPU, no limit
     max_items: int = 64  # inputs per request
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 1 << 20  # a request body, in bytes (1 MiB: about 400 pages of text)
     api_key: str | None = field(default=None, repr=False)  # never logged
     backend: str = "torch"  # what runs the model: torch, or onnx (ONNX Runtime, for an export)
 
@@ -240,6 +243,7 @@ def create_app(loaded: LoadedRun, settings: Settings) -> FastAPI:
 
     app = FastAPI(title="llmtune serve", description=f"{loaded.task.name} run {describe(loaded)}", lifespan=lifespan)
     app.state.engine = engine
+    app.state.expected = expected_inputs(loaded)
     install_guards(app, settings)
     causal = loaded.task.auto_class == "AutoModelForCausalLM"
 
@@ -277,6 +281,16 @@ def create_app(loaded: LoadedRun, settings: Settings) -> FastAPI:
     return app
 
 
+def expected_inputs(loaded: LoadedRun) -> dict[str, str]:
+    """What the request fields with several accepted shapes take, in words, for the errors `explain` writes."""
+    fields = list(loaded.task.input_columns())
+    if len(fields) == 1:
+        inputs = "a string or a list of strings"
+    else:
+        inputs = f"an object with {' and '.join(fields)}, or a list of them"
+    return {"inputs": inputs, "prompt": "a string or a list of strings"}
+
+
 def describe(loaded: LoadedRun) -> str:
     recipe = loaded.recipe
     return f"{loaded.run_dir or recipe.model.name} ({recipe.method.type} on {recipe.model.name})"
@@ -310,7 +324,7 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
     async def guard(request: Request, call_next):
         started = time.perf_counter()
         request.state.batch_size = 0
-        response = refusal(request, settings) or await call_next(request)
+        response = refusal(request, settings) or await body_refusal(request) or await call_next(request)
         latency = 1000 * (time.perf_counter() - started)
         log.info(
             '%s "%s %s" %d %.1f ms batch=%d',
@@ -332,9 +346,14 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
         log.exception("internal error on %s", request.url.path)
         return error_response(500, "internal error; the server log has the details")
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:  # 404, 405: Starlette's words
+        return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(400 if error.errors()[0]["type"] == "json_invalid" else 422, explain(error))
+        expected = getattr(app.state, "expected", {})
+        return error_response(400 if error.errors()[0]["type"] == "json_invalid" else 422, explain(error, expected))
 
 
 def refusal(request: Request, settings: Settings) -> JSONResponse | None:
@@ -355,22 +374,79 @@ def refusal(request: Request, settings: Settings) -> JSONResponse | None:
     return None
 
 
+async def body_refusal(request: Request) -> JSONResponse | None:
+    """The answer to a POST body that is not UTF-8 JSON sent as application/json, or None. FastAPI would answer
+    these in its own shape (`detail`), or read a JSON text sent as text/plain as a string and say only that
+    it is not an object; each gets one line here that says what was expected."""
+    if request.method != "POST":
+        return None
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        got = f"Content-Type {media}" if media else "no Content-Type"
+        return error_response(415, f"the body must be JSON sent with Content-Type: application/json; got {got}")
+    body = await request.body()  # bounded: refusal() checked its Content-Length
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error_response(
+            400,
+            f"the body is not valid UTF-8 (byte 0x{body[error.start]:02x} at offset {error.start}); "
+            "send JSON encoded as UTF-8",
+        )
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        return error_response(
+            400, f"the body is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+        )
+    return None
+
+
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
 
 
-def explain(error: RequestValidationError) -> str:
-    """The first problem of a request body, as one line: where and what was expected."""
-    first = error.errors()[0]
+def explain(error: RequestValidationError, expected: dict[str, str] | None = None) -> str:
+    """The first problem of a request body, as one line: where and what was expected.
+
+    `expected` says what a field takes in words (`inputs`: "a string or a list of strings"): pydantic names
+    one member of a union (`inputs.str: Input should be a valid string`), which reads as if only that one fit.
+    """
+    # Of a union's errors, the deepest is about the member the value came closest to (a list, and its item 1).
+    first = max(error.errors(), key=lambda problem: len(problem["loc"]))
     if first["type"] == "json_invalid":
         return f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'syntax error')})"
-    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    path = [part for part in first["loc"][1:] if not is_union_member(part)]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".") or "body"
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown field"
     if first["type"] == "missing":
         return f"{where}: missing field"
+    if path and (expected or {}).get(path[0]):
+        return f"{where}: got {json_kind(first.get('input'))}; {path[0]} takes {expected[path[0]]}"
+    if where == "body":
+        return f"the body must be a JSON object, got {json_kind(first.get('input'))}"
     return f"{where}: {first['msg']}"
+
+
+def is_union_member(part) -> bool:
+    """pydantic's tag for the member of a union an error is about, e.g. `str` or `list[union[str,dict[str,any]]]`."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
+def json_kind(value) -> str:
+    """What a JSON value is, for people: `a number (5)`, `null`, `a list`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI
@@ -386,6 +462,8 @@ def add_openai_routes(app: FastAPI, loaded: LoadedRun, engine: Engine) -> None:
         prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
         if not prompts or any(not isinstance(p, str) or not p for p in prompts):
             raise Refused(400, "prompt: expected a non-empty text (or a list of them)")
+        if len(prompts) > engine.settings.max_items:
+            raise Refused(413, f"prompt: {len(prompts)} items; at most {engine.settings.max_items} per request")
         encoded = [tokenizer(prompt)["input_ids"] for prompt in prompts]
         return await answer(request, body, encoded, "text_completion", chat=False)
 

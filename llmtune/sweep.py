@@ -26,6 +26,7 @@ import difflib
 import io
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,8 +206,14 @@ def run_sweep(
     overrides = list(overrides or [])
     space = load_space(space_path, recipe_path, overrides)
     check_sweep_dir(output)
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    study = open_study(space, output, storage, resume)
+    try:
+        study = open_study(space, output, storage, resume)
+    except UserError:
+        if created and not any(output.iterdir()):  # a storage that cannot be opened leaves no empty sweep behind
+            output.rmdir()
+        raise
     runs.write_json(output / SWEEP_FILE, sweep_description(recipe_path, space_path, space, storage, overrides))
     done = finished(study)
     if done >= trials:
@@ -237,7 +244,9 @@ def check_sweep_dir(output: Path) -> None:
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output}: is a file; a sweep needs a directory")
     if output.is_dir() and any(output.iterdir()) and not (is_sweep_dir(output) or (output / "study.db").exists()):
-        raise UserError(f"--output {output}: holds other files; choose a new or empty directory for the sweep")
+        kind = runs.output_kind(output)
+        what = f"{runs.with_article(kind)} ({runs.KIND_COMMANDS[kind]})" if kind else "other files"
+        raise UserError(f"--output {output}: holds {what}; choose a new or empty directory for the sweep")
 
 
 def finished_states() -> tuple:
@@ -274,7 +283,7 @@ def open_study(space: Space, output: Path, storage: str | None, resume: bool):
             rdb = RDBStorage(url, heartbeat_interval=10, grace_period=30, heartbeat_stale_trial_callback=retry)
         exists = STUDY_NAME in optuna.study.get_all_study_names(rdb)
     except Exception as exc:  # any driver or URL problem: the URL is the user's input
-        raise UserError(f"--storage {redacted(url)}: cannot open it: {' '.join(str(exc).split())[:200]}") from None
+        raise UserError(f"--storage {redacted(url)}: {storage_problem(url, exc)}") from None
     study = optuna.create_study(
         storage=rdb,
         study_name=STUDY_NAME,
@@ -295,6 +304,61 @@ def open_study(space: Space, output: Path, storage: str | None, resume: bool):
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             retry(study, study._storage.get_trial(trial._trial_id))
     return study
+
+
+# Database names and the pip package of each SQLAlchemy driver, for "install the driver" messages.
+DIALECTS = {
+    "postgresql": "PostgreSQL",
+    "mysql": "MySQL",
+    "mariadb": "MariaDB",
+    "oracle": "Oracle",
+    "mssql": "SQL Server",
+}
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "mysqldb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysqlconnector": "mysql-connector-python",
+    "mariadbconnector": "mariadb",
+    "oracledb": "oracledb",
+    "cx_oracle": "cx_Oracle",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
+
+
+def storage_problem(url: str, error: Exception) -> str:
+    """Why a storage URL cannot be opened, in one line: the driver to install, the SQLite file that cannot be
+    opened, or SQLAlchemy's own words without its "Background on this error" link."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    except Exception:  # not a URL, or a database SQLAlchemy has no dialect for
+        return (
+            "not a storage URL llmtune can open; expected an SQLAlchemy URL such as sqlite:///PATH, "
+            "postgresql://USER@HOST/DB or mysql://USER@HOST/DB"
+        )
+    causes = [error]
+    while causes[-1].__cause__ or causes[-1].__context__:
+        causes.append(causes[-1].__cause__ or causes[-1].__context__)
+    if any(isinstance(cause, ImportError) for cause in causes):
+        database = DIALECTS.get(backend, backend)
+        package = DRIVER_PACKAGES.get(driver, driver)
+        return (
+            f"the {database} driver {driver} is not installed: pip install '{package}' "
+            f"(or name an installed driver in the URL, e.g. {backend}+DRIVER://...)"
+        )
+    words = " ".join(str(error).split())
+    words = re.sub(r"\s*\(Background on this error at: [^)]*\)", "", words)
+    words = re.sub(r"^\([\w.]+\)\s*", "", words)  # SQLAlchemy's "(sqlite3.OperationalError) " prefix
+    if backend == "sqlite":
+        return f"cannot open the SQLite file {parsed.database} ({words}); its directory must exist and be writable"
+    return f"cannot open it: {words[:200]}"
 
 
 def make_pruner(name: str):

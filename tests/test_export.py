@@ -124,6 +124,39 @@ def test_bad_export_arguments_are_one_line(args, error, runs, tmp_path, cli):
     assert not (tmp_path / "x").exists()
 
 
+def test_overwrite_replaces_an_export_and_never_a_training_run(runs, tmp_path, cli):
+    """`export RUN -o OTHER_RUN --overwrite` once deleted OTHER_RUN's adapter, checkpoints and log."""
+    import shutil
+
+    other = shutil.copytree(runs["lora"], tmp_path / "other-run")
+    before = {p.name: p.stat().st_mtime_ns for p in other.iterdir()}
+    assert_user_error(
+        cli("export", runs["full"], "--output", other, "--overwrite"),
+        f"--output: {other} holds a training run (llmtune train), not an ONNX export",
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in other.iterdir()} == before
+    exported = tmp_path / "onnx"
+    assert cli("export", runs["full"], "--output", exported)[0] == 0
+    assert_user_error(
+        cli("export", runs["full"], "--output", exported), "already holds an ONNX export; pass --overwrite"
+    )
+    code, out, err = cli("export", runs["full"], "--output", exported, "--overwrite", "--quantize", "int8")
+    assert code == 0, err
+    assert (exported / "model_quantized.onnx").is_file()
+
+
+def test_an_export_shows_no_tracer_warnings(runs, tmp_path, cli):
+    """torch's tracer warned six lines about transformers' code on every export."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = cli("export", runs["lora"], "--output", tmp_path / "onnx")
+    assert code == 0, err
+    shown = [w for w in caught if not issubclass(w.category, DeprecationWarning)]  # Python shows users no others
+    assert [f"{w.category.__name__}: {w.message}" for w in shown] == []
+
+
 def test_a_model_that_generates_text_is_refused_in_one_line(tiny_llama, tmp_path, cli):
     from test_generative_seq2seq import translation_settings
 

@@ -190,6 +190,17 @@ CASES = [
         "data.columns renames 'label' to 'text', but the data has a column 'text' already",
     ),
     Case(
+        "steps-beyond-any-run",
+        recipe_with("training.max_steps=" + "1" + "0" * 38),
+        "training.max_steps: Input should be less than or equal to 1000000000; got 1000",
+    ),
+    Case(
+        "batch-beyond-any-run",
+        recipe_with("training.batch_size=" + "1" + "0" * 26),
+        "training.batch_size: Input should be less than or equal to 1000000; got 1000",
+    ),
+    Case("empty-output-dir", recipe_with('output_dir=""'), "output_dir: empty; expected a directory path"),
+    Case(
         "warmup-longer-than-the-run",
         recipe_with("training.warmup_steps=1000"),
         "training.warmup_steps: 1000 warmup steps but the run has 4 steps in all",
@@ -246,6 +257,78 @@ def test_a_label_train_never_shows_is_one_warning_line(tiny_bert, sentiment_file
         f"warning: data.train ({sentiment_files['train']}): no training example has the label 'neutral' "
         "(task.label_names); the model cannot learn to predict it"
     )
+
+
+def test_epochs_that_plan_more_steps_than_any_run_are_refused():
+    from llmtune.errors import UserError
+    from llmtune.sections import Training
+    from llmtune.training import planned_steps
+
+    training = Training(epochs=10**6, batch_size=1)
+    with pytest.raises(UserError, match="training.epochs: 1e.06 epochs plan 10,000,000,000 optimizer steps; at most"):
+        training.check_planned_steps(planned_steps(10_000, training))
+    training.check_planned_steps(planned_steps(1_000, training))  # a billion: the bound itself is allowed
+
+
+def test_a_capped_max_length_and_mixed_labels_are_one_warning_line_each(tiny_bert, sentiment_files, tmp_path):
+    """validate says once that training.max_length is more than the model reads (128 positions), and names the
+    label values of a column that mixes names with integer indices."""
+    import os
+    import sys
+
+    train = sentiment_files["train"]
+    train.write_text(train.read_text().replace(",positive\n", ",1\n", 2))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    command = [sys.executable, "-m", "llmtune", "validate", str(recipe), "--set", "training.max_length=100000"]
+    command += ["--set", "task.label_names=[negative, positive]"]
+    finished = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr.strip().splitlines() == [
+        f"warning: data.train ({train}): column 'label' mixes label names (negative, positive) with integers (1); "
+        "the integers are read as indices into ['negative', 'positive']. Use one kind of label",
+        "warning: training.max_length: 100000 is more than the model reads; inputs are cut at 128 tokens "
+        "(its max_position_embeddings)",
+    ]
+
+
+def test_train_says_once_that_max_length_is_capped(cli, tiny_bert, sentiment_files, tmp_path):
+    from llmtune.errors import Notice
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    with pytest.warns(Notice) as caught:
+        code, out, err = cli("train", recipe, "--set", "training.max_length=100000", "--set", "training.max_steps=1")
+    assert code == 0, err
+    capped = [str(w.message) for w in caught if "training.max_length" in str(w.message)]
+    assert capped == [
+        "training.max_length: 100000 is more than the model reads; inputs are cut at 128 tokens "
+        "(its max_position_embeddings)"
+    ]
+
+
+def test_a_lora_run_shows_no_library_warnings(tiny_bert, sentiment_files, tmp_path):
+    """The real entry point: DeepSpeed, when installed, is not imported by a run that does not use its engine, so its
+    'Setting accelerator to CPU' line is gone, and no library warning reaches stderr."""
+    import os
+    import sys
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files, "method:\n  type: lora\n")
+    code = (
+        "import sys, runpy; sys.argv = ['llmtune', 'train', sys.argv[1], '--set', 'training.max_steps=1'];"
+        "\ntry: runpy.run_module('llmtune', run_name='__main__')"
+        "\nfinally: print('deepspeed imported:', 'deepspeed' in sys.modules)"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", code, str(recipe)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr == ""
+    assert "[WARNING]" not in finished.stdout and "deepspeed imported: False" in finished.stdout, finished.stdout
 
 
 def test_a_rename_of_a_column_the_data_lacks_is_a_warning(cli, tiny_bert, sentiment_files, tmp_path):

@@ -79,3 +79,24 @@ def test_the_adapter_itself_learns(method, learning_rate, minilm_path, sentiment
 # About half of what each method gains over the frozen-adapter run here (LoRA 0.43, IA3 0.20, prefix 0.066 nats;
 # deterministic: seeded, CPU).
 MARGINS = {"lora": 0.2, "ia3": 0.1, "prefix_tuning": 0.03}
+
+
+def test_an_adapter_of_a_hub_model_saves_without_peft_warnings(tiny_bert, tmp_path):
+    """peft asked the hub (without a network: failed, with warnings) whether the base vocabulary was resized;
+    llmtune never resizes it. The adapter names the hub id, so the lookup ran on every LoRA run of a hub model."""
+    import types
+    import warnings
+
+    import peft
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from llmtune.training import save_model
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model = peft.get_peft_model(model, peft.LoraConfig(target_modules=["query", "value"], task_type="SEQ_CLS"))
+    recipe = types.SimpleNamespace(model=types.SimpleNamespace(name="an-org/a-hub-model"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_model(model, AutoTokenizer.from_pretrained(tiny_bert), tmp_path, recipe)
+    assert [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)] == []
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == "an-org/a-hub-model"

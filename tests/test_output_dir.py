@@ -121,7 +121,103 @@ def test_merge_overwrite_refuses_a_directory_that_is_not_a_run(cli, tiny_bert, s
     user_files(target, tmp_path)
     before = snapshot(target)
     err = assert_user_error(
-        cli("merge", run, "--output", target, "--overwrite"), "not part of an llmtune run (data, notes.txt)"
+        cli("merge", run, "--output", target, "--overwrite"), "not part of an llmtune merged model (data, notes.txt)"
     )
     assert "--overwrite" not in err
+    assert snapshot(target) == before
+
+
+def fake_export(target: Path, tmp_path: Path) -> None:
+    fake_run(target, tmp_path)
+    (target / "train_log.jsonl").unlink()
+    (target / "metrics.json").write_text("{}")
+    (target / "model.onnx").write_bytes(b"graph")
+
+
+def fake_merged_model(target: Path, tmp_path: Path) -> None:
+    """What merge writes: a LoRA run's recipe beside folded weights, and no adapter."""
+    target.mkdir()
+    (target / "recipe.yaml").write_text(
+        "model: {name: x}\ntask: {type: classification}\ndata: {}\nmethod: {type: lora}\n"
+    )
+    (target / "metrics.json").write_text("{}")
+    (target / "config.json").write_text("{}")
+    (target / "model.safetensors").write_bytes(b"weights")
+
+
+def fake_sweep(target: Path, tmp_path: Path) -> None:
+    target.mkdir()
+    (target / "sweep.json").write_text("{}")
+    fake_run(target / "trial-0000", tmp_path)
+
+
+def fake_lora_run(folder: Path, tiny_bert, sentiment_files) -> Path:
+    """A finished LoRA run as far as the checks before loading can tell."""
+    folder.mkdir()
+    write_recipe(folder / "recipe.yaml", tiny_bert, sentiment_files, "method:\n  type: lora\n")
+    (folder / "metrics.json").write_text("{}")
+    (folder / "adapter_config.json").write_text("{}")
+    return folder
+
+
+OTHER_KINDS = {
+    # (command, what the target holds): a fragment of the refusal
+    ("train", fake_export): "holds an ONNX export (llmtune export), not a training run",
+    ("train", fake_merged_model): "holds a merged model (llmtune merge), not a training run",
+    ("train", fake_sweep): "holds a sweep (llmtune sweep), not a training run",
+    ("merge", fake_run): "holds a training run (llmtune train), not a merged model",
+    ("merge", fake_export): "holds an ONNX export (llmtune export), not a merged model",
+    ("export", fake_run): "holds a training run (llmtune train), not an ONNX export",
+    ("export", fake_merged_model): "holds a merged model (llmtune merge), not an ONNX export",
+}
+
+
+@pytest.mark.parametrize(("command", "setup"), OTHER_KINDS, ids=lambda x: getattr(x, "__name__", x))
+def test_overwrite_replaces_only_its_own_kind_of_output(cli, tiny_bert, sentiment_files, tmp_path, command, setup):
+    """`--overwrite` of train, merge and export never deletes another command's output, and names what it is."""
+    target = tmp_path / "target"
+    setup(target, tmp_path)
+    if command == "train":
+        args = ("train", write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files))
+    else:
+        args = (command, fake_lora_run(tmp_path / "source", tiny_bert, sentiment_files))
+    before = snapshot(target)
+    err = assert_user_error(cli(*args, "--output", target, "--overwrite"), OTHER_KINDS[command, setup])
+    assert "choose another directory" in err
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize(
+    ("setup", "kind"),
+    [
+        (fake_run, "training run"),
+        (fake_export, "ONNX export"),
+        (fake_merged_model, "merged model"),
+        (fake_sweep, "sweep"),
+        (user_files, None),
+        (plain_checkpoint, None),
+        (recipe_of_something_else, None),
+    ],
+)
+def test_output_kind_tells_what_a_directory_holds(setup, kind, tmp_path):
+    from llmtune.runs import output_kind
+
+    setup(tmp_path / "target", tmp_path)
+    assert output_kind(tmp_path / "target") == kind
+
+
+def test_a_sweep_names_the_output_it_will_not_write_into(cli, tiny_bert, sentiment_files, tmp_path):
+    pytest.importorskip("optuna")
+    target = tmp_path / "target"
+    fake_run(target, tmp_path)
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "objective: {metric: accuracy}\nparameters:\n  training.learning_rate: {uniform: [1.0e-5, 1.0e-3]}\n"
+    )
+    before = snapshot(target)
+    assert_user_error(
+        cli("sweep", recipe, "--space", space, "--output", target),
+        f"--output {target}: holds a training run (llmtune train); choose a new or empty directory for the sweep",
+    )
     assert snapshot(target) == before

@@ -189,3 +189,47 @@ def test_a_bad_space_file_is_one_line_and_writes_nothing(space, message, cli, sw
     assert code == 2
     assert err.strip().splitlines() == [f"error: {space_file.parent}/{message}"]
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "message"),
+    [
+        (
+            "postgresql+psycopg2://me:secret@localhost/sweeps",
+            "psycopg2",
+            "--storage postgresql+psycopg2://me:***@localhost/sweeps: the PostgreSQL driver psycopg2 is not installed: "
+            "pip install 'psycopg2-binary'",
+        ),
+        (
+            "mysql://me@localhost/sweeps",
+            "MySQLdb",
+            "the MySQL driver mysqldb is not installed: pip install 'mysqlclient'",
+        ),
+        (
+            "sqlite:////no/such/folder/study.db",
+            None,
+            "--storage sqlite:////no/such/folder/study.db: cannot open the SQLite file /no/such/folder/study.db "
+            "(unable to open database file); its directory must exist and be writable",
+        ),
+        (
+            "nosuch://host/db",
+            None,
+            "not a storage URL llmtune can open; expected an SQLAlchemy URL such as sqlite:///PATH",
+        ),
+    ],
+    ids=["postgresql", "mysql", "sqlite", "unknown"],
+)
+def test_a_storage_that_cannot_be_opened_is_one_line_and_leaves_no_sweep(
+    url, driver, message, cli, sweep_files, tmp_path
+):
+    """The line names the driver to install, or the SQLite file, without SQLAlchemy's link; no empty sweep remains."""
+    import importlib.util
+
+    if driver is not None and importlib.util.find_spec(driver) is not None:
+        pytest.skip(f"{driver} is installed; the case is a driver that is not")
+    recipe, space_file = sweep_files
+    code, out, err = cli("sweep", recipe, "--space", space_file, "--storage", url, "--output", tmp_path / "sweep")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert "sqlalche.me" not in err and "secret" not in err
+    assert not (tmp_path / "sweep").exists()

@@ -108,6 +108,7 @@ class Classification(LabelledTask):
                     f"{where} {row_location(source, row)}: label {value!r} in column '{self.options.label_column}' is "
                     f"not among the label names {self.label_names}; expected one of them{indexes} (task.label_names)"
                 )
+        self._warn_mixed_labels(dataset[self.options.label_column], where)
         missing = [name for index, name in enumerate(self.label_names) if index not in seen]
         if split == "train" and missing:
             warnings.warn(
@@ -116,6 +117,32 @@ class Classification(LabelledTask):
                 DataWarning,
                 stacklevel=3,
             )
+
+    def _warn_mixed_labels(self, values: list, where: str) -> None:
+        """A column of label names with integers among them (`positive`, `0`, `1`) is most likely two conventions
+        mixed by mistake: the integers count as indices, or as labels of their own, without a word otherwise."""
+        integers, names = set(), set()
+        for value in values:
+            text = str(value).strip()
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, int) or (isinstance(value, float) and value.is_integer()) or text.isdigit():
+                integers.add(int(float(text)))
+            elif isinstance(value, str):
+                names.add(text)
+        if not integers or not names:
+            return
+        reading = (
+            f"the integers are read as indices into {self.label_names}"
+            if self.index_labels
+            else f"each integer is a label of its own, so the labels are {self.label_names}"
+        )
+        warnings.warn(
+            f"{where}: column '{self.options.label_column}' mixes label names ({', '.join(sorted(names)[:5])}) with "
+            f"integers ({', '.join(map(str, sorted(integers)[:5]))}); {reading}. Use one kind of label",
+            DataWarning,
+            stacklevel=4,
+        )
 
     def _columns(self) -> dict[str, str]:
         columns = {"task.text_column": self.options.text_column, "task.label_column": self.options.label_column}
