@@ -329,7 +329,8 @@ def run_trl(workload: str, inputs: dict, work: Path, device: str, steps: int) ->
 
     trainer.training_step, trainer_box[:] = remembering, [trainer]
     trainer.train()
-    return {"clock": clock, "model": trainer.model, "batches": "batch 16, padding-free" if device == "cuda" else "16"}
+    batches = "batch 16, padding-free" if device == "cuda" else "batch 16, padded"
+    return {"clock": clock, "model": trainer.model, "batches": batches}
 
 
 def model_flops_per_token(workload: str, inputs: dict) -> float:
