@@ -4,9 +4,11 @@
 
 Measured peak: torch's CPU allocator accounting, read through the profiler (`profile_memory=True`): the largest
 "Total Allocated" of the tensors allocated from just before `llmtune.training.train` starts (model loading
-included) to its end. That is the quantity the estimate models (tensor bytes), without the process's libraries,
-tokenizer and Arrow data, which RSS would mix in. Step time: the median of train_log.jsonl's per-window times is
-not logged, so it is training_s / steps of metrics.json, measured under the profiler (which slows small ops).
+included) to its end, plus the checkpoint's safetensors bytes, which transformers maps from the file instead of
+allocating (the allocator never sees them). That is the quantity the estimate models (tensor bytes), without the
+process's libraries, tokenizer and Arrow data. A second, coarser measure: the growth of the process's peak RSS
+over its RSS just before training (which also holds allocator caching and fragmentation). Step time:
+training_s / steps of metrics.json, measured under the profiler (which slows small ops).
 
 Texts are SciTLDR abstracts (from the shared data), long enough that every example is truncated to max_length,
 so the batch shape the estimate assumes (batch_size x max_length) is the one that runs.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -112,19 +115,33 @@ def measure(recipe_path: Path, overrides: list[str], work: Path) -> dict:
 
     recipe = load_recipe(recipe_path, overrides)
     predicted = estimate(prepare(recipe), torch.device("cpu"))
+    baseline_rss = current_rss()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         train(recipe, output_dir=work / "run", overwrite=True)
     trace = work / "trace.json"
     profiler.export_chrome_trace(str(trace))
     events = json.loads(trace.read_text())["traceEvents"]
     trace.unlink()
-    peak = max(event["args"]["Total Allocated"] for event in events if event.get("name") == "[memory]")
+    allocated = max(event["args"]["Total Allocated"] for event in events if event.get("name") == "[memory]")
+    # transformers maps safetensors weights from the file instead of allocating them: the allocator never sees
+    # them, yet they are memory the run holds (copied on write when trained), so they are added
+    mapped = sum(path.stat().st_size for path in Path(recipe.model.name).glob("*.safetensors"))
     metrics = json.loads((work / "run" / "metrics.json").read_text())["train"]
     return {
         "estimate": predicted.as_dict(),
-        "measured_peak_bytes": peak,
+        "measured_peak_bytes": allocated + mapped,
+        "allocator_peak_bytes": allocated,
+        "mapped_weight_bytes": mapped,
+        # the second measure: the process's peak RSS over its RSS just before training (weights that loading maps
+        # from the file instead of copying are resident memory the allocator never sees)
+        "rss_growth_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline_rss,
         "measured_step_s": metrics["training_s"] / metrics["steps"],
     }
+
+
+def current_rss() -> int:
+    """Resident bytes of this process now (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def run_all(out: Path, names: list[str]) -> list[dict]:
@@ -152,8 +169,10 @@ def run_all(out: Path, names: list[str]) -> list[dict]:
 def summary_line(row: dict) -> str:
     predicted, measured = row["estimate"]["peak_bytes"], row["measured_peak_bytes"]
     step, error = row["estimate"]["step_seconds"], predicted / measured - 1
+    rss = row["rss_growth_bytes"]
     return (
         f"| {row['config']} | {predicted / 2**20:,.0f} | {measured / 2**20:,.0f} | {100 * error:+.0f}% "
+        f"| {rss / 2**20:,.0f} | {100 * (predicted / rss - 1):+.0f}% "
         f"| {step:.2f} | {row['measured_step_s']:.2f} | {100 * (step / row['measured_step_s'] - 1):+.0f}% |"
     )
 
@@ -162,8 +181,8 @@ def write_report(out: Path, results: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     header = (
-        "| config | estimated peak MB | measured peak MB | error | estimated step s | measured step s | error |\n"
-        "|---|---:|---:|---:|---:|---:|---:|\n"
+        "| config | estimated peak MB | allocator peak MB | error | RSS growth MB | error | estimated step s "
+        "| measured step s | error |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     (out / "table.md").write_text(header + "\n".join(summary_line(row) for row in results) + "\n")
 

@@ -41,6 +41,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,7 +124,7 @@ class StepClock:
     """Per-step seconds and batch sizes, taken by the harness around each optimizer step."""
 
     def __init__(self, device: str):
-        self.device, self.seconds, self.samples, self.tokens = device, [], [], []
+        self.device, self.seconds, self.samples, self.tokens, self.padded = device, [], [], [], []
         self.first_step_at: float | None = None
         self._started = 0.0
 
@@ -145,6 +146,7 @@ class StepClock:
         samples, tokens = batch_counts(batch)
         self.samples.append(samples)
         self.tokens.append(tokens)
+        self.padded.append(int(batch["input_ids"].numel()))
 
 
 def batch_counts(batch: dict) -> tuple[int, int]:
@@ -373,6 +375,7 @@ def child(workload: str, config: str, inputs: dict, work: Path, device: str, ste
         "step_s": [round(s, 5) for s in clock.seconds],
         "samples": clock.samples,
         "tokens": clock.tokens,
+        "padded_tokens": clock.padded,
         "batches": ran["batches"],
         "flops_per_token": model_flops_per_token(workload, inputs),
         "measured_peak_flops": speed.matmul_peak_flops(torch.device(device)),
@@ -397,6 +400,7 @@ def summarize(raw: dict, warmup_steps: int, nominal: float | None) -> dict:
         "steady_step_s": round(statistics.median(seconds[steady]), 5) if seconds[steady] else None,
         "samples_per_s": round(sum(raw["samples"][steady]) / steady_s, 2),
         "tokens_per_s": round(tokens_per_s, 1),
+        "padding_share": round(1 - sum(raw["tokens"][steady]) / max(1, sum(raw["padded_tokens"][steady])), 4),
         "mfu_measured_peak": round(model_flops / raw["measured_peak_flops"], 4),
         "mfu_nominal_peak": round(model_flops / nominal, 4) if nominal else None,
         "peak_gpu_memory_mb": raw["peak_gpu_memory_mb"],
@@ -457,8 +461,8 @@ def aggregate(results: dict, rounds: int) -> dict:
         for config, runs in configs.items():
             done = [r for r in runs if r["status"] == "ok"]
             row = {"runs": len(runs), "ok": len(done)}
-            for key in ("setup_s", "warmup_s", "steady_step_s", "samples_per_s", "tokens_per_s", "mfu_nominal_peak",
-                        "mfu_measured_peak", "peak_gpu_memory_mb"):  # fmt: skip
+            for key in ("setup_s", "warmup_s", "steady_step_s", "samples_per_s", "tokens_per_s", "padding_share",
+                        "mfu_nominal_peak", "mfu_measured_peak", "peak_gpu_memory_mb"):  # fmt: skip
                 values = [r["figures"][key] for r in done if r["figures"][key] is not None]
                 middle = statistics.median(values) if values else None
                 row[key] = {"median": middle, "min": min(values), "max": max(values)} if values else None
@@ -477,8 +481,8 @@ def markdown(report: dict) -> str:
              + f"; {report['seconds']:.0f} s in all. Medians [min-max] over rounds; warmup = the first "
              f"{report['warmup_steps']} steps; ratios are llmtune's samples/s over the peer's, round by round.", "",
              "| workload | configuration | ok | setup s | warmup s | steady step s | samples/s | tokens/s "
-             "| MFU nominal | MFU measured | peak GPU MB | llmtune / peer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| padding | MFU nominal | MFU measured | peak GPU MB | llmtune / peer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for workload, configs in report["table"].items():
         for config, row in configs.items():
 
@@ -491,6 +495,7 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {workload} | {config} | {row['ok']}/{row['runs']} | {cell('setup_s', 1)} | {cell('warmup_s')} "
                 f"| {cell('steady_step_s', 4)} | {cell('samples_per_s', 1)} | {cell('tokens_per_s', 0)} "
+                f"| {cell('padding_share', 0, 100)}% "
                 f"| {cell('mfu_nominal_peak', 1, 100)} | {cell('mfu_measured_peak', 1, 100)} "
                 f"| {cell('peak_gpu_memory_mb', 0)} | {ratio} |"
             )
@@ -534,6 +539,7 @@ def main_parent(args) -> int:
             report["results"][workload][config].append(run_or_skip(workload, config, args, inputs_file, work, report))
             report["seconds"] = round(time.perf_counter() - STARTED, 1)
             write_report(args.out, report)
+    shutil.rmtree(work, ignore_errors=True)  # the 1B checkpoint alone is 2.5 GB
     print(markdown(report))
     return 0 if not any(r["status"] == "FAILED" for cs in report["results"].values() for rs in cs.values()
                         for r in rs) else 1  # fmt: skip
@@ -553,7 +559,8 @@ def run_or_skip(workload: str, config: str, args, inputs_file: Path, work: Path,
     if result["status"] == "ok":
         raw = result.pop("raw")
         result["figures"] = summarize(raw, args.warmup_steps, report["nominal_peak_flops"])
-        result["per_step"] = {"seconds": raw["step_s"], "samples": raw["samples"], "tokens": raw["tokens"]}
+        result["per_step"] = {key: raw[key] for key in ("samples", "tokens", "padded_tokens")}
+        result["per_step"]["seconds"] = raw["step_s"]
     print(f"{workload} / {config}: {result['status']} {result.get('figures', result.get('error', ''))}", flush=True)
     return result
 

@@ -17,8 +17,9 @@ it, so parameter counts, trainable counts and layer shapes are exact. The bytes 
   gated MLP), its dtype, its dropouts, and whether attention keeps the s x s probabilities (eager attention, or
   torch's math kernel, which CPU uses when attention dropout is on) or not (fused kernels). With gradient
   checkpointing only each layer's input is kept, plus one layer's activations while it is recomputed.
-- logits: the output layer's scores for every position (a vocabulary's worth per token for language models), the
-  float32 log-softmax cross-entropy keeps, and their gradient.
+- logits: the output layer's scores (a vocabulary's worth per scored token for language models: a causal LM's
+  completion tokens only, as llmtune's prompt -> completion loss computes them), the float32 log-softmax
+  cross-entropy keeps, and their gradient.
 
 Peak = weights + autocast copies + optimizer + the larger of (activations + logits) and gradients: the backward pass
 frees activations layer by layer as it fills the gradients, and `zero_grad` frees the gradients before the next
@@ -221,15 +222,18 @@ def optimizer_bytes(trainable: int, optimizer: str, precision: str) -> float:
     return trainable * (4.0 if precision == "bf16-pure" else 8.0)  # torch's moments take the parameter's dtype
 
 
-def logits_bytes(model, auto_class: str, shape: Shape, batch: int, seq: int, element: int) -> float:
+def logits_bytes(model, auto_class: str, shape: Shape, batch: int, seq: int, element: int, scored: int) -> float:
     """The output scores, the float32 log-softmax the loss keeps (and the float32 copy of 16-bit scores it takes
-    first) and the scores' gradient."""
+    first) and the scores' gradient. `scored`: positions per example that get a language model's scores (a causal
+    LM's prompt -> completion loss computes them only where a completion token is predicted)."""
     width = getattr(model.config, "num_labels", 2)
     if auto_class in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM"):
         width = shape.vocab
     elif auto_class == "AutoModelForQuestionAnswering":
         width = 2
     rows = batch * seq if auto_class in PER_TOKEN_OUTPUTS else batch
+    if auto_class == "AutoModelForCausalLM":
+        rows = batch * scored
     per_score = element + 4 + 4 + (4 if element != 4 else 0)
     return rows * width * per_score
 
@@ -261,7 +265,10 @@ def estimate(prepared: Prepared, device: torch.device | None = None, measure_pea
         activations = shape.layers * seq * batch * shape.hidden * element + per_layer + embedding_out
     else:
         activations = shape.layers * per_layer + embedding_out
-    logits = logits_bytes(model, prepared.task.auto_class, shape, batch, seq, element)
+    # A causal LM scores the completion's positions only (llmtune.prompting.completion_loss): the task's
+    # max_target_length of them, when it has one.
+    scored = min(seq, getattr(recipe.task, "max_target_length", None) or seq)
+    logits = logits_bytes(model, prepared.task.auto_class, shape, batch, seq, element, scored)
     components = {
         "weights": weights,
         "autocast copies": copies,
