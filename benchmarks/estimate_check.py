@@ -181,7 +181,7 @@ def write_report(out: Path, results: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     header = (
-        "| config | estimated peak MB | allocator peak MB | error | RSS growth MB | error | estimated step s "
+        "| config | estimated peak MB | measured peak MB | error | RSS growth MB | error | estimated step s "
         "| measured step s | error |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     (out / "table.md").write_text(header + "\n".join(summary_line(row) for row in results) + "\n")
