@@ -103,6 +103,32 @@ def validate(
     _echo(f"  method: {loaded.method.type}; output: {loaded.output_dir}")
 
 
+@command()
+def estimate(
+    recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON (bytes).")] = False,
+) -> None:
+    """Predict peak training memory (weights, gradients, optimizer, activations, logits) and a rough step time,
+    without loading weights.
+
+    It runs validate's checks first, then builds the model from its config on the meta device.
+    """
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_ or [])
+    from .estimate import estimate as run_estimate
+    from .estimate import table
+    from .preparation import prepare  # torch loads only for a recipe that parses
+
+    result = run_estimate(prepare(loaded))
+    if as_json:
+        _echo(json.dumps(result.as_dict(), indent=2))
+        return
+    for line in table(result):
+        _echo(line)
+
+
 def _shown(value) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
