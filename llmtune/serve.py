@@ -498,21 +498,27 @@ def add_openai_routes(app: FastAPI, loaded: LoadedRun, engine: Engine) -> None:
         key = ("generate", json.dumps(settings, sort_keys=True))
         answers = await engine.submit(key, [(ids, settings) for ids in prompts])
         request.state.batch_size = max(size for _, size in answers)
-        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
-        for index, ((text, reason, used), _) in enumerate(answers):
-            content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None}
-            choices.append({"index": index, **content, "finish_reason": reason})
-            usage["prompt_tokens"] += len(prompts[index])
-            usage["completion_tokens"] += used
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return {
-            "id": f"{prefix}{uuid.uuid4().hex}",
-            "object": kind,
-            "created": created,
-            "model": name,
-            "choices": choices,
-            "usage": usage,
-        }
+        return completion_body([answer for answer, _ in answers], prompts, kind, created, name, chat)
+
+
+def completion_body(answers: list, prompts: list[list[int]], kind: str, created: int, name: str, chat: bool) -> dict:
+    """OpenAI's (chat) completion object for the generated (text, finish reason, tokens used) of each prompt."""
+    choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
+    for index, (text, reason, used) in enumerate(answers):
+        content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None}
+        choices.append({"index": index, **content, "finish_reason": reason})
+        usage["prompt_tokens"] += len(prompts[index])
+        usage["completion_tokens"] += used
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    prefix = "chatcmpl-" if chat else "cmpl-"
+    return {
+        "id": f"{prefix}{uuid.uuid4().hex}",
+        "object": kind,
+        "created": created,
+        "model": name,
+        "choices": choices,
+        "usage": usage,
+    }
 
 
 async def stream_events(job: Job, ident: str, created: int, name: str, chat: bool) -> AsyncIterator[str]:
