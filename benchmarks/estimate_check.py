@@ -3,7 +3,7 @@
     python benchmarks/estimate_check.py --out /tmp/estimate-check   # writes table.md and results.json there
 
 Measured peak: torch's CPU allocator accounting, read through the profiler (`profile_memory=True`): the largest
-"Total Allocated" of the tensors allocated from just before `llmtune.training.train` starts (model loading
+"Total Allocated" of the tensors allocated from just before `llmtune.engine.training.train` starts (model loading
 included) to its end, plus the checkpoint's safetensors bytes, which transformers maps from the file instead of
 allocating (the allocator never sees them). That is the quantity the estimate models (tensor bytes), without the
 process's libraries, tokenizer and Arrow data. A second, coarser measure: the growth of the process's peak RSS
@@ -109,10 +109,10 @@ def measure(recipe_path: Path, overrides: list[str], work: Path) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from llmtune.estimate import estimate
-    from llmtune.preparation import prepare
+    from llmtune.engine.estimate import estimate
+    from llmtune.engine.preparation import prepare
+    from llmtune.engine.training import train
     from llmtune.recipe import load_recipe
-    from llmtune.training import train
 
     recipe = load_recipe(recipe_path, overrides)
     predicted = estimate(prepare(recipe), torch.device("cpu"))

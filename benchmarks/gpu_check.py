@@ -274,7 +274,7 @@ def check_qlora(ctx) -> dict:
     from transformers import AutoModelForCausalLM
 
     from llmtune import train
-    from llmtune.merge import merge
+    from llmtune.deploy.merge import merge
 
     llama = llama_model(ctx.models / "llama-small", 64, 2, 4, 2, 128)
     method = {"type": "lora", "r": 8, "quantization": "4bit"}
@@ -382,11 +382,11 @@ def run_llmtune(args: list[str]) -> int:
     machine without GPUs with the sharding engine forced onto the CPU processes (tests/*_on_cpu.py)."""
     import torch
 
-    import llmtune.plots
+    import llmtune.reports.plots
     from llmtune import cli
 
     if importlib.util.find_spec("matplotlib") is None:
-        llmtune.plots.save_plots = lambda run_dir: None
+        llmtune.reports.plots.save_plots = lambda run_dir: None
     switches = {"fsdp": "ACCELERATE_USE_FSDP", "deepspeed": "ACCELERATE_USE_DEEPSPEED"}
     engine = next((name for name, variable in switches.items() if os.environ.get(variable)), None)
     if engine and not torch.cuda.is_available():
@@ -410,7 +410,7 @@ def nominal_peak(ctx) -> tuple[float, str]:
     """The GPU's dense bf16 peak by its name, else the measured matmul peak llmtune uses."""
     import torch
 
-    from llmtune import speed
+    from llmtune.engine import speed
 
     if ctx.device == "cuda":
         name = torch.cuda.get_device_name()
@@ -422,7 +422,8 @@ def nominal_peak(ctx) -> tuple[float, str]:
 
 
 def check_speed(ctx) -> dict:
-    from llmtune import speed, train
+    from llmtune import train
+    from llmtune.engine import speed
 
     bert = bert_model(ctx.models / "bert-speed", *ctx.speed_shape)
     rows = speed_rows(ctx.speed_rows)
@@ -606,9 +607,11 @@ def main() -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if importlib.util.find_spec("matplotlib") is None:
-        import llmtune.plots
+        import llmtune.reports.plots
 
-        llmtune.plots.save_plots = lambda run_dir: None  # plots are PNGs for people, not part of what is checked
+        llmtune.reports.plots.save_plots = lambda run_dir: (
+            None
+        )  # plots are PNGs for people, not part of what is checked
         print("matplotlib is not installed: the runs skip their plots", flush=True)
     import torch
     import transformers

@@ -20,7 +20,7 @@ Trainer's step callbacks, with `torch.cuda.synchronize()` around each, so every 
 own batch (examples, non-pad tokens). The first `--warmup-steps` steps (compile, autotuning, allocator growth)
 are reported apart from the steady state: its median step time with the min-max range, and samples/s and
 tokens/s over the steady steps. `setup_s` is the process's time before the first step (imports, model load,
-tokenization). MFU = model FLOPs (llmtune.speed: 4 x all + 2 x trained non-embedding parameters per token,
+tokenization). MFU = model FLOPs (llmtune.engine.speed: 4 x all + 2 x trained non-embedding parameters per token,
 counted on the meta device so that 4-bit packing does not hide weights) per second over the GPU's nominal dense
 bf16 peak and over the bf16 matmul peak measured in the same process. Peak GPU memory: max_memory_allocated.
 
@@ -184,7 +184,7 @@ def llmtune_recipe(workload: str, config: str, inputs: dict, work: Path, device:
 
 
 def run_llmtune(workload: str, config: str, inputs: dict, work: Path, device: str, steps: int) -> dict:
-    from llmtune import training
+    from llmtune.engine import training
 
     clock = StepClock(device)
     step = training.train_step
@@ -336,12 +336,12 @@ def run_trl(workload: str, inputs: dict, work: Path, device: str, steps: int) ->
 
 
 def model_flops_per_token(workload: str, inputs: dict) -> float:
-    """Training FLOPs per token (llmtune.speed) of the workload's model, built on the meta device: a 4-bit base
+    """Training FLOPs per token (llmtune.engine.speed) of the workload's model, built on the meta device: a 4-bit base
     packs two weights in one element, which would halve its count."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from llmtune import speed
+    from llmtune.engine import speed
 
     path = inputs["bert" if workload == "bert-sst2" else "llama"]
     config = AutoConfig.from_pretrained(path)
@@ -360,7 +360,7 @@ def model_flops_per_token(workload: str, inputs: dict) -> float:
 def child(workload: str, config: str, inputs: dict, work: Path, device: str, steps: int) -> dict:
     import torch
 
-    from llmtune import speed
+    from llmtune.engine import speed
 
     if config.startswith("llmtune"):
         ran = run_llmtune(workload, config, inputs, work, device, steps)
@@ -587,9 +587,9 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
         if importlib.util.find_spec("matplotlib") is None:
-            import llmtune.plots
+            import llmtune.reports.plots
 
-            llmtune.plots.save_plots = lambda run_dir: None  # plots are for people, not part of the timing
+            llmtune.reports.plots.save_plots = lambda run_dir: None  # plots are for people, not part of the timing
         raw = child(*args.child, json.loads(args.inputs.read_text()), args.work, args.device, args.steps)
         print("RESULT " + json.dumps(raw), flush=True)
         return 0

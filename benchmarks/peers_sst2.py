@@ -110,7 +110,7 @@ class Timer:
 
 def run_llmtune(n: int | None, workdir: Path, hp: dict, eval_every: int | None) -> dict:
     import llmtune
-    from llmtune import training
+    from llmtune.engine import training
     from llmtune.recipe import validate
 
     # `train` calls the module's functions: fit is the loop, from the first step to the last; the validation at
@@ -172,7 +172,7 @@ def trainer_setup(config: str, n: int | None, workdir: Path, hp: dict, eval_ever
         set_seed,
     )
 
-    from llmtune import speed
+    from llmtune.engine import speed
 
     set_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(minilm())
@@ -246,7 +246,7 @@ def phase_callback():
 def run_trainer(config: str, n: int | None, workdir: Path, hp: dict, eval_every: int | None) -> dict:
     import torch
 
-    from llmtune import speed
+    from llmtune.engine import speed
 
     trainer, counted = trainer_setup(config, n, workdir, hp, eval_every)
     phase = phase_callback()

@@ -42,7 +42,7 @@ def model_ceiling(run: Path) -> dict:
     import torch
 
     from llmtune import models
-    from llmtune.inference import load_run
+    from llmtune.deploy.inference import load_run
 
     loaded = load_run(run)
     model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
@@ -78,7 +78,7 @@ def model_ceiling(run: Path) -> dict:
 def memory_loop(run: Path, batches: int) -> None:
     """Child process: print one JSON line per block of batches."""
     from llmtune import models
-    from llmtune.inference import load_run
+    from llmtune.deploy.inference import load_run
 
     loaded = load_run(run)
     limit = models.effective_max_length(loaded.model.config, loaded.recipe.training.max_length)
@@ -109,8 +109,8 @@ def memory(run: Path, batches: int) -> dict:
 def generation(run: Path) -> dict:
     import torch
 
-    from llmtune.inference import load_run
-    from llmtune.serve import with_adapter_merged
+    from llmtune.deploy.inference import load_run
+    from llmtune.deploy.serve import with_adapter_merged
 
     loaded = with_adapter_merged(load_run(run))
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -19,11 +19,11 @@ _EXPORTS = {
     "Recipe": "recipe",
     "load_recipe": "recipe",
     "UserError": "errors",
-    "TrainResult": "training",
-    "train": "training",
-    "evaluate": "inference",
-    "load_run": "inference",
-    "predict": "inference",
+    "TrainResult": "engine.training",
+    "train": "engine.training",
+    "evaluate": "deploy.inference",
+    "load_run": "deploy.inference",
+    "predict": "deploy.inference",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -85,7 +85,7 @@ def validate(
     from .recipe import load_recipe
 
     loaded = load_recipe(recipe, set_ or [])
-    from .preparation import prepare  # torch loads only for a recipe that parses
+    from .engine.preparation import prepare  # torch loads only for a recipe that parses
 
     prepared = prepare(loaded)
     checkpoint, decoder = prepared.checkpoint, prepared.decoder
@@ -117,9 +117,9 @@ def estimate(
     from .recipe import load_recipe
 
     loaded = load_recipe(recipe, set_ or [])
-    from .estimate import estimate as run_estimate
-    from .estimate import table
-    from .preparation import prepare  # torch loads only for a recipe that parses
+    from .engine.estimate import estimate as run_estimate
+    from .engine.estimate import table
+    from .engine.preparation import prepare  # torch loads only for a recipe that parses
 
     result = run_estimate(prepare(loaded))
     if as_json:
@@ -169,7 +169,7 @@ def train(
         raise UserError("--resume and --overwrite contradict each other; give one of them")
     try:
         loaded = load_recipe(recipe, set_ or [])
-        from .training import train as run_training  # torch loads only for a recipe that parses
+        from .engine.training import train as run_training  # torch loads only for a recipe that parses
 
         run_training(loaded, output_dir=output, overwrite=overwrite, echo=_echo, resume=resume_from or resume)
     except PeerLost as lost:
@@ -216,8 +216,8 @@ def eval_(
 
     Given a recipe file, it scores the model the recipe would start from (zero-shot baseline) on the recipe's split.
     """
-    from .evaluation import format_metrics
-    from .inference import evaluate
+    from .deploy.inference import evaluate
+    from .engine.evaluation import format_metrics
     from .runs import check_output_file, write_json, write_jsonl
 
     if output is not None:  # before the work: an evaluation can take an hour
@@ -255,9 +255,9 @@ def predict(
 
     Each input option is repeatable: the N-th prediction takes the N-th value of every option given.
     """
-    from .data import read_file
-    from .inference import load_run
-    from .inference import predict as run_predict
+    from .data.reading import read_file
+    from .deploy.inference import load_run
+    from .deploy.inference import predict as run_predict
     from .runs import check_output_file, write_jsonl
 
     given = {name: values for name, values in fields.items() if values}
@@ -336,7 +336,7 @@ def push(
     Uploads only the run's artifacts: the adapter (LoRA runs, a few MB) or the model, the tokenizer,
     recipe.yaml and metrics.json, plus README.md. Authenticates with HF_TOKEN or `hf auth login`.
     """
-    from .hub import push as run_push
+    from .deploy.hub import push as run_push
 
     run_push(
         run_dir,
@@ -364,7 +364,7 @@ def merge(
     ] = False,
 ) -> None:
     """Merge a run's adapter into its base weights: a standalone transformers model (safetensors) with tokenizer."""
-    from .merge import merge as run_merge
+    from .deploy.merge import merge as run_merge
 
     run_merge(run_dir, output, overwrite=overwrite)
     _echo(f"merged model saved to {output}")
@@ -391,7 +391,7 @@ def export(
     """Export a run to ONNX for ONNX Runtime (an adapter is merged first); eval, predict and serve load the export."""
     if format_ != "onnx":
         raise UserError(f"--format {format_}: unknown; expected onnx")
-    from .export import export as run_export
+    from .deploy.export import export as run_export
 
     written = run_export(run_dir, output, quantize=quantize, overwrite=overwrite)
     _echo(f"exported to {written}" + (" (int8: model_quantized.onnx)" if quantize else ""))
@@ -441,8 +441,8 @@ def serve(
     (--max-body-bytes, --max-inputs).
 
     Every error is one JSON object, {"error": {"message": ...}}, with a 4xx or 5xx status."""
-    from .serve import Settings, api_key_from, load_for_serving
-    from .serve import serve as run_server
+    from .deploy.serve import Settings, api_key_from, load_for_serving
+    from .deploy.serve import serve as run_server
 
     key = api_key_from(api_key_env)
     loaded, backend = load_for_serving(target, backend, set_ or [])
@@ -522,7 +522,7 @@ def report(
     For a sweep directory: the trials, the optimisation history and parameter importances, and the best trial's
     report (Markdown with PNG plots, in the sweep directory).
     """
-    from .report import write_report
+    from .reports.report import write_report
     from .sweep import is_sweep_dir, write_sweep_report
 
     written = write_sweep_report(run_dir) if is_sweep_dir(run_dir) else write_report(run_dir, format_, output)
@@ -534,8 +534,8 @@ def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more finished run directories.")],
 ) -> None:
     """Put several runs' metrics side by side (a Markdown table)."""
-    from .report import compare as compare_runs
-    from .report import markdown_table
+    from .reports.report import compare as compare_runs
+    from .reports.report import markdown_table
 
     header, rows = compare_runs(run_dirs)
     _echo(markdown_table(header, rows))

@@ -16,7 +16,7 @@ import functools
 import inspect
 import string
 
-from . import zero
+from .engine import zero
 from .errors import UserError
 from .lazy import F, torch, transformers
 

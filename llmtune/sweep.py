@@ -407,8 +407,8 @@ def make_objective(recipe_path: Path, overrides: list[str], space: Space, output
     """Optuna's objective: one training run per trial in SWEEP/trial-NNNN, scored by its best validation value."""
     import optuna
 
+    from .engine.training import train
     from .recipe import load_recipe
-    from .training import train
 
     def objective(trial) -> float:
         values = {key: suggest(trial, key, *spec) for key, spec in space.parameters.items()}
@@ -470,7 +470,7 @@ def shown_rows(rows: list[list]) -> list[list[str]]:
 
 def write_results(study, output: Path) -> None:
     """trials.csv, trials.md and best.yaml (atomically: a sweep killed while writing leaves the previous ones)."""
-    from .report import markdown_table
+    from .reports.report import markdown_table
 
     header, rows = trial_rows(study)
     buffer = io.StringIO()
@@ -522,7 +522,7 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
 
-    from .report import write_report
+    from .reports.report import write_report
 
     sweep_dir = Path(sweep_dir)
     study, description = load_sweep_study(sweep_dir)
@@ -562,7 +562,7 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
             lines += [f"![{name.replace('_', ' ')}]({name}.png)", ""]
         except (ValueError, RuntimeError) as exc:  # too few finished trials for this plot
             lines += [f"({name.replace('_', ' ')}: not drawn: {exc})", ""]
-    from .report import markdown_table
+    from .reports.report import markdown_table
 
     lines += ["## Trials", "", markdown_table(header, shown_rows(rows)), ""]
     output = sweep_dir / "report.md"

@@ -16,7 +16,8 @@ import sys
 from accelerate.state import PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedType
 
-from llmtune import cli, components, launch
+from llmtune import cli
+from llmtune.engine import components, launch
 
 
 def install() -> None:

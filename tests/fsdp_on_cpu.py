@@ -16,7 +16,8 @@ from accelerate import FullyShardedDataParallelPlugin
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType
 
-from llmtune import cli, components, launch
+from llmtune import cli
+from llmtune.engine import components, launch
 
 
 def install() -> None:

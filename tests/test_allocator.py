@@ -18,7 +18,7 @@ PROBE = """
 import ctypes, sys
 import torch
 if sys.argv[1] == "fixed":
-    from llmtune import allocator
+    from llmtune.engine import allocator
     allocator.fix_mmap_threshold()
 FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
 class Info(ctypes.Structure):
@@ -49,7 +49,8 @@ def test_release_freed_memory_keeps_large_tensors_in_their_own_mappings():
 
 
 def test_training_applies_it_only_when_the_recipe_asks(tiny_bert, tmp_path, monkeypatch):
-    from llmtune import allocator, load_recipe, training
+    from llmtune import load_recipe
+    from llmtune.engine import allocator, training
 
     calls = []
     monkeypatch.setattr(allocator, "fix_mmap_threshold", lambda: calls.append("fixed"))

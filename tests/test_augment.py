@@ -12,8 +12,9 @@ from conftest import RECIPES, tiny_qa_overrides, write_recipe
 from test_bad_input import assert_user_error
 from test_token_classification import args, conll_files, settings
 
-from llmtune import augment, load_recipe
-from llmtune.preparation import prepare
+from llmtune import load_recipe
+from llmtune.data.reading import augment
+from llmtune.engine.preparation import prepare
 
 LEXICON = """wonderful, marvellous, great
 film, movie, picture

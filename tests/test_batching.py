@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import write_recipe
 
-from llmtune.batching import LengthGroupedBatches, PadCollator, SortedBatches, cut_batches
+from llmtune.engine.batching import LengthGroupedBatches, PadCollator, SortedBatches, cut_batches
 
 _rng = random.Random(0)
 LENGTHS = [min(120, int(_rng.lognormvariate(2.6, 0.6))) + 2 for _ in range(1000)]  # skewed like sentence lengths
@@ -133,7 +133,8 @@ def test_training_flops_per_token_by_hand(tiny_bert, tmp_path):
     from test_seq2seq import t5_checkpoint
     from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-    from llmtune import models, speed
+    from llmtune import models
+    from llmtune.engine import speed
     from llmtune.sections import LoraMethod
 
     # tiny_bert (width 32, FFN 64, 2 layers): per layer 4 projections of 32x32+32, FFN 32x64+64 and 64x32+32,

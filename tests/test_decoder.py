@@ -9,7 +9,7 @@ import torch
 from conftest import RECIPES, SMOLLM2_ID, smollm2_gguf, write_recipe
 
 from llmtune import load_recipe, models, predict, train
-from llmtune.batching import PadCollator
+from llmtune.engine.batching import PadCollator
 from llmtune.recipe import ModelSpec
 from llmtune.tasks.classification import Classification, ClassificationOptions
 

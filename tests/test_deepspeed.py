@@ -108,7 +108,7 @@ def training_section(**values):
 
 
 def test_the_recipe_fills_the_deepspeed_values_it_owns():
-    from llmtune import zero
+    from llmtune.engine import zero
 
     config = {"zero_optimization": {"stage": 3}, "gradient_clipping": "auto", "train_micro_batch_size_per_gpu": 8}
     zero.configure(accelerator_with(config, processes=4), training_section())
@@ -139,7 +139,7 @@ def test_the_recipe_fills_the_deepspeed_values_it_owns():
     ids=["stage0", "optimizer", "scheduler", "offload", "clipping", "accumulation"],
 )
 def test_a_deepspeed_config_llmtune_cannot_honour_is_refused(config, fragment):
-    from llmtune import zero
+    from llmtune.engine import zero
 
     with pytest.raises(UserError, match="^accelerate config: ") as raised:
         zero.configure(accelerator_with(config), training_section())
@@ -159,7 +159,7 @@ def test_a_deepspeed_config_llmtune_cannot_honour_is_refused(config, fragment):
 def test_deepspeed_that_cannot_train_is_refused_before_anything_loads(
     settings, present, fragment, cli, tiny_bert, tmp_path, monkeypatch
 ):
-    from llmtune import launch
+    from llmtune.engine import launch
 
     monkeypatch.setattr(launch, "accelerator_present", lambda: present)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
@@ -171,7 +171,7 @@ def test_deepspeed_that_cannot_train_is_refused_before_anything_loads(
 def test_deepspeed_selected_but_not_installed_is_refused(cli, tiny_bert, tmp_path, monkeypatch):
     import importlib.util
 
-    from llmtune import launch
+    from llmtune.engine import launch
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -185,7 +185,8 @@ def test_deepspeed_selected_but_not_installed_is_refused(cli, tiny_bert, tmp_pat
 
 
 def test_zero3_partitioned_weights_make_evaluation_and_generation_wait_for_every_process():
-    from llmtune import prompting, zero
+    from llmtune import prompting
+    from llmtune.engine import zero
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     assert not zero.partitions_parameters(model) and not prompting.sharded(model)

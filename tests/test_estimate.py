@@ -14,8 +14,8 @@ COMPONENTS = ["weights", "autocast copies", "gradients", "optimizer", "activatio
 
 
 def estimated(recipe_path, *overrides: str):
-    from llmtune.estimate import estimate
-    from llmtune.preparation import prepare
+    from llmtune.engine.estimate import estimate
+    from llmtune.engine.preparation import prepare
     from llmtune.recipe import load_recipe
 
     return estimate(prepare(load_recipe(recipe_path, list(overrides))), measure_peak=False)

@@ -30,14 +30,14 @@ def pause():
 
 where = os.environ["PAUSE_AT"]
 if where == "model":
-    from llmtune import training
-    real_save = training.save_model
+    from llmtune.engine import components
+    real_save = components.save_model
     def save_model(model, tokenizer, run_dir, recipe, *rest):
         real_save(model, tokenizer, run_dir, recipe, *rest)
         weights = pathlib.Path(run_dir) / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
         pause()
-    training.save_model = save_model
+    components.save_model = save_model
 elif where == "metrics":
     from llmtune import runs
     real_write = runs.write_atomic

@@ -153,7 +153,7 @@ def assert_sharded_lora_generation_as_data_parallel(tiny_llama, tmp_path, launch
 def test_an_engine_that_cannot_train_here_is_refused_before_anything_loads(
     variables, fragment, cli, tiny_bert, tmp_path, monkeypatch
 ):
-    from llmtune import launch
+    from llmtune.engine import launch
 
     monkeypatch.setattr(launch, "accelerator_present", lambda: False)  # as here, also on a GPU machine
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
@@ -165,7 +165,7 @@ def test_an_engine_that_cannot_train_here_is_refused_before_anything_loads(
 
 
 def test_quantization_with_fsdp_is_refused(cli, tiny_bert, tmp_path, monkeypatch):
-    from llmtune import launch
+    from llmtune.engine import launch
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
     for variable, value in FSDP.items():

@@ -244,7 +244,7 @@ def test_cross_entropy_is_per_completion_token_and_matches_the_training_loss(tin
     """Evaluation's cross-entropy counts exactly the target tokens + EOS (not the prompt), as the training loss does."""
     import datasets
 
-    from llmtune.batching import PadCollator
+    from llmtune.engine.batching import PadCollator
     from llmtune.models import Checkpoint, load_model, load_tokenizer
     from llmtune.tasks import create
     from llmtune.tasks.seq2seq import TranslationOptions

@@ -7,7 +7,8 @@ import pytest
 from conftest import write_recipe, write_sentiment_files
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from llmtune import load_recipe, training
+from llmtune import load_recipe
+from llmtune.engine import training
 
 SYNC_OP = "aten::_local_scalar_dense"  # what .item(), float(tensor), bool(tensor) and .tolist() run
 LOG_EVERY = 3

@@ -260,8 +260,8 @@ def test_a_label_train_never_shows_is_one_warning_line(tiny_bert, sentiment_file
 
 
 def test_epochs_that_plan_more_steps_than_any_run_are_refused():
+    from llmtune.engine.preparation import planned_steps
     from llmtune.errors import UserError
-    from llmtune.preparation import planned_steps
     from llmtune.sections import Training
 
     training = Training(epochs=10**6, batch_size=1)

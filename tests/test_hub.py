@@ -66,13 +66,13 @@ def point_hub_client_at(monkeypatch, url: str, home: Path) -> None:
 
 @pytest.fixture()
 def local_hub(tmp_path, monkeypatch):
-    import llmtune.hub
+    import llmtune.deploy.hub
 
     with HubServer(tmp_path / "hub-storage", {TOKEN: "alice", BOB_TOKEN: "bob"}, {"alice": ["acme"]}) as hub:
         forbid_remote_connections(monkeypatch)
         point_hub_client_at(monkeypatch, hub.url, tmp_path / "hf-home")
         monkeypatch.setenv("HF_TOKEN", TOKEN)
-        monkeypatch.setattr(llmtune.hub, "RETRY_WAITS_S", (0.05, 0.1, 0.2))
+        monkeypatch.setattr(llmtune.deploy.hub, "RETRY_WAITS_S", (0.05, 0.1, 0.2))
         yield hub
 
 
@@ -541,7 +541,7 @@ def qa_run(tiny_bert, tmp_path_factory):
 
 
 def card_of(run: Path, repo_id: str = "acme/card") -> str:
-    from llmtune.hub import model_card
+    from llmtune.deploy.hub import model_card
     from llmtune.recipe import load_recipe
 
     metrics = json.loads((run / "metrics.json").read_text())

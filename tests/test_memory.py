@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import write_recipe, write_sentiment_files
 
-from llmtune import checkpoints, components, evaluate, load_recipe, training
+from llmtune import evaluate, load_recipe
+from llmtune.engine import checkpoints, components, training
 
 
 def sets(*items: str) -> list[str]:
@@ -79,7 +80,7 @@ def test_train_and_evaluate_keep_no_reference_to_the_model_or_optimizer(precisio
     result = training.train(load_recipe(recipe, overrides))
     assert made["model"]() is None and made["optimizer"]() is None, "train() kept the run's model or optimizer"
 
-    from llmtune import inference
+    from llmtune.deploy import inference
 
     load_run, loaded = inference.load_run, {}
 

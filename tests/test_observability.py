@@ -57,7 +57,7 @@ def test_a_long_evaluation_reports_its_progress(tracked_run, monkeypatch):
     import llmtune
 
     monkeypatch.setattr(
-        importlib.import_module("llmtune.evaluation"), "EVAL_PROGRESS_EVERY_S", 0
+        importlib.import_module("llmtune.engine.evaluation"), "EVAL_PROGRESS_EVERY_S", 0
     )  # a line after every batch but the last
     lines = []
     metrics, _ = llmtune.evaluate(
@@ -125,7 +125,7 @@ def test_unknown_tracker_names_its_line(cli, tiny_bert, sentiment_files, tmp_pat
 def test_plots_are_written_and_drawn_again_from_the_files(tracked_run):
     from PIL import Image
 
-    from llmtune import plots
+    from llmtune.reports import plots
     from llmtune.tasks.classification import confusion_counts
 
     run = tracked_run.run_dir
@@ -169,7 +169,7 @@ def test_report_of_an_unfinished_run_is_a_clear_error(cli, tmp_path):
 
 def test_worst_mistakes_come_first():
     """Rows ranked by the task's per-example metric, worst first; ties (all wrong) by confidence, highest first."""
-    from llmtune.report import sample_predictions
+    from llmtune.reports.report import sample_predictions
     from llmtune.tasks.base import prediction_row
     from llmtune.tasks.classification import Classification
 
@@ -312,7 +312,7 @@ class FakeTerminal(io.StringIO):
 
 
 def test_progress_bar_shows_step_loss_speed_and_eta_on_a_terminal():
-    from llmtune.progress import Progress
+    from llmtune.engine.progress import Progress
 
     terminal, lines = FakeTerminal(), []
     progress = Progress(10, enabled=True, echo=lines.append, stream=terminal)
@@ -327,7 +327,7 @@ def test_progress_bar_shows_step_loss_speed_and_eta_on_a_terminal():
 
 
 def test_progress_is_plain_lines_when_not_a_terminal():
-    from llmtune.progress import Progress
+    from llmtune.engine.progress import Progress
 
     stream, lines = io.StringIO(), []
     progress = Progress(10, enabled=True, echo=lines.append, stream=stream)

@@ -10,7 +10,8 @@ import torch
 from conftest import minilm_dir, write_recipe, write_sentiment_files
 from safetensors.torch import load_file
 
-from llmtune import load_recipe, training
+from llmtune import load_recipe
+from llmtune.engine import training
 
 # 20 AdamW steps at 2e-5 on a model stored in bf16: each update is below most weights' bf16 resolution, so pure
 # bf16 drops it while fp32 master weights add them up. Measured on CPU, of the weight entries outside the embeddings:

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtune import prompting
-from llmtune.batching import PadCollator
+from llmtune.engine.batching import PadCollator
 
 TEMPLATE = "Context: {context}\nQuestion: {question}\nAnswer: {completion}"
 ROWS = [

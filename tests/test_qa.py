@@ -12,7 +12,7 @@ import torch
 from conftest import RECIPES, SHARED_DATA
 
 from llmtune import UserError, load_recipe
-from llmtune.data import read_file
+from llmtune.data.reading import read_file
 from llmtune.metrics import load as load_metric
 from llmtune.tasks.question_answering import QuestionAnswering, QuestionAnsweringOptions
 

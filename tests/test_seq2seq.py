@@ -537,7 +537,7 @@ def test_long_targets_are_truncated_with_one_counted_warning(tiny_marian, transl
 
 
 def test_parallel_files_must_be_line_aligned(tmp_path):
-    from llmtune.data import read_parallel
+    from llmtune.data.reading import read_parallel
 
     (tmp_path / "a.de").write_text("Eins\nZwei\n")
     (tmp_path / "a.en").write_text("One\nTwo\nThree\n")

@@ -141,7 +141,7 @@ def test_a_lone_client_is_not_kept_waiting_for_a_batch(classifier_run):
 
 def test_a_batch_cut_by_padded_tokens_answers_as_one_pass_does(classifier_run):
     """On a CPU the server cuts a batch by length into passes of at most --max-batch-tokens padded tokens."""
-    from llmtune.inference import load_run
+    from llmtune.deploy.inference import load_run
 
     loaded = load_run(classifier_run)
     texts = ["bad", "a wonderful, moving and beautifully acted film", "dull", "far too long and far too loud for me"]

@@ -16,7 +16,16 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "llmtune"
 # The modules that must work for any task without knowing one (the task contract is their only source).
-GENERIC = ["training", "evaluation", "inference", "cli", "hub", "report", "plots", "merge"]
+GENERIC = [
+    "engine/training",
+    "engine/evaluation",
+    "deploy/inference",
+    "cli",
+    "deploy/hub",
+    "reports/report",
+    "reports/plots",
+    "deploy/merge",
+]
 TASK_WORDS = re.compile(r"label_names|index_labels|task\.type|options\.type|question_answering|GENERATIVE")
 
 
@@ -85,7 +94,7 @@ def function_lines(path: Path, name: str) -> ast.FunctionDef:
 
 
 def test_the_training_loop_reads_in_one_screen():
-    fit = function_lines(PACKAGE / "training.py", "fit")
+    fit = function_lines(PACKAGE / "engine" / "training.py", "fit")
     assert fit.end_lineno - fit.lineno + 1 <= 80
     loop = next(node for node in ast.walk(fit) if isinstance(node, ast.For))
     assert loop.end_lineno - loop.lineno + 1 <= 40
@@ -102,7 +111,7 @@ def test_no_function_is_longer_than_60_lines():
 
 
 def test_the_training_module_holds_the_loop_alone():
-    lines = len((PACKAGE / "training.py").read_text().splitlines())
+    lines = len((PACKAGE / "engine" / "training.py").read_text().splitlines())
     assert lines <= 450, f"llmtune/training.py has {lines} lines: move what is not the loop's story out"
 
 
@@ -122,17 +131,21 @@ def callers(attribute: str) -> set[str]:
 def test_one_road_from_a_saved_model():
     # Training builds its model in components and data.augment its helper models; everything that loads a saved
     # one (eval, predict, serve, export, merge, push) goes through inference.load_run.
-    assert callers("load_model") - {"llmtune.training"} == {
-        "llmtune.components",
-        "llmtune.augment",
-        "llmtune.inference",
+    assert callers("load_model") - {"llmtune.engine.training"} == {
+        "llmtune.engine.components",
+        "llmtune.data.augment",
+        "llmtune.deploy.inference",
     }
-    assert callers("from_pretrained") & {"llmtune.serve", "llmtune.export", "llmtune.merge", "llmtune.cli"} == set()
+    assert (
+        callers("from_pretrained")
+        & {"llmtune.deploy.serve", "llmtune.deploy.export", "llmtune.deploy.merge", "llmtune.cli"}
+        == set()
+    )
 
 
 def test_one_builder_of_evaluation_batches():
-    assert callers("eval_batches") == {"llmtune.components", "llmtune.inference"}
-    assert callers("eval_loader") == {"llmtune.evaluation"}  # through eval_batches only
+    assert callers("eval_batches") == {"llmtune.engine.components", "llmtune.deploy.inference"}
+    assert callers("eval_loader") == {"llmtune.engine.evaluation"}  # through eval_batches only
 
 
 def test_registry_builds_the_schema_and_the_predict_options():

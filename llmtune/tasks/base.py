@@ -20,14 +20,14 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..augment import AugmentFields
-from ..batching import PadCollator, SortedBatches
-from ..data import in_memory, tokenization_fingerprint
+from ..data.augment import AugmentFields
+from ..data.reading import in_memory, tokenization_fingerprint
+from ..engine.batching import PadCollator, SortedBatches
+from ..engine.zero import partitions_parameters
 from ..errors import UserError
 from ..lazy import datasets, torch
 from ..models import is_decoder_only
 from ..sections import DataSpec, Section
-from ..zero import partitions_parameters
 
 if TYPE_CHECKING:
     from .card import PushedModel

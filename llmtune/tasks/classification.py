@@ -7,12 +7,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from .. import figures
 from .. import metrics as metric_modules
-from ..augment import AugmentFields
-from ..data import describe, require_columns, row_location
+from ..data.augment import AugmentFields
+from ..data.reading import describe, require_columns, row_location
 from ..errors import DataWarning, UserError
 from ..lazy import F, datasets, torch
+from ..reports import figures
 from ..sections import DataSpec
 from .base import Accumulator, LabelledTask, TaskOptions, prediction_row, tokenize
 from .card import PushedModel

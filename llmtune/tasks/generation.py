@@ -30,7 +30,7 @@ from pydantic import Field as SchemaField
 from pydantic import field_validator, model_validator
 
 from .. import prompting
-from ..data import describe, row_location
+from ..data.reading import describe, row_location
 from ..errors import DataWarning, Notice, UserError
 from ..lazy import F, datasets, torch
 from ..models import is_decoder_only

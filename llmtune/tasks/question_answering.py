@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field as SchemaField
 
 from .. import prompting
-from ..augment import AugmentFields
-from ..data import describe, require_columns, row_location
+from ..data.augment import AugmentFields
+from ..data.reading import describe, require_columns, row_location
 from ..errors import DataWarning, UserError
 from ..lazy import F, datasets, torch
 from ..sections import DataSpec

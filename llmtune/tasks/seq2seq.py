@@ -16,8 +16,8 @@ from pydantic import Field as SchemaField
 from pydantic import field_validator, model_validator
 
 from .. import prompting
-from ..augment import AugmentFields
-from ..data import describe, require_columns
+from ..data.augment import AugmentFields
+from ..data.reading import describe, require_columns
 from ..errors import UserError
 from ..metrics import generation as generation_metrics
 from .generation import Field, PromptCompletionOptions, TextGeneration

@@ -36,8 +36,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from . import models
-from .errors import UserError
+from .. import models
+from ..errors import UserError
 from .inference import LoadedRun, load_run
 
 log = logging.getLogger("llmtune.serve")

@@ -16,14 +16,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import models, runs
-from .batching import PadCollator
-from .errors import UserError
+from .. import models, runs
+from ..engine.batching import PadCollator
+from ..errors import UserError
+from ..quiet import onnx_tracer_warnings_silenced
+from ..recipe import dump_recipe
+from ..tasks.base import Task
 from .inference import LoadedRun, load_run
 from .merge import check_finished_run, refuse_prefix_tuning
-from .quiet import onnx_tracer_warnings_silenced
-from .recipe import dump_recipe
-from .tasks.base import Task
 
 QUANTIZATIONS = ("int8",)
 

@@ -11,10 +11,11 @@ import json
 import os
 from pathlib import Path
 
-from . import plots, runs, tasks
-from .errors import UserError
-from .recipe import load_recipe
-from .tasks.base import Task
+from .. import runs, tasks
+from ..errors import UserError
+from ..recipe import load_recipe
+from ..tasks.base import Task
+from . import plots
 
 SAMPLE_ROWS = 10
 # Run-level training figures worth showing, with their labels.

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import yaml
 
-from . import runs, tasks
-from .errors import UserError
+from .. import runs, tasks
+from ..errors import UserError
+from ..models import REPO_ID, is_hub_id
+from ..recipe import Recipe, dump_recipe
+from ..tasks.base import metric_label
+from ..tasks.card import PushedModel
 from .merge import check_finished_run, merge
-from .models import REPO_ID, is_hub_id
-from .recipe import Recipe, dump_recipe
-from .tasks.base import metric_label
-from .tasks.card import PushedModel
 
 RUN_FILES = [runs.RECIPE_FILE, runs.METRICS_FILE]
 

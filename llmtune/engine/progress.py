@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import runs, tracking
+from .. import runs
+from . import tracking
 
 
 class Progress:

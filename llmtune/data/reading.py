@@ -11,9 +11,9 @@ import uuid
 import warnings
 from pathlib import Path
 
-from .errors import DataWarning, UserError
-from .lazy import datasets
-from .sections import DataSource, DataSpec
+from ..errors import DataWarning, UserError
+from ..lazy import datasets
+from ..sections import DataSource, DataSpec
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from ..errors import UserError
+from ..recipe import Recipe
 from . import checkpoints, tracking
-from .errors import UserError
-from .recipe import Recipe
 
 
 def resumable(error: BaseException, run_dir: Path, resumed: bool, main: bool) -> bool:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..errors import UserError
+from ..lazy import torch
 from . import launch
-from .errors import UserError
-from .lazy import torch
 
 # DeepSpeed config keys llmtune fills from the recipe's training section.
 OWNED = {

@@ -41,9 +41,10 @@ import yaml
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from . import runs, zero
-from .errors import Notice, UserError
-from .recipe import Evaluation, Recipe, dump_recipe
+from .. import runs
+from ..errors import Notice, UserError
+from ..recipe import Evaluation, Recipe, dump_recipe
+from . import zero
 
 CHECKPOINTS_DIR = runs.CHECKPOINTS_DIR
 MANIFEST = "manifest.json"

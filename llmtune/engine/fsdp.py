@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
+from ..errors import UserError
+from ..lazy import torch
 from . import launch
-from .errors import UserError
-from .lazy import torch
 
 
 def check_fsdp(recipe) -> None:

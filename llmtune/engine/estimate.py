@@ -34,8 +34,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import models, speed
-from .errors import UserError
+from .. import models
+from ..errors import UserError
+from . import speed
 from .preparation import Prepared
 
 # Assumed model FLOPs utilization for the step-time figure. On CPU, llmtune's measured runs of MiniLM and tiny

@@ -24,17 +24,18 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from . import allocator, checkpoints, components, launch, memory, models, plots, runs, speed, tracking
+from .. import runs
+from ..errors import Interrupted, PeerLost, UserError
+from ..quiet import quiet_libraries
+from ..recipe import Recipe, dump_recipe
+from ..reports import plots
+from ..tasks.base import Task
+from . import allocator, checkpoints, components, launch, memory, speed, tracking
 from .batching import LengthGroupedBatches
 from .checkpoints import TrainingState
-from .components import save_model  # by name: a fault test replaces it here
-from .errors import Interrupted, PeerLost, UserError
 from .evaluation import format_metrics, run_evaluation
 from .preparation import Prepared, check_warmup, count_steps, prepare
 from .progress import Clock, Progress, RunLog
-from .quiet import quiet_libraries
-from .recipe import Recipe, dump_recipe
-from .tasks.base import Task
 
 
 @dataclass
@@ -82,7 +83,6 @@ def train(
     if recipe.data.train is None:
         raise UserError("data.train: missing; training needs a train split")
     prepared = prepare(recipe)
-    memory.reset_peak()
     with checkpoints.StopSignals(announce=launch.is_first_process()) as stop:
         run, state = setup(prepared, run_dir, resume, explicit_checkpoint, stop, echo)
         run.on_validation = on_validation
@@ -417,7 +417,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
     whole = components.whole_weights(accelerator, run.model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model, keep_torch_compile=False)
-        save_model(unwrapped, run.tokenizer, run.run_dir, run.recipe, models.in_stored_dtypes(unwrapped, whole))
+        components.save_model(unwrapped, run.tokenizer, run.run_dir, run.recipe, whole)
         if predictions is not None:
             runs.write_jsonl(run.run_dir / runs.PREDICTIONS_FILE, predictions)
         plots.save_plots(run.run_dir)

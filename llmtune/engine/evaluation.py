@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 
-from . import runs, zero
+from .. import runs
+from ..errors import UserError
+from ..tasks.base import Task, run_batches
+from . import zero
 from .batching import PadCollator, SortedBatches
-from .errors import UserError
-from .tasks.base import Task, run_batches
 
 # A long evaluation (generating a test split can take many minutes) reports its progress this often.
 EVAL_PROGRESS_EVERY_S = 30

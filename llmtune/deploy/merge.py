@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import runs
-from .errors import UserError
+from .. import runs
+from ..errors import UserError
+from ..recipe import Recipe, dump_recipe, load_recipe
 from .inference import load_run
-from .recipe import Recipe, dump_recipe, load_recipe
 
 
 def check_finished_run(run_dir: Path) -> Recipe:

@@ -13,12 +13,14 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from . import augment, checkpoints, launch, models, tracking, zero
+from .. import models
+from ..data import augment
+from ..recipe import Recipe
+from . import checkpoints, launch, memory, tracking, zero
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .evaluation import eval_batches, model_features, new_accelerator, tokenize
 from .preparation import Prepared
-from .recipe import Recipe
 
 
 def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
@@ -40,6 +42,7 @@ def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
     )
     if zero.engaged(accelerator):
         zero.configure(accelerator, cfg)
+    memory.reset_peak()  # metrics.json's peak GPU memory is the run's own, not the process's so far
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -192,7 +195,9 @@ def starting_state(resume_from: Path | None, accelerator: Accelerator, model, op
 
 
 def save_model(model, tokenizer, run_dir: Path, recipe: Recipe, state_dict: dict | None = None) -> None:
-    """Save as plain transformers / peft files (safetensors); `state_dict`: the whole weights of a sharded model."""
+    """Save as plain transformers / peft files (safetensors), each weight in the dtype the checkpoint stored it in;
+    `state_dict`: the whole weights of a sharded model."""
+    state_dict = models.in_stored_dtypes(model, state_dict)
     options = {}
     if hasattr(model, "peft_config"):
         # Point the adapter at the hub id, not this machine's cache path, so it loads anywhere.

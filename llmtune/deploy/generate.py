@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+from ..lazy import torch
 from .inference import LoadedRun
-from .lazy import torch
 
 
 def generate_texts(loaded: LoadedRun, payloads: list[tuple[list[int], dict]]) -> list[tuple[str, str, int]]:

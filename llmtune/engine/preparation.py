@@ -6,12 +6,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import augment, data, fsdp, launch, models, tasks, tracking, zero
+from .. import models, tasks
+from ..data import augment
+from ..data import reading as data
+from ..errors import UserError
+from ..recipe import Recipe
+from ..tasks.base import Task
+from . import fsdp, launch, tracking, zero
 from .batching import LengthGroupedBatches
-from .errors import UserError
 from .evaluation import mixed_precision
-from .recipe import Recipe
-from .tasks.base import Task
 
 
 @dataclass

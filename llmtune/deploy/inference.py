@@ -8,12 +8,14 @@ from pathlib import Path
 from pydantic import ValidationError
 from safetensors import SafetensorError
 
-from . import data, memory, models, runs, tasks
-from .errors import UserError
-from .evaluation import eval_batches, mixed_precision, new_accelerator, run_evaluation
-from .quiet import peft_deprecations_silenced, quiet_libraries
-from .recipe import DataSource, DataSpec, ModelSpec, Recipe, apply_override, load_recipe, validate
-from .tasks.base import Task
+from .. import models, runs, tasks
+from ..data import reading as data
+from ..engine import memory
+from ..engine.evaluation import eval_batches, mixed_precision, new_accelerator, run_evaluation
+from ..errors import UserError
+from ..quiet import peft_deprecations_silenced, quiet_libraries
+from ..recipe import DataSource, DataSpec, ModelSpec, Recipe, apply_override, load_recipe, validate
+from ..tasks.base import Task
 
 
 @dataclass

@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import models
-from .errors import UserError
-from .lazy import datasets, torch
-from .sections import ModelSpec
+from .. import models
+from ..errors import UserError
+from ..lazy import datasets, torch
+from ..sections import ModelSpec
 
 CACHE_VERSION = "augment-1"
 WORDY = re.compile(r"[A-Za-z][A-Za-z'\-]*$")  # words a synonym may replace (not numbers, punctuation or @handles)

@@ -1,0 +1,1 @@
+"""Reading data files and hub datasets, and augmenting the train split."""

@@ -1,0 +1,1 @@
+"""The training engine: preparation, setup components, the loop, evaluation, checkpoints and the sharding engines."""
