@@ -609,9 +609,8 @@ def main() -> int:
     if importlib.util.find_spec("matplotlib") is None:
         import llmtune.reports.plots
 
-        llmtune.reports.plots.save_plots = lambda run_dir: (
-            None
-        )  # plots are PNGs for people, not part of what is checked
+        # plots are PNGs for people, not part of what is checked
+        llmtune.reports.plots.save_plots = lambda run_dir: None
         print("matplotlib is not installed: the runs skip their plots", flush=True)
     import torch
     import transformers

@@ -570,7 +570,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="folder for results.json and results.md")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few steps: the same code on a CPU")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of every configuration, order rotated (>= 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of every configuration, order rotated (>= 2; 1 for a --quick smoke run)",
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 40; --quick 4)")
     parser.add_argument("--warmup-steps", type=int, help="first steps reported as warmup (default 5; --quick 1)")
     parser.add_argument("--budget-s", type=float, default=400, help="skip runs that would end after this many s")
@@ -593,8 +598,10 @@ def main() -> int:
         raw = child(*args.child, json.loads(args.inputs.read_text()), args.work, args.device, args.steps)
         print("RESULT " + json.dumps(raw), flush=True)
         return 0
-    if args.rounds < 2 or args.out is None:
-        parser.error("--out is required, and --rounds must be at least 2 (rotated orders)")
+    # One round measures nothing (no rotated order to compare): only a --quick smoke run, which checks that every
+    # configuration runs, may have it.
+    if args.out is None or args.rounds < (1 if args.quick else 2):
+        parser.error("--out is required, and --rounds must be at least 2 (rotated orders; 1 only with --quick)")
     return main_parent(args)
 
 

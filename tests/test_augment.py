@@ -13,7 +13,7 @@ from test_bad_input import assert_user_error
 from test_token_classification import args, conll_files, settings
 
 from llmtune import load_recipe
-from llmtune.data.reading import augment
+from llmtune.data import augment
 from llmtune.engine.preparation import prepare
 
 LEXICON = """wonderful, marvellous, great
