@@ -147,6 +147,15 @@ def loaded_run(run_dir: Path):
         return _models[key]
 
 
+def predict_fields(workspace: Path, name: str) -> dict[str, str]:
+    """The inputs a finished run's task predicts from (its recipe's task type; no model loads)."""
+    from .. import tasks
+
+    run_dir = finished_run(workspace, name)
+    task_type = jobs.recipe_summary(workspace, name, run_dir)[0]
+    return tasks.TASKS[task_type].predict_fields if task_type in tasks.TASKS else {}
+
+
 def predict(workspace: Path, name: str, fields: dict[str, str]) -> dict:
     """The task's prediction row for one input (`llmtune predict`'s code and output)."""
     from ..inference import predict as run_predict

@@ -245,7 +245,7 @@ def _runs_tab(workspace: Path, timer):
 def _compare_tab(workspace: Path):
     with gr.Row():
         picked = gr.CheckboxGroup(actions.finished_runs(workspace), label="runs", elem_id="compare-pick", scale=4)
-        refresh = gr.Button("Refresh list", scale=1)
+        refresh = gr.Button("Refresh list", elem_id="compare-refresh", scale=1)
         go = gr.Button("Compare", variant="primary", elem_id="compare-go", scale=1)
     said = gr.Markdown(elem_id="compare-said")
     table = gr.Dataframe(interactive=False, elem_id="compare-table", label="metrics")
@@ -265,7 +265,7 @@ def _compare_tab(workspace: Path):
 def _playground_tab(workspace: Path):
     with gr.Row():
         pick = gr.Dropdown(actions.finished_runs(workspace), label="finished run", elem_id="play-run", scale=4)
-        refresh = gr.Button("Refresh list", scale=1)
+        refresh = gr.Button("Refresh list", elem_id="play-refresh", scale=1)
     inputs = {
         name: gr.Textbox(
             label=name, info=help_text, lines=3 if name in ("text", "context") else 1, elem_id=f"play-{name}"
@@ -280,7 +280,7 @@ def _playground_tab(workspace: Path):
 
     def choose(name):
         try:
-            fields = tasks.TASKS[actions.loaded_run(actions.finished_run(workspace, name)).task.name].predict_fields
+            fields = actions.predict_fields(workspace, name)
         except Exception as error:  # noqa: BLE001
             return [_said(error), *(gr.update() for _ in inputs)]
         return ["", *(gr.update(visible=field in fields) for field in inputs)]
@@ -312,7 +312,7 @@ def _playground_tab(workspace: Path):
 def _share_tab(workspace: Path):
     with gr.Row():
         pick = gr.Dropdown(actions.finished_runs(workspace), label="finished run", elem_id="share-run", scale=4)
-        refresh = gr.Button("Refresh list", scale=1)
+        refresh = gr.Button("Refresh list", elem_id="share-refresh", scale=1)
     with gr.Row():
         repo = gr.Textbox(label="repository", placeholder="ORG/NAME", elem_id="share-repo")
         license_ = gr.Textbox(label="license", placeholder="e.g. apache-2.0", elem_id="share-license")

@@ -200,7 +200,7 @@ def headline(run_dir: Path) -> dict:
     return {f"{split}/{k}": v for k, v in metrics[split].items() if runs.is_metric(k) and isinstance(v, (int, float))}
 
 
-def _recipe_summary(workspace: Path, name: str, run_dir: Path) -> tuple[str, str, str]:
+def recipe_summary(workspace: Path, name: str, run_dir: Path) -> tuple[str, str, str]:
     recipe = run_dir / runs.RECIPE_FILE
     if not recipe.is_file():
         recipe = workspace / UI_DIR / "recipes" / f"{_key(name)}.yaml"
@@ -233,7 +233,7 @@ def info(workspace: Path, name: str) -> RunInfo:
     done = step - job.get("from_step", 0)
     if status == "running" and total and done > 0:
         eta = (time.time() - job["started"]) / done * (total - step)
-    task, model, method = _recipe_summary(workspace, name, run_dir)
+    task, model, method = recipe_summary(workspace, name, run_dir)
     return RunInfo(name, status, task, model, method, headline(run_dir), step, total, eta)
 
 

@@ -1,0 +1,249 @@
+"""`llmtune ui` driven end to end in a real browser (Debian's headless chromium through Playwright): a run built in
+the form trains to the end and shows its metrics, the playground predicts, two runs compare, an invalid value gets
+validate's message at its field, and a running run stops and resumes. One UI server for the module.
+
+LLMTUNE_UI_SCREENSHOTS=DIR also writes the README's screenshots (ui-*.png) there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_sentiment_files
+from playwright.sync_api import expect, sync_playwright  # the ui extra, which CI installs: never skipped
+
+from llmtune import inference
+from llmtune.report import compare
+from llmtune.ui import form, jobs
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = os.environ.get("LLMTUNE_UI_SCREENSHOTS")
+STARTING_RECIPE = """model:
+  name: models/tiny-bert
+task:
+  type: classification
+data:
+  train: data/train.csv
+  validation: data/validation.csv
+  test: data/test.csv
+training:
+  epochs: 1
+  batch_size: 8
+  max_length: 32
+output_dir: runs/start
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_bert) -> Path:
+    """A workspace with the tiny model, the tiny review set and a starting recipe, all inside it."""
+    folder = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(tiny_bert, folder / "models" / "tiny-bert")
+    (folder / "data").mkdir()
+    write_sentiment_files(folder / "data")
+    (folder / "tiny.yaml").write_text(STARTING_RECIPE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    """`llmtune ui` on a free port; stopped (with any run it started) at the end of the module."""
+    port = _free_port()
+    log = open(workspace.parent / "ui.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmtune", "ui", "--workspace", str(workspace), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert process.poll() is None, (workspace.parent / "ui.log").read_text()
+            time.sleep(0.5)
+    yield url
+    for name in jobs.run_names(workspace):
+        pid = jobs.read_job(workspace, name).get("pid")
+        if jobs.is_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1100, "height": 760})
+        tab.set_default_timeout(60_000)
+        expect.set_options(timeout=30_000)
+        tab.goto(server)
+        tab.wait_for_selector("#start-from")
+        yield tab
+        browser.close()
+
+
+def _shot(page, name: str, locator=None) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        (locator or page).screenshot(path=str(Path(SCREENSHOTS) / f"ui-{name}.png"))
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def _pick(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _type(page, ident: str, text: str) -> None:
+    """Type as a user does (key by key): the form validates on input."""
+    box = page.locator(f"#{ident} textarea, #{ident} input").first
+    box.click()
+    box.press("Control+a")
+    box.press("Delete")
+    if text:
+        box.press_sequentially(text)
+
+
+def _load_start(page) -> None:
+    _tab(page, "New run")
+    _pick(page, "start-from", "workspace: tiny.yaml")
+    page.locator("#load-recipe").click()
+    expect(page.locator("#field-model-name textarea")).to_have_value("models/tiny-bert")
+
+
+def _field(key: str) -> str:
+    return next(field.ident for field in form.schema_fields() if field.key == key and field.member is None)
+
+
+def _run_row(page, name: str):
+    return page.locator("#runs-table").get_by_role("row").filter(has_text=name)
+
+
+def _start(page, output_dir: str, edits: dict[str, str] = {}) -> None:  # noqa: B006 (read only)
+    _load_start(page)
+    _type(page, _field("output_dir"), output_dir)
+    for key, text in edits.items():
+        _type(page, _field(key), text)
+    expect(page.locator("#form-status")).to_contain_text("recipe valid")
+    page.locator("#start-run").click()
+    expect(page.locator("#start-status")).to_contain_text(f"started {output_dir}")
+
+
+def test_invalid_value_gets_validates_message_at_its_field(page):
+    _load_start(page)
+    batch = _field("training.batch_size")
+    _type(page, batch, "abc")
+    message = "form: training.batch_size: Input should be a valid integer, unable to parse string as an integer"
+    expect(page.locator(f"#{batch}-error")).to_contain_text(message + "; got 'abc'")
+    expect(page.locator("#form-status")).to_contain_text(message)
+    _type(page, _field("data.train"), "../elsewhere.csv")
+    expect(page.locator(f"#{_field('data.train')}-error")).to_contain_text("stay inside the workspace")
+    _shot(page, "new-run")
+    page.locator("#start-run").click()  # refused with the same lines, nothing started
+    expect(page.locator("#start-status")).to_contain_text("error: " + message)
+    _type(page, batch, "8")
+    _type(page, _field("data.train"), "data/train.csv")
+    expect(page.locator(f"#{batch}-error")).to_be_hidden()
+    expect(page.locator("#form-status")).to_contain_text("recipe valid")
+
+
+def test_runs_built_in_the_form_train_and_show_their_metrics(page, workspace):
+    _start(page, "runs/a")
+    _start(page, "runs/b", {"training.learning_rate": "3e-3"})
+    _tab(page, "Runs")
+    for name in ("runs/a", "runs/b"):
+        expect(_run_row(page, name)).to_contain_text("finished", timeout=150_000)
+        metrics = json.loads((workspace / name / "metrics.json").read_text())
+        expect(_run_row(page, name)).to_contain_text(f"test/accuracy={metrics['test']['accuracy']:.4f}")
+    recipe = (workspace / "runs/b/recipe.yaml").read_text()
+    assert "learning_rate: 0.003" in recipe  # the form's edit reached the run
+    _pick(page, "run-pick", "runs/a")
+    expect(page.locator("#run-detail")).to_contain_text("runs/a: finished, step 4 / 4")
+    _shot(page, "runs")
+
+
+def test_compare_two_runs(page, workspace):
+    _tab(page, "Compare")
+    page.locator("#compare-refresh").click()
+    for name in ("runs/a", "runs/b"):
+        page.locator("#compare-pick label", has_text=name).click()
+    page.locator("#compare-go").click()
+    header, rows = compare([workspace / "runs/a", workspace / "runs/b"])
+    table = page.locator("#compare-table")
+    for row in rows[:3]:
+        expect(table.get_by_role("row").filter(has_text=row[0]).first).to_contain_text(row[1])
+    expect(table).to_contain_text(header[2])
+    expect(page.locator("#compare-plot canvas, #compare-plot svg").first).to_be_visible()
+    _shot(page, "compare")
+
+
+def test_playground_predicts_as_llmtune_predict(page, workspace):
+    _tab(page, "Playground")
+    page.locator("#play-refresh").click()
+    _pick(page, "play-run", "runs/a")
+    expect(page.locator("#play-question")).to_be_hidden()  # classification asks for text (and text_pair) only
+    text = "a wonderful, moving film"
+    _type(page, "play-text", text)
+    page.locator("#predict").click()
+    row = inference.predict(workspace / "runs/a", [text])[0]
+    expect(page.locator("#play-summary")).to_contain_text(f"predicted: {row['predicted']}  (score {row['score']:.4f})")
+    for label in row["probabilities"]:
+        expect(page.locator("#play-label")).to_contain_text(label)
+    _shot(page, "playground")
+
+
+def test_a_running_run_stops_and_resumes(page, workspace):
+    _load_start(page)
+    page.locator(f"#{_field('checkpointing.at_epoch_end')} input").uncheck()  # SIGTERM's checkpoint is the only one
+    for key, text in {"output_dir": "runs/long", "training.max_steps": "60", "evaluation.every_n_steps": "60"}.items():
+        _type(page, _field(key), text)
+    expect(page.locator("#form-status")).to_contain_text("recipe valid")
+    page.locator("#start-run").click()
+    expect(page.locator("#start-status")).to_contain_text("started runs/long")
+    _tab(page, "Runs")
+    _pick(page, "run-pick", "runs/long")
+    expect(page.locator("#run-detail")).to_contain_text("running, step 10 / 60, ETA", timeout=90_000)
+    page.locator("#stop-run").click()
+    expect(_run_row(page, "runs/long")).to_contain_text("interrupted", timeout=60_000)
+    stopped_at = jobs.checkpoint_step(workspace / "runs/long")
+    assert 10 <= stopped_at < 60
+    assert not (workspace / "runs/long/metrics.json").exists()
+    page.locator("#resume-run").click()
+    expect(page.locator("#run-said")).to_contain_text("resumed runs/long")
+    expect(_run_row(page, "runs/long")).to_contain_text("finished", timeout=120_000)
+    steps = [entry["step"] for entry in jobs.log_entries(workspace / "runs/long") if "loss" in entry]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # continued from the checkpoint, not started over
