@@ -532,7 +532,7 @@ def ui(
     ] = None,
 ) -> None:
     """A web UI: write a recipe in a form, start and follow runs, compare them, try predictions, push or export."""
-    from .ui import serve_ui
+    from .ui.server import serve_ui
 
     serve_ui(workspace, host, port, auth, echo=lambda line: typer.echo(line, err=True))
 

@@ -193,7 +193,6 @@ def test_runs_built_in_the_form_train_and_show_their_metrics(page, workspace):
     assert "learning_rate: 0.003" in recipe  # the form's edit reached the run
     _pick(page, "run-pick", "runs/a")
     expect(page.locator("#run-detail")).to_contain_text("runs/a: finished, step 4 / 4")
-    _shot(page, "runs")
 
 
 def test_compare_two_runs(page, workspace):
@@ -247,3 +246,6 @@ def test_a_running_run_stops_and_resumes(page, workspace):
     expect(_run_row(page, "runs/long")).to_contain_text("finished", timeout=120_000)
     steps = [entry["step"] for entry in jobs.log_entries(workspace / "runs/long") if "loss" in entry]
     assert steps == sorted(set(steps)) and steps[-1] == 60  # continued from the checkpoint, not started over
+    _pick(page, "run-pick", "runs/long")
+    expect(page.locator("#run-detail")).to_contain_text("runs/long: finished, step 60 / 60")
+    _shot(page, "runs")
