@@ -18,12 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import write_sentiment_files
 from playwright.sync_api import expect, sync_playwright  # the ui extra, which CI installs: never skipped
 
 from llmtune import inference
+from llmtune.errors import UserError
+from llmtune.recipe import validate
 from llmtune.report import compare
-from llmtune.ui import form, jobs
+from llmtune.starter import builtin_recipes
+from llmtune.ui import actions, form, jobs
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -249,3 +253,59 @@ def test_a_running_run_stops_and_resumes(page, workspace):
     _pick(page, "run-pick", "runs/long")
     expect(page.locator("#run-detail")).to_contain_text("runs/long: finished, step 60 / 60")
     _shot(page, "runs")
+
+
+# --------------------------------------------------------------------------- without a browser: the rules under it
+
+
+def test_a_host_beyond_loopback_needs_a_password(cli, monkeypatch, tmp_path):
+    monkeypatch.delenv("LLMTUNE_UI_AUTH", raising=False)
+    code, out, err = cli("ui", "--workspace", str(tmp_path), "--host", "0.0.0.0")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--host 0.0.0.0" in err and "--auth or LLMTUNE_UI_AUTH" in err
+
+
+def test_paths_from_the_browser_stay_in_the_workspace(tmp_path):
+    for bad in ("../outside", "/etc", "runs/../../x", ""):
+        with pytest.raises(UserError):
+            jobs.inside(tmp_path, bad)
+    with pytest.raises(UserError):
+        actions.starting_recipe(tmp_path, "workspace:../secret.yaml")
+    raw = {"model": {"name": "/abs/model"}, "data": {"train": {"path": "../x.csv"}}, "output_dir": "~/runs"}
+    named = {line.split(": ")[1] for line in form.path_problems(raw)}
+    assert named == {"model.name", "data.train.path", "output_dir"}
+
+
+def test_uploads_are_limited_in_size(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * actions.MAX_UPLOAD_BYTES)
+    with pytest.raises(UserError, match="at most"):
+        actions.uploaded_recipe(str(big))
+
+
+def test_every_shipped_recipe_survives_the_form():
+    """Form values made from a recipe give back the same validated recipe: the form holds every key they use."""
+    fields = form.schema_fields()
+    for path, _ in builtin_recipes():
+        raw = yaml.safe_load(path.read_text())
+        raw.setdefault("output_dir", "runs/x")
+        again = form.to_raw(fields, form.from_raw(fields, raw))
+        assert validate(again).model_dump() == validate(raw).model_dump(), path.name
+
+
+def test_spans_of_any_task_row_are_highlighted():
+    answer = {
+        "inputs": {"question": "Who?", "context": "Ada wrote it."},
+        "predicted": "Ada",
+        "span": {"start": 0, "end": 3},
+    }
+    assert actions.highlights(answer) == [("Ada", "answer"), (" wrote it.", None)]
+    entities = {
+        "inputs": {"text": "Ada met Bob"},
+        "predicted": [
+            {"type": "PER", "text": "Bob", "start": 8, "end": 11},
+            {"type": "PER", "text": "Ada", "start": 0, "end": 3},
+        ],
+    }
+    assert actions.highlights(entities) == [("Ada", "PER"), (" met ", None), ("Bob", "PER")]
+    assert actions.highlights({"inputs": {"text": "x"}, "predicted": "positive", "probabilities": {}}) == []

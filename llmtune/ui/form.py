@@ -37,6 +37,7 @@ class FormField:
     default: Any
     description: str
     required: bool
+    literal: bool = False  # a text key (str): what is typed is the value, not YAML (prompt templates keep their lines)
 
     @property
     def key(self) -> str:
@@ -76,8 +77,10 @@ def _leaf(section: str, name: str, field, member: str | None) -> FormField:
         kind = "choice"
     elif annotation is bool:
         kind = "flag"
+    literal = kind == "text" and annotation in (str, str | None)
+    default = _default(field)
     return FormField(
-        section, name, member, kind, tuple(choices), _default(field), field.description or "", field.is_required()
+        section, name, member, kind, tuple(choices), default, field.description or "", field.is_required(), literal
     )
 
 
@@ -123,6 +126,8 @@ def _parse(field: FormField, value):
     if field.kind == "text":
         if value is None or not str(value).strip():
             return MISSING
+        if field.literal:
+            return str(value)
         try:
             return yaml.safe_load(str(value))
         except yaml.YAMLError:
@@ -172,7 +177,8 @@ def from_raw(fields: list[FormField], raw: dict) -> list:
         present = field.name in holder
         value = holder.get(field.name)
         if field.kind == "text":
-            values.append(_shown(value) if present and value is not None else "")
+            shown = value if field.literal and isinstance(value, str) else _shown(value)
+            values.append(shown if present and value is not None else "")
         elif field.kind == "choice":
             values.append(value if present and value in field.choices else field.default)
         elif field.kind == "multi":
