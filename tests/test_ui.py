@@ -168,7 +168,7 @@ def _start(page, output_dir: str, edits: dict[str, str] = {}) -> None:  # noqa: 
     expect(page.locator("#start-status")).to_contain_text(f"started {output_dir}")
 
 
-def test_invalid_value_gets_validates_message_at_its_field(page):
+def test_invalid_value_gets_validates_message_at_its_field(page, workspace):
     _load_start(page)
     batch = _field("training.batch_size")
     _type(page, batch, "abc")
@@ -184,6 +184,10 @@ def test_invalid_value_gets_validates_message_at_its_field(page):
     _type(page, _field("data.train"), "data/train.csv")
     expect(page.locator(f"#{batch}-error")).to_be_hidden()
     expect(page.locator("#form-status")).to_contain_text("recipe valid")
+    upload = workspace.parent / "typo.yaml"  # an uploaded recipe: loaded, with what the form cannot hold named
+    upload.write_text(STARTING_RECIPE.replace("  epochs: 1", "  epocs: 1"))
+    page.locator("#upload-recipe input[type=file], input[type=file]").first.set_input_files(str(upload))
+    expect(page.locator("#form-status")).to_contain_text("form: unknown key 'training.epocs'; did you mean 'epochs'?")
 
 
 def test_runs_built_in_the_form_train_and_show_their_metrics(page, workspace):
@@ -198,6 +202,8 @@ def test_runs_built_in_the_form_train_and_show_their_metrics(page, workspace):
     assert "learning_rate: 0.003" in recipe  # the form's edit reached the run
     _pick(page, "run-pick", "runs/a")
     expect(page.locator("#run-detail")).to_contain_text("runs/a: finished, step 4 / 4")
+    page.locator("#open-report").click()  # llmtune report's page, in a frame
+    expect(page.frame_locator("#report-view iframe").locator("body")).to_contain_text("accuracy")
 
 
 def test_compare_two_runs(page, workspace):
@@ -228,6 +234,19 @@ def test_playground_predicts_as_llmtune_predict(page, workspace):
     for label in row["probabilities"]:
         expect(page.locator("#play-label")).to_contain_text(label)
     _shot(page, "playground")
+
+
+def test_share_previews_the_model_card(page, workspace):
+    _tab(page, "Share")
+    page.locator("#share-refresh").click()
+    _pick(page, "share-run", "runs/a")
+    _type(page, "share-repo", "me/tiny-sentiment")
+    page.locator("#share-preview").click()
+    expect(page.locator("#share-card")).to_contain_text("name: tiny-sentiment")  # the card's head (the editor
+    expect(page.locator("#share-card")).to_contain_text("pipeline_tag: text-classification")  # shows only its top)
+    _type(page, "share-repo", "not a repo id")
+    page.locator("#share-preview").click()
+    expect(page.locator("#share-said")).to_contain_text("error: ")
 
 
 def _wait_for_step_past(workspace: Path, name: str, step: int) -> int:
