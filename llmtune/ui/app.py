@@ -15,7 +15,7 @@ from . import actions, form, jobs
 
 REFRESH_S = 1.5
 RUN_COLUMNS = ["run", "status", "task", "model", "method", "progress", "eta", "metrics"]
-CSS = ".field-error p { color: #b91c1c; font-size: 0.85em; margin: 0 } .field-error { margin-top: -8px }"
+CSS = ".field-error p { color: #b91c1c; font-size: 0.85em; margin: 0 } .field-error { padding: 0 4px }"
 
 
 def _said(error: Exception) -> str:
