@@ -22,6 +22,7 @@ import pytest
 import yaml
 from conftest import write_sentiment_files
 from playwright.sync_api import expect, sync_playwright  # the ui extra, which CI installs: never skipped
+from test_hub import TOKEN, local_hub  # noqa: F401 (the local hub fixture)
 
 from llmtune import inference
 from llmtune.errors import UserError
@@ -252,6 +253,18 @@ def test_share_previews_the_model_card(page, workspace):
     _type(page, "share-repo", "not a repo id")
     page.locator("#share-preview").click()
     expect(page.locator("#share-said")).to_contain_text("error: ")
+
+
+def test_push_takes_a_typed_token_and_never_says_it(workspace, local_hub, monkeypatch):
+    """The Share tab's push (runs/a from the tests above) with the password field's token, HF_TOKEN unset."""
+    monkeypatch.delenv("HF_TOKEN")
+    said = actions.push(workspace, "runs/a", "acme/tiny-sentiment", False, None, TOKEN)
+    assert "pushed: " in said and TOKEN not in said
+    assert "README.md" in local_hub.files("acme/tiny-sentiment")
+    assert "HF_TOKEN" not in os.environ  # the typed token lasted one push
+    with pytest.raises(UserError) as refused:
+        actions.push(workspace, "runs/a", "acme/tiny-sentiment", False, None, TOKEN + "x")
+    assert TOKEN not in str(refused.value)
 
 
 def _wait_for_step_past(workspace: Path, name: str, step: int) -> int:
