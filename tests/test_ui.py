@@ -370,3 +370,26 @@ def test_spans_of_any_task_row_are_highlighted():
     }
     assert actions.highlights(entities) == [("Ada", "PER"), (" met ", None), ("Bob", "PER")]
     assert actions.highlights({"inputs": {"text": "x"}, "predicted": "positive", "probabilities": {}}) == []
+
+
+def test_the_password_comes_from_auth_or_the_environment(monkeypatch):
+    from llmtune.ui.server import access_token
+
+    monkeypatch.delenv("LLMTUNE_UI_AUTH", raising=False)
+    assert access_token("127.0.0.1", None) is None  # loopback: no password needed
+    assert access_token("0.0.0.0", "typed") == "typed"
+    monkeypatch.setenv("LLMTUNE_UI_AUTH", "from-env")
+    assert access_token("0.0.0.0", None) == "from-env"
+
+
+def test_a_run_that_fails_says_why(workspace):
+    """A run whose data is missing: listed as failed, with llmtune train's error line."""
+    recipe = STARTING_RECIPE.replace("data/train.csv", str(workspace / "data/missing.csv"))
+    jobs.launch(workspace, "runs/broken", recipe)
+    deadline = time.time() + 120
+    while jobs.info(workspace, "runs/broken").status == "running" and time.time() < deadline:
+        time.sleep(0.5)
+    assert jobs.info(workspace, "runs/broken").status == "failed"
+    assert "error: " in jobs.failure(workspace, "runs/broken") and "missing.csv" in jobs.failure(
+        workspace, "runs/broken"
+    )
