@@ -44,23 +44,30 @@ def _form_outputs(fields, values) -> list:
     return [*errors, summary, form.dump(raw)]
 
 
+def _form_fields(fields: list[form.FormField]):
+    """One accordion per recipe section; each field with its error line beneath it; a union member's fields in a
+    group shown while its type is picked."""
+    titles = form.section_titles()
+    inputs, errors, groups = [], [], {}
+    for section in dict.fromkeys(field.section for field in fields):
+        with gr.Accordion(f"{section or 'run'}: {titles.get(section, '')}", open=True):
+            for field in [f for f in fields if f.section == section]:
+                with _MemberGroup(groups, field, fields):
+                    inputs.append(_component(field))
+                    errors.append(
+                        gr.Markdown(visible=False, elem_id=f"{field.ident}-error", elem_classes="field-error")
+                    )
+    return inputs, errors, groups
+
+
 def _new_run_tab(workspace: Path):
     fields = form.schema_fields()
-    titles = form.section_titles()
     with gr.Row():
         start_from = gr.Dropdown(actions.starting_points(workspace), label="Start from", elem_id="start-from", scale=3)
         load = gr.Button("Load", elem_id="load-recipe", scale=1)
         upload = gr.UploadButton("Upload YAML", file_types=[".yaml", ".yml"], elem_id="upload-recipe", scale=1)
     summary = gr.Markdown(elem_id="form-status")
-    inputs, errors, groups = [], [], {}
-    for section in dict.fromkeys(field.section for field in fields):
-        with gr.Accordion(f"{section or 'run'}: {titles.get(section, '')}", open=section != "augment"):
-            for field in [f for f in fields if f.section == section]:
-                with _member_group(groups, field, fields):
-                    inputs.append(_component(field))
-                    errors.append(
-                        gr.Markdown(visible=False, elem_id=f"{field.ident}-error", elem_classes="field-error")
-                    )
+    inputs, errors, groups = _form_fields(fields)
     with gr.Row():
         check = gr.Button("Check data", elem_id="check-data")
         start = gr.Button("Start training", variant="primary", elem_id="start-run")
@@ -109,7 +116,7 @@ def _new_run_tab(workspace: Path):
     download.click(lambda *v: _download(workspace, fields, list(v)), inputs, download)
 
 
-class _member_group:
+class _MemberGroup:
     """A union member's fields live in one group, shown while its type is picked."""
 
     def __init__(self, groups: dict, field: form.FormField, fields):
