@@ -24,7 +24,7 @@ from conftest import write_sentiment_files
 from playwright.sync_api import expect, sync_playwright  # the ui extra, which CI installs: never skipped
 from test_hub import TOKEN, local_hub  # noqa: F401 (the local hub fixture)
 
-from llmtune import inference
+from llmtune import inference, runs
 from llmtune.errors import UserError
 from llmtune.recipe import validate
 from llmtune.report import compare
@@ -393,3 +393,22 @@ def test_a_run_that_fails_says_why(workspace):
     assert "error: " in jobs.failure(workspace, "runs/broken") and "missing.csv" in jobs.failure(
         workspace, "runs/broken"
     )
+
+
+def test_stop_sends_one_sigterm_only(tmp_path):
+    """A second SIGTERM would end a run before its checkpoint: Stop clicked twice sends one."""
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, lambda *_: open('got-term', 'a').write('x')); "
+    stubborn += "time.sleep(60)"
+    process = subprocess.Popen([sys.executable, "-c", stubborn, "llmtune"], cwd=tmp_path, start_new_session=True)
+    try:
+        jobs.job_file(tmp_path, "runs/x").parent.mkdir(parents=True)
+        runs.write_json(jobs.job_file(tmp_path, "runs/x"), {"pid": process.pid, "started": time.time()})
+        time.sleep(0.5)  # the handler is installed
+        jobs.stop(tmp_path, "runs/x")
+        with pytest.raises(UserError, match="already stopping"):
+            jobs.stop(tmp_path, "runs/x")
+        time.sleep(0.5)
+        assert (tmp_path / "got-term").read_text() == "x"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

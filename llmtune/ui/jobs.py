@@ -134,12 +134,16 @@ def stop(workspace: Path, name: str) -> None:
     """SIGTERM, as the CLI documents: the run finishes its step, writes a checkpoint and exits.
 
     Raises:
-        UserError: the run is not running.
+        UserError: the run is not running, or is already stopping.
     """
-    pid = read_job(workspace, name).get("pid")
+    job = read_job(workspace, name)
+    pid = job.get("pid")
     if not is_alive(pid):
         raise UserError(f"{name}: not running")
+    if job.get("stopping") == pid:  # a second signal would end it at once, without its checkpoint
+        raise UserError(f"{name}: already stopping; it writes its checkpoint and exits")
     os.killpg(pid, signal.SIGTERM)
+    runs.write_json(job_file(workspace, name), {**job, "stopping": pid})
 
 
 def resume(workspace: Path, name: str) -> int:
