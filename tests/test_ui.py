@@ -187,6 +187,10 @@ def test_invalid_value_gets_validates_message_at_its_field(page, workspace):
     _type(page, _field("data.train"), "data/train.csv")
     expect(page.locator(f"#{batch}-error")).to_be_hidden()
     expect(page.locator("#form-status")).to_contain_text("recipe valid")
+    with page.expect_download() as download:  # the form's recipe as a file
+        page.locator("#download-yaml").click()
+    saved = yaml.safe_load(Path(download.value.path()).read_text())
+    assert saved["training"]["batch_size"] == 8 and saved["model"]["name"] == "models/tiny-bert"
     page.locator("#check-data").click()  # llmtune validate's checks beyond the schema: files, labels, tokenizer
     expect(page.locator("#start-status")).to_contain_text("form: ok; model: models/tiny-bert; task: classification")
     expect(page.locator("#start-status")).to_contain_text("data.train: 32 examples")

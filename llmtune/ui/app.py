@@ -74,10 +74,11 @@ def _new_run_tab(workspace: Path):
         download = gr.DownloadButton("Download YAML", elem_id="download-yaml")
     result = gr.Markdown(elem_id="start-status")
     preview = gr.Code(language="yaml", label="recipe preview", elem_id="yaml-preview")
-    outputs = [*errors, summary, preview]
+    # The download button downloads its value when clicked: the current form's YAML, rewritten at every check.
+    outputs = [*errors, summary, preview, download]
 
     def validate_form(*values):
-        return _form_outputs(fields, list(values))
+        return [*_form_outputs(fields, list(values)), _download(workspace, fields, list(values))]
 
     gr.on([c.input for c in inputs], validate_form, inputs, outputs, trigger_mode="always_last", show_progress="hidden")
     for section, members in groups.items():
@@ -92,28 +93,27 @@ def _new_run_tab(workspace: Path):
     def fill(raw: dict):
         values = form.from_raw(fields, raw)
         unknown = [line for line in form.problems(raw) if "unknown key" in line]  # what the form cannot show
-        shown = _form_outputs(fields, values)
+        shown = validate_form(*values)
         if unknown:
-            shown[-2] = _code_block("\n".join(unknown)) + "\n\n" + shown[-2]
+            shown[-3] = _code_block("\n".join(unknown)) + "\n\n" + shown[-3]
         return [*values, *shown]
 
     def load_choice(choice):
         try:
             return fill(actions.starting_recipe(workspace, choice))
         except UserError as error:
-            return [*(gr.update() for _ in inputs + errors), _said(error), gr.update()]
+            return [*(gr.update() for _ in inputs + errors), _said(error), gr.update(), gr.update()]
 
     def load_upload(file):
         try:
             return fill(actions.uploaded_recipe(file))
         except UserError as error:
-            return [*(gr.update() for _ in inputs + errors), _said(error), gr.update()]
+            return [*(gr.update() for _ in inputs + errors), _said(error), gr.update(), gr.update()]
 
     load.click(load_choice, start_from, [*inputs, *outputs])
     upload.upload(load_upload, upload, [*inputs, *outputs])
     check.click(lambda *v: _guarded(actions.check_data, workspace, *form.check(fields, list(v))[:2]), inputs, result)
     start.click(lambda *v: _start(workspace, fields, list(v)), inputs, result)
-    download.click(lambda *v: _download(workspace, fields, list(v)), inputs, download)
 
 
 class _MemberGroup:
