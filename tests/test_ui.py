@@ -416,3 +416,11 @@ def test_stop_sends_one_sigterm_only(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def test_export_writes_onnx_beside_the_run(workspace, run_a):
+    said = actions.export_onnx(workspace, run_a)
+    assert said == "exported to runs/a-onnx"
+    assert (workspace / "runs/a-onnx/model.onnx").is_file()
+    with pytest.raises(UserError):
+        actions.export_onnx(workspace, "../elsewhere")
