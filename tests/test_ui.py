@@ -389,7 +389,8 @@ def test_the_password_comes_from_auth_or_the_environment(monkeypatch):
 def test_a_run_that_fails_says_why(workspace):
     """A run whose data is missing: listed as failed, with llmtune train's error line."""
     recipe = STARTING_RECIPE.replace("data/train.csv", str(workspace / "data/missing.csv"))
-    jobs.launch(workspace, "runs/broken", recipe)
+    pid = jobs.launch(workspace, "runs/broken", recipe)
+    assert os.getsid(pid) == pid != os.getsid(0)  # its own session: closing the UI or its terminal does not end it
     deadline = time.time() + 120
     while jobs.info(workspace, "runs/broken").status == "running" and time.time() < deadline:
         time.sleep(0.5)
