@@ -581,6 +581,21 @@ def init(
         _echo(f"recipe written to {output}; check it with: llmtune validate {output}")
 
 
+@command()
+def ui(
+    workspace: Annotated[Path, typer.Option(help="Folder of recipes, data and runs the UI works in.")] = Path("."),
+    host: Annotated[str, typer.Option(help="Address to listen on; any but 127.0.0.1 requires --auth.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    auth: Annotated[
+        Optional[str], typer.Option(help="Password the page asks for (or LLMTUNE_UI_AUTH); required off 127.0.0.1.")
+    ] = None,
+) -> None:
+    """A web UI: write a recipe in a form, start and follow runs, compare them, try predictions, push or export."""
+    from .ui.server import serve_ui
+
+    serve_ui(workspace, host, port, auth, echo=lambda line: typer.echo(line, err=True))
+
+
 def main() -> None:
     # bitsandbytes, when installed, is imported with accelerate and peft (before any command silences libraries) and
     # warns on import that an optional CPU kernel package is missing: nothing to do with the command.
