@@ -24,10 +24,11 @@ from conftest import write_sentiment_files
 from playwright.sync_api import expect, sync_playwright  # the ui extra, which CI installs: never skipped
 from test_hub import TOKEN, local_hub  # noqa: F401 (the local hub fixture)
 
-from llmtune import inference, runs
+from llmtune import runs
+from llmtune.deploy import inference
 from llmtune.errors import UserError
 from llmtune.recipe import validate
-from llmtune.report import compare
+from llmtune.reports.report import compare
 from llmtune.starter import builtin_recipes
 from llmtune.ui import actions, form, jobs
 

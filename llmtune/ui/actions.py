@@ -108,7 +108,7 @@ def check_data(workspace: Path, raw: dict, problems: list[str]) -> str:
     """`llmtune validate`'s checks beyond the schema (files, columns, labels, tokenizer), in this process."""
     if problems:
         raise UserError("\n".join(problems))
-    from ..preparation import prepare
+    from ..engine.preparation import prepare
     from ..recipe import validate
 
     recipe = validate(form.for_run(raw, workspace), source=form.SOURCE)
@@ -136,7 +136,7 @@ def finished_run(workspace: Path, name: str | None) -> Path:
 
 def loaded_run(run_dir: Path):
     """The run's model, loaded once through `inference.load_run` and reused until the run changes."""
-    from ..inference import load_run
+    from ..deploy.inference import load_run
 
     key = (str(run_dir), (run_dir / runs.METRICS_FILE).stat().st_mtime_ns)
     with _model_lock:
@@ -158,7 +158,7 @@ def predict_fields(workspace: Path, name: str) -> dict[str, str]:
 
 def predict(workspace: Path, name: str, fields: dict[str, str]) -> dict:
     """The task's prediction row for one input (`llmtune predict`'s code and output)."""
-    from ..inference import predict as run_predict
+    from ..deploy.inference import predict as run_predict
 
     loaded = loaded_run(finished_run(workspace, name))
     given = {key: value for key, value in fields.items() if key in loaded.task.predict_fields and value}
@@ -189,7 +189,7 @@ def highlights(row: dict) -> list[tuple[str, str | None]]:
 
 def compare(workspace: Path, names: list[str]):
     """`llmtune compare`'s table of the picked runs, and their training-loss curves."""
-    from ..report import compare as compare_runs
+    from ..reports.report import compare as compare_runs
 
     paths = [finished_run(workspace, name) for name in names or []]
     header, rows = compare_runs(paths)
@@ -203,7 +203,7 @@ def compare(workspace: Path, names: list[str]):
 
 
 def report_html(workspace: Path, name: str) -> str:
-    from ..report import render_html
+    from ..reports.report import render_html
 
     return render_html(finished_run(workspace, name))
 
@@ -212,7 +212,7 @@ def card(workspace: Path, name: str, repo_id: str, license: str | None) -> str:
     """The model card `llmtune push` would upload."""
     import json
 
-    from ..hub import check_repo_id, model_card
+    from ..deploy.hub import check_repo_id, model_card
     from ..recipe import load_recipe
 
     run_dir = finished_run(workspace, name)
@@ -241,7 +241,7 @@ def _token(token: str | None):
 
 
 def push(workspace: Path, name: str, repo_id: str, private: bool, license: str | None, token: str | None) -> str:
-    from ..hub import push as run_push
+    from ..deploy.hub import push as run_push
 
     run_dir = finished_run(workspace, name)
     lines: list[str] = []
@@ -259,7 +259,7 @@ def scrubbed(text: str, token: str | None) -> str:
 
 
 def export_onnx(workspace: Path, name: str) -> str:
-    from ..export import export
+    from ..deploy.export import export
 
     run_dir = finished_run(workspace, name)
     written = export(run_dir, run_dir.parent / f"{run_dir.name}-onnx", overwrite=True)
