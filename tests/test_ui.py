@@ -195,6 +195,9 @@ def test_invalid_value_gets_validates_message_at_its_field(page, workspace):
     page.locator("#check-data").click()  # llmtune validate's checks beyond the schema: files, labels, tokenizer
     expect(page.locator("#start-status")).to_contain_text("form: ok; model: models/tiny-bert; task: classification")
     expect(page.locator("#start-status")).to_contain_text("data.train: 32 examples")
+    page.locator("#estimate-memory").click()  # llmtune estimate's table, from the config alone
+    for line in ("optimizer", "activations", "peak (estimated)", "batch: 8 x"):
+        expect(page.locator("#start-status")).to_contain_text(line)
     upload = workspace.parent / "typo.yaml"  # an uploaded recipe: loaded, with what the form cannot hold named
     upload.write_text(STARTING_RECIPE.replace("  epochs: 1", "  epocs: 1"))
     page.locator("#upload-recipe input[type=file], input[type=file]").first.set_input_files(str(upload))

@@ -104,15 +104,27 @@ def start(workspace: Path, raw: dict, problems: list[str]) -> str:
     return name
 
 
-def check_data(workspace: Path, raw: dict, problems: list[str]) -> str:
-    """`llmtune validate`'s checks beyond the schema (files, columns, labels, tokenizer), in this process."""
+def _prepared(workspace: Path, raw: dict, problems: list[str]):
+    """The form's recipe through `llmtune validate`'s checks beyond the schema (files, columns, labels, tokenizer)."""
     if problems:
         raise UserError("\n".join(problems))
     from ..engine.preparation import prepare
     from ..recipe import validate
 
-    recipe = validate(form.for_run(raw, workspace), source=form.SOURCE)
-    prepared = prepare(recipe)
+    return prepare(validate(form.for_run(raw, workspace), source=form.SOURCE))
+
+
+def estimate_memory(workspace: Path, raw: dict, problems: list[str]) -> str:
+    """`llmtune estimate` of the form's recipe: peak training memory by component and a rough step time, from the
+    model's config alone (no weights load)."""
+    from ..engine.estimate import estimate, table
+
+    return "\n".join(table(estimate(_prepared(workspace, raw, problems))))
+
+
+def check_data(workspace: Path, raw: dict, problems: list[str]) -> str:
+    """`llmtune validate`'s checks beyond the schema (files, columns, labels, tokenizer), in this process."""
+    prepared = _prepared(workspace, raw, problems)
     sizes = ", ".join(f"data.{split}: {len(rows):,} examples" for split, rows in prepared.splits.items())
     return f"{form.SOURCE}: ok; model: {prepared.checkpoint.name}; task: {prepared.task.name}; {sizes}"
 

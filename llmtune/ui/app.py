@@ -70,6 +70,7 @@ def _new_run_tab(workspace: Path):
     inputs, errors, groups = _form_fields(fields)
     with gr.Row():
         check = gr.Button("Check data", elem_id="check-data")
+        estimate = gr.Button("Estimate memory", elem_id="estimate-memory")
         start = gr.Button("Start training", variant="primary", elem_id="start-run")
         download = gr.DownloadButton("Download YAML", elem_id="download-yaml")
     result = gr.Markdown(elem_id="start-status")
@@ -113,6 +114,7 @@ def _new_run_tab(workspace: Path):
     load.click(load_choice, start_from, [*inputs, *outputs])
     upload.upload(load_upload, upload, [*inputs, *outputs])
     check.click(lambda *v: _guarded(actions.check_data, workspace, *form.check(fields, list(v))[:2]), inputs, result)
+    estimate.click(lambda *v: _estimate(workspace, fields, list(v)), inputs, result)
     start.click(lambda *v: _start(workspace, fields, list(v)), inputs, result)
 
 
@@ -157,6 +159,11 @@ def _guarded(function, *args):
         return function(*args)
     except Exception as error:  # noqa: BLE001 (a page shows one line, never a traceback)
         return _said(error)
+
+
+def _estimate(workspace: Path, fields, values) -> str:
+    shown = _guarded(actions.estimate_memory, workspace, *form.check(fields, values)[:2])
+    return shown if shown.startswith("error: ") else _code_block(shown)
 
 
 def _start(workspace: Path, fields, values) -> str:
