@@ -148,7 +148,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
     base = path.resolve().parent
     for source in _data_sources(raw):
-        _resolve_paths(source, base)
+        resolve_paths(source, base)
     for method in _augment_methods(raw):
         method["lexicon"] = str((base / method["lexicon"]).resolve())
     raw.setdefault("output_dir", str(Path("runs") / path.stem))
@@ -159,7 +159,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         origins[key] = item
     for source_key, source in _data_sources(raw, with_keys=True):
         if any(key == source_key or key.startswith(source_key + ".") for key in origins):
-            _resolve_paths(source, Path.cwd())  # paths given on the command line are relative to where it runs
+            resolve_paths(source, Path.cwd())  # paths given on the command line are relative to where it runs
 
     return validate(raw, source=str(path), yaml_root=root, origins=origins)
 
@@ -198,7 +198,7 @@ def _augment_methods(raw: dict):
             yield method
 
 
-def _resolve_paths(source: dict, base: Path) -> None:
+def resolve_paths(source: dict, base: Path) -> None:
     """Make a data source's local paths absolute, relative to `base` (absolute paths stay as they are)."""
     if isinstance(source.get("path"), str):
         source["path"] = str((base / source["path"]).resolve())
@@ -322,7 +322,7 @@ def shortened(text: str, limit: int = 80) -> str:
 def union_members(section: str) -> dict[str, type[BaseModel]]:
     """The classes a `type`-tagged section (task, method) may hold, by tag: read off the schema,
     so new members count at once."""
-    classes = _section_classes(Recipe.model_fields[section].annotation)
+    classes = section_classes(Recipe.model_fields[section].annotation)
     return {typing.get_args(cls.model_fields["type"].annotation)[0]: cls for cls in classes}
 
 
@@ -368,7 +368,7 @@ def _valid_keys(parent: tuple) -> list[str]:
         field = model.model_fields.get(str(parts.pop(0)))
         if field is None:
             return []
-        candidates = _section_classes(field.annotation)
+        candidates = section_classes(field.annotation)
         if len(candidates) > 1 and parts:
             tag = parts.pop(0)
             candidates = [c for c in candidates if typing.get_args(c.model_fields["type"].annotation) == (tag,)]
@@ -378,10 +378,11 @@ def _valid_keys(parent: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _section_classes(annotation: Any) -> list[type[BaseModel]]:
+def section_classes(annotation: Any) -> list[type[BaseModel]]:
+    """The recipe section classes a field may hold (one, or each member of a union such as the task types)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    return [found for arg in typing.get_args(annotation) for found in _section_classes(arg)]
+    return [found for arg in typing.get_args(annotation) for found in section_classes(arg)]
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -47,7 +47,8 @@ def _value(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).removesuffix("\n").removesuffix("\n...").strip()
 
 
-def _default(field):
+def field_default(field):
+    """A schema field's default value (None for a required field), as the starter recipe and the UI show it."""
     if field.default_factory is not None:
         return field.default_factory()
     return None if field.is_required() else field.default
@@ -68,7 +69,7 @@ def _fields(
 
 def _example(field):
     """The default, or for a required field its documented example (so the starter recipe validates)."""
-    return field.examples[0] if field.is_required() and field.examples else _default(field)
+    return field.examples[0] if field.is_required() and field.examples else field_default(field)
 
 
 def _choices(field) -> str:
@@ -139,9 +140,8 @@ def _data_lines() -> list[str]:
         ):  # other sources' keys: shown, but a local path is the default
             lines.append(f"    # {name}: null  # instead of path: {field.description}")
         else:
-            lines.append(
-                f"    {name}: {_value('data/train.csv' if name == 'path' else _default(field))}  # {field.description}"
-            )
+            value = _value("data/train.csv" if name == "path" else field_default(field))
+            lines.append(f"    {name}: {value}  # {field.description}")
     for split in ("validation", "test"):
         lines.append(f"  {split}: data/{split}.csv  # {data_fields[split].description}")
     lines.append(f"  columns: {{}}  # {data_fields['columns'].description}")
@@ -163,5 +163,5 @@ def _method_lines(fields) -> list[str]:
         kind = typing.get_args(method.model_fields["type"].annotation)[0]
         other = {n: f for n, f in method.model_fields.items() if n != "type"}
         for name, field in other.items():
-            lines.append(f"  # {name}: {_value(_default(field))}  # with type {kind}: {field.description}")
+            lines.append(f"  # {name}: {_value(field_default(field))}  # with type {kind}: {field.description}")
     return lines

@@ -19,7 +19,7 @@ import yaml
 from .. import recipe as schema
 from ..errors import UserError
 from ..recipe import shortened
-from ..starter import _default
+from ..starter import field_default
 
 SOURCE = "form"  # where validate's messages say the problem is
 MISSING = object()
@@ -78,7 +78,7 @@ def _leaf(section: str, name: str, field, member: str | None) -> FormField:
     elif annotation is bool:
         kind = "flag"
     literal = kind == "text" and annotation in (str, str | None)
-    default = _default(field)
+    default = field_default(field)
     return FormField(
         section, name, member, kind, tuple(choices), default, field.description or "", field.is_required(), literal
     )
@@ -89,10 +89,10 @@ def schema_fields() -> list[FormField]:
     first, then each member's keys."""
     fields = []
     for section, field in schema.Recipe.model_fields.items():
-        classes = schema._section_classes(field.annotation)
+        classes = schema.section_classes(field.annotation)
         if len(classes) > 1:  # task / method: one member's keys apply, picked by type
             members = schema.union_members(section)
-            default = _default(field)
+            default = field_default(field)
             fallback = default.type if default is not None else next(iter(members))
             docs = "; ".join(f"{tag}: {cls.__doc__.strip().splitlines()[0]}" for tag, cls in members.items())
             fields.append(FormField(section, "type", None, "choice", tuple(members), fallback, docs, True))
@@ -109,7 +109,7 @@ def section_titles() -> dict[str, str]:
     """Section name -> the first line of its docstring (the form's section headings)."""
     titles = {}
     for section, field in schema.Recipe.model_fields.items():
-        classes = schema._section_classes(field.annotation)
+        classes = schema.section_classes(field.annotation)
         if len(classes) == 1 and field.annotation is classes[0]:
             titles[section] = (classes[0].__doc__ or "").strip().splitlines()[0]
         elif len(classes) > 1:
@@ -289,7 +289,7 @@ def for_run(raw: dict, workspace: Path) -> dict:
             data[split] = {"path": data[split]}
         source = data.get(split)
         if isinstance(source, dict):
-            schema._resolve_paths(source, workspace)
+            schema.resolve_paths(source, workspace)
     for method in data.get("augment") or []:
         if isinstance(method, dict) and isinstance(method.get("lexicon"), str):
             method["lexicon"] = str((workspace / method["lexicon"]).resolve())
