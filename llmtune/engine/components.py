@@ -19,7 +19,7 @@ from ..recipe import Recipe
 from . import checkpoints, launch, memory, tracking, zero
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
-from .evaluation import eval_batches, model_features, new_accelerator, tokenize
+from .evaluation import eval_batches, model_features, new_accelerator, precision_label, tokenize
 from .preparation import Prepared
 
 
@@ -57,13 +57,6 @@ def whole_weights(accelerator: Accelerator, model) -> dict | None:
     if checkpoints.sharded(accelerator):
         return accelerator.get_state_dict(model)
     return None
-
-
-def precision_label(recipe: Recipe, accelerator: Accelerator) -> str:
-    """What the run trains in: fp32, bf16-mixed or fp16-mixed (fp32 master weights under autocast), or bf16-pure."""
-    if recipe.training.precision == "bf16-pure":
-        return "bf16-pure"
-    return "fp32" if accelerator.mixed_precision == "no" else f"{accelerator.mixed_precision}-mixed"
 
 
 def resume_point(recipe: Recipe, run_dir: Path, explicit_checkpoint: Path | None) -> Path:
@@ -215,7 +208,7 @@ def training_line(run) -> str:
     return (
         f"training: {len(run.splits['train']):,} examples, {run.total_steps:,} steps of {step_size(run)}, "
         f"{accelerator.device}, {accelerator.num_processes} process(es), "
-        f"precision {precision_label(run.recipe, accelerator)}"
+        f"precision {precision_label(run.recipe.training.precision, accelerator.mixed_precision)}"
     )
 
 

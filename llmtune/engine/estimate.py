@@ -37,6 +37,7 @@ import torch
 from .. import models
 from ..errors import UserError
 from . import speed
+from .evaluation import precision_label
 from .preparation import Prepared
 
 # Assumed model FLOPs utilization for the step-time figure. On CPU, llmtune's measured runs of MiniLM and tiny
@@ -209,7 +210,7 @@ def parameter_bytes(model, method, precision: str) -> tuple[float, float, float,
             gradients += count * trained_bytes
             if id(param) not in embeddings:
                 trained_matmul += count
-                copies += count * 2 if precision in ("bf16", "fp16") else 0
+                copies += count * 2 if precision.endswith("-mixed") else 0
         elif quantization and id(param) in quantizable:
             weights += count * (NF4_BYTES if quantization == "4bit" else INT8_BYTES)
         else:  # peft's k-bit preparation casts what stays unquantized to float32
@@ -252,7 +253,7 @@ def estimate(prepared: Prepared, device: torch.device | None = None, measure_pea
     """
     recipe, training = prepared.recipe, prepared.recipe.training
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = _precision(prepared.precision, training.precision)
+    precision = precision_label(training.precision, prepared.precision)
     model = meta_model(prepared)
     shape = layer_shape(model)
     batch, seq = batch_shape(training)
@@ -285,12 +286,6 @@ def estimate(prepared: Prepared, device: torch.device | None = None, measure_pea
     )
     _step_time(result, model, trained_matmul, device, measure_peak, training.gradient_checkpointing)
     return result
-
-
-def _precision(accelerate_precision: str, recipe_precision: str) -> str:
-    if recipe_precision == "bf16-pure":
-        return "bf16-pure"
-    return "fp32" if accelerate_precision == "no" else accelerate_precision
 
 
 def _step_time(result: Estimate, model, trained_matmul: int, device, measure_peak: bool, recompute: bool) -> None:

@@ -29,6 +29,14 @@ def new_accelerator(**options):
     return Accelerator(**options)
 
 
+def precision_label(recipe_precision: str, accelerate_precision: str) -> str:
+    """What a run trains in: fp32, bf16-mixed or fp16-mixed (fp32 master weights under autocast), or bf16-pure;
+    from the recipe's training.precision and Accelerate's mixed_precision (`mixed_precision`)."""
+    if recipe_precision == "bf16-pure":
+        return "bf16-pure"
+    return "fp32" if accelerate_precision == "no" else f"{accelerate_precision}-mixed"
+
+
 def mixed_precision(precision: str, evaluating: bool = False) -> str:
     """Accelerate's mixed_precision for the recipe's `training.precision`.
 

@@ -33,7 +33,7 @@ from ..tasks.base import Task
 from . import allocator, checkpoints, components, launch, memory, speed, tracking
 from .batching import LengthGroupedBatches
 from .checkpoints import TrainingState
-from .evaluation import format_metrics, run_evaluation
+from .evaluation import format_metrics, precision_label, run_evaluation
 from .preparation import Prepared, check_warmup, count_steps, prepare
 from .progress import Clock, Progress, RunLog
 
@@ -443,7 +443,7 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
         "epochs": round(state.step / run.steps_per_epoch, 4),
         "examples": state.examples_seen,
         "runtime_s": round(wall_seconds, 2),
-        "precision": components.precision_label(run.recipe, accelerator),
+        "precision": precision_label(run.recipe.training.precision, accelerator.mixed_precision),
         **throughput.summary(examples, train_seconds, speed.flops_per_token(run.model), peak),
         **tracking.peak_memory(),
         **({"augmented_rows": run.augmented} if run.augmented else {}),
