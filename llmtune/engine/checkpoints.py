@@ -188,6 +188,10 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     """
     saved = _flatten(yaml.safe_load((run_dir / runs.RECIPE_FILE).read_text(encoding="utf-8")) or {})
     current = _flatten(yaml.safe_load(dump_recipe(recipe)))
+    for field in recipe.task.tuned_fields:  # settled by the finished run itself, not by its recipe
+        for flat in (saved, current):
+            for key in [k for k in flat if k == f"task.{field}" or k.startswith(f"task.{field}.")]:
+                del flat[key]
     differing = sorted(
         key
         for key in set(saved) | set(current)

@@ -13,9 +13,9 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from .. import models
+from .. import models, runs
 from ..data import augment
-from ..recipe import Recipe
+from ..recipe import Recipe, dump_recipe
 from . import checkpoints, launch, memory, tracking, zero
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
@@ -200,6 +200,19 @@ def save_model(model, tokenizer, run_dir: Path, recipe: Recipe, state_dict: dict
         options["save_embedding_layers"] = False
     model.save_pretrained(run_dir, safe_serialization=True, state_dict=state_dict, **options)
     tokenizer.save_pretrained(run_dir)
+
+
+def tune(run, rows: list[dict]) -> bool:
+    """The task's after-training step (`Task.tune`) on the validation split's prediction rows; what it settled goes
+    into the run's recipe, in memory and in the run directory, so every later load applies it."""
+    settled = run.task.tune(rows)
+    if settled is None:
+        return False
+    run.recipe = run.recipe.model_copy(update={"task": run.task.resolved_options()})
+    if run.accelerator.is_main_process:
+        runs.write_atomic(run.run_dir / runs.RECIPE_FILE, dump_recipe(run.recipe))
+    run.say(settled)
+    return True
 
 
 def training_line(run) -> str:

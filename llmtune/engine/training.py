@@ -60,11 +60,9 @@ def train(
     SIGINT / SIGTERM stop training after the current step with a checkpoint (raising Interrupted).
 
     Args:
-        resume: continue from the newest complete checkpoint of the run directory (True), or from the
-            run directory or checkpoint at this path.
-        on_validation: called after each validation with (step, metrics); returning True stops training there,
-            and the run finishes as usual (a sweep's pruner uses it). Called in every process (the metrics are
-            the same in all).
+        resume: continue from the run directory's newest complete checkpoint (True), or from this run or checkpoint.
+        on_validation: called (in every process) after each validation with (step, metrics); returning True stops
+            training there and the run finishes as usual (a sweep's pruner uses it).
 
     Raises:
         UserError: bad recipe, data, model or output directory; nothing to resume, or a recipe that
@@ -412,6 +410,8 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         else:
             metrics, predictions = evaluate_split(run, split, split, say)
             run.log.write({"step": state.step, "split": split, **metrics})
+        if split == "validation" and components.tune(run, predictions):  # scored again with what it settled
+            metrics, predictions = evaluate_split(run, split, split, say)
         results[split] = metrics
     run.log.close()
     whole = components.whole_weights(accelerator, run.model)

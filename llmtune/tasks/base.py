@@ -44,6 +44,10 @@ class TaskOptions(Section):
     # Whether the task runs on encoder-decoder models, so that `model.decoder` may warm-start one from two checkpoints.
     encoder_decoder: ClassVar[bool] = False
 
+    # Fields that `Task.tune` settles after training (decision thresholds, a temperature): the run's recipe gains
+    # them, and `--resume` does not count them as a change of recipe.
+    tuned_fields: ClassVar[tuple[str, ...]] = ()
+
     def check_recipe(self, recipe) -> None:
         """Checks that involve other sections of the recipe (raise ValueError with the message)."""
 
@@ -128,6 +132,13 @@ class Task:
     def resolved_options(self) -> TaskOptions:
         """The options after `prepare` saw the data; saved in the run's recipe so eval and predict need no data."""
         return self.options
+
+    def tune(self, rows: list[dict]) -> str | None:
+        """After training, settle what held-out data decides (multi-label decision thresholds, a temperature) from
+        the validation split's prediction rows, into the options' `tuned_fields`. `resolved_options()` then carries
+        it into the run's recipe, so evaluate, predict, serve and export apply it; the validation split is scored
+        again with it before the test split. Returns one line saying what was settled, or None (nothing to settle)."""
+        return None
 
     def augment_fields(self, column_names: list[str]) -> AugmentFields | None:
         """What `data.augment` may rewrite in a training row (of a split with these columns) with its reference
