@@ -225,6 +225,14 @@ class FullMethod(Section):
     """Full fine-tuning: every weight is trained."""
 
     type: Literal["full"] = Field(description="full | lora | ia3 | prefix_tuning")
+    reinit_top_layers: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Re-initialise the top N transformer layers (and the pooler) before training instead of "
+        "starting them from the checkpoint: steadier fine-tuning on small data sets for BERT-style models "
+        "(Zhang et al. 2021); 0 keeps every pretrained layer.",
+    )
 
 
 Quantization = Literal["4bit", "8bit"] | None
@@ -307,6 +315,14 @@ class Training(Section):
         gt=0,
         description="Peak learning rate of the newly initialised task head (classifier, QA outputs); "
         "default: learning_rate. A higher one lets a fresh head catch up with the pretrained body in short runs.",
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: the top layer trains at learning_rate, each layer below at this "
+        "factor times the one above, the embeddings lowest (e.g. 0.9); the task head keeps head_learning_rate. "
+        "Default: one rate for the whole body.",
     )
     scheduler: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"

@@ -60,7 +60,7 @@ def test_recipe_reference_documents_every_key():
         paragraph = next((p for p in paragraphs if re.search(rf"\btype: {task_type}\b", p)), "")
         missing += [f"{cls.__name__}.{name}" for name in cls.model_fields if not re.search(rf"\b{name}\b", paragraph)]
     method_comments = comment_text(text, "method")
-    for cls in (schema.IA3Method, schema.PrefixTuningMethod):
+    for cls in (schema.FullMethod, schema.IA3Method, schema.PrefixTuningMethod):
         missing += [
             f"{cls.__name__}.{name}"
             for name in cls.model_fields

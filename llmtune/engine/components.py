@@ -16,7 +16,7 @@ from transformers import get_scheduler
 from .. import models, runs
 from ..data import augment
 from ..recipe import Recipe, dump_recipe
-from . import checkpoints, launch, memory, tracking, zero
+from . import checkpoints, launch, layers, memory, tracking, zero
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .evaluation import eval_batches, model_features, new_accelerator, precision_label, tokenize
@@ -95,6 +95,9 @@ def load_model(prepared: Prepared, say) -> tuple[torch.nn.Module, list[str]]:
         quantization=quantization,
         **task.model_kwargs(),
     )
+    if getattr(recipe.method, "reinit_top_layers", 0):
+        drawn = layers.reinit_top_layers(model, recipe.method.reinit_top_layers)
+        say(f"re-initialised (method.reinit_top_layers): {', '.join(drawn)}")
     if quantization:
         model = models.prepare_quantized(model, recipe.training.gradient_checkpointing)
     elif recipe.training.gradient_checkpointing:
@@ -129,18 +132,17 @@ def make_batches(prepared: Prepared, accelerator: Accelerator):
 
 
 def parameter_groups(model, training, new_modules: list[str]) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norms;
-    the newly initialised head at its own learning rate if asked."""
+    """AdamW groups: no weight decay on biases and norms; the newly initialised head at its own learning rate if
+    asked; the body's layers at decaying rates if asked (training.layer_decay)."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     head_lr = training.head_learning_rate or training.learning_rate
+    count = layers.layer_count(model) if training.layer_decay else 0
     groups: dict[tuple, list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             is_head = any(f".{module}." in f".{name}" for module in new_modules)
-            key = (
-                head_lr if is_head else training.learning_rate,
-                0.0 if name.endswith(no_decay) else training.weight_decay,
-            )
+            body_lr = layers.decayed_rate(name, count, training.learning_rate, training.layer_decay)
+            key = (head_lr if is_head else body_lr, 0.0 if name.endswith(no_decay) else training.weight_decay)
             groups.setdefault(key, []).append((name, param))
     # The names travel with the groups (torch's param_names): checkpoints key the optimizer state by them.
     return [
