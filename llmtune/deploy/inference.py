@@ -70,7 +70,8 @@ def locate(target: str | Path, overrides) -> Source:
         recipe = load_recipe(path / runs.RECIPE_FILE, overrides)
         return Source(recipe, models.Checkpoint(str(path), str(path), "run directory"), path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        recipe = starting_recipe(path, overrides)
+        recipe = load_recipe(path, overrides)
+        recipe = starting_recipe(recipe)
         checkpoint = models.resolve_checkpoint(recipe.model)
         config = models.load_config(checkpoint, recipe.model.trust_remote_code)
     elif path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
@@ -125,12 +126,11 @@ def load_weights(recipe: Recipe, task: Task, checkpoint: models.Checkpoint, run_
         raise models.damaged_weights(str(run_dir), error) from None
 
 
-def starting_recipe(path: Path, overrides) -> Recipe:
+def starting_recipe(recipe: Recipe) -> Recipe:
     """A recipe's task settled on its train split as training would settle it (seeded as training is, so newly
     initialised weights are the ones training starts from)."""
     from accelerate.utils import set_seed
 
-    recipe = load_recipe(path, overrides)
     set_seed(recipe.training.seed)
     if recipe.data.train is not None:
         task = tasks.create(recipe.task)
