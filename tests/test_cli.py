@@ -73,6 +73,19 @@ def test_eval_on_a_data_file_and_on_a_bare_checkpoint(cli, trained_run, sentimen
     assert out2 == out  # same weights, same data, same metrics
 
 
+def test_a_recipes_starting_model_is_settled_before_it_loads(tiny_bert, sentiment_files, tmp_path):
+    """A recipe file loads as training would start: its label names settled on the train split, and the inputs cut
+    where the model's positions end (128 for tiny_bert), not at the recipe's max_length."""
+    from llmtune.deploy.inference import load_run
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    loaded = load_run(recipe, ["training.max_length=1000"])
+    assert loaded.recipe.task.label_names == ["negative", "positive"]
+    assert loaded.model.config.id2label == {0: "negative", 1: "positive"}
+    assert loaded.recipe.training.max_length == 1000 and loaded.max_length == 128
+    assert loaded.run_dir is None
+
+
 def test_eval_unknown_split_is_a_clear_error(cli, trained_run):
     code, out, err = cli("eval", trained_run, "--split", "dev")
     assert code == 2 and "--split dev" in err and "--data FILE" in err

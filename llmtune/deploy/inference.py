@@ -25,13 +25,14 @@ class LoadedRun:
     model: object
     tokenizer: object
     run_dir: Path | None  # None for a bare checkpoint or a recipe's starting model
+    max_length: int  # training.max_length capped at the model's positions: where inputs are cut
 
 
 @dataclass
 class Source:
     """Where a model for inference comes from, settled before any weights load."""
 
-    recipe: Recipe
+    recipe: Recipe  # a run's own; a recipe file's or a bare checkpoint's with what the task leaves open settled
     checkpoint: models.Checkpoint  # the model's files (a run's own, an export's, a hub checkpoint's)
     run_dir: Path | None  # a finished run (or its export): its recipe already holds what the task settled
 
@@ -46,22 +47,20 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     Raises:
         UserError: not a run directory nor a loadable checkpoint.
     """
-    source = find_source(target, overrides)
+    source = locate(target, overrides)
     recipe, checkpoint, run_dir = source.recipe, source.checkpoint, source.run_dir
-    trust = recipe.model.trust_remote_code
-    config = models.load_config(checkpoint, trust) if run_dir is None else None
-    # A run's tokenizer is its saved files, read without remote code as it always was.
-    tokenizer = models.load_tokenizer(checkpoint, trust and run_dir is None)
-    if config is not None:  # what the task leaves open (label names) comes from the checkpoint's config
-        recipe = recipe.model_copy(update={"task": tasks.from_model_config(recipe.task, config)})
     task = tasks.create(recipe.task)
+    # A run's tokenizer is its saved files, read without remote code as it always was.
+    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code and run_dir is None)
     model = load_weights(recipe, task, checkpoint, run_dir, tokenizer.pad_token_id)
     task.setup(model.config, tokenizer)
-    return LoadedRun(recipe, task, model, tokenizer, run_dir)
+    max_length = models.effective_max_length(model.config, recipe.training.max_length)
+    return LoadedRun(recipe, task, model, tokenizer, run_dir, max_length)
 
 
-def find_source(target: str | Path, overrides) -> Source:
-    """Which kind of source `target` names, and its recipe (a bare checkpoint's is made from the overrides)."""
+def locate(target: str | Path, overrides) -> Source:
+    """Which kind of source `target` names, its recipe and its checkpoint's files. Of a recipe file or a bare
+    checkpoint, the config is read (no weights): what the task leaves open (label names) comes from it."""
     path = Path(target)
     if not path.is_dir() and models.is_hub_id(str(target)):
         path = models.pull_run(str(target)) or path  # a run pushed with `llmtune push` loads like its run directory
@@ -71,14 +70,36 @@ def find_source(target: str | Path, overrides) -> Source:
         recipe = load_recipe(path / runs.RECIPE_FILE, overrides)
         return Source(recipe, models.Checkpoint(str(path), str(path), "run directory"), path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        recipe = starting_recipe(path, overrides)
-        return Source(recipe, models.resolve_checkpoint(recipe.model), None)
-    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        recipe = load_recipe(path, overrides)
+        recipe = starting_recipe(recipe)
+        checkpoint = models.resolve_checkpoint(recipe.model)
+        config = models.load_config(checkpoint, recipe.model.trust_remote_code)
+    elif path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
         raise UserError(
             f"{path}: neither a run directory (no {runs.RECIPE_FILE}) nor a checkpoint directory (no config.json); "
             "expected a directory written by llmtune train, a Hugging Face checkpoint, or a hub id"
         )
-    return checkpoint_source(str(target), overrides)
+    else:
+        recipe, checkpoint, config = checkpoint_recipe(str(target), overrides)
+    recipe = recipe.model_copy(update={"task": tasks.from_model_config(recipe.task, config)})
+    return Source(recipe, checkpoint, None)
+
+
+def checkpoint_recipe(target: str, overrides) -> tuple[Recipe, models.Checkpoint, object]:
+    """A plain checkpoint's (directory or hub id) recipe, files and config: its task is read off the config's
+    architectures unless the overrides name it."""
+    raw: dict = {"model": {"name": target}, "task": {}, "data": {}, "output_dir": "."}
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        spec = ModelSpec.model_validate(raw["model"])
+    except ValidationError as error:
+        raise UserError(f"--set model: {error.errors()[0]['msg']}") from None
+    checkpoint = models.resolve_checkpoint(spec)
+    config = models.load_config(checkpoint, spec.trust_remote_code)
+    if raw["task"].get("type") is None:
+        raw["task"]["type"] = tasks.for_architectures(getattr(config, "architectures", None), target)
+    return validate(raw, source="command line"), checkpoint, config
 
 
 def load_weights(recipe: Recipe, task: Task, checkpoint: models.Checkpoint, run_dir: Path | None, pad_token_id):
@@ -105,12 +126,11 @@ def load_weights(recipe: Recipe, task: Task, checkpoint: models.Checkpoint, run_
         raise models.damaged_weights(str(run_dir), error) from None
 
 
-def starting_recipe(path: Path, overrides) -> Recipe:
+def starting_recipe(recipe: Recipe) -> Recipe:
     """A recipe's task settled on its train split as training would settle it (seeded as training is, so newly
     initialised weights are the ones training starts from)."""
     from accelerate.utils import set_seed
 
-    recipe = load_recipe(path, overrides)
     set_seed(recipe.training.seed)
     if recipe.data.train is not None:
         task = tasks.create(recipe.task)
@@ -118,23 +138,6 @@ def starting_recipe(path: Path, overrides) -> Recipe:
         task.prepare(data.load_splits(spec, task.file_readers), spec)
         recipe = recipe.model_copy(update={"task": task.resolved_options()})
     return recipe
-
-
-def checkpoint_source(target: str, overrides) -> Source:
-    """A plain checkpoint (directory or hub id): its task is read off its config's architectures unless the
-    overrides name it."""
-    raw: dict = {"model": {"name": target}, "task": {}, "data": {}, "output_dir": "."}
-    for item in overrides:
-        apply_override(raw, item)
-    try:
-        spec = ModelSpec.model_validate(raw["model"])
-    except ValidationError as error:
-        raise UserError(f"--set model: {error.errors()[0]['msg']}") from None
-    checkpoint = models.resolve_checkpoint(spec)
-    if raw["task"].get("type") is None:
-        config = models.load_config(checkpoint, raw["model"].get("trust_remote_code", False))
-        raw["task"]["type"] = tasks.for_architectures(getattr(config, "architectures", None), target)
-    return Source(validate(raw, source="command line"), checkpoint, None)
 
 
 @quiet_libraries
@@ -169,8 +172,7 @@ def evaluate(
     spec = DataSpec(**{split: source}, columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
     splits = data.load_splits(spec, task.file_readers)
     task.prepare(splits, spec)
-    max_length = models.effective_max_length(loaded.model.config, recipe.training.max_length)
-    training = recipe.training.model_copy(update={"max_length": max_length})
+    training = recipe.training.model_copy(update={"max_length": loaded.max_length})
     accelerator = new_accelerator(mixed_precision=mixed_precision(recipe.training.precision, evaluating=True))
     features, loaders = eval_batches({split: splits[split]}, task, loaded.tokenizer, training, accelerator)
     model = accelerator.prepare(loaded.model)
@@ -196,5 +198,4 @@ def predict(
     loaded = target if isinstance(target, LoadedRun) else load_run(target, overrides)
     task = loaded.task
     rows = [task.input_row(row, number) for number, row in enumerate(rows, 1)]
-    max_length = models.effective_max_length(loaded.model.config, loaded.recipe.training.max_length)
-    return task.predict(loaded.model, loaded.tokenizer, rows, max_length)
+    return task.predict(loaded.model, loaded.tokenizer, rows, loaded.max_length)

@@ -143,7 +143,7 @@ class Engine:
         self.last_batch = 2  # as if requests came concurrently, until a lone one shows they do not
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmtune-model")
         self.task: asyncio.Task | None = None
-        self.max_length = models.effective_max_length(loaded.model.config, loaded.recipe.training.max_length)
+        self.max_length = loaded.max_length
         on_cpu = next(loaded.model.parameters()).device.type == "cpu"
         by_tokens = on_cpu and not loaded.task.generates_text
         self.max_batch_tokens = settings.max_batch_tokens or (CPU_BATCH_TOKENS if by_tokens else None)

@@ -142,12 +142,12 @@ def run_evaluation(
             eta = elapsed / number * (total - number)
             echo(f"{label}: batch {number}/{total} ({done:,} examples)  elapsed {elapsed:.0f}s  eta {eta:.0f}s")
 
-    if getattr(accelerator, "is_fsdp2", False) or zero.partitions_parameters(model):
-        outputs = run_batches(task, model, evened(loader, accelerator), accelerator.device, progress)
-        del outputs[len(loader.batch_sampler) :]
+    sharded = getattr(accelerator, "is_fsdp2", False) or zero.partitions_parameters(model)
+    batches = evened(loader, accelerator) if sharded else loader
+    outputs = run_batches(task, model, batches, accelerator.device, progress)
+    if sharded:
+        del outputs[len(loader.batch_sampler) :]  # the repeats `evened` added
         resharded(model)
-    else:
-        outputs = run_batches(task, model, loader, accelerator.device, progress)
     accumulator = task.new_accumulator(metric_names)
     for result in gather_object(outputs) if accelerator.num_processes > 1 else outputs:
         accumulator.add(result)
