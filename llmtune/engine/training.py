@@ -128,6 +128,7 @@ class Run:
     on_validation: Callable[[int, dict], bool] | None = None  # the caller's hook; True asks training to stop
     stop_requested: bool = False  # on_validation asked to stop
     augmented: dict = dataclasses.field(default_factory=dict)  # rows data.augment added, by method
+    leakage: dict = dataclasses.field(default_factory=dict)  # prepare's leakage audit: metrics.json's "leakage"
 
     @functools.cached_property
     def encoder_decoder(self) -> bool:
@@ -156,11 +157,9 @@ def setup(
         check_warmup(cfg, total_steps)
     progress = Progress(total_steps, enabled=accelerator.is_main_process and echo is not None, echo=say)
     run = Run(
-        recipe=recipe,
-        task=prepared.task,
+        recipe=recipe, task=prepared.task,
         run_dir=run_dir,
-        accelerator=accelerator,
-        model=model,
+        accelerator=accelerator, model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         sampler=sampler,
@@ -178,6 +177,7 @@ def setup(
         examples_at_start=state.examples_seen,
         resumed=resume_from is not None,
         augmented=augmented,
+        leakage={name: pair.as_dict() for name, pair in prepared.leakage.items()},
     )
     say(components.training_line(run))
     return run, state
@@ -401,7 +401,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         checkpoints.load_weights(best, unwrapped, accelerator)
         run.last_validation = None
         say(f"using the best checkpoint: step {state.best_step}, {evaluation.metric_for_best}={state.best_value:.4f}")
-    results = {"train": training_summary(run, state, *seconds)}
+    results = {"train": training_summary(run, state, *seconds), **({"leakage": run.leakage} if run.leakage else {})}
     say("throughput: " + speed.describe(results["train"]))
     predictions = None
     for split in run.eval_loaders:  # test last, so predictions.jsonl holds the test split when there is one

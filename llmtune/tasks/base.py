@@ -146,6 +146,13 @@ class Task:
         takes no augmentation."""
         return None
 
+    def leakage_fields(self, column_names: list[str]) -> list[tuple[str | tuple[str, str], ...]]:
+        """The texts that identify an example, for the leakage audit between splits (`data.leakage`): a list of
+        groups, each compared on its own; a group's texts (a column, or (column, key) inside a nested column) are
+        joined. Default: every input column present, joined (a sentence pair compares as one text)."""
+        present = tuple(column for column in self.input_columns().values() if column in column_names)
+        return [present] if present else []
+
     # ------------------------------------------------------------------ model
 
     def model_kwargs(self) -> dict:

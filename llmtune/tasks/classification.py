@@ -226,6 +226,10 @@ class Classification(LabelledTask):
         o = self.options
         return AugmentFields(texts=tuple(column for column in (o.text_column, o.text_pair_column) if column))
 
+    def leakage_fields(self, column_names: list[str]) -> list[tuple[str, ...]]:
+        """The text, and its pair joined to it: a pair is a duplicate only when both texts are."""
+        return [tuple(column for column in (self.options.text_column, self.options.text_pair_column) if column)]
+
     def input_columns(self) -> dict[str, str]:
         columns = {"text": self.options.text_column}
         if self.options.text_pair_column:

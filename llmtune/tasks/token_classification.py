@@ -356,6 +356,10 @@ class TokenClassification(LabelledTask):
     def new_accumulator(self, metric_names: tuple[str, ...]) -> TokenClassificationAccumulator:
         return TokenClassificationAccumulator(self, metric_names)
 
+    def leakage_fields(self, column_names: list[str]) -> list[tuple[str, ...]]:
+        """The sentence's words (joined with spaces)."""
+        return [(self.options.tokens_column,)]
+
     def input_columns(self) -> dict[str, str]:
         return {"text": "text"}
 
