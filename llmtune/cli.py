@@ -560,13 +560,35 @@ def report(
 @command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more finished run directories.")],
+    significance: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--significance/--no-significance",
+            help="Paired bootstrap of each run against the best one on their prediction rows. Default: when the "
+            "runs were scored on the same rows; --significance refuses runs that were not.",
+        ),
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
 ) -> None:
-    """Put several runs' metrics side by side (a Markdown table)."""
+    """Put several runs' metrics side by side (a Markdown table), then say which differences are significant:
+    a paired bootstrap over the test rows both runs were scored on, with 95% intervals and p-values."""
     from .reports.report import compare as compare_runs
     from .reports.report import markdown_table
+    from .reports.significance import significance_lines
 
     header, rows = compare_runs(run_dirs)
+    lines = []
+    if significance is not False:
+        try:
+            lines = significance_lines(run_dirs, header[1:], resamples, seed)
+        except UserError as error:
+            if significance:
+                raise
+            typer.echo(f"warning: {error}", err=True)  # the table still stands; only the test needs same rows
     _echo(markdown_table(header, rows))
+    for line in lines:
+        _echo(line)
 
 
 @command()
