@@ -146,3 +146,16 @@ def test_train_refuses_with_the_recipe_key_and_records_the_counts_in_metrics(cli
         "near": 0,
         "compared": [32, 32],
     }
+
+
+def test_the_report_fragment_shows_the_counts_and_escapes_the_examples():
+    from llmtune.reports.leakage import leakage_html
+
+    splits = splits_of(train={"text": ["<b>bold</b> claim & more"]}, test={"text": ["b bold b claim more"]})
+    metrics = {"leakage": {name: pair.as_dict() for name, pair in leakage.audit(splits, [("text",)]).items()}}
+    fragment = leakage_html(json.loads(json.dumps(metrics)))  # as read back from metrics.json
+    assert "<td>train/test</td><td>1 train / 1 test</td><td>1</td><td>0</td><td>100.0%</td>" in fragment
+    assert "train/test (exact, text): test row 1 <q>b bold b claim more</q> ~ train row 1" in fragment
+    metrics["leakage"]["train/test"]["examples"][0]["test"][1] = "<script>x</script>"
+    assert "<q>&lt;script&gt;x&lt;/script&gt;</q>" in leakage_html(metrics)  # texts are escaped
+    assert leakage_html({"test": {}}) == ""
