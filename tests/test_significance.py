@@ -195,3 +195,24 @@ def test_row_statistics_reproduce_a_real_runs_corpus_metrics(cli, tiny_bert, sen
     recomputed = task.corpus_metrics(rows)
     assert split == "test" and set(recomputed) == {"accuracy", "macro_f1", "cross_entropy"}
     assert recomputed == pytest.approx({name: saved[name] for name in recomputed}, abs=1e-6)
+
+
+def test_bleu_is_recomputed_from_summed_ngram_counts_as_sacrebleu_does():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    task = tasks.TASKS["translation"].create(
+        tasks.TASKS["translation"].options_class(type="translation", source_lang="en", target_lang="de")
+    )
+    references = ["Ein Hund läuft über die Wiese.", "Zwei Männer spielen Gitarre.", "Eine Frau liest ein Buch."]
+    predicted = ["Ein Hund rennt über die Wiese.", "Männer spielen.", "Die Frau liest ein Buch im Park."]
+    # shorter than its reference (brevity penalty) with no matching 4-gram (smoothed)
+    references.append("Ein Hund schläft auf dem alten Sofa am Morgen.")
+    predicted.append("Eine Katze schläft auf dem Sofa.")
+    rows = [{"predicted": p, "reference": [r], "metrics": {}} for p, r in zip(predicted, references)]
+    expected = sacrebleu.corpus_bleu(predicted, [references]).score
+    assert task.corpus_metrics(rows) == pytest.approx({"bleu": expected})
+    statistics = task.row_statistics(rows)
+    for counts in ([2, 0, 1, 0], [0, 3, 0, 0], [1, 1, 5, 1], [0, 0, 0, 2]):  # resamples
+        drawn = [i for i, count in enumerate(counts) for _ in range(count)]
+        expected = sacrebleu.corpus_bleu([predicted[i] for i in drawn], [[references[i] for i in drawn]]).score
+        recomputed = statistics.combine(np.array([counts], dtype=float) @ statistics.values)[0, 0]
+        assert recomputed == pytest.approx(expected), counts
