@@ -11,12 +11,13 @@ removed, whitespace collapsed, so "Great film!" and "great film" are the same te
   shingle (it can only be an exact duplicate).
 
 How near pairs are found: an all-pairs set-similarity join with prefix filtering (Chaudhuri et al. 2006; Xiao
-et al. 2008, "PPJoin"). Bigrams are ordered by how rare they are in both splits; two sets with Jaccard >= t
-must share a bigram among the first |x| - ceil(t |x|) + 1 of each, so only texts sharing one of their rarest
-bigrams are candidates, and a size filter (t |y| <= |x| <= |y| / t) drops most of those before the exact Jaccard
-is computed. Unlike MinHash LSH this misses no pair above the threshold, needs no seed and no extra package, and
-at t = 0.8 a sentence's prefix is a fifth of its bigrams, so candidates stay few: SST-2's 67,349 train phrases
-against its 872 validation sentences take about a second (docs/benchmarks.md).
+et al. 2008, "PPJoin"). Under any fixed order of the bigrams, two sets with Jaccard >= t share a bigram among the
+first |x| - ceil(t |x|) + 1 of each; so only texts sharing a prefix bigram are candidates, a size filter
+(t |y| <= |x| <= |y| / t) drops most of those, and the exact Jaccard decides. The order puts the later split's
+bigrams rarest first and, before them, bigrams the later split lacks: an earlier text whose prefix holds only
+those cannot match and is not indexed. Unlike MinHash LSH this misses no pair above the threshold (a test checks
+it against all pairs), needs no seed and no extra package, and stays a few seconds of pure Python on SST-2's
+67,349 train phrases against its 872 validation sentences (docs/benchmarks.md has the measured times).
 
 Counts are rows of the later split (the one scored) that have a duplicate in the earlier one; a row counts as
 exact when any of its text groups is, and as near when none is exact and any is near.
@@ -54,10 +55,12 @@ def field_text(value) -> str:
 
 def group_texts(dataset, group: Sequence[str | tuple[str, str]]) -> list[str]:
     """One normalised text per row: the group's texts (columns, or (column, key) inside a nested column) joined."""
+    # one slice of the needed columns: indexing a column alone walks it row by row (datasets 4)
+    table = dataset.select_columns(list(dict.fromkeys(i if isinstance(i, str) else i[0] for i in group)))[:]
     columns = []
     for item in group:
         column, key = (item, None) if isinstance(item, str) else item
-        values = dataset[column]
+        values = table[column]
         columns.append([field_text(v.get(key) if isinstance(v, dict) else None) for v in values] if key else values)
     return [normalise(" ".join(field_text(value) for value in parts)) for parts in zip(*columns)]
 
@@ -76,17 +79,20 @@ def near_matches(earlier: list[str], later: list[str], threshold: float = NEAR_J
     """{position in `later`: (position in `earlier`, Jaccard)} of the most similar earlier text at or above
     `threshold`, by word-bigram Jaccard (prefix-filtered similarity join, see the module docstring)."""
     sets_earlier, sets_later = [shingles(t) for t in earlier], [shingles(t) for t in later]
-    frequency = Counter(gram for sets in (sets_earlier, sets_later) for grams in sets for gram in grams)
+    # Any fixed order of the bigrams keeps the prefix filter exact. Those of the later texts go rarest first; an
+    # earlier text's bigrams that no later text has come before them all, so a text whose prefix holds only such
+    # bigrams can match nothing and is never indexed (most of a large train split).
+    frequency = Counter(gram for grams in sets_later for gram in grams)
+    frequency.update(gram for grams in sets_earlier for gram in grams if gram in frequency)
     rank = {gram: position for position, (gram, _) in enumerate(sorted(frequency.items(), key=lambda g: g[1]))}
-    ordered = lambda grams: sorted(rank[gram] for gram in grams)  # noqa: E731 (rarest first)
     index: dict[int, list[int]] = defaultdict(list)
     for position, grams in enumerate(sets_earlier):
-        ranks = ordered(grams)
-        for gram in ranks[: prefix_length(len(ranks), threshold)]:
+        shared = sorted(rank[gram] for gram in grams if gram in rank)
+        for gram in shared[: prefix_length(len(grams), threshold) - (len(grams) - len(shared))]:
             index[gram].append(position)
     found = {}
     for position, grams in enumerate(sets_later):
-        ranks, size = ordered(grams), len(grams)
+        ranks, size = sorted(rank[gram] for gram in grams), len(grams)
         candidates = {c for gram in ranks[: prefix_length(size, threshold)] for c in index.get(gram, ())}
         best = None
         for candidate in candidates:
