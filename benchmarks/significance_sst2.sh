@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Paired bootstrap in `llmtune compare` on real runs (docs/benchmarks.md, "Significance in compare"): MiniLM on
 # 2,000 SST-2 training sentences for one epoch, scored on the 872-sentence dev split (as test). Two seeds of full
-# fine-tuning, and LoRA of rank 1 on the query projections only (nearly a frozen body: the head learns, the encoder
-# barely moves).
+# fine-tuning, and LoRA of rank 1 on the query projections only (nearly a frozen body) at full fine-tuning's
+# learning rate (1e-4) and at 1e-3.
 #   OMP_NUM_THREADS=1 bash benchmarks/significance_sst2.sh [OUT_DIR]
 set -euo pipefail
 OUT=${1:-runs/significance-sst2}
@@ -17,5 +17,8 @@ python -m llmtune train recipes/sentiment.yaml "${common[@]}" --set training.see
 python -m llmtune train recipes/sentiment.yaml "${common[@]}" --set training.seed=2 --output "$OUT/full-seed2" --overwrite
 python -m llmtune train recipes/sentiment.yaml "${common[@]}" --set training.seed=1 --set method.type=lora \
   --set method.r=1 --set "method.target_modules=[query]" --output "$OUT/lora-r1" --overwrite
+python -m llmtune train recipes/sentiment.yaml "${common[@]}" --set training.seed=1 --set method.type=lora \
+  --set method.r=1 --set "method.target_modules=[query]" --set training.learning_rate=1e-3 \
+  --output "$OUT/lora-r1-lr1e-3" --overwrite
 python -m llmtune compare "$OUT/full-seed1" "$OUT/full-seed2"
-python -m llmtune compare "$OUT/full-seed1" "$OUT/full-seed2" "$OUT/lora-r1"
+python -m llmtune compare "$OUT/full-seed1" "$OUT/full-seed2" "$OUT/lora-r1" "$OUT/lora-r1-lr1e-3"

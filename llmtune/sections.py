@@ -228,6 +228,9 @@ class DataSpec(Section):
         "(or refuses, with data.leakage: refuse).",
     )
 
+    # YAML reads a bare `off` as false
+    _leakage_off = field_validator("leakage", mode="before")(classmethod(lambda cls, v: "off" if v is False else v))
+
     _shorthand = field_validator("train", "validation", "test", mode="before")(
         classmethod(lambda cls, v: _source_shorthand(v))
     )

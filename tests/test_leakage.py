@@ -159,3 +159,13 @@ def test_the_report_fragment_shows_the_counts_and_escapes_the_examples():
     metrics["leakage"]["train/test"]["examples"][0]["test"][1] = "<script>x</script>"
     assert "<q>&lt;script&gt;x&lt;/script&gt;</q>" in leakage_html(metrics)  # texts are escaped
     assert leakage_html({"test": {}}) == ""
+
+
+def test_a_bare_off_in_yaml_turns_the_audit_off(tiny_bert, sentiment_files, tmp_path):
+    """YAML reads `off` as false; the recipe takes it as the value it looks like."""
+    from llmtune.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    assert load_recipe(recipe, ["data.leakage=off"]).data.leakage == "off"
+    with pytest.raises(UserError, match="data.leakage"):
+        load_recipe(recipe, ["data.leakage=true"])

@@ -72,7 +72,7 @@ def paired_bootstrap(
     for column, name in enumerate(first.names):
         sample, delta = differences[:, column], observed[column]
         other_side = np.count_nonzero(sample <= 0) if delta > 0 else np.count_nonzero(sample >= 0)
-        p_value = 1.0 if delta == 0 else min(1.0, 2 * (other_side + 1) / (resamples + 1))
+        p_value = 1.0 if delta == 0 else min(1.0, 2 * (int(other_side) + 1) / (resamples + 1))
         results.append(Difference(name, float(delta), float(low[column]), float(high[column]), p_value))
     return results
 
