@@ -62,7 +62,9 @@ def group_texts(dataset, group: Sequence[str | tuple[str, str]]) -> list[str]:
         column, key = (item, None) if isinstance(item, str) else item
         values = table[column]
         columns.append([field_text(v.get(key) if isinstance(v, dict) else None) for v in values] if key else values)
-    return [normalise(" ".join(field_text(value) for value in parts)) for parts in zip(*columns)]
+    seen: dict[str, str] = {}  # SQuAD-style data repeats each context for every question on it
+    texts = [" ".join(field_text(value) for value in parts) for parts in zip(*columns)]
+    return [seen[text] if text in seen else seen.setdefault(text, normalise(text)) for text in texts]
 
 
 def shingles(text: str) -> frozenset:
