@@ -4,8 +4,9 @@
 
 What is compared comes from each task's `leakage_fields`, as in `llmtune validate`: SST-2 sentences
 (classification), SQuADShifts (as train) against XQuAD (as test) with contexts and questions apart (extractive QA),
-Multi30k English sources (translation en -> de), GoEmotions comments and STS-B sentence pairs joined (through the
-classification task's text and text pair: what the default contract gives a task whose inputs are those columns).
+Multi30k German sources (translation de -> en, as recipes/translation.yaml), GoEmotions comments and STS-B sentence
+pairs joined (through the classification task's text and text pair: what the default contract gives a task whose
+inputs are those columns).
 Prints one Markdown row per pair of splits: rows compared, exact and near duplicates (of the later split), seconds.
 """
 
@@ -65,7 +66,7 @@ def jsonl_splits(folder: Path, columns: list[str]) -> dict:
 DATASETS = {
     "SST-2": (sst2, {"type": "classification", "text_column": "sentence"}),
     "SQuADShifts vs XQuAD": (qa, {"type": "question_answering"}),
-    "Multi30k en-de": (multi30k, {"type": "translation", "source_lang": "en", "target_lang": "de"}),
+    "Multi30k de-en": (multi30k, {"type": "translation", "source_lang": "de", "target_lang": "en"}),
     "GoEmotions": (lambda d: jsonl_splits(d / "goemotions", ["text"]), {"type": "classification"}),
     "STS-B": (
         lambda d: jsonl_splits(d / "stsb", ["sentence1", "sentence2"]),
