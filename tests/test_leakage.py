@@ -114,7 +114,9 @@ def test_above_the_threshold_it_warns_once_or_refuses_and_below_it_stays_silent(
         leakage.check(splits, [("text",)], "warn", threshold=0.005)
     assert len(shown) == 1
     assert str(shown[0].message).startswith("data: 1 exact and 0 near duplicates of validation rows in train")
-    with pytest.raises(UserError, match=r"data.leakage_threshold \(0.005\).*refused \(data.leakage: refuse\)"):
+    with pytest.raises(
+        UserError, match=r"data.leakage_threshold \(0.005\).*refused \(data.leakage: refuse, or validate --strict\)"
+    ):
         leakage.check(splits, [("text",)], "refuse", threshold=0.005)
     assert leakage.check(splits, [("text",)], "off", threshold=0.0) == {}
 
@@ -129,13 +131,17 @@ def test_validate_shows_counts_and_examples_and_strict_refuses_in_one_line(cli, 
     code, out, err = cli("validate", recipe, "--strict")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("error: data: 32 exact and 0 near duplicates of validation rows in train (of 32 validation")
-    assert "refused (data.leakage: refuse)" in err
+    assert "refused (data.leakage: refuse, or validate --strict)" in err
 
 
 def test_train_refuses_with_the_recipe_key_and_records_the_counts_in_metrics(cli, tiny_bert, sentiment_files, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
     code, out, err = cli("train", recipe, "--set", "data.leakage=refuse")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "refused (data.leakage: refuse)" in err
+    assert (
+        code == 2
+        and len(err.strip().splitlines()) == 1
+        and "refused (data.leakage: refuse, or validate --strict)" in err
+    )
     assert not (tmp_path / "run").exists()
     code, out, err = cli("train", recipe, "--set", "training.max_steps=1")
     assert code == 0, err

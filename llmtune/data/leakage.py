@@ -224,6 +224,8 @@ def check(splits: dict, groups: list[tuple], mode: str, threshold: float) -> dic
     if leaking:
         line = summary_line(leaking, threshold)
         if mode == "refuse":
-            raise UserError(line + "; refused (data.leakage: refuse, or validate --strict). Remove them, or set data.leakage: warn")
+            raise UserError(
+                f"{line}; refused (data.leakage: refuse, or validate --strict). Remove them, or set it to warn"
+            )
         warnings.warn(line + "; `llmtune validate` shows examples", DataWarning, stacklevel=2)
     return results

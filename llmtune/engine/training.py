@@ -138,8 +138,7 @@ class Run:
 def setup(
     prepared: Prepared, run_dir: Path, resume, explicit_checkpoint: Path | None, stop, echo
 ) -> tuple[Run, TrainingState]:
-    """The model (with its adapter), batches, optimizer and schedule; the training state, from a checkpoint when
-    resuming; the run directory opened for writing."""
+    """The model with its adapter, batches, optimizer, schedule and training state (a checkpoint's when resuming)."""
     recipe, cfg = prepared.recipe, prepared.recipe.training
     accelerator = components.training_accelerator(prepared, run_dir)
     say = echo if accelerator.is_main_process and echo is not None else (lambda *args, **kwargs: None)
@@ -157,9 +156,11 @@ def setup(
         check_warmup(cfg, total_steps)
     progress = Progress(total_steps, enabled=accelerator.is_main_process and echo is not None, echo=say)
     run = Run(
-        recipe=recipe, task=prepared.task,
+        recipe=recipe,
+        task=prepared.task,
         run_dir=run_dir,
-        accelerator=accelerator, model=model,
+        accelerator=accelerator,
+        model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         sampler=sampler,
@@ -432,8 +433,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
 
 
 def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_seconds: float) -> dict:
-    """metrics.json's "train" entry: steps, epochs, time (with and without evaluations and checkpoints) and the
-    throughput figures, all processes counted."""
+    """metrics.json's "train" entry: steps, epochs, times and the throughput figures, all processes counted."""
     accelerator, throughput = run.accelerator, run.throughput
     throughput.reduce(accelerator)
     examples = state.examples_seen - run.examples_at_start
