@@ -175,3 +175,23 @@ def test_a_bare_off_in_yaml_turns_the_audit_off(tiny_bert, sentiment_files, tmp_
     assert load_recipe(recipe, ["data.leakage=off"]).data.leakage == "off"
     with pytest.raises(UserError, match="data.leakage"):
         load_recipe(recipe, ["data.leakage=true"])
+
+
+def test_the_leakage_entry_is_not_a_split_to_the_report_or_the_model_card(cli, tiny_bert, sentiment_files, tmp_path):
+    import yaml
+
+    from llmtune.deploy.hub import model_card
+    from llmtune.recipe import load_recipe
+    from llmtune.reports.report import report_blocks
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    code, out, err = cli("train", recipe, "--set", "training.max_steps=1")
+    assert code == 0, err
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "leakage" in metrics
+    table = next(block for block in report_blocks(run, {}) if block[0] == "table")
+    assert [row[0] for row in table[2]] == ["validation", "test"]
+    card = model_card(load_recipe(run / "recipe.yaml"), metrics, "an-org/a-model", adapter=False)
+    results = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
+    assert [result["dataset"]["split"] for result in results] == ["validation", "test"]
