@@ -6,9 +6,11 @@ a pair joined; a QA context and its question apart). Each text is normalised fir
 removed, whitespace collapsed, so "Great film!" and "great film" are the same text.
 
 - exact: the normalised texts are equal (a set lookup).
-- near: the sets of word bigrams of the two texts have a Jaccard similarity of at least NEAR_JACCARD (0.8):
-  one word changed, added or dropped in a sentence of 15 to 20 words. A text of one word is its own single
-  shingle (it can only be an exact duplicate).
+- near: the sets of word bigrams of the two texts have a Jaccard similarity of at least NEAR_JACCARD (0.8): one
+  word changed in a sentence of 20 words or more, or one added or dropped in 15 or more. Bigrams keep word order
+  (single words would make "not good, bad" and "not bad, good" the same); 0.9 would ask for 40 words before one
+  edit is allowed, longer than most sentences and questions. A text of one word is its own single shingle (it can
+  only be an exact duplicate).
 
 How near pairs are found: an all-pairs set-similarity join with prefix filtering (Chaudhuri et al. 2006; Xiao
 et al. 2008, "PPJoin"). Under any fixed order of the bigrams, two sets with Jaccard >= t share a bigram among the
