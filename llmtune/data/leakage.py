@@ -7,9 +7,9 @@ removed, whitespace collapsed, so "Great film!" and "great film" are the same te
 
 - exact: the normalised texts are equal (a set lookup).
 - near: the sets of word bigrams of the two texts have a Jaccard similarity of at least NEAR_JACCARD (0.8): one
-  word changed in a sentence of 20 words or more, or one added or dropped in 15 or more. Bigrams keep word order
-  (single words would make "not good, bad" and "not bad, good" the same); 0.9 would ask for 40 words before one
-  edit is allowed, longer than most sentences and questions. A text of one word is its own single shingle (it can
+  word changed in a sentence of 19 words or more, one dropped from 15 or added to 14. Bigrams keep word order
+  (single words would make "not good, bad" and "not bad, good" the same); 0.9 would ask for 39 words before one
+  changed word is allowed, longer than most sentences and questions. A text of one word is its own single shingle (it can
   only be an exact duplicate).
 
 How near pairs are found: an all-pairs set-similarity join with prefix filtering (Chaudhuri et al. 2006; Xiao
