@@ -9,8 +9,8 @@ removed, whitespace collapsed, so "Great film!" and "great film" are the same te
 - near: the sets of word bigrams of the two texts have a Jaccard similarity of at least NEAR_JACCARD (0.8): one
   word changed in a sentence of 19 words or more, one dropped from 15 or added to 14. Bigrams keep word order
   (single words would make "not good, bad" and "not bad, good" the same); 0.9 would ask for 39 words before one
-  changed word is allowed, longer than most sentences and questions. A text of one word is its own single shingle (it can
-  only be an exact duplicate).
+  changed word is allowed, longer than most sentences and questions. (A word at either end touches one bigram, not
+  two: shorter texts pass there.) A text of one word is its own single shingle: it can only be an exact duplicate.
 
 How near pairs are found: an all-pairs set-similarity join with prefix filtering (Chaudhuri et al. 2006; Xiao
 et al. 2008, "PPJoin"). Under any fixed order of the bigrams, two sets with Jaccard >= t share a bigram among the
