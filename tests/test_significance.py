@@ -197,7 +197,7 @@ def test_row_statistics_reproduce_a_real_runs_corpus_metrics(cli, tiny_bert, sen
     assert recomputed == pytest.approx({name: saved[name] for name in recomputed}, abs=1e-6)
 
 
-def test_bleu_is_recomputed_from_summed_ngram_counts_as_sacrebleu_does():
+def test_bleu_and_chrf_are_recomputed_from_summed_ngram_counts_as_sacrebleu_does():
     sacrebleu = pytest.importorskip("sacrebleu")
     task = tasks.TASKS["translation"].create(
         tasks.TASKS["translation"].options_class(type="translation", source_lang="en", target_lang="de")
@@ -207,12 +207,18 @@ def test_bleu_is_recomputed_from_summed_ngram_counts_as_sacrebleu_does():
     # shorter than its reference (brevity penalty) with no matching 4-gram (smoothed)
     references.append("Ein Hund schläft auf dem alten Sofa am Morgen.")
     predicted.append("Eine Katze schläft auf dem Sofa.")
+    references.append("Ja, sicher.")  # too short for chrF's longer character n-grams: those orders are left out
+    predicted.append("Ja.")
     rows = [{"predicted": p, "reference": [r], "metrics": {}} for p, r in zip(predicted, references)]
-    expected = sacrebleu.corpus_bleu(predicted, [references]).score
-    assert task.corpus_metrics(rows) == pytest.approx({"bleu": expected})
+
+    def expected(hypotheses, golds):
+        return [sacrebleu.corpus_bleu(hypotheses, [golds]).score, sacrebleu.corpus_chrf(hypotheses, [golds]).score]
+
+    assert list(task.corpus_metrics(rows).values()) == pytest.approx(expected(predicted, references))
     statistics = task.row_statistics(rows)
-    for counts in ([2, 0, 1, 0], [0, 3, 0, 0], [1, 1, 5, 1], [0, 0, 0, 2]):  # resamples
+    for counts in ([2, 0, 1, 0, 0], [0, 3, 0, 0, 0], [1, 1, 5, 1, 1], [0, 0, 0, 2, 0], [0, 0, 0, 0, 2]):  # resamples
         drawn = [i for i, count in enumerate(counts) for _ in range(count)]
-        expected = sacrebleu.corpus_bleu([predicted[i] for i in drawn], [[references[i] for i in drawn]]).score
-        recomputed = statistics.combine(np.array([counts], dtype=float) @ statistics.values)[0, 0]
-        assert recomputed == pytest.approx(expected), counts
+        recomputed = statistics.combine(np.array([counts], dtype=float) @ statistics.values)[0]
+        assert list(recomputed) == pytest.approx(
+            expected([predicted[i] for i in drawn], [references[i] for i in drawn])
+        )

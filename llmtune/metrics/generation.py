@@ -111,6 +111,35 @@ def bleu_from_statistics(sums: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
+def _corpus_chrf():
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
+def chrf_statistics(prediction: str, golds: str | list[str]) -> list[float]:
+    """One example's share of corpus chrF's statistics (sacrebleu's: hypothesis, reference and matching character
+    n-grams of orders 1-6, of the best reference); summed over examples they give corpus chrF."""
+    golds = golds if isinstance(golds, list) else [golds]
+    return [float(value) for value in _corpus_chrf()._extract_corpus_statistics([prediction], [[g] for g in golds])[0]]
+
+
+def chrf_from_statistics(sums: np.ndarray, beta: float = 2.0) -> np.ndarray:
+    """Corpus chrF (sacrebleu's default: averaged precision and recall over the orders both sides have) of summed
+    statistics, (..., 18) -> (..., 1)."""
+    orders = sums.reshape(*sums.shape[:-1], -1, 3)
+    hypothesis, reference, match = orders[..., 0], orders[..., 1], orders[..., 2]
+    present = (hypothesis > 0) & (reference > 0)
+    count = np.maximum(present.sum(axis=-1), 1)
+    precision = (np.where(present, match / np.maximum(hypothesis, 1e-12), 0.0)).sum(axis=-1) / count
+    recall = (np.where(present, match / np.maximum(reference, 1e-12), 0.0)).sum(axis=-1) / count
+    factor = beta**2
+    denominator = factor * precision + recall
+    score = 100 * (1 + factor) * precision * recall / np.maximum(denominator, 1e-300)
+    return np.where(denominator > 0, score, 0.0)[..., None]
+
+
+@lru_cache(maxsize=None)
 def _sentence_bleu():
     from sacrebleu.metrics import BLEU
 

@@ -302,10 +302,22 @@ class Translation(Seq2Seq):
         return f"<{language_name(self.options.source_lang)} text to translate>"
 
     def row_statistics(self, rows: list[dict]) -> RowStatistics:
-        """Corpus BLEU from each row's n-gram counts (sacrebleu's statistics and its default exponential smoothing),
-        not the mean of sentence BLEU. chrF is not resampled."""
-        values = np.array([generation_metrics.bleu_statistics(row["predicted"], row["reference"]) for row in rows])
-        return RowStatistics(("bleu",), values.reshape(len(rows), -1), generation_metrics.bleu_from_statistics)
+        """Corpus BLEU and chrF from each row's n-gram counts (sacrebleu's statistics, with BLEU's exponential
+        smoothing), not means of sentence scores."""
+        metrics = generation_metrics
+        values = np.array(
+            [
+                metrics.bleu_statistics(row["predicted"], row["reference"])
+                + metrics.chrf_statistics(row["predicted"], row["reference"])
+                for row in rows
+            ]
+        ).reshape(len(rows), -1)
+
+        def combine(sums: np.ndarray) -> np.ndarray:
+            bleu = metrics.bleu_from_statistics(sums[..., :10])
+            return np.concatenate([bleu, metrics.chrf_from_statistics(sums[..., 10:])], axis=-1)
+
+        return RowStatistics(("bleu", "chrf"), values, combine)
 
     def score(self, generated, references, metric_names):
         """Corpus BLEU and chrF (sacrebleu, with its signature); per example: sentence BLEU."""
