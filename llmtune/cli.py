@@ -77,14 +77,23 @@ def _echo(*parts) -> None:
 def validate(
     recipe: Annotated[Path, typer.Argument(help="The recipe file (YAML).")],
     set_: SetOption = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Fail (exit 2) when splits share more than data.leakage_threshold (data.leakage: refuse)."
+        ),
+    ] = False,
 ) -> None:
     """Check a recipe, its data files, columns, labels, model config and tokenizer without loading weights.
 
-    It runs every check `llmtune train` runs before training, so a recipe that validates also starts training.
+    It runs every check `llmtune train` runs before training, so a recipe that validates also starts training,
+    and audits the splits for leakage: rows of validation or test that also appear in an earlier split.
     """
     from .recipe import load_recipe
 
     loaded = load_recipe(recipe, set_ or [])
+    if strict:
+        loaded.data = loaded.data.model_copy(update={"leakage": "refuse"})
     from .engine.preparation import prepare  # torch loads only for a recipe that parses
 
     prepared = prepare(loaded)
@@ -100,6 +109,8 @@ def validate(
     _echo(f"  task: {prepared.task.name}" + "".join(f", {key}: {_shown(value)}" for key, value in settled.items()))
     for split, dataset in prepared.splits.items():
         _echo(f"  data.{split}: {len(dataset):,} examples")
+    for line in leakage_lines(prepared.leakage):
+        _echo(line)
     _echo(f"  method: {loaded.method.type}; output: {loaded.output_dir}")
 
 
@@ -127,6 +138,23 @@ def estimate(
         return
     for line in table(result):
         _echo(line)
+
+
+def leakage_lines(audits: dict) -> list[str]:
+    """validate's lines for the leakage audit: counts per pair of splits, then a few examples of each kind."""
+    lines = []
+    for name, pair in audits.items():
+        lines.append(
+            f"  leakage {name}: {len(pair.exact_rows)} exact, {len(pair.near_rows)} near duplicates of "
+            f"{pair.compared[1]:,} {pair.later} rows in {pair.compared[0]:,} {pair.earlier} rows"
+        )
+        for match in pair.examples:
+            similarity = "" if match.kind == "exact" else f" (Jaccard {match.similarity:.2f})"
+            lines.append(
+                f"    {match.kind}{similarity}, {match.group}: {pair.later} row {match.later_row + 1} "
+                f"{match.later_text!r} ~ {pair.earlier} row {match.earlier_row + 1} {match.earlier_text!r}"
+            )
+    return lines
 
 
 def _shown(value) -> str:
@@ -532,13 +560,35 @@ def report(
 @command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more finished run directories.")],
+    significance: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--significance/--no-significance",
+            help="Paired bootstrap of each run against the best one on their prediction rows. Default: when the "
+            "runs were scored on the same rows; --significance refuses runs that were not.",
+        ),
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
 ) -> None:
-    """Put several runs' metrics side by side (a Markdown table)."""
+    """Put several runs' metrics side by side (a Markdown table), then say which differences are significant:
+    a paired bootstrap over the test rows both runs were scored on, with 95% intervals and p-values."""
     from .reports.report import compare as compare_runs
     from .reports.report import markdown_table
+    from .reports.significance import significance_lines
 
     header, rows = compare_runs(run_dirs)
+    lines = []
+    if significance is not False:
+        try:
+            lines = significance_lines(run_dirs, header[1:], resamples, seed)
+        except UserError as error:
+            if significance:
+                raise
+            typer.echo(f"warning: {error}", err=True)  # the table still stands; only the test needs same rows
     _echo(markdown_table(header, rows))
+    for line in lines:
+        _echo(line)
 
 
 @command()

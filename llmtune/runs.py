@@ -33,6 +33,8 @@ METRICS_FILE = "metrics.json"
 # Keys of a split's metrics (and log entries) that describe the evaluation rather than measure the model;
 # so do counts, whose names start with "num_" (num_examples, num_windows, ...).
 NOT_METRICS = ("step", "split", "epoch", "runtime_s")
+# metrics.json entries that are neither a split's metrics nor the training summary: audits of the data.
+AUDIT_ENTRIES = ("leakage",)
 
 
 def is_metric(key: str) -> bool:

@@ -213,6 +213,24 @@ class DataSpec(Section):
         "the training rows, with their labels. Validation and test are never augmented; results are cached.",
     )
 
+    leakage: Literal["warn", "refuse", "off"] = Field(
+        "warn",
+        description="Leakage audit between splits (train/validation, train/test, validation/test) in validate and "
+        "train: exact duplicates after normalisation (case, whitespace, punctuation) and near duplicates (word "
+        "bigram Jaccard >= 0.8). warn: one warning line above data.leakage_threshold; refuse: stop with an error "
+        "there (as `llmtune validate --strict` does); off: no audit.",
+    )
+    leakage_threshold: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of the smaller split of a pair that may be duplicated before the leakage audit warns "
+        "(or refuses, with data.leakage: refuse).",
+    )
+
+    # YAML reads a bare `off` as false
+    _leakage_off = field_validator("leakage", mode="before")(classmethod(lambda cls, v: "off" if v is False else v))
+
     _shorthand = field_validator("train", "validation", "test", mode="before")(
         classmethod(lambda cls, v: _source_shorthand(v))
     )

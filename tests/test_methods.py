@@ -25,7 +25,7 @@ def test_method_trains_and_reloads(method, tiny_bert, sentiment_files, tmp_path)
     if flag:  # the variant is in the adapter's config, so plain peft rebuilds it
         assert json.loads((run_dir / "adapter_config.json").read_text())[flag] is True
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) == {"train", "validation", "test"}
+    assert set(metrics) == {"train", "validation", "test", "leakage"}  # the fixture's splits hold the same rows
     assert {"accuracy", "macro_f1", "cross_entropy"} <= set(metrics["test"])
 
     ours = predict(run_dir, ["a wonderful, moving film", "dull and far too long"])

@@ -40,7 +40,7 @@ def tracked_run(tiny_bert, tmp_path_factory):
 def test_python_api_returns_results_and_prints_nothing(tracked_run, capsys, tiny_bert):
     import llmtune
 
-    assert set(tracked_run.metrics) == {"train", "validation", "test"}
+    assert set(tracked_run.metrics) == {"train", "validation", "test", "leakage"}  # the splits share every row
     metrics, predictions = llmtune.evaluate(tracked_run.run_dir, split="test")
     assert metrics["accuracy"] == pytest.approx(tracked_run.metrics["test"]["accuracy"])
     rows = llmtune.predict(tracked_run.run_dir, ["a wonderful, moving film"])

@@ -163,6 +163,7 @@ def test_models_health_and_docs(classifier, classifier_run):
     model = httpx.get(classifier.url + "/v1/models").json()["data"][0]
     saved = json.loads((classifier_run / "metrics.json").read_text())
     assert model["task"] == "classification" and model["method"] == "full" and model["metrics"]["test"] == saved["test"]
+    assert set(model["metrics"]) == {"validation", "test"}  # the splits' metrics; not the training summary or audits
     assert httpx.get(classifier.url + "/docs").status_code == 200
     assert "/v1/predict" in httpx.get(classifier.url + "/openapi.json").json()["paths"]
 

@@ -66,7 +66,10 @@ def model_card(
     """
     task = tasks.create(recipe.task)
     base, name = recipe.model.name, repo_id.split("/")[1]
-    evaluated = {split: values for split, values in metrics.items() if split != "train" and isinstance(values, dict)}
+    not_splits = ("train", *runs.AUDIT_ENTRIES)
+    evaluated = {
+        split: values for split, values in metrics.items() if split not in not_splits and isinstance(values, dict)
+    }
     metadata = card_metadata(recipe, task, evaluated, name, adapter, license)
     pushed = PushedModel(repo_id, base, adapter, revision, recipe.model.revision)
     snippet = task.usage_code(pushed, recipe.training.max_length)

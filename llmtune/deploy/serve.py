@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from .. import models
+from .. import models, runs
 from ..errors import UserError
 from .inference import LoadedRun, load_run
 
@@ -309,7 +309,7 @@ def model_card(loaded: LoadedRun) -> dict:
         "task": loaded.task.name,
         "base_model": loaded.recipe.model.name,
         "method": loaded.recipe.method.type,
-        "metrics": {split: values for split, values in metrics.items() if split != "train"},
+        "metrics": {split: values for split, values in metrics.items() if split not in ("train", *runs.AUDIT_ENTRIES)},
     }
 
 

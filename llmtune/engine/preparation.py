@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from .. import models, tasks
-from ..data import augment
+from ..data import augment, leakage
 from ..data import reading as data
 from ..errors import UserError
 from ..recipe import Recipe
@@ -28,6 +28,7 @@ class Prepared:
     decoder: models.Checkpoint | None
     tokenizer: object
     precision: str  # Accelerate's mixed_precision
+    leakage: dict  # {"train/validation": leakage.PairAudit, ...}: what pairs of splits share (data.leakage)
 
 
 def prepare(recipe: Recipe) -> Prepared:
@@ -49,6 +50,8 @@ def prepare(recipe: Recipe) -> Prepared:
     task = tasks.create(recipe.task)
     splits = data.load_splits(recipe.data, task.file_readers)
     task.prepare(splits, recipe.data)
+    columns = next(iter(splits.values())).column_names
+    shared = leakage.check(splits, task.leakage_fields(columns), recipe.data.leakage, recipe.data.leakage_threshold)
     if recipe.data.augment and "train" in splits:
         augment.check(recipe.data.augment, task.augment_fields(splits["train"].column_names), task.name)
     if recipe.evaluation.metric_for_best and "validation" not in splits:
@@ -64,7 +67,7 @@ def prepare(recipe: Recipe) -> Prepared:
     max_length = models.capped_max_length(config, recipe.training.max_length)  # says so when it caps
     training = recipe.training.model_copy(update={"max_length": max_length})
     recipe = recipe.model_copy(update={"task": task.resolved_options(), "training": training})
-    return Prepared(recipe, task, splits, checkpoint, decoder, tokenizer, precision)
+    return Prepared(recipe, task, splits, checkpoint, decoder, tokenizer, precision, shared)
 
 
 def check_engine(recipe: Recipe) -> None:

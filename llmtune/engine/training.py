@@ -128,6 +128,7 @@ class Run:
     on_validation: Callable[[int, dict], bool] | None = None  # the caller's hook; True asks training to stop
     stop_requested: bool = False  # on_validation asked to stop
     augmented: dict = dataclasses.field(default_factory=dict)  # rows data.augment added, by method
+    leakage: dict = dataclasses.field(default_factory=dict)  # prepare's leakage audit: metrics.json's "leakage"
 
     @functools.cached_property
     def encoder_decoder(self) -> bool:
@@ -137,8 +138,7 @@ class Run:
 def setup(
     prepared: Prepared, run_dir: Path, resume, explicit_checkpoint: Path | None, stop, echo
 ) -> tuple[Run, TrainingState]:
-    """The model (with its adapter), batches, optimizer and schedule; the training state, from a checkpoint when
-    resuming; the run directory opened for writing."""
+    """The model with its adapter, batches, optimizer, schedule and training state (a checkpoint's when resuming)."""
     recipe, cfg = prepared.recipe, prepared.recipe.training
     accelerator = components.training_accelerator(prepared, run_dir)
     say = echo if accelerator.is_main_process and echo is not None else (lambda *args, **kwargs: None)
@@ -178,6 +178,7 @@ def setup(
         examples_at_start=state.examples_seen,
         resumed=resume_from is not None,
         augmented=augmented,
+        leakage={name: pair.as_dict() for name, pair in prepared.leakage.items()},
     )
     say(components.training_line(run))
     return run, state
@@ -401,7 +402,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         checkpoints.load_weights(best, unwrapped, accelerator)
         run.last_validation = None
         say(f"using the best checkpoint: step {state.best_step}, {evaluation.metric_for_best}={state.best_value:.4f}")
-    results = {"train": training_summary(run, state, *seconds)}
+    results = {"train": training_summary(run, state, *seconds), **({"leakage": run.leakage} if run.leakage else {})}
     say("throughput: " + speed.describe(results["train"]))
     predictions = None
     for split in run.eval_loaders:  # test last, so predictions.jsonl holds the test split when there is one
@@ -432,8 +433,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
 
 
 def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_seconds: float) -> dict:
-    """metrics.json's "train" entry: steps, epochs, time (with and without evaluations and checkpoints) and the
-    throughput figures, all processes counted."""
+    """metrics.json's "train" entry: steps, epochs, times and the throughput figures, all processes counted."""
     accelerator, throughput = run.accelerator, run.throughput
     throughput.reduce(accelerator)
     examples = state.examples_seen - run.examples_at_start

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import numpy as np
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # A sentence ends with . ! or ? (optionally followed by closing quotes or brackets) and white space.
 SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
@@ -77,6 +79,64 @@ def bleu_chrf(predictions: list[str], references: list[list[str]]) -> dict:
     chrf_score = chrf.corpus_score(predictions, streams)
     signature = f"BLEU|{bleu.get_signature()} chrF2|{chrf.get_signature()}"
     return {"bleu": bleu_score.score, "chrf": chrf_score.score, "signature": signature}
+
+
+@lru_cache(maxsize=None)
+def _corpus_bleu():
+    from sacrebleu.metrics import BLEU
+
+    return BLEU()
+
+
+def bleu_statistics(prediction: str, golds: str | list[str]) -> list[float]:
+    """One example's share of corpus BLEU's statistics (sacrebleu's: hypothesis and closest reference length, then
+    matching and total n-grams of orders 1-4); summed over examples they give corpus BLEU (bleu_from_statistics)."""
+    golds = golds if isinstance(golds, list) else [golds]
+    return [float(value) for value in _corpus_bleu()._extract_corpus_statistics([prediction], [[g] for g in golds])[0]]
+
+
+def bleu_from_statistics(sums: np.ndarray) -> np.ndarray:
+    """Corpus BLEU (sacrebleu's default: exponential smoothing of orders without a match) of summed statistics,
+    for any number of leading dimensions (..., 10) -> (..., 1)."""
+    hypothesis, reference = sums[..., 0], sums[..., 1]
+    correct, total = sums[..., 2:6], sums[..., 6:10]
+    brevity = np.where(hypothesis < reference, np.exp(1 - reference / np.maximum(hypothesis, 1e-12)), 1.0)
+    brevity = np.where(hypothesis > 0, brevity, 0.0)
+    halvings = np.cumsum(correct == 0, axis=-1)  # sacrebleu doubles its smoothing at each order without a match
+    safe_total = np.maximum(total, 1e-12)
+    precisions = np.where(correct > 0, 100 * correct / safe_total, 100 / (2.0**halvings * safe_total))
+    score = brevity * np.exp(np.log(precisions).mean(axis=-1))
+    defined = (correct.sum(axis=-1) > 0) & (total > 0).all(axis=-1)
+    return np.where(defined, score, 0.0)[..., None]
+
+
+@lru_cache(maxsize=None)
+def _corpus_chrf():
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
+def chrf_statistics(prediction: str, golds: str | list[str]) -> list[float]:
+    """One example's share of corpus chrF's statistics (sacrebleu's: hypothesis, reference and matching character
+    n-grams of orders 1-6, of the best reference); summed over examples they give corpus chrF."""
+    golds = golds if isinstance(golds, list) else [golds]
+    return [float(value) for value in _corpus_chrf()._extract_corpus_statistics([prediction], [[g] for g in golds])[0]]
+
+
+def chrf_from_statistics(sums: np.ndarray, beta: float = 2.0) -> np.ndarray:
+    """Corpus chrF (sacrebleu's default: averaged precision and recall over the orders both sides have) of summed
+    statistics, (..., 18) -> (..., 1)."""
+    orders = sums.reshape(*sums.shape[:-1], -1, 3)
+    hypothesis, reference, match = orders[..., 0], orders[..., 1], orders[..., 2]
+    present = (hypothesis > 0) & (reference > 0)
+    count = np.maximum(present.sum(axis=-1), 1)
+    precision = (np.where(present, match / np.maximum(hypothesis, 1e-12), 0.0)).sum(axis=-1) / count
+    recall = (np.where(present, match / np.maximum(reference, 1e-12), 0.0)).sum(axis=-1) / count
+    factor = beta**2
+    denominator = factor * precision + recall
+    score = 100 * (1 + factor) * precision * recall / np.maximum(denominator, 1e-300)
+    return np.where(denominator > 0, score, 0.0)[..., None]
 
 
 @lru_cache(maxsize=None)

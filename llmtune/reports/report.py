@@ -87,7 +87,7 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 def _metric_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-split metrics table (splits as rows); structured values go to the task's tables."""
     splits = [s for s in ("validation", "test") if s in metrics] + [
-        s for s in metrics if s not in ("train", "validation", "test")
+        s for s in metrics if s not in ("train", "validation", "test", *runs.AUDIT_ENTRIES)
     ]
     names = list(
         dict.fromkeys(k for s in splits for k, v in metrics[s].items() if runs.is_metric(k) and not isinstance(v, dict))

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 from ..data.augment import AugmentFields
 from ..data.reading import in_memory, tokenization_fingerprint
@@ -146,6 +149,13 @@ class Task:
         takes no augmentation."""
         return None
 
+    def leakage_fields(self, column_names: list[str]) -> list[tuple[str | tuple[str, str], ...]]:
+        """The texts that identify an example, for the leakage audit between splits (`data.leakage`): a list of
+        groups, each compared on its own; a group's texts (a column, or (column, key) inside a nested column) are
+        joined. Default: every input column present, joined (a sentence pair compares as one text)."""
+        present = tuple(column for column in self.input_columns().values() if column in column_names)
+        return [present] if present else []
+
     # ------------------------------------------------------------------ model
 
     def model_kwargs(self) -> dict:
@@ -226,6 +236,24 @@ class Task:
         """The task's own plots of a split's prediction rows, as PNG bytes by file name."""
         return {}
 
+    def row_statistics(self, rows: list[dict]) -> RowStatistics:
+        """Per-row sufficient statistics of the corpus metrics of scored prediction rows (those with `metrics`), in
+        their order: a metric of any multiset of the rows is `combine` of the sum of their rows' vectors, so a
+        bootstrap resample (`llmtune compare`) costs a matrix product instead of a metric call.
+
+        Default: the mean of each per-example metric (right where the corpus metric is that mean: QA's exact match
+        and F1, ROUGE). A corpus metric that is not a mean overrides it: accuracy and macro-F1 from per-class
+        counts, entity F1 from entity counts, BLEU from n-gram counts; a correlation would sum x, y, x², y², xy.
+        """
+        names = list(rows[0]["metrics"]) if rows else []
+        values = np.array([[row["metrics"][name] for name in names] + [1.0] for row in rows], dtype=np.float64)
+        return RowStatistics(tuple(names), values.reshape(len(rows), len(names) + 1), mean_of_columns)
+
+    def corpus_metrics(self, rows: list[dict]) -> dict[str, float]:
+        """The corpus metrics of scored prediction rows, from `row_statistics` (what compare resamples)."""
+        statistics = self.row_statistics(rows)
+        return statistics.metrics(statistics.values.sum(axis=0))
+
     def metric_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list]]]:
         """Tables (title, header, rows) of a split's structured metrics (e.g. per entity type) for reports."""
         return []
@@ -286,6 +314,30 @@ class LabelledTask(Task):
             "    id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}"
         )
         return f"labels = {self.label_names!r}\n" + model.load(auto, head)
+
+
+@dataclass
+class RowStatistics:
+    """Sufficient statistics of corpus metrics, one vector per prediction row (see Task.row_statistics)."""
+
+    names: tuple[str, ...]  # the corpus metrics, the main one first
+    values: np.ndarray  # (rows, statistics)
+    combine: Callable[[np.ndarray], np.ndarray]  # summed statistics (..., statistics) -> metrics (..., len(names))
+
+    def metrics(self, sums: np.ndarray) -> dict[str, float]:
+        """{name: value} of one vector of summed statistics."""
+        return {name: float(value) for name, value in zip(self.names, self.combine(sums[None])[0])}
+
+
+def mean_of_columns(sums: np.ndarray) -> np.ndarray:
+    """Means from sums whose last statistic counts the rows."""
+    return sums[..., :-1] / np.maximum(sums[..., -1:], 1)
+
+
+def f1_from_counts(hits: np.ndarray, predicted: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """F1 = 2 hits / (predicted + gold), 0 where both are 0 (scikit-learn's and seqeval's zero_division)."""
+    total = predicted + gold
+    return np.where(total > 0, 2 * hits / np.maximum(total, 1e-12), 0.0)
 
 
 # Display names of metrics every task may report.

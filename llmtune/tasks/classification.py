@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from .. import metrics as metric_modules
@@ -14,7 +15,7 @@ from ..errors import DataWarning, UserError
 from ..lazy import F, datasets, torch
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, LabelledTask, TaskOptions, prediction_row, tokenize
+from .base import Accumulator, LabelledTask, RowStatistics, TaskOptions, f1_from_counts, prediction_row, tokenize
 from .card import PushedModel
 
 
@@ -226,11 +227,36 @@ class Classification(LabelledTask):
         o = self.options
         return AugmentFields(texts=tuple(column for column in (o.text_column, o.text_pair_column) if column))
 
+    def leakage_fields(self, column_names: list[str]) -> list[tuple[str, ...]]:
+        """The text, and its pair joined to it: a pair is a duplicate only when both texts are."""
+        return [tuple(column for column in (self.options.text_column, self.options.text_pair_column) if column)]
+
     def input_columns(self) -> dict[str, str]:
         columns = {"text": self.options.text_column}
         if self.options.text_pair_column:
             columns["text_pair"] = self.options.text_pair_column
         return columns
+
+    def row_statistics(self, rows: list[dict]) -> RowStatistics:
+        """Accuracy and macro-F1 (over every label name, as evaluation computes it) from per-class hits, predictions
+        and references; cross-entropy as a mean."""
+        position = {name: number for number, name in enumerate(self.label_names)}
+        classes = len(position)
+        values = np.zeros((len(rows), 3 + 3 * classes))
+        for number, row in enumerate(rows):
+            predicted, reference = position[row["predicted"]], position[row["reference"]]
+            values[number, :3] = row["metrics"]["correct"], row["metrics"]["cross_entropy"], 1.0
+            values[number, 3 + predicted] = 1.0  # predicted as this class
+            values[number, 3 + classes + reference] = 1.0  # is this class
+            values[number, 3 + 2 * classes + predicted] = float(predicted == reference)  # hit
+
+        def combine(sums: np.ndarray) -> np.ndarray:
+            count = np.maximum(sums[..., 2], 1)
+            predicted, gold, hits = np.split(sums[..., 3:], 3, axis=-1)
+            macro_f1 = f1_from_counts(hits, predicted, gold).mean(axis=-1)
+            return np.stack([sums[..., 0] / count, macro_f1, sums[..., 1] / count], axis=-1)
+
+        return RowStatistics(("accuracy", "macro_f1", "cross_entropy"), values, combine)
 
     # ------------------------------------------------------------------ reports and model card
 

@@ -164,6 +164,12 @@ class TextGeneration(Task):
             UserError: an input column is missing (naming the recipe key).
         """
 
+    def leakage_fields(self, column_names: list[str]) -> list[tuple[str | tuple[str, str], ...]]:
+        """Each input apart (a source; a context and a question), where the data holds it: (column, key) for a text
+        inside a nested translation column. Targets are not compared: a seen source leaks whatever its reference."""
+        fields = self.input_fields(column_names, "data").values()
+        return [((field.column, field.key) if field.key else field.column,) for field in fields]
+
     @abstractmethod
     def target_field(self, column_names: list[str], where: str, required: bool) -> Field | None:
         """The field holding the references; None when the split has none and `required` is False.

@@ -244,6 +244,10 @@ class QuestionAnswering(Task):
     def input_columns(self) -> dict[str, str]:
         return {"question": self.options.question_column, "context": self.options.context_column}
 
+    def leakage_fields(self, column_names: list[str]) -> list[tuple[str, ...]]:
+        """Contexts and questions apart: a test question on a paragraph seen in training leaks, whatever it asks."""
+        return [(self.options.context_column,), (self.options.question_column,)]
+
     def augment_fields(self, column_names: list[str]) -> AugmentFields:
         """The question only: the answers are spans of the context (and a generative answer quotes it)."""
         return AugmentFields(texts=(self.options.question_column,))

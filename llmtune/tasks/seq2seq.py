@@ -12,6 +12,7 @@ import re
 from abc import abstractmethod
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import Field as SchemaField
 from pydantic import field_validator, model_validator
 
@@ -20,6 +21,7 @@ from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns
 from ..errors import UserError
 from ..metrics import generation as generation_metrics
+from .base import RowStatistics
 from .generation import Field, PromptCompletionOptions, TextGeneration
 
 
@@ -298,6 +300,24 @@ class Translation(Seq2Seq):
 
     def example_source(self) -> str:
         return f"<{language_name(self.options.source_lang)} text to translate>"
+
+    def row_statistics(self, rows: list[dict]) -> RowStatistics:
+        """Corpus BLEU and chrF from each row's n-gram counts (sacrebleu's statistics, with BLEU's exponential
+        smoothing), not means of sentence scores."""
+        metrics = generation_metrics
+        values = np.array(
+            [
+                metrics.bleu_statistics(row["predicted"], row["reference"])
+                + metrics.chrf_statistics(row["predicted"], row["reference"])
+                for row in rows
+            ]
+        ).reshape(len(rows), -1)
+
+        def combine(sums: np.ndarray) -> np.ndarray:
+            bleu = metrics.bleu_from_statistics(sums[..., :10])
+            return np.concatenate([bleu, metrics.chrf_from_statistics(sums[..., 10:])], axis=-1)
+
+        return RowStatistics(("bleu", "chrf"), values, combine)
 
     def score(self, generated, references, metric_names):
         """Corpus BLEU and chrF (sacrebleu, with its signature); per example: sentence BLEU."""

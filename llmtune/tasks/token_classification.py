@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from .. import metrics as metric_modules
@@ -29,7 +30,7 @@ from ..errors import UserError
 from ..lazy import F, datasets, torch
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, LabelledTask, TaskOptions, prediction_row, tokenize
+from .base import Accumulator, LabelledTask, RowStatistics, TaskOptions, f1_from_counts, prediction_row, tokenize
 from .card import PushedModel, literal
 
 IGNORE = -100
@@ -355,6 +356,27 @@ class TokenClassification(LabelledTask):
 
     def new_accumulator(self, metric_names: tuple[str, ...]) -> TokenClassificationAccumulator:
         return TokenClassificationAccumulator(self, metric_names)
+
+    def leakage_fields(self, column_names: list[str]) -> list[tuple[str, ...]]:
+        """The sentence's words (joined with spaces)."""
+        return [(self.options.tokens_column,)]
+
+    def row_statistics(self, rows: list[dict]) -> RowStatistics:
+        """Entity F1, precision and recall (seqeval's micro averages, in percent) from each sentence's entity hits,
+        found entities and gold entities."""
+        values = np.zeros((len(rows), 3))
+        for number, row in enumerate(rows):
+            gold = {(e["type"], e["start"], e["end"]) for e in row["reference"]}
+            found = {(e["type"], e["start"], e["end"]) for e in row["predicted"]}
+            values[number] = len(gold & found), len(found), len(gold)
+
+        def combine(sums: np.ndarray) -> np.ndarray:
+            hits, found, gold = sums[..., 0], sums[..., 1], sums[..., 2]
+            precision = np.where(found > 0, hits / np.maximum(found, 1), 0.0)
+            recall = np.where(gold > 0, hits / np.maximum(gold, 1), 0.0)
+            return 100 * np.stack([f1_from_counts(hits, found, gold), precision, recall], axis=-1)
+
+        return RowStatistics(("f1", "precision", "recall"), values, combine)
 
     def input_columns(self) -> dict[str, str]:
         return {"text": "text"}
