@@ -145,3 +145,21 @@ def test_calibrate_refuses_what_it_cannot_calibrate_in_one_line(cli, trained_run
     (trained_run / "recipe.yaml").write_text(yaml.safe_dump(raw))
     code, out, err = cli("calibrate", trained_run)
     assert code == 2 and "no data.validation" in err and len(err.strip().splitlines()) == 1
+
+
+def test_card_of_a_calibrated_run_lists_ece_and_its_snippet_applies_the_temperature(cli, trained_run):
+    from test_hub import card_of, card_snippet, run_snippet
+
+    from llmtune import predict
+
+    code, out, err = cli("calibrate", trained_run)
+    assert code == 0, err
+    temperature = yaml.safe_load((trained_run / "recipe.yaml").read_text())["task"]["temperature"]
+    card = card_of(trained_run)
+    header = next(line for line in card.splitlines() if line.startswith("| split |"))
+    assert "ECE (15 bins)" in header
+    snippet = card_snippet(card)
+    assert f"logits / {temperature!r}" in snippet
+    printed = run_snippet(snippet, {'"acme/card"': repr(str(trained_run))})
+    expected = predict(trained_run, ["an example text"])[0]["probabilities"]
+    assert printed == str({label: round(p, 4) for label, p in expected.items()})
