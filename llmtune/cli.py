@@ -553,8 +553,9 @@ def calibrate(
     result = calibrate_run(run_dir, echo=lambda line: typer.echo(line, err=True))
     _echo(f"temperature: {result.temperature:.4f} (was {result.previous:.4f}), written to {run_dir / 'recipe.yaml'}")
     for split, (before, after) in result.ece.items():
-        accuracy = result.accuracy[split]
-        _echo(f"{split}: ECE {before:.4f} -> {after:.4f}  accuracy {accuracy[0]:.4f} -> {accuracy[1]:.4f}")
+        accuracy = result.accuracy[split]  # None unless evaluation.metrics has it
+        shown = f"  accuracy {accuracy[0]:.4f} -> {accuracy[1]:.4f}" if None not in accuracy else ""
+        _echo(f"{split}: ECE {before:.4f} -> {after:.4f}{shown}")
 
 
 @command()

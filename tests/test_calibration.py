@@ -36,9 +36,10 @@ def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_at():
     fitted = fit_temperature(logits.log_softmax(-1), labels)
     top = lambda scale: (logits / scale).softmax(-1).max(-1)  # noqa: E731
     right = (top(1).indices == labels).float().tolist()
-    assert expected_calibration_error(top(fitted).values.tolist(), right) < expected_calibration_error(
-        top(1).values.tolist(), right
-    ) / 2
+    assert (
+        expected_calibration_error(top(fitted).values.tolist(), right)
+        < expected_calibration_error(top(1).values.tolist(), right) / 2
+    )
 
 
 @pytest.fixture()
