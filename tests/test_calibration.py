@@ -122,6 +122,11 @@ def test_report_has_the_trust_section(cli, trained_run):
     assert 'alt="reliability.png"' in trust and "Expected calibration error" in trust
     assert "flagged 1 of 2 training rows" in trust and "a waste of money" in trust
     assert "leakage" in trust and "llmtune compare" in trust
+    assert "reliability.png" not in page.split("<h2>Can I trust this?</h2>", 1)[0]  # shown once, in this section
+    code, out, err = cli("report", trained_run, "--format", "md")
+    assert code == 0, err
+    markdown = (trained_run / "report.md").read_text().split("## Can I trust this?", 1)[1]
+    assert "![reliability](reliability.png)" in markdown and (trained_run / "reliability.png").is_file()
 
 
 @pytest.mark.parametrize(
