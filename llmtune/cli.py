@@ -592,6 +592,62 @@ def compare(
 
 
 @command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished classification run with a validation split.")],
+) -> None:
+    """Fit temperature scaling on the run's validation split and keep it in the run's recipe (eval, predict, serve
+    and export then apply it); prints the expected calibration error (ECE) before and after on validation and test.
+    """
+    from .calibrate import calibrate_run
+
+    result = calibrate_run(run_dir, echo=lambda line: typer.echo(line, err=True))
+    _echo(f"temperature: {result.temperature:.4f} (was {result.previous:.4f}), written to {run_dir / 'recipe.yaml'}")
+    for split, (before, after) in result.ece.items():
+        accuracy = result.accuracy[split]  # None unless evaluation.metrics has it
+        shown = f"  accuracy {accuracy[0]:.4f} -> {accuracy[1]:.4f}" if None not in accuracy else ""
+        _echo(f"{split}: ECE {before:.4f} -> {after:.4f}{shown}")
+
+
+@command()
+def audit(
+    target: Annotated[str, typer.Argument(help="A finished run directory or a recipe file: its train split.")],
+    folds: Annotated[
+        int, typer.Option(help="Out-of-fold probabilities from this many models, each trained without one fold.")
+    ] = 5,
+    reuse_run: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-run",
+            help="Cheaper: score the rows with the finished run itself (one evaluation). It has seen these labels, so "
+            "it flags fewer rows than out-of-fold models.",
+        ),
+    ] = False,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="The CSV; default: label_issues.csv in the run (OUTPUT_DIR-audit/ for a recipe)."
+        ),
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Rank the training rows most likely mislabeled (cleanlab on out-of-fold class probabilities) into a CSV:
+    row, given label, suggested label, score (lower: more likely wrong), flagged. `llmtune report` shows it."""
+    from .audit import audit as run_audit
+
+    result = run_audit(
+        target,
+        folds=folds,
+        reuse_run=reuse_run,
+        output=output,
+        overrides=set_ or [],
+        echo=lambda line: typer.echo(line, err=True),
+    )
+    for row in result.rows[:5]:
+        _echo(f"{row['location']}: {row['given_label']} -> {row['suggested_label']} (score {row['score']:.4f})")
+    _echo(f"{result.flagged} rows flagged ({result.method}); all rows ranked in {result.csv_path}")
+
+
+@command()
 def recipes() -> None:
     """List the built-in recipes, one line each."""
     from .starter import builtin_recipes

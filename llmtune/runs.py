@@ -85,6 +85,8 @@ RUN_ENTRIES = [
     "report.html",
     "report.md",
     "*.png",
+    "label_issues.csv",  # llmtune audit
+    "audit-folds",
     *MODEL_FILES,
     *ADAPTER_FILES,
     *TOKENIZER_FILES,

@@ -40,3 +40,31 @@ def heatmap(counts: list[list[int]], names: list[str], xlabel: str, ylabel: str,
             axes.text(x, y, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     figure.colorbar(image, ax=axes, fraction=0.046)
     return to_png(figure)
+
+
+RELIABILITY_PNG = "reliability.png"
+
+
+def reliability(bins: list[tuple[float, float, int]], title: str) -> bytes:
+    """A reliability diagram: each confidence bin's accuracy as a bar against the diagonal (perfect calibration),
+    the gap to it shaded, and how many examples the bin holds under its bar."""
+    figure, axes = new_figure(5.5, 5.0)
+    width = 1 / len(bins)
+    centres = [(i + 0.5) * width for i in range(len(bins))]
+    filled = [(x, confidence, accuracy, count) for x, (confidence, accuracy, count) in zip(centres, bins) if count]
+    axes.bar([f[0] for f in filled], [f[2] for f in filled], width=width, edgecolor="black", label="accuracy")
+    axes.bar(
+        [f[0] for f in filled],
+        [f[1] - f[2] for f in filled],
+        bottom=[f[2] for f in filled],
+        width=width,
+        color="tab:red",
+        alpha=0.3,
+        label="gap to confidence",
+    )
+    axes.plot([0, 1], [0, 1], linestyle="--", color="gray", label="calibrated")
+    for x, _, _, count in filled:
+        axes.text(x, 0.01, str(count), ha="center", va="bottom", fontsize=6, rotation=90)
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top label)", ylabel="accuracy", title=title)
+    axes.legend(loc="upper left")
+    return to_png(figure)

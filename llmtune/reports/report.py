@@ -15,7 +15,7 @@ from .. import runs, tasks
 from ..errors import UserError
 from ..recipe import load_recipe
 from ..tasks.base import Task
-from . import plots
+from . import plots, trust
 
 SAMPLE_ROWS = 10
 # Run-level training figures worth showing, with their labels.
@@ -102,7 +102,8 @@ def _metric_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
 
 def report_blocks(run_dir: Path, images: dict[str, str]) -> list[tuple]:
     """The report's content once, for both formats: ("h1"|"h2"|"h3"|"p"|"pre", text), ("table", header, rows),
-    ("image", name, source). `images` maps plot names to where the page finds them."""
+    ("image", name, source), ("html", markup shown as it is). `images` maps plot names to where the page finds
+    them."""
     metrics = load_metrics(run_dir)
     recipe = load_recipe(run_dir / runs.RECIPE_FILE)
     task = tasks.create(recipe.task)
@@ -119,8 +120,11 @@ def report_blocks(run_dir: Path, images: dict[str, str]) -> list[tuple]:
     if any(value is not None for _, value in figures):
         rows = [[label, _cell(value)] for label, value in figures if value is not None]
         blocks += [("h2", "Training"), ("table", ["", "value"], rows)]
+    images = dict(images)
+    reliability = trust.take_reliability(images)
     if images:
         blocks += [("h2", "Plots"), *(("image", name, source) for name, source in images.items())]
+    blocks += trust.trust_blocks(run_dir, metrics, reliability)
     predictions = plots.read_jsonl(run_dir / runs.PREDICTIONS_FILE)
     if predictions:
         blocks.append(("h2", f"Sample predictions ({plots.predictions_split(recipe)} split)"))
@@ -145,6 +149,8 @@ def render_html(run_dir: str | Path) -> str:
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "image":
             parts.append(f'<figure><img alt="{esc(content[0])}" src="{content[1]}"></figure>')
+        elif kind == "html":
+            parts.append(content[0])
         else:
             parts.append(f"<{kind}>{esc(content[0])}</{kind}>")
     style = (
@@ -179,6 +185,8 @@ def render_markdown(run_dir: str | Path, output: Path) -> str:
             lines += [f"![{content[0]}]({content[1]})", ""]
         elif kind == "pre":
             lines += ["```yaml", content[0], "```", ""]
+        elif kind == "html":  # Markdown renders inline HTML
+            lines += [content[0], ""]
         else:
             lines += [{"h1": "# ", "h2": "## ", "h3": "### ", "p": ""}[kind] + content[0], ""]
     return "\n".join(lines)

@@ -15,11 +15,12 @@ from ..errors import DataWarning, UserError
 from ..lazy import F, datasets, torch
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, LabelledTask, RowStatistics, TaskOptions, f1_from_counts, prediction_row, tokenize
+from .base import Accumulator, LabelledTask, RowStatistics, f1_from_counts, prediction_row, tokenize
+from .calibration import CalibrationOptions, TemperatureScaled, calibration_bins, expected_calibration_error
 from .card import PushedModel
 
 
-class ClassificationOptions(TaskOptions):
+class ClassificationOptions(CalibrationOptions):
     """Sentiment / text classification of single texts or text pairs."""
 
     available_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "cross_entropy")
@@ -49,7 +50,7 @@ class ClassificationOptions(TaskOptions):
         return names
 
 
-class Classification(LabelledTask):
+class Classification(TemperatureScaled, LabelledTask):
     name = "classification"
     options_class = ClassificationOptions
     auto_class = "AutoModelForSequenceClassification"
@@ -60,7 +61,7 @@ class Classification(LabelledTask):
         "text_pair": "Classification of text pairs: the second text of each --text.",
     }
     example_metric = "correct"
-    metric_labels = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+    metric_labels = {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE (15 bins)"}
     pipeline_tag = "text-classification"
     hub_task = ("text-classification", "Text Classification")
 
@@ -213,7 +214,8 @@ class Classification(LabelledTask):
         return F.cross_entropy(logits.float(), batch["labels"])
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        logits = model(**self._inputs(batch)).logits.float()
+        # The fitted temperature (1 before calibration) scales the probabilities and the per-example loss alike.
+        logits = model(**self._inputs(batch)).logits.float() / self.temperature()
         outputs = {"index": batch["index"], "probabilities": logits.softmax(-1)}
         if "labels" in batch:
             outputs["loss"] = F.cross_entropy(logits, batch["labels"], reduction="none")
@@ -261,13 +263,20 @@ class Classification(LabelledTask):
     # ------------------------------------------------------------------ reports and model card
 
     def plots(self, predictions: list[dict], split: str) -> dict[str, bytes]:
-        """confusion_matrix.png: gold against predicted labels."""
+        """confusion_matrix.png: gold against predicted labels; reliability.png: accuracy against confidence."""
         rows = [row for row in predictions if "reference" in row]
         if not rows:
             return {}
         counts = confusion_counts(rows, self.label_names)
         title = f"Confusion matrix ({split}, n={len(rows)})"
-        return {"confusion_matrix.png": figures.heatmap(counts, self.label_names, "predicted", "gold", title)}
+        confidences, correct = self.calibration_pairs(rows)
+        ece = expected_calibration_error(confidences, correct)
+        return {
+            "confusion_matrix.png": figures.heatmap(counts, self.label_names, "predicted", "gold", title),
+            figures.RELIABILITY_PNG: figures.reliability(
+                calibration_bins(confidences, correct), f"Reliability ({split}, n={len(rows)}, ECE={ece:.4f})"
+            ),
+        }
 
     def card_description(self) -> str:
         return f"text classification (labels: {', '.join(self.label_names)})"
@@ -281,7 +290,13 @@ class Classification(LabelledTask):
             + "\n"
             + self.load_snippet(model)
             + f'inputs = tokenizer({texts}, return_tensors="pt", truncation=True)\n'
-            + "with torch.no_grad():\n    probabilities = model(**inputs).logits.softmax(-1)[0]\n"
+            + "with torch.no_grad():\n    logits = model(**inputs).logits\n"
+            + (
+                f"logits = logits / {self.options.temperature!r}  # the temperature fitted on validation\n"
+                if self.options.temperature
+                else ""
+            )
+            + "probabilities = logits.softmax(-1)[0]\n"
             + "print({label: round(p.item(), 4) for label, p in zip(labels, probabilities)})\n"
         )
 
@@ -316,6 +331,8 @@ class ClassificationAccumulator(Accumulator):
                 metrics["macro_f1"] = scores["f1"]
             if "cross_entropy" in self.metric_names:
                 metrics["cross_entropy"] = float(columns["loss"].double().mean())
+            top = probabilities.max(-1).values.tolist()  # ECE (tasks/calibration.py) whatever the metrics asked
+            metrics["ece"] = expected_calibration_error(top, [float(p == g) for p, g in zip(predictions, labels)])
         input_columns = [column for column in (options.text_column, options.text_pair_column) if column]
         texts = {column: dataset[column] for column in input_columns}
         rows = []
