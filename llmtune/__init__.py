@@ -8,13 +8,21 @@ Python API (mirrors the CLI, returns results instead of printing them)::
     result = train(recipe, output_dir="runs/sentiment-lora")
     metrics, predictions = evaluate(result.run_dir, split="test")
     predict(result.run_dir, ["A warm, funny film."])
+
+Can the result be trusted (the CLI's validate, calibrate, audit and compare)::
+
+    validate(recipe).leakage             # rows that validation or test share with an earlier split
+    calibrate(result.run_dir)            # temperature scaling fitted on validation, stored in the run
+    audit(result.run_dir, reuse_run=True)  # training rows most likely mislabeled (cleanlab)
+    significance([run_a, run_b], ["a", "b"])  # paired bootstrap of every metric's difference
 """
 
 from __future__ import annotations
 
 import importlib
 
-# Where each public name lives; imported on first use, so `llmtune --help` does not wait for torch.
+# Where each public name lives (module, or module and its name there); imported on first use, so `llmtune --help`
+# does not wait for torch.
 _EXPORTS = {
     "Recipe": "recipe",
     "load_recipe": "recipe",
@@ -24,6 +32,10 @@ _EXPORTS = {
     "evaluate": "deploy.inference",
     "load_run": "deploy.inference",
     "predict": "deploy.inference",
+    "validate": ("engine.preparation", "prepare"),
+    "calibrate": ("calibrate", "calibrate_run"),
+    "audit": "audit",
+    "significance": "reports.significance",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
@@ -32,4 +44,5 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'llmtune' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    module, attribute = _EXPORTS[name] if isinstance(_EXPORTS[name], tuple) else (_EXPORTS[name], name)
+    return getattr(importlib.import_module(f".{module}", __name__), attribute)

@@ -134,7 +134,7 @@ def audited_recipe(path: Path, reuse_run: bool, overrides) -> tuple[Recipe, Path
     else:
         raise UserError(f"{path}: neither a finished run directory nor a recipe file (.yaml); expected one of them")
     # Single-label rows only: multi-label would pass cleanlab lists of labels (multi_label=True), not yet done.
-    if recipe.task.type != "classification" or getattr(recipe.task, "multi_label", False):
+    if not tasks.TASKS[recipe.task.type].audits_labels:
         raise UserError(f"{path}: llmtune audit ranks single-label classification rows, not {recipe.task.type} rows")
     if recipe.data.train is None:
         raise UserError(f"{path}: the recipe has no data.train to audit")

@@ -171,3 +171,18 @@ def test_card_of_a_calibrated_run_lists_ece_and_its_snippet_applies_the_temperat
     printed = run_snippet(snippet, {'"acme/card"': repr(str(trained_run))})
     expected = predict(trained_run, ["an example text"])[0]["probabilities"]
     assert printed == str({label: round(p, 4) for label, p in expected.items()})
+
+
+def test_the_trust_checks_are_in_the_python_api(trained_run):
+    """validate, calibrate, audit and significance from Python, as their commands do them."""
+    import llmtune
+
+    prepared = llmtune.validate(llmtune.load_recipe(trained_run / "recipe.yaml"))
+    assert prepared.leakage["train/test"].exact_rows  # the fixture's splits repeat the same reviews
+    calibration = llmtune.calibrate(trained_run)
+    assert calibration.temperature > 0 and "validation" in calibration.ece
+    issues = llmtune.audit(trained_run, reuse_run=True)
+    assert issues.csv_path == trained_run / "label_issues.csv" and issues.csv_path.is_file()
+    split, rows, best, differences = llmtune.significance([trained_run, trained_run], ["a", "b"])
+    assert (split, best) == ("test", "a") and rows > 0
+    assert all(not difference.significant for difference in differences["b"])  # a run against itself

@@ -71,6 +71,9 @@ class Task:
     generates_text: ClassVar[bool] = False
     # Feature columns decoding needs but the model must not see.
     metadata_columns: ClassVar[tuple[str, ...]] = ()
+    # Whether `llmtune audit` can rank the task's training rows for label noise: one label per row in
+    # `options.label_column`, read by `label_id` into `label_names`, and prediction rows with `probabilities`.
+    audits_labels: ClassVar[bool] = False
     # Data file formats the task reads besides csv/tsv/json/jsonl/parquet: {suffix: reader(path, where) -> Dataset}.
     file_readers: ClassVar[dict[str, Callable]] = {}
 

@@ -56,6 +56,7 @@ class Classification(TemperatureScaled, LabelledTask):
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     architectures = ("ForSequenceClassification",)
+    audits_labels = True
     predict_fields = {
         "text": "Text to classify (repeatable: one prediction each).",
         "text_pair": "Classification of text pairs: the second text of each --text.",
