@@ -40,3 +40,13 @@ def heatmap(counts: list[list[int]], names: list[str], xlabel: str, ylabel: str,
             axes.text(x, y, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     figure.colorbar(image, ax=axes, fraction=0.046)
     return to_png(figure)
+
+
+def scatter(xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str) -> bytes:
+    """One point per (x, y) pair, with the diagonal y = x: how far predictions fall from their references."""
+    figure, axes = new_figure(5.0, 5.0)
+    axes.scatter(xs, ys, s=8, alpha=0.5)
+    low, high = min(min(xs), min(ys)), max(max(xs), max(ys))
+    axes.plot([low, high], [low, high], color="grey", linewidth=1)
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return to_png(figure)
