@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveFloat, field_validator
 
 from .. import metrics as metric_modules
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..errors import DataWarning, UserError
+from ..errors import DataWarning, Notice, UserError
 from ..lazy import F, datasets, torch
 from ..reports import figures
 from ..sections import DataSpec
@@ -36,6 +36,19 @@ class ClassificationOptions(TaskOptions):
         description="Label names in index order. Default: the dataset's class names, else the sorted distinct labels "
         "of the train split.",
     )
+
+    class_weights: Literal["balanced"] | dict[str, PositiveFloat] | None = Field(
+        None,
+        description="Weigh the training loss by label, for imbalanced data: `balanced` (n / (labels * count) on the "
+        "train split, as scikit-learn does) or `{label: weight}` (labels left out weigh 1). The run's recipe holds "
+        "the weights used, `balanced` resolved to its mapping. Validation cross-entropy stays unweighted.",
+    )
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, weights):
+        # YAML reads `{0: 2.0}` with an integer key; label names are text.
+        return {str(key): value for key, value in weights.items()} if isinstance(weights, dict) else weights
 
     @field_validator("label_names")
     @classmethod
@@ -68,6 +81,12 @@ class Classification(LabelledTask):
         # Integer labels index into label names that were given (recipe or dataset class names),
         # but must match by value when the names were read off the data.
         self.index_labels = options.label_names is not None
+        # {label name: loss weight}: a mapping from the recipe (a run's recipe holds `balanced` resolved); `prepare`
+        # settles `balanced` on train.
+        self.class_weights: dict[str, float] | None = (
+            options.class_weights if isinstance(options.class_weights, dict) else None
+        )
+        self._weight_tensor = None  # the weights in label order, on the device of the first batch
 
     # ------------------------------------------------------------------ checks
 
@@ -87,6 +106,37 @@ class Classification(LabelledTask):
             self.label_names = self._names_from_data(train)
         for split, dataset in splits.items():
             self._check_labels(dataset, split, describe(split, sources[split]), sources[split])
+        if self.options.class_weights is not None:
+            self._settle_class_weights(splits["train"] if "train" in splits else next(iter(splits.values())))
+
+    def _settle_class_weights(self, train: datasets.Dataset) -> None:
+        """Resolve `balanced` on the train split's label counts, check a mapping's label names, and say once which
+        weights the loss uses.
+
+        Raises:
+            UserError: a label in the mapping that is not among the label names.
+        """
+        names, weights = self.label_names, self.options.class_weights
+        if weights == "balanced":
+            counts = [0] * len(names)
+            for value in train[self.options.label_column]:
+                counts[self.label_id(value)] += 1
+            total, present = sum(counts), sum(1 for count in counts if count)
+            # A label train never shows adds nothing to the loss whatever its weight; 1 keeps the mapping finite.
+            weights = {name: total / (present * count) if count else 1.0 for name, count in zip(names, counts)}
+        unknown = [name for name in weights if name not in names]
+        if unknown:
+            raise UserError(
+                f"task.class_weights: label {unknown[0]!r} is not among the label names {names}; "
+                "expected weights for those labels (or `balanced`)"
+            )
+        self.class_weights = {name: round(float(weights.get(name, 1.0)), 6) for name in names}
+        shown = ", ".join(f"{name!r}: {weight:g}" for name, weight in self.class_weights.items())
+        how = " (balanced on the train split)" if self.options.class_weights == "balanced" else ""
+        warnings.warn(f"task.class_weights: the training loss weighs {shown}{how}", Notice, stacklevel=3)
+
+    def resolved_options(self) -> ClassificationOptions:
+        return super().resolved_options().model_copy(update={"class_weights": self.class_weights})
 
     def _check_texts(self, dataset: datasets.Dataset, where: str, source) -> None:
         for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
@@ -209,7 +259,16 @@ class Classification(LabelledTask):
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         logits = model(**self._inputs(batch)).logits
-        return F.cross_entropy(logits.float(), batch["labels"])
+        return F.cross_entropy(logits.float(), batch["labels"], weight=self._loss_weights(logits.device))
+
+    def _loss_weights(self, device) -> torch.Tensor | None:
+        """task.class_weights in label order, as a tensor on the batch's device; None: every label weighs 1."""
+        if self.class_weights is None:
+            return None
+        if self._weight_tensor is None or self._weight_tensor.device != device:
+            weights = [self.class_weights.get(name, 1.0) for name in self.label_names]
+            self._weight_tensor = torch.tensor(weights, dtype=torch.float32, device=device)
+        return self._weight_tensor
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         logits = model(**self._inputs(batch)).logits.float()
