@@ -135,9 +135,10 @@ class Regression(Task):
         for row, value in enumerate(dataset[self.options.label_column]):
             score = parse_score(value)
             if score is None:
+                empty = value is None or (isinstance(value, str) and not value.strip())
                 raise UserError(
-                    f"{where} {row_location(source, row)}: column '{self.options.label_column}' holds {value!r}; "
-                    "expected a finite number (task.label_column)"
+                    f"{where} {row_location(source, row)}: column '{self.options.label_column}' "
+                    f"{'is empty' if empty else f'holds {value!r}'}; expected a finite number (task.label_column)"
                 )
             scores.append(score)
         return scores
