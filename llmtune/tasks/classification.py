@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveFloat, field_validator
+from pydantic import Field, field_validator
 
 from .. import metrics as metric_modules
 from ..data.augment import AugmentFields
@@ -37,7 +38,7 @@ class ClassificationOptions(TaskOptions):
         "of the train split.",
     )
 
-    class_weights: Literal["balanced"] | dict[str, PositiveFloat] | None = Field(
+    class_weights: Literal["balanced"] | dict[str, float] | None = Field(
         None,
         description="Weigh the training loss by label, for imbalanced data: `balanced` (n / (labels * count) on the "
         "train split, as scikit-learn does) or `{label: weight}` (labels left out weigh 1). The run's recipe holds "
@@ -46,9 +47,17 @@ class ClassificationOptions(TaskOptions):
 
     @field_validator("class_weights", mode="before")
     @classmethod
-    def _label_keys_as_text(cls, weights):
+    def _balanced_or_positive_weights(cls, weights):
+        """One message for either form, instead of one per member of the union."""
+        if weights is None or weights == "balanced":
+            return weights
+        if not isinstance(weights, dict):
+            raise ValueError(f"expected `balanced` or a mapping {{label: weight}}, got {weights!r}")
+        for label, weight in weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+                raise ValueError(f"the weight of label {label!r} is {weight!r}; expected a positive number")
         # YAML reads `{0: 2.0}` with an integer key; label names are text.
-        return {str(key): value for key, value in weights.items()} if isinstance(weights, dict) else weights
+        return {str(label): float(weight) for label, weight in weights.items()}
 
     @field_validator("label_names")
     @classmethod
