@@ -115,6 +115,15 @@ def test_predictions_are_on_the_datas_scale_and_match_plain_transformers(regress
     assert rows[0]["predicted"] == pytest.approx(predicted, abs=1e-4)
 
 
+def test_onnx_export_predicts_on_the_datas_scale(regression_run, tmp_path, cli):
+    code, out, err = cli("export", regression_run, "--output", tmp_path / "onnx")
+    assert code == 0, err
+    inputs = [{"text": first, "text_pair": second} for first, second, _ in PAIRS[:3]]
+    exported = [row["predicted"] for row in predict(tmp_path / "onnx", inputs)]
+    assert exported == pytest.approx([row["predicted"] for row in predict(regression_run, inputs)], abs=1e-3)
+    assert min(exported) > 5  # scores of 10..48, not the model's scaled outputs
+
+
 def test_metrics_are_scipys_on_the_saved_predictions(regression_run):
     from scipy import stats
 
