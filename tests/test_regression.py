@@ -241,7 +241,7 @@ def test_minilm_learns_stsb(minilm_path, tmp_path):
     ]
     result = train(load_recipe(RECIPES / "regression.yaml", items), echo=lambda *a: None)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())["validation"]
-    # Measured 0.914 (Spearman 0.908, MAE 0.51; 2,400 training samples, ~45 s of training on 2 idle cores);
+    # Measured 0.914 (Spearman 0.908, MAE 0.51; 2,400 training samples, 160 s of training on 2 shared, busy cores);
     # a margin of 0.06 for other platforms' arithmetic. MiniLM with an untrained head: 0.07.
     assert metrics["pearson"] > 0.85, metrics
     rows = read_rows(result.run_dir / "predictions.jsonl")
