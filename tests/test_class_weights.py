@@ -89,7 +89,8 @@ def test_the_weights_reach_the_training_loss():
 
 def test_the_runs_recipe_keeps_the_weights_it_trained_with(tiny_bert, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_imbalanced(tmp_path))
-    run = train(load_recipe(recipe, ["task.class_weights=balanced"]), echo=lambda *a: None).run_dir
+    with pytest.warns(Notice, match="task.class_weights: the training loss weighs"):
+        run = train(load_recipe(recipe, ["task.class_weights=balanced"]), echo=lambda *a: None).run_dir
     saved = load_recipe(run / "recipe.yaml").task
     assert saved.class_weights == {"negative": pytest.approx(0.666667), "positive": 2.0}
 
