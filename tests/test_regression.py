@@ -227,11 +227,11 @@ def test_errors_are_minimised_when_picking_the_best_checkpoint_or_sweeping():
 
 @pytest.mark.slow
 def test_minilm_learns_stsb(minilm_path, tmp_path):
-    """MiniLM on 1,200 STS-B training pairs, 2 epochs, scored on 300 dev pairs."""
+    """MiniLM on 1,000 STS-B training pairs, 2 epochs, scored on 300 dev pairs."""
     stsb = SHARED_DATA / "stsb"
     items = [
         f"model.name={minilm_path}",
-        f"data.train={{path: {stsb / 'train.jsonl'}, max_samples: 1200}}",
+        f"data.train={{path: {stsb / 'train.jsonl'}, max_samples: 1000}}",
         f"data.validation={{path: {stsb / 'dev.jsonl'}, max_samples: 300}}",
         "task.label_column=score",
         "training.epochs=2",
@@ -241,8 +241,8 @@ def test_minilm_learns_stsb(minilm_path, tmp_path):
     ]
     result = train(load_recipe(RECIPES / "regression.yaml", items), echo=lambda *a: None)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())["validation"]
-    # Measured 0.914 (Spearman 0.908, MAE 0.51; 2,400 training samples, 160 s of training on 2 shared, busy cores);
-    # a margin of 0.06 for other platforms' arithmetic. MiniLM with an untrained head: 0.07.
-    assert metrics["pearson"] > 0.85, metrics
+    # Measured 0.876 (Spearman 0.877, MAE 0.62; 2,000 training samples, 55 s in all with one thread on 2 busy
+    # cores); a margin of 0.056 for other platforms' arithmetic. MiniLM with an untrained head: 0.07.
+    assert metrics["pearson"] > 0.82, metrics
     rows = read_rows(result.run_dir / "predictions.jsonl")
     assert 0 <= sum(row["predicted"] for row in rows) / len(rows) <= 5  # on STS-B's 0..5 scale
