@@ -124,6 +124,21 @@ def test_onnx_export_predicts_on_the_datas_scale(regression_run, tmp_path, cli):
     assert min(exported) > 5  # scores of 10..48, not the model's scaled outputs
 
 
+def test_serve_answers_on_the_datas_scale_as_predict_does(regression_run):
+    import httpx
+    from test_serve import Server
+
+    inputs = [{"text": first, "text_pair": second} for first, second, _ in PAIRS[:2]]
+    server = Server(regression_run)
+    try:
+        served = httpx.post(server.url + "/v1/predict", json={"inputs": inputs}, timeout=60).json()["predictions"]
+    finally:
+        server.stop()
+    local = predict(regression_run, inputs)
+    assert [row["predicted"] for row in served] == pytest.approx([row["predicted"] for row in local], abs=1e-4)
+    assert min(row["predicted"] for row in served) > 5  # scores of 10..48, not the model's scaled outputs
+
+
 def test_metrics_are_scipys_on_the_saved_predictions(regression_run):
     from scipy import stats
 
