@@ -12,8 +12,8 @@ Python API (mirrors the CLI, returns results instead of printing them)::
 Can the result be trusted (the CLI's validate, calibrate, audit and compare)::
 
     validate(recipe).leakage             # rows that validation or test share with an earlier split
-    calibrate(result.run_dir)            # temperature scaling fitted on validation, stored in the run
-    audit(result.run_dir, reuse_run=True)  # training rows most likely mislabeled (cleanlab)
+    calibrate_run(result.run_dir)        # temperature scaling fitted on validation, stored in the run
+    find_label_issues(result.run_dir)    # training rows most likely mislabeled (cleanlab, out-of-fold)
     significance([run_a, run_b], ["a", "b"])  # paired bootstrap of every metric's difference
 """
 
@@ -33,8 +33,9 @@ _EXPORTS = {
     "load_run": "deploy.inference",
     "predict": "deploy.inference",
     "validate": ("engine.preparation", "prepare"),
-    "calibrate": ("calibrate", "calibrate_run"),
-    "audit": "audit",
+    # not "calibrate" and "audit": those are the modules' own names, which an import binds on this package
+    "calibrate_run": "calibrate",
+    "find_label_issues": ("audit", "audit"),
     "significance": "reports.significance",
 }
 __all__ = sorted(_EXPORTS)

@@ -436,7 +436,7 @@ class Evaluation(Section):
     mode: Literal["max", "min"] | None = Field(
         None,
         description="Whether metric_for_best is better when higher (max) or lower (min); "
-        "default: min for cross_entropy and perplexity, max otherwise.",
+        "default: min for cross_entropy, perplexity, mse and mae, max otherwise.",
     )
     early_stopping_patience: int | None = Field(
         None,
@@ -455,7 +455,7 @@ class Evaluation(Section):
 
     @property
     def best_mode(self) -> str:
-        return self.mode or ("min" if self.metric_for_best in ("cross_entropy", "perplexity") else "max")
+        return self.mode or ("min" if self.metric_for_best in ("cross_entropy", "perplexity", "mse", "mae") else "max")
 
 
 class Checkpointing(Section):

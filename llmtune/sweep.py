@@ -41,7 +41,7 @@ PRUNERS = ("median", "successive_halving", "none")
 SPACE_KEYS = ("objective", "pruner", "seed", "parameters")
 STUDY_NAME = "llmtune-sweep"
 SWEEP_FILE = "sweep.json"
-LOWER_IS_BETTER = ("cross_entropy", "perplexity")
+LOWER_IS_BETTER = ("cross_entropy", "perplexity", "mse", "mae")
 
 
 @dataclass

@@ -179,9 +179,12 @@ def test_the_trust_checks_are_in_the_python_api(trained_run):
 
     prepared = llmtune.validate(llmtune.load_recipe(trained_run / "recipe.yaml"))
     assert prepared.leakage["train/test"].exact_rows  # the fixture's splits repeat the same reviews
-    calibration = llmtune.calibrate(trained_run)
+    import llmtune.audit  # noqa: F401  (binds the module on the package: the API names must not be shadowed)
+    import llmtune.calibrate  # noqa: F401
+
+    calibration = llmtune.calibrate_run(trained_run)
     assert calibration.temperature > 0 and "validation" in calibration.ece
-    issues = llmtune.audit(trained_run, reuse_run=True)
+    issues = llmtune.find_label_issues(trained_run, reuse_run=True)
     assert issues.csv_path == trained_run / "label_issues.csv" and issues.csv_path.is_file()
     split, rows, best, differences = llmtune.significance([trained_run, trained_run], ["a", "b"])
     assert (split, best) == ("test", "a") and rows > 0

@@ -302,8 +302,8 @@ def test_init_writes_a_valid_recipe_with_every_key_commented(cli, tmp_path):
             assert line is not None and "  # " in line, f"{cls.__name__}.{name} missing or without a comment"
     code, out, err = cli("init", "classification", "--output", target)
     assert code == 2 and "already exists" in err
-    code, out, err = cli("init", "regression")
-    assert code == 2 and "TASK regression: unknown task" in err and "token_classification" in err
+    code, out, err = cli("init", "ranking")
+    assert code == 2 and "TASK ranking: unknown task" in err and "token_classification" in err
 
 
 class FakeTerminal(io.StringIO):

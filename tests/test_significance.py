@@ -222,3 +222,21 @@ def test_bleu_and_chrf_are_recomputed_from_summed_ngram_counts_as_sacrebleu_does
         assert list(recomputed) == pytest.approx(
             expected([predicted[i] for i in drawn], [references[i] for i in drawn])
         )
+
+
+def test_regression_corpus_metrics_resample_from_sums():
+    """Pearson, MSE and MAE of any resample come from summed per-row statistics, as scipy and numpy compute them."""
+    from scipy.stats import pearsonr
+
+    from llmtune.tasks.regression import Regression, RegressionOptions
+
+    generator = np.random.default_rng(0)
+    reference = generator.uniform(0, 5, 300)
+    predicted = reference + generator.normal(0, 0.8, 300)
+    rows = [{"predicted": float(p), "reference": float(r)} for p, r in zip(predicted, reference)]
+    statistics = Regression(RegressionOptions(type="regression")).row_statistics(rows)
+    resample = generator.integers(0, 300, 300)
+    got = statistics.metrics(statistics.values[resample].sum(0))
+    assert got["pearson"] == pytest.approx(pearsonr(predicted[resample], reference[resample])[0], abs=1e-9)
+    assert got["mse"] == pytest.approx(np.mean((predicted[resample] - reference[resample]) ** 2), abs=1e-9)
+    assert got["mae"] == pytest.approx(np.mean(np.abs(predicted[resample] - reference[resample])), abs=1e-9)

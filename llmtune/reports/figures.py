@@ -68,3 +68,13 @@ def reliability(bins: list[tuple[float, float, int]], title: str) -> bytes:
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top label)", ylabel="accuracy", title=title)
     axes.legend(loc="upper left")
     return to_png(figure)
+
+
+def scatter(xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str) -> bytes:
+    """One point per (x, y) pair, with the diagonal y = x: how far predictions fall from their references."""
+    figure, axes = new_figure(5.0, 5.0)
+    axes.scatter(xs, ys, s=8, alpha=0.5)
+    low, high = min(min(xs), min(ys)), max(max(xs), max(ys))
+    axes.plot([low, high], [low, high], color="grey", linewidth=1)
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return to_png(figure)

@@ -10,6 +10,7 @@ from ..errors import UserError
 from .base import Task, TaskOptions
 from .classification import Classification
 from .question_answering import QuestionAnswering
+from .regression import Regression
 from .seq2seq import Summarization, Translation
 from .token_classification import TokenClassification
 
@@ -21,6 +22,7 @@ TASKS: dict[str, type[Task]] = {
         Summarization,
         Translation,
         TokenClassification,
+        Regression,
     )
 }
 

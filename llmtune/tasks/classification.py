@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import ClassVar, Literal
 
@@ -11,7 +12,7 @@ from pydantic import Field, field_validator
 from .. import metrics as metric_modules
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..errors import DataWarning, UserError
+from ..errors import DataWarning, Notice, UserError
 from ..lazy import F, datasets, torch
 from ..reports import figures
 from ..sections import DataSpec
@@ -38,6 +39,27 @@ class ClassificationOptions(CalibrationOptions):
         description="Label names in index order. Default: the dataset's class names, else the sorted distinct labels "
         "of the train split.",
     )
+
+    class_weights: Literal["balanced"] | dict[str, float] | None = Field(
+        None,
+        description="Weigh the training loss by label, for imbalanced data: `balanced` (n / (labels * count) on the "
+        "train split, as scikit-learn does) or `{label: weight}` (labels left out weigh 1). The run's recipe holds "
+        "the weights used, `balanced` resolved to its mapping. Validation cross-entropy stays unweighted.",
+    )
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _balanced_or_positive_weights(cls, weights):
+        """One message for either form, instead of one per member of the union."""
+        if weights is None or weights == "balanced":
+            return weights
+        if not isinstance(weights, dict):
+            raise ValueError(f"expected `balanced` or a mapping {{label: weight}}, got {weights!r}")
+        for label, weight in weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+                raise ValueError(f"the weight of label {label!r} is {weight!r}; expected a positive number")
+        # YAML reads `{0: 2.0}` with an integer key; label names are text.
+        return {str(label): float(weight) for label, weight in weights.items()}
 
     @field_validator("label_names")
     @classmethod
@@ -71,6 +93,12 @@ class Classification(TemperatureScaled, LabelledTask):
         # Integer labels index into label names that were given (recipe or dataset class names),
         # but must match by value when the names were read off the data.
         self.index_labels = options.label_names is not None
+        # {label name: loss weight}: a mapping from the recipe (a run's recipe holds `balanced` resolved); `prepare`
+        # settles `balanced` on train.
+        self.class_weights: dict[str, float] | None = (
+            options.class_weights if isinstance(options.class_weights, dict) else None
+        )
+        self._weight_tensor = None  # the weights in label order, on the device of the first batch
 
     # ------------------------------------------------------------------ checks
 
@@ -90,6 +118,37 @@ class Classification(TemperatureScaled, LabelledTask):
             self.label_names = self._names_from_data(train)
         for split, dataset in splits.items():
             self._check_labels(dataset, split, describe(split, sources[split]), sources[split])
+        if self.options.class_weights is not None:
+            self._settle_class_weights(splits["train"] if "train" in splits else next(iter(splits.values())))
+
+    def _settle_class_weights(self, train: datasets.Dataset) -> None:
+        """Resolve `balanced` on the train split's label counts, check a mapping's label names, and say once which
+        weights the loss uses.
+
+        Raises:
+            UserError: a label in the mapping that is not among the label names.
+        """
+        names, weights = self.label_names, self.options.class_weights
+        if weights == "balanced":
+            counts = [0] * len(names)
+            for value in train[self.options.label_column]:
+                counts[self.label_id(value)] += 1
+            total, present = sum(counts), sum(1 for count in counts if count)
+            # A label train never shows adds nothing to the loss whatever its weight; 1 keeps the mapping finite.
+            weights = {name: total / (present * count) if count else 1.0 for name, count in zip(names, counts)}
+        unknown = [name for name in weights if name not in names]
+        if unknown:
+            raise UserError(
+                f"task.class_weights: label {unknown[0]!r} is not among the label names {names}; "
+                "expected weights for those labels (or `balanced`)"
+            )
+        self.class_weights = {name: round(float(weights.get(name, 1.0)), 6) for name in names}
+        shown = ", ".join(f"{name!r}: {weight:g}" for name, weight in self.class_weights.items())
+        how = " (balanced on the train split)" if self.options.class_weights == "balanced" else ""
+        warnings.warn(f"task.class_weights: the training loss weighs {shown}{how}", Notice, stacklevel=3)
+
+    def resolved_options(self) -> ClassificationOptions:
+        return super().resolved_options().model_copy(update={"class_weights": self.class_weights})
 
     def _check_texts(self, dataset: datasets.Dataset, where: str, source) -> None:
         for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
@@ -212,7 +271,16 @@ class Classification(TemperatureScaled, LabelledTask):
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         logits = model(**self._inputs(batch)).logits
-        return F.cross_entropy(logits.float(), batch["labels"])
+        return F.cross_entropy(logits.float(), batch["labels"], weight=self._loss_weights(logits.device))
+
+    def _loss_weights(self, device) -> torch.Tensor | None:
+        """task.class_weights in label order, as a tensor on the batch's device; None: every label weighs 1."""
+        if self.class_weights is None:
+            return None
+        if self._weight_tensor is None or self._weight_tensor.device != device:
+            weights = [self.class_weights.get(name, 1.0) for name in self.label_names]
+            self._weight_tensor = torch.tensor(weights, dtype=torch.float32, device=device)
+        return self._weight_tensor
 
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         # The fitted temperature (1 before calibration) scales the probabilities and the per-example loss alike.
