@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..errors import UserError
 from .base import Task, TaskOptions
 from .classification import Classification
+from .multi_label import MultiLabelClassification
 from .question_answering import QuestionAnswering
 from .seq2seq import Summarization, Translation
 from .token_classification import TokenClassification
@@ -21,6 +22,7 @@ TASKS: dict[str, type[Task]] = {
         Summarization,
         Translation,
         TokenClassification,
+        MultiLabelClassification,
     )
 }
 
