@@ -269,6 +269,7 @@ def test_run_saves_tuned_thresholds_and_every_load_applies_them(list_files, tiny
 
     texts = ["happy about the day", "scared and furious"]
     before = predict(result.run_dir, texts)
+    check_report_and_card(result.run_dir, texts[0], before[0]["predicted"])
     # Edited thresholds change what the run predicts: joy at 0 is always chosen, the others at 1 never.
     edited = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())
     edited["task"]["thresholds"] = {"anger": 1.0, "fear": 1.0, "joy": 0.0}
@@ -278,6 +279,31 @@ def test_run_saves_tuned_thresholds_and_every_load_applies_them(list_files, tiny
     assert [row["probabilities"] for row in after] == [row["probabilities"] for row in before]
     metrics, _ = evaluate(result.run_dir, "test")
     assert metrics["subset_accuracy"] == pytest.approx(sum(row["reference"] == ["joy"] for row in rows) / len(rows))
+
+
+def check_report_and_card(run_dir, text: str, predicted: list[str]):
+    """The report's per-label table and plot, the card's model-index, and its snippet deciding as predict does."""
+    import contextlib
+    import io
+
+    from llmtune.deploy.hub import model_card
+    from llmtune.reports.report import write_report
+    from llmtune.tasks import create
+    from llmtune.tasks.card import PushedModel
+
+    assert (run_dir / "label_f1.png").is_file()
+    html = write_report(run_dir).read_text()
+    assert "Labels (test)" in html and "label_f1.png" in html
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    card = model_card(recipe, metrics, "someone/emotions", adapter=False)
+    assert "Multi-label Text Classification" in card and "macro-F1" in card
+    snippet = create(recipe.task).usage_code(PushedModel(str(run_dir), str(run_dir), False), 16)
+    snippet = snippet.replace("'an example text'", repr(text)).replace('"an example text"', repr(text))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet, {})
+    assert printed.getvalue().strip() == repr(predicted)
 
 
 def test_gpt_style_model_with_lora_trains_and_predicts_like_plain_transformers(list_files, tiny_gpt2, tmp_path):
