@@ -270,6 +270,13 @@ def test_run_saves_tuned_thresholds_and_every_load_applies_them(list_files, tiny
     texts = ["happy about the day", "scared and furious"]
     before = predict(result.run_dir, texts)
     check_report_and_card(result.run_dir, texts[0], before[0]["predicted"])
+    from llmtune.deploy.export import export
+
+    exported = predict(export(result.run_dir, tmp_path / "onnx"), texts)  # ONNX Runtime, the run's thresholds
+    assert yaml.safe_load((tmp_path / "onnx" / "recipe.yaml").read_text())["task"]["thresholds"] == saved["thresholds"]
+    assert [row["predicted"] for row in exported] == [row["predicted"] for row in before]
+    for ours, theirs in zip(exported, before):
+        assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-4)
     # Edited thresholds change what the run predicts: joy at 0 is always chosen, the others at 1 never.
     edited = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())
     edited["task"]["thresholds"] = {"anger": 1.0, "fear": 1.0, "joy": 0.0}
