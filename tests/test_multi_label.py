@@ -175,6 +175,10 @@ def test_recipe_checks_thresholds_and_tuning_needs_validation(list_files, tiny_b
         recipe.write_text(recipe_text(tiny_bert, list_files, f"  label_names: [joy, fear]\n  {bad}\n"))
         code, _, stderr = cli("validate", recipe)
         assert code == 2 and message in stderr, stderr
+    # label names read off the data: the mappings are checked against them
+    recipe.write_text(recipe_text(tiny_bert, list_files, "  pos_weight: {glee: 2}\n"))
+    code, _, stderr = cli("validate", recipe)
+    assert code == 2 and "task.pos_weight: 'glee' is not a label; the labels are [anger, fear, joy]" in stderr
 
 
 # --------------------------------------------------------------------------- threshold tuning

@@ -200,6 +200,7 @@ class MultiLabelClassification(LabelledTask):
             targets[split] = self._targets(labels, describe(split, sources[split]), sources[split])
         if "train" in targets:
             self._warn_unseen(targets["train"], describe("train", sources["train"]))
+        self._check_label_keys()
         if self.threshold is None:
             self.threshold = "tune-per-label" if "validation" in splits else DEFAULT_THRESHOLD
         if self.threshold in TUNE_CHOICES and "validation" not in splits and "train" in splits:
@@ -211,6 +212,23 @@ class MultiLabelClassification(LabelledTask):
             self.pos_weight = self._settle_pos_weight(targets["train"])
             shown = ", ".join(f"{label}={weight:g}" for label, weight in self.pos_weight.items())
             warnings.warn(f"task.pos_weight: positive examples weighed per label in the loss: {shown}", Notice)
+
+    def _check_label_keys(self) -> None:
+        """The recipe's per-label mappings against label names read off the data (given names are checked with the
+        recipe).
+
+        Raises:
+            UserError: a label the data does not have, or (thresholds) a label without a threshold.
+        """
+        names = self.label_names
+        for key, values in (("pos_weight", self.pos_weight), ("thresholds", self.thresholds)):
+            if not isinstance(values, dict):
+                continue
+            unknown = [label for label in values if label not in names]
+            missing = [label for label in names if label not in values] if key == "thresholds" else []
+            if unknown or missing:
+                problem = f"'{unknown[0]}' is not a label" if unknown else f"no threshold for {missing}"
+                raise UserError(f"task.{key}: {problem}; the labels are {shown_names(names)}")
 
     def _columns(self) -> dict[str, str]:
         o = self.options
