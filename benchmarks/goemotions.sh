@@ -5,7 +5,7 @@
 # Environment: TRAIN_SAMPLES (the first N of the 43,410 train comments; default all), EPOCHS (default 3),
 # LR (default 1e-4), HEAD_LR (the new classifier head's learning rate, default: LR), BATCH (default 32),
 # MAX_LENGTH (default 64), THRESHOLD (task.threshold, default tune-per-label), DEV_SAMPLES (the first N of the 5,426
-# dev comments to validate and tune thresholds on; default all).
+# dev comments to validate and tune thresholds on; default all), POS_WEIGHT (task.pos_weight, e.g. balanced).
 # Reads ../shared/data/goemotions (benchmark data; the package never refers to it); the recipe's hub dataset is the
 # same data with the same splits.
 set -euo pipefail
@@ -21,4 +21,4 @@ dev="{path: $data/dev.jsonl${DEV_SAMPLES:+, max_samples: $DEV_SAMPLES}}"
   --set training.epochs="${EPOCHS:-3}" --set training.learning_rate="${LR:-1e-4}" \
   ${HEAD_LR:+--set training.head_learning_rate="$HEAD_LR"} --set training.batch_size="${BATCH:-32}" \
   --set training.max_length="${MAX_LENGTH:-64}" \
-  --set task.threshold="${THRESHOLD:-tune-per-label}" --output "$out" --overwrite 2>&1 | tee "$out.log"
+  --set task.threshold="${THRESHOLD:-tune-per-label}" ${POS_WEIGHT:+--set task.pos_weight="$POS_WEIGHT"} --output "$out" --overwrite 2>&1 | tee "$out.log"
