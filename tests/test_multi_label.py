@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA
+from conftest import RECIPES, SHARED_DATA, minilm_dir
 
 from llmtune import evaluate, load_recipe, predict, train
 from llmtune.data.reading import load_splits
@@ -67,7 +67,6 @@ def prepared(files: dict, **options) -> MultiLabelClassification:
 
 
 def targets(task, path) -> list[list[float]]:
-    from conftest import minilm_dir
     from transformers import AutoTokenizer
 
     spec = DataSpec(train=str(path))
@@ -380,3 +379,12 @@ def test_minilm_learns_goemotions_emotions(emotion_files, minilm_path, tmp_path)
     assert test["cross_entropy"] <= 0.30, test  # sigmoid probabilities that mean something, not just a ranking
     thresholds = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())["task"]["thresholds"]
     assert set(thresholds) == set(EMOTIONS)
+
+
+def test_goemotions_recipe_validates_on_the_shared_split_files(goemotions, minilm_path, cli):
+    """recipes/multilabel.yaml reads the hub's GoEmotions; pointed at the same splits on disk it checks out whole."""
+    files = {"train": "train", "validation": "dev", "test": "test"}
+    sets = [arg for split, name in files.items() for arg in ("--set", f"data.{split}={goemotions / name}.jsonl")]
+    code, out, err = cli("validate", RECIPES / "multilabel.yaml", *sets, "--set", f"model.name={minilm_path}")
+    assert code == 0, err
+    assert "data.train: 43,410 examples" in out and "admiration" in out and "neutral" in out
