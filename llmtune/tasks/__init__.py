@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..errors import UserError
 from .base import Task, TaskOptions
 from .classification import Classification
+from .multi_label import MultiLabelClassification
 from .question_answering import QuestionAnswering
 from .regression import Regression
 from .seq2seq import Summarization, Translation
@@ -22,6 +23,7 @@ TASKS: dict[str, type[Task]] = {
         Summarization,
         Translation,
         TokenClassification,
+        MultiLabelClassification,
         Regression,
     )
 }

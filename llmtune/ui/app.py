@@ -306,6 +306,8 @@ def _playground_tab(workspace: Path):
             return _said(error), gr.update(visible=False), gr.update(visible=False), None
         predicted = row.get("predicted")
         text = predicted if isinstance(predicted, str) else None
+        if isinstance(predicted, list) and all(isinstance(item, str) for item in predicted):  # a multi-label set
+            text = ", ".join(predicted) or "(no label)"
         line = f"**predicted**: {html.escape(text)}" if text is not None else "**predicted**: see the spans below"
         if row.get("score") is not None:
             line += f"  (score {row['score']:.4f})"
