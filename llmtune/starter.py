@@ -144,9 +144,9 @@ def _data_lines() -> list[str]:
             lines.append(f"    {name}: {value}  # {field.description}")
     for split in ("validation", "test"):
         lines.append(f"  {split}: data/{split}.csv  # {data_fields[split].description}")
-    lines.append(f"  columns: {{}}  # {data_fields['columns'].description}")
-    lines.append(f"  drop_empty: false  # {data_fields['drop_empty'].description}")
-    lines.append(f"  augment: []  # {data_fields['augment'].description}")
+    for name, field in data_fields.items():  # columns, drop_empty, augment, the leakage audit's keys ...
+        if name not in ("train", "validation", "test"):
+            lines.append(f"  {name}: {_value(field_default(field))}  # {field.description}{_choices(field)}")
     return lines
 
 

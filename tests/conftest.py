@@ -252,3 +252,9 @@ def tiny_qa_overrides(model) -> list[str]:
         "training.max_length=128",
         "task.doc_stride=32",
     ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: two xdist workers then take them in turn while the short ones fill the gaps, instead
+    of one worker ending the suite alone on a long test that happened to come last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

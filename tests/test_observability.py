@@ -137,14 +137,14 @@ def test_plots_are_written_and_drawn_again_from_the_files(tracked_run):
     assert sum(map(sum, counts)) == 32 and sum(counts[i][i] for i in range(2)) == round(
         tracked_run.metrics["test"]["accuracy"] * 32
     )
-    assert set(plots.render(run)) == {"loss.png", "metric.png", "confusion_matrix.png"}
+    assert set(plots.render(run)) == {"loss.png", "metric.png", "confusion_matrix.png", "reliability.png"}
 
 
 def test_report_html_is_self_contained(tracked_run, cli):
     code, out, err = cli("report", tracked_run.run_dir)
     assert code == 0, err
     page = (tracked_run.run_dir / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == 4  # loss, metric, confusion matrix, reliability diagram
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing loaded from elsewhere
     assert "Worst predictions first: lowest correct" in page and "peak memory" in page and "learning_rate" in page
     assert f"{tracked_run.metrics['test']['accuracy']:.4f}" in page
