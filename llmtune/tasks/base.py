@@ -401,6 +401,30 @@ class Accumulator:
 MAP_BATCH = 1000  # datasets' default batch size for map
 
 
+def text_encoder(
+    tokenizer, max_length: int, columns: tuple[str, str | None], position_ids: bool, labels: Callable | None = None
+) -> Callable:
+    """`encode(batch, indices)` for `tokenize`, for tasks that read one text or a text pair per row (classification,
+    multi-label, regression): the tokenizer's model inputs, explicit position ids 0..n-1 for decoder-only models (the
+    collator pads them with 0, so padding on either side leaves every position alike), `index`, `length`, and
+    `labels` from `labels(batch)` when given (None: prediction inputs, which have no references)."""
+    text, pair = columns
+    keep = set(tokenizer.model_input_names)
+
+    def encode(batch, indices):
+        encoded = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
+        features = {key: encoded[key] for key in encoded if key in keep}
+        if position_ids:
+            features["position_ids"] = [list(range(len(ids))) for ids in features["input_ids"]]
+        features["index"] = indices
+        features["length"] = [len(ids) for ids in features["input_ids"]]
+        if labels is not None:
+            features["labels"] = labels(batch)
+        return features
+
+    return encode
+
+
 def tokenize(
     dataset: datasets.Dataset, tokenizer, encode: Callable, version: str, *settings, windows: bool = False
 ) -> datasets.Dataset:

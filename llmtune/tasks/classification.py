@@ -16,7 +16,15 @@ from ..errors import DataWarning, Notice, UserError
 from ..lazy import F, datasets, torch
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, LabelledTask, RowStatistics, f1_from_counts, prediction_row, tokenize
+from .base import (
+    Accumulator,
+    LabelledTask,
+    RowStatistics,
+    f1_from_counts,
+    prediction_row,
+    text_encoder,
+    tokenize,
+)
 from .calibration import CalibrationOptions, TemperatureScaled, calibration_bins, expected_calibration_error
 from .card import PushedModel
 
@@ -247,19 +255,14 @@ class Classification(TemperatureScaled, LabelledTask):
     # ------------------------------------------------------------------ model
 
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-        text, pair, label = self.options.text_column, self.options.text_pair_column, self.options.label_column
-        has_labels = label in dataset.column_names
-        keep = set(tokenizer.model_input_names)
+        o = self.options
 
-        def encode(batch, indices):
-            encoded = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
-            features = self.with_position_ids({key: encoded[key] for key in encoded if key in keep})
-            features["index"] = indices
-            features["length"] = [len(ids) for ids in features["input_ids"]]
-            if has_labels:
-                features["labels"] = [self.label_id(value) for value in batch[label]]
-            return features
+        def labels(batch):
+            return [self.label_id(value) for value in batch[o.label_column]]
 
+        has_labels = o.label_column in dataset.column_names
+        columns = (o.text_column, o.text_pair_column)
+        encode = text_encoder(tokenizer, max_length, columns, self.position_ids, labels if has_labels else None)
         settings = (self.options.model_dump(), self.label_names, max_length, self.position_ids)
         return tokenize(dataset, tokenizer, encode, "classification/3", settings)
 

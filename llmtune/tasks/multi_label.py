@@ -26,7 +26,7 @@ from ..errors import DataWarning, Notice, UserError
 from ..lazy import F, datasets, torch
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, LabelledTask, TaskOptions, prediction_row, tokenize
+from .base import Accumulator, LabelledTask, TaskOptions, prediction_row, text_encoder, tokenize
 from .card import PushedModel, literal
 
 DEFAULT_THRESHOLD = 0.5
@@ -406,18 +406,14 @@ class MultiLabelClassification(LabelledTask):
 
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
         o = self.options
-        label_columns = self.label_sources()
-        has_labels = all(column in dataset.column_names for column in label_columns)
-        keep = set(tokenizer.model_input_names)
+        has_labels = all(column in dataset.column_names for column in self.label_sources())
 
-        def encode(batch, indices):
-            encoded = tokenizer(batch[o.text_column], truncation=True, max_length=max_length)
-            features = self.with_position_ids({key: encoded[key] for key in encoded if key in keep})
-            features["index"] = indices
-            features["length"] = [len(ids) for ids in features["input_ids"]]
-            if has_labels:  # checked by prepare; a prediction input has none
-                features["labels"] = self._targets(batch, "data", None)
-            return features
+        def targets(batch):  # checked by prepare; a prediction input has none
+            return self._targets(batch, "data", None)
+
+        encode = text_encoder(
+            tokenizer, max_length, (o.text_column, None), self.position_ids, targets if has_labels else None
+        )
 
         settings = (o.model_dump(exclude={"thresholds"}), self.label_names, max_length, self.position_ids)
         return tokenize(dataset, tokenizer, encode, "multi_label/1", settings)

@@ -18,7 +18,7 @@ from ..lazy import F, datasets, torch
 from ..models import is_decoder_only
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, LabelledTask, RowStatistics, Task, TaskOptions, prediction_row, tokenize
+from .base import Accumulator, RowStatistics, Task, TaskOptions, prediction_row, text_encoder, tokenize
 from .card import PushedModel, literal
 
 
@@ -163,24 +163,15 @@ class Regression(Task):
     def setup(self, config, tokenizer) -> None:
         self.position_ids = is_decoder_only(config)
 
-    # Decoder-only models get explicit position ids, as classification's do (padding on either side then
-    # leaves every position alike).
-    with_position_ids = LabelledTask.with_position_ids
-
     def preprocess(self, dataset: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-        text, pair, label = self.options.text_column, self.options.text_pair_column, self.options.label_column
-        has_labels = label in dataset.column_names
-        keep = set(tokenizer.model_input_names)
+        o = self.options
 
-        def encode(batch, indices):
-            encoded = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
-            features = self.with_position_ids({key: encoded[key] for key in encoded if key in keep})
-            features["index"] = indices
-            features["length"] = [len(ids) for ids in features["input_ids"]]
-            if has_labels:
-                features["labels"] = [(parse_score(value) - self.shift) / self.scale for value in batch[label]]
-            return features
+        def targets(batch):  # what the head is trained towards: the scaled scores
+            return [(parse_score(value) - self.shift) / self.scale for value in batch[o.label_column]]
 
+        has_labels = o.label_column in dataset.column_names
+        columns = (o.text_column, o.text_pair_column)
+        encode = text_encoder(tokenizer, max_length, columns, self.position_ids, targets if has_labels else None)
         settings = (self.options.model_dump(), self.shift, self.scale, max_length, self.position_ids)
         return tokenize(dataset, tokenizer, encode, "regression/1", settings)
 
