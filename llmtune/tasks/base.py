@@ -401,6 +401,11 @@ class Accumulator:
 MAP_BATCH = 1000  # datasets' default batch size for map
 
 
+def text_inputs(text_column: str, text_pair_column: str | None) -> dict[str, str]:
+    """`Task.input_columns` of a task that reads a text or a text pair: `predict`'s --text (and --text-pair)."""
+    return {"text": text_column, **({"text_pair": text_pair_column} if text_pair_column else {})}
+
+
 def text_encoder(
     tokenizer, max_length: int, columns: tuple[str, str | None], position_ids: bool, labels: Callable | None = None
 ) -> Callable:

@@ -23,6 +23,7 @@ from .base import (
     f1_from_counts,
     prediction_row,
     text_encoder,
+    text_inputs,
     tokenize,
 )
 from .calibration import CalibrationOptions, TemperatureScaled, calibration_bins, expected_calibration_error
@@ -306,10 +307,7 @@ class Classification(TemperatureScaled, LabelledTask):
         return [tuple(column for column in (self.options.text_column, self.options.text_pair_column) if column)]
 
     def input_columns(self) -> dict[str, str]:
-        columns = {"text": self.options.text_column}
-        if self.options.text_pair_column:
-            columns["text_pair"] = self.options.text_pair_column
-        return columns
+        return text_inputs(self.options.text_column, self.options.text_pair_column)
 
     def row_statistics(self, rows: list[dict]) -> RowStatistics:
         """Accuracy and macro-F1 (over every label name, as evaluation computes it) from per-class hits, predictions

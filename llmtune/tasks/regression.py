@@ -18,7 +18,7 @@ from ..lazy import F, datasets, torch
 from ..models import is_decoder_only
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, RowStatistics, Task, TaskOptions, prediction_row, text_encoder, tokenize
+from .base import Accumulator, RowStatistics, Task, TaskOptions, prediction_row, text_encoder, text_inputs, tokenize
 from .card import PushedModel, literal
 
 
@@ -198,10 +198,7 @@ class Regression(Task):
         return AugmentFields(texts=tuple(column for column in (o.text_column, o.text_pair_column) if column))
 
     def input_columns(self) -> dict[str, str]:
-        columns = {"text": self.options.text_column}
-        if self.options.text_pair_column:
-            columns["text_pair"] = self.options.text_pair_column
-        return columns
+        return text_inputs(self.options.text_column, self.options.text_pair_column)
 
     # ------------------------------------------------------------------ reports and model card
 
