@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..data.augment import AugmentFields
-from ..data.reading import in_memory, tokenization_fingerprint
+from ..data.reading import in_memory, row_location, tokenization_fingerprint
 from ..engine.batching import PadCollator, SortedBatches
 from ..engine.zero import partitions_parameters
 from ..errors import UserError
@@ -399,6 +399,19 @@ class Accumulator:
 
 
 MAP_BATCH = 1000  # datasets' default batch size for map
+
+
+def check_texts(dataset, columns: tuple[str | None, ...], where: str, source) -> None:
+    """Every row of the text columns (None entries skipped: an absent pair column) holds a non-empty text.
+
+    Raises:
+        UserError: the file, row and column of the first that does not.
+    """
+    for column in filter(None, columns):
+        for row, text in enumerate(dataset[column]):
+            if not isinstance(text, str) or not text.strip():
+                what = "an empty text" if isinstance(text, str) else repr(text)
+                raise UserError(f"{where} {row_location(source, row)}: column '{column}' holds {what}; expected text")
 
 
 def text_inputs(text_column: str, text_pair_column: str | None) -> dict[str, str]:

@@ -20,6 +20,7 @@ from .base import (
     Accumulator,
     LabelledTask,
     RowStatistics,
+    check_texts,
     f1_from_counts,
     prediction_row,
     text_encoder,
@@ -120,7 +121,8 @@ class Classification(TemperatureScaled, LabelledTask):
         sources = spec.sources()
         for split, dataset in splits.items():
             require_columns(dataset.column_names, self._columns(), describe(split, sources[split]))
-            self._check_texts(dataset, describe(split, sources[split]), sources[split])
+            columns = (self.options.text_column, self.options.text_pair_column)
+            check_texts(dataset, columns, describe(split, sources[split]), sources[split])
         if self.label_names is None:
             train = splits["train"] if "train" in splits else next(iter(splits.values()))
             self.index_labels = isinstance(train.features[self.options.label_column], datasets.ClassLabel)
@@ -158,15 +160,6 @@ class Classification(TemperatureScaled, LabelledTask):
 
     def resolved_options(self) -> ClassificationOptions:
         return super().resolved_options().model_copy(update={"class_weights": self.class_weights})
-
-    def _check_texts(self, dataset: datasets.Dataset, where: str, source) -> None:
-        for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
-            for row, text in enumerate(dataset[column]):
-                if not isinstance(text, str) or not text.strip():
-                    what = "an empty text" if isinstance(text, str) else repr(text)
-                    raise UserError(
-                        f"{where} {row_location(source, row)}: column '{column}' holds {what}; expected text"
-                    )
 
     def _check_labels(self, dataset: datasets.Dataset, split: str, where: str, source) -> None:
         """Every label is a known name (or index); a label name that train never shows is worth a warning."""

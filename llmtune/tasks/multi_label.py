@@ -26,7 +26,7 @@ from ..errors import DataWarning, Notice, UserError
 from ..lazy import F, datasets, torch
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, LabelledTask, TaskOptions, prediction_row, text_encoder, tokenize
+from .base import Accumulator, LabelledTask, TaskOptions, check_texts, prediction_row, text_encoder, tokenize
 from .card import PushedModel, literal
 
 DEFAULT_THRESHOLD = 0.5
@@ -186,11 +186,7 @@ class MultiLabelClassification(LabelledTask):
         for split, dataset in splits.items():
             where = describe(split, sources[split])
             require_columns(dataset.column_names, self._columns(), where)
-            for row, text in enumerate(dataset[o.text_column]):
-                if not isinstance(text, str) or not text.strip():
-                    what = "an empty text" if isinstance(text, str) else repr(text)
-                    at = row_location(sources[split], row)
-                    raise UserError(f"{where} {at}: column '{o.text_column}' holds {what}; expected text")
+            check_texts(dataset, (o.text_column,), where, sources[split])
         if self.label_names is None:
             train = splits["train"] if "train" in splits else next(iter(splits.values()))
             self.label_names = self._names_from_data(train)

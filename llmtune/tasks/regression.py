@@ -18,7 +18,17 @@ from ..lazy import F, datasets, torch
 from ..models import is_decoder_only
 from ..reports import figures
 from ..sections import DataSpec
-from .base import Accumulator, RowStatistics, Task, TaskOptions, prediction_row, text_encoder, text_inputs, tokenize
+from .base import (
+    Accumulator,
+    RowStatistics,
+    Task,
+    TaskOptions,
+    check_texts,
+    prediction_row,
+    text_encoder,
+    text_inputs,
+    tokenize,
+)
 from .card import PushedModel, literal
 
 
@@ -125,13 +135,7 @@ class Regression(Task):
             self.shift, self.scale = fit_scaling(train, o.target_scaling)
 
     def _checked_scores(self, dataset: datasets.Dataset, where: str, source) -> list[float]:
-        for column in filter(None, (self.options.text_column, self.options.text_pair_column)):
-            for row, text in enumerate(dataset[column]):
-                if not isinstance(text, str) or not text.strip():
-                    what = "an empty text" if isinstance(text, str) else repr(text)
-                    raise UserError(
-                        f"{where} {row_location(source, row)}: column '{column}' holds {what}; expected text"
-                    )
+        check_texts(dataset, (self.options.text_column, self.options.text_pair_column), where, source)
         scores = []
         for row, value in enumerate(dataset[self.options.label_column]):
             score = parse_score(value)
