@@ -16,6 +16,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # each contending for both cores, which makes torch's OpenMP threads wait on each other.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
+# llmtune.cli replaces warnings.showwarning when imported. Imported here, before any test, pytest's per-test warning
+# capture records the CLI's notices in every test alike; imported inside the first test to run the CLI, it printed
+# that one test's notices to stderr, so a test's stderr depended on the order the tests ran in.
+import llmtune.cli  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 SHARED_DATA = ROOT.parent / "shared" / "data"
