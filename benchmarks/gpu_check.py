@@ -332,6 +332,7 @@ def check_sharded(ctx, engine: str) -> dict:
     cases = {
         name: made.model_copy(update={"checkpointing": made.checkpointing.model_copy(update={"keep_last": 5})})
         for name, made in cases.items()
+        if name in ctx.sharded_cases.get(engine, cases)
     }  # fmt: skip  (the resume starts from step 2's checkpoint)
     processes = torch.cuda.device_count() if ctx.device == "cuda" else 2
     results = {}
@@ -339,8 +340,11 @@ def check_sharded(ctx, engine: str) -> dict:
         slug = f"{engine}-" + name.replace("/", "-").replace("+", "-")
         path = ctx.work / f"{slug}.yaml"
         path.write_text(dump_recipe(made))
-        runs = {kind: ctx.work / f"{slug}-{kind}" for kind in ("ddp", "sharded", "resumed")}
-        launch_llmtune(["train", path, "--output", runs["ddp"], "--overwrite"], processes, engine=None)
+        runs = {kind: ctx.work / f"{slug}-{kind}" for kind in ("sharded", "resumed")}
+        if name not in ctx.ddp_runs:  # the same data-parallel reference for both engines: trained once
+            ctx.ddp_runs[name] = ctx.work / f"ddp-{name.replace('/', '-').replace('+', '-')}"
+            launch_llmtune(["train", path, "--output", ctx.ddp_runs[name], "--overwrite"], processes, engine=None)
+        runs["ddp"] = ctx.ddp_runs[name]
         started = time.perf_counter()
         launch_llmtune(["train", path, "--output", runs["sharded"], "--overwrite"], processes, engine)
         seconds = time.perf_counter() - started
@@ -592,6 +596,11 @@ class Context:
         # BERT-base (hidden, layers, heads, intermediate); --quick: a small one, to run the same code in a test
         self.speed_shape = (128, 2, 2, 256) if args.quick else (768, 12, 12, 3072)
         self.generation_rows = 8 if args.quick else 256
+        # --quick runs one case per sharding engine: every line of check_sharded still runs, and the suite's
+        # tests/test_fsdp.py and tests/test_deepspeed.py train both cases under both engines already.
+        quick_cases = {"fsdp": ["classification/encoder"], "deepspeed": ["translation/decoder+lora"]}
+        self.sharded_cases = quick_cases if args.quick else {}
+        self.ddp_runs: dict[str, Path] = {}
         self.say = lambda line: print(line, flush=True)
 
 

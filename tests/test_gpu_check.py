@@ -35,7 +35,9 @@ def test_gpu_check_runs_every_check_on_the_cpu(tmp_path):
         assert family["reload_max_difference"] == 0 and family["resume_final_loss_difference"] == 0, name
     assert checks["speed"]["llmtune"]["samples_per_s"] > 0 and checks["speed"]["trainer"]["samples_per_s"] > 0
     assert checks["generation"]["generated_tokens"] > 0
-    for engine in ("fsdp", "deepspeed"):  # two CPU processes, Accelerate's FSDP2 / DeepSpeed forced onto gloo
+    # two CPU processes, Accelerate's FSDP2 / DeepSpeed forced onto gloo; --quick: one case per engine
+    for engine, case in (("fsdp", "classification/encoder"), ("deepspeed", "translation/decoder+lora")):
+        assert list(checks[engine]["runs"]) == [case]
         for name, run in checks[engine]["runs"].items():
             assert run["resume_final_loss_difference"] == 0, (engine, name)
             assert run["final_loss_difference_vs_ddp"] < 1e-3, (engine, name)
