@@ -316,20 +316,24 @@ def plain_word_tags(model, tokenizer, words: list[str]) -> list[str]:
 
 @pytest.mark.slow
 def test_minilm_learns_wnut17_and_reloads_with_plain_transformers(tmp_path):
-    """MiniLM, full fine-tuning, two epochs of WNUT 2017 train (3,394 sentences, about 2.5 minutes here): dev entity
-    F1 51.9 measured (precision 59.4, recall 46.1), against 0 for a model that tags everything O."""
+    """MiniLM, full fine-tuning, the recipe's three epochs on the first 1,000 WNUT 2017 training sentences (issue
+    #34's small-data setting, about 2 minutes on one thread): dev entity F1 over 5 seeds 39.44 +- 1.37, lowest
+    37.46 (`bash benchmarks/seed_study.sh ner`), against 0 for a model that tags everything O. The threshold sits
+    3.5 points (2.5 standard deviations) under the lowest seed."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     items = [
         f"data.train={WNUT / 'train.conll'}",
+        "data.train.max_samples=1000",
         f"data.validation={WNUT / 'dev.conll'}",
         "data.test=null",
         "task.tags_column=tags",
-        "training.epochs=2",
+        "evaluation.every_n_steps=null",
+        "checkpointing.at_epoch_end=false",
     ]
     result = train(load_recipe(RECIPES / "ner.yaml", items), output_dir=tmp_path / "run")
     validation = result.metrics["validation"]
-    assert validation["f1"] > 45 and validation["num_examples"] == 1009, validation
+    assert validation["f1"] > 34 and validation["num_examples"] == 1009, validation
     assert set(validation["per_type"]) == {"corporation", "creative-work", "group", "location", "person", "product"}
 
     rows = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()][:100]
