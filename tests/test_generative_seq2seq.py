@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -375,24 +374,18 @@ def test_builtin_gpt_recipes_validate_as_shipped():
 # --------------------------------------------------------------------------- real weights: SmolLM2-135M-Instruct
 
 
-@pytest.mark.slow
-def test_smollm2_lora_learns_to_translate_multi30k(smollm2_path, tmp_path):
-    """Generative translation, German -> English: SmolLM2-135M + LoRA on a few hundred Multi30k pairs must raise
-    greedy BLEU on 200 validation sentences above the zero-shot model's (same prompt, same decoding)."""
-    import os
-
-    from llmtune import evaluate, predict, train
-
-    steps = int(os.environ.get("LLMTUNE_GPT_MT_STEPS", "24"))
-    settings = [
-        f"model.name={smollm2_path}",
+def smollm2_multi30k_settings(model, sentences: int, steps: int = 24) -> list[str]:
+    """The SmolLM2 learning test's overrides of recipes/translation-gpt.yaml (benchmarks/multi30k_smollm2_seeds.py
+    runs them at several seeds): 16 * steps training pairs, the first `sentences` validation ones."""
+    return [
+        f"model.name={model}",
         f"data.train={parallel('train', 16 * steps)}",
-        f"data.validation={parallel('val', 200)}",
+        f"data.validation={parallel('val', sentences)}",
         "data.test=null",
         f"training.max_steps={steps}",
         "training.batch_size=16",
         "training.eval_batch_size=50",
-        f"training.learning_rate={os.environ.get('LLMTUNE_GPT_MT_LR', '1e-3')}",
+        "training.learning_rate=1e-3",
         "training.warmup_ratio=0.1",
         "training.max_length=96",
         "task.max_target_length=40",
@@ -402,19 +395,25 @@ def test_smollm2_lora_learns_to_translate_multi30k(smollm2_path, tmp_path):
         "evaluation.metric_for_best=null",
         "checkpointing.at_epoch_end=false",
     ]
-    recipe = load_recipe(RECIPES / "translation-gpt.yaml", settings)
-    started = time.perf_counter()
-    before, _ = evaluate(RECIPES / "translation-gpt.yaml", split="validation", overrides=settings)
-    zero_shot_s = time.perf_counter() - started
-    result = train(recipe, output_dir=tmp_path / "run", echo=print)
+
+
+@pytest.mark.slow
+def test_smollm2_lora_learns_to_translate_multi30k(smollm2_path, tmp_path):
+    """Generative translation, German -> English: SmolLM2-135M + LoRA on 384 Multi30k pairs (24 steps) must translate
+    the first 100 validation sentences far better than the zero-shot model does with the same prompt and decoding.
+
+    The zero-shot figures are the checkpoint's, not llmtune's training's, so they were measured once rather than
+    in every run (71 s of generation here): BLEU 2.21, chrF 21.22, cross-entropy 4.272. Trained at seeds 1/2/3:
+    BLEU 8.56/9.56/9.21, chrF 28.56/28.94/28.99, cross-entropy 2.434/2.450/2.435 (`python
+    benchmarks/multi30k_smollm2_seeds.py zeroshot,1,2,3 100 runs/mt-seeds`). Each threshold sits 2.5 points under
+    the lowest seed (cross-entropy: 0.55 over the highest) and far from zero-shot."""
+    from llmtune import predict, train
+
+    settings = smollm2_multi30k_settings(smollm2_path, sentences=100)
+    result = train(load_recipe(RECIPES / "translation-gpt.yaml", settings), output_dir=tmp_path / "run", echo=print)
     after = result.metrics["validation"]
-    print(
-        f"zero-shot ({zero_shot_s:.0f} s): {before}\n"
-        f"trained ({time.perf_counter() - started - zero_shot_s:.0f} s): {after}"
-    )
-    assert after["num_examples"] == 200
-    assert after["bleu"] > before["bleu"] + 5
-    assert after["cross_entropy"] < before["cross_entropy"]
+    assert after["num_examples"] == 100
+    assert after["bleu"] > 6 and after["chrf"] > 26 and after["cross_entropy"] < 3.0, after
     generated = [row["predicted"] for row in predict(result.run_dir, ["Ein Mann fährt Fahrrad."])]
     assert generated[0], generated
 
