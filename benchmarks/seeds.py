@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("validation", "test", "data")
 # Bookkeeping figures of metrics.json that are not results.
-NOT_RESULTS = {"num_examples", "runtime_s", "samples_per_s", "steps", "epochs", "examples"}
+NOT_RESULTS = {"num_examples", "num_labelled_tokens", "num_target_tokens", "runtime_s", "samples_per_s", "steps"}
+NOT_RESULTS |= {"epochs", "examples"}
 
 
 def run_seed(recipe: Path, seed: int, work: Path, overrides: list[str], eval_data: str | None) -> dict:
