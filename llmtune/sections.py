@@ -322,6 +322,13 @@ class Training(Section):
     max_steps: int | None = Field(
         None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps instead of counting epochs."
     )
+    min_steps: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_STEPS,
+        description="Train at least this many optimizer steps: a small training split is passed over more often "
+        "than `epochs` says (the run's first line says so). Ignored when max_steps is set.",
+    )
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
     optimizer: Literal["adamw", "adamw_8bit"] = Field(
         "adamw",

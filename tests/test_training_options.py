@@ -263,3 +263,22 @@ def test_head_learning_rate_trains_the_new_head_at_its_own_rate(bert_without_dro
     # Adam moves each weight by about the learning rate per step, whatever its gradient.
     assert body_fast < 1e-5 and body_slow < 1e-5
     assert (head_fast - head_slow).abs().max().item() > 1e-2
+
+
+def test_min_steps_passes_over_a_small_split_more_often_and_says_so(cli, tiny_bert, sentiment_files, tmp_path):
+    """32 rows in batches of 16 are 2 steps an epoch: one epoch with min_steps 5 trains 5 steps (2.5 passes), the
+    schedule and the log count 5, and the first line names the key; max_steps still wins over it."""
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
+    settings = [*QUIET_RUN, "training.epochs=1", "training.batch_size=16", "training.min_steps=5"]
+    code, out, err = cli("train", recipe, *[arg for item in settings for arg in ("--set", item)])
+    assert code == 0, err
+    assert "5 steps of 16 examples" in out and "training.min_steps: 2.5 passes over the training split" in out, out
+    entries = log(tmp_path / "run")
+    assert [entry["step"] for entry in entries] == [1, 2, 3, 4, 5]
+    assert entries[-1]["learning_rate"] == 0  # the linear schedule ends at step 5, not at the epoch's 2
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["epochs"] == 2.5
+
+    code, out, err = cli("train", recipe, *[arg for item in settings for arg in ("--set", item)], "--set",
+                         "training.max_steps=3", "--overwrite")  # fmt: skip
+    assert code == 0 and "3 steps of 16 examples" in out and "training.min_steps" not in out, out

@@ -219,12 +219,16 @@ def tune(run, rows: list[dict]) -> bool:
 
 def training_line(run) -> str:
     """The line that says what the run trains on: examples, steps and their size, device, processes, precision."""
-    accelerator = run.accelerator
-    return (
+    accelerator, cfg = run.accelerator, run.recipe.training
+    line = (
         f"training: {len(run.splits['train']):,} examples, {run.total_steps:,} steps of {step_size(run)}, "
         f"{accelerator.device}, {accelerator.num_processes} process(es), "
-        f"precision {precision_label(run.recipe.training.precision, accelerator.mixed_precision)}"
+        f"precision {precision_label(cfg.precision, accelerator.mixed_precision)}"
     )
+    if not cfg.max_steps and cfg.min_steps and run.total_steps > math.ceil(cfg.epochs * run.steps_per_epoch):
+        passes, epochs = run.total_steps / run.steps_per_epoch, cfg.epochs
+        line += f"; training.min_steps: {passes:.3g} passes over the training split, not training.epochs' {epochs:g}"
+    return line
 
 
 def step_size(run) -> str:

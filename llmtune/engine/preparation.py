@@ -94,7 +94,7 @@ def planned_steps(examples: int, cfg) -> int:
 def count_steps(batches_per_epoch: int, cfg) -> tuple[int, int]:
     """Optimizer steps per epoch and in all, from one process's batches per epoch."""
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
-    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch), cfg.min_steps or 0)
 
 
 def check_warmup(cfg, total_steps: int) -> None:
