@@ -33,11 +33,23 @@ def sst2_overrides(sst2, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_full_finetuning_learns_sst2(sst2, tmp_path):
-    recipe = load_recipe(RECIPES / "sentiment.yaml", sst2_overrides(sst2, "training.learning_rate=1e-4"))
-    result = train(recipe, output_dir=tmp_path / "full", echo=lambda *a: None)
+    """The sentiment recipe as shipped (2 epochs, learning rate 1e-4, batch 16) on the first 1,000 SST-2 sentences,
+    issue #34's small-data setting: dev accuracy over seeds 1-5 was 0.7844/0.7878/0.7775/0.8028/0.7878 (mean
+    0.7881, std 0.0094; `bash benchmarks/seed_study.sh sst2`). The threshold sits 1.75 points (about 2 standard
+    deviations) under the lowest seed; the full 67k-sentence epoch reaches 0.9025."""
+    overrides = [
+        f"data.train.path={sst2 / 'train.tsv'}",
+        "data.train.max_samples=1000",
+        f"data.validation={sst2 / 'validation.tsv'}",
+        "data.test=null",
+        "task.text_column=sentence",
+        "task.label_names=null",
+        "evaluation.every_n_steps=null",
+        "checkpointing.at_epoch_end=false",
+    ]
+    result = train(load_recipe(RECIPES / "sentiment.yaml", overrides), output_dir=tmp_path / "full", echo=None)
     assert result.metrics["validation"]["num_examples"] == 872
-    # 0.8177 on these 4,000 sentences (measured 2026-11-30); the full 67k-sentence epoch reaches 0.9025.
-    assert result.metrics["validation"]["accuracy"] >= 0.80
+    assert result.metrics["validation"]["accuracy"] >= 0.76
 
 
 @pytest.mark.slow
