@@ -35,7 +35,7 @@ def sst2_overrides(sst2, *extra: str) -> list[str]:
 def test_full_finetuning_learns_sst2(sst2, tmp_path):
     """The sentiment recipe as shipped (2 epochs, learning rate 1e-4, batch 16) on the first 1,000 SST-2 sentences,
     issue #34's small-data setting: dev accuracy over seeds 1-5 was 0.7844/0.7878/0.7775/0.8028/0.7878 (mean
-    0.7881, std 0.0094; `bash benchmarks/seed_study.sh sst2`). The threshold sits 1.75 points (about 2 standard
+    0.7881, std 0.0092; `bash benchmarks/seed_study.sh sst2`). The threshold sits 1.75 points (about 2 standard
     deviations) under the lowest seed; the full 67k-sentence epoch reaches 0.9025."""
     overrides = [
         f"data.train.path={sst2 / 'train.tsv'}",
