@@ -17,23 +17,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import RECIPES, SMOLLM2_ID  # noqa: E402
+from conftest import RECIPES  # noqa: E402
+from estimate_check import smollm2_copy  # noqa: E402
 from test_generative_seq2seq import smollm2_multi30k_settings  # noqa: E402
 
-from llmtune import evaluate, load_recipe, models, train  # noqa: E402
-from llmtune.recipe import ModelSpec  # noqa: E402
+from llmtune import evaluate, load_recipe, train  # noqa: E402
 
 
 def smollm2_checkpoint(folder: Path) -> Path:
     """SmolLM2 dequantized once from its offline GGUF package, as the suite's smollm2_path fixture does."""
     path = folder / "smollm2"
-    if not (path / "config.json").exists():
-        checkpoint = models.resolve_checkpoint(ModelSpec(name=SMOLLM2_ID))
-        tokenizer = models.load_tokenizer(checkpoint)
-        model, _ = models.load_model(checkpoint, "AutoModelForCausalLM", pad_token_id=tokenizer.pad_token_id)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    return path
+    return path if (path / "config.json").exists() else smollm2_copy(folder)
 
 
 def main() -> None:
