@@ -28,15 +28,6 @@ class LoadedRun:
     max_length: int  # training.max_length capped at the model's positions: where inputs are cut
 
 
-@dataclass
-class Source:
-    """Where a model for inference comes from, settled before any weights load."""
-
-    recipe: Recipe  # a run's own; a recipe file's or a bare checkpoint's with what the task leaves open settled
-    checkpoint: models.Checkpoint  # the model's files (a run's own, an export's, a hub checkpoint's)
-    run_dir: Path | None  # a finished run (or its export): its recipe already holds what the task settled
-
-
 @quiet_libraries
 def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRun:
     """The one road from a saved model to a ready one: a run directory (full model or adapter on its base), its
@@ -47,97 +38,136 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     Raises:
         UserError: not a run directory nor a loadable checkpoint.
     """
-    source = locate(target, overrides)
-    recipe, checkpoint, run_dir = source.recipe, source.checkpoint, source.run_dir
-    task = tasks.create(recipe.task)
+    source = locate(target)
+    recipe, task, checkpoint = source.settle(overrides)
     # A run's tokenizer is its saved files, read without remote code as it always was.
-    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code and run_dir is None)
-    model = load_weights(recipe, task, checkpoint, run_dir, tokenizer.pad_token_id)
+    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code and source.run_dir is None)
+    model = source.load_weights(recipe, task, checkpoint, tokenizer.pad_token_id)
     task.setup(model.config, tokenizer)
     max_length = models.effective_max_length(model.config, recipe.training.max_length)
-    return LoadedRun(recipe, task, model, tokenizer, run_dir, max_length)
+    return LoadedRun(recipe, task, model, tokenizer, source.run_dir, max_length)
 
 
-def locate(target: str | Path, overrides) -> Source:
-    """Which kind of source `target` names, its recipe and its checkpoint's files. Of a recipe file or a bare
-    checkpoint, the config is read (no weights): what the task leaves open (label names) comes from it."""
+def locate(target: str | Path) -> RunDirectory | RecipeFile | PlainCheckpoint:
+    """Which kind of saved model `target` names. A hub id holding a run pushed with `llmtune push` is pulled
+    first and loads like its run directory."""
     path = Path(target)
     if not path.is_dir() and models.is_hub_id(str(target)):
-        path = models.pull_run(str(target)) or path  # a run pushed with `llmtune push` loads like its run directory
+        path = models.pull_run(str(target)) or path
     if path.is_dir() and (path / runs.RECIPE_FILE).is_file():
-        if not (path / runs.METRICS_FILE).is_file():
-            raise UserError(f"{path}: not a finished run (no {runs.METRICS_FILE}); did training stop early?")
-        recipe = load_recipe(path / runs.RECIPE_FILE, overrides)
-        return Source(recipe, models.Checkpoint(str(path), str(path), "run directory"), path)
+        return RunDirectory(path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        recipe = load_recipe(path, overrides)
-        recipe = starting_recipe(recipe)
-        checkpoint = models.resolve_checkpoint(recipe.model)
-        config = models.load_config(checkpoint, recipe.model.trust_remote_code)
-    elif path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        return RecipeFile(path)
+    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
         raise UserError(
             f"{path}: neither a run directory (no {runs.RECIPE_FILE}) nor a checkpoint directory (no config.json); "
             "expected a directory written by llmtune train, a Hugging Face checkpoint, or a hub id"
         )
-    else:
-        recipe, checkpoint, config = checkpoint_recipe(str(target), overrides)
-    recipe = recipe.model_copy(update={"task": tasks.from_model_config(recipe.task, config)})
-    return Source(recipe, checkpoint, None)
+    return PlainCheckpoint(str(target))
 
 
-def checkpoint_recipe(target: str, overrides) -> tuple[Recipe, models.Checkpoint, object]:
-    """A plain checkpoint's (directory or hub id) recipe, files and config: its task is read off the config's
-    architectures unless the overrides name it."""
-    raw: dict = {"model": {"name": target}, "task": {}, "data": {}, "output_dir": "."}
-    for item in overrides:
-        apply_override(raw, item)
-    try:
-        spec = ModelSpec.model_validate(raw["model"])
-    except ValidationError as error:
-        raise UserError(f"--set model: {error.errors()[0]['msg']}") from None
-    checkpoint = models.resolve_checkpoint(spec)
-    config = models.load_config(checkpoint, spec.trust_remote_code)
-    if raw["task"].get("type") is None:
-        raw["task"]["type"] = tasks.for_architectures(getattr(config, "architectures", None), target)
-    return validate(raw, source="command line"), checkpoint, config
+@dataclass
+class RunDirectory:
+    """A finished run (or its export): its recipe already holds what the task settled."""
+
+    run_dir: Path
+
+    def settle(self, overrides) -> tuple[Recipe, Task, models.Checkpoint]:
+        """The run's recipe and task; its own files are the checkpoint."""
+        if not (self.run_dir / runs.METRICS_FILE).is_file():
+            raise UserError(f"{self.run_dir}: not a finished run (no {runs.METRICS_FILE}); did training stop early?")
+        recipe = load_recipe(self.run_dir / runs.RECIPE_FILE, overrides)
+        path = str(self.run_dir)
+        return recipe, tasks.create(recipe.task), models.Checkpoint(path, path, "run directory")
+
+    def load_weights(self, recipe: Recipe, task: Task, checkpoint: models.Checkpoint, pad_token_id):
+        """ONNX Runtime's model for an export, the adapter on its base, or the fine-tuned weights."""
+        trust = recipe.model.trust_remote_code
+        exported = models.onnx_file(self.run_dir)
+        if exported is not None:  # `llmtune export`: ONNX Runtime runs the model
+            config = models.load_config(checkpoint, trust)
+            return models.load_onnx(exported, config, models.ONNX_OUTPUTS[task.auto_class])
+        if not (self.run_dir / runs.ADAPTER_CONFIG).is_file():  # fully fine-tuned: its config holds the task's head
+            return models.load_model(checkpoint, task.auto_class, trust, pad_token_id)[0]
+        model = starting_model(recipe, task, models.resolve_checkpoint(recipe.model), pad_token_id)
+        from peft import PeftModel
+
+        try:
+            with peft_deprecations_silenced():
+                return PeftModel.from_pretrained(model, str(self.run_dir))
+        except SafetensorError as error:
+            raise models.damaged_weights(str(self.run_dir), error) from None
 
 
-def load_weights(recipe: Recipe, task: Task, checkpoint: models.Checkpoint, run_dir: Path | None, pad_token_id):
-    """The model: ONNX Runtime's for an export, an adapter on its base, or the checkpoint's own weights."""
-    trust = recipe.model.trust_remote_code
-    exported = models.onnx_file(run_dir) if run_dir is not None else None
-    if exported is not None:  # `llmtune export`: ONNX Runtime runs the model
-        config = models.load_config(checkpoint, trust)
-        return models.load_onnx(exported, config, models.ONNX_OUTPUTS[task.auto_class])
-    adapter = run_dir is not None and (run_dir / runs.ADAPTER_CONFIG).is_file()
-    if run_dir is not None and not adapter:  # a fully fine-tuned run: its config already holds the task's head
-        return models.load_model(checkpoint, task.auto_class, trust, pad_token_id)[0]
-    base = models.resolve_checkpoint(recipe.model) if adapter else checkpoint
-    decoder = models.resolve_decoder(recipe.model)
-    model, _ = models.load_model(base, task.auto_class, trust, pad_token_id, decoder=decoder, **task.model_kwargs())
-    if not adapter:
-        return model
-    from peft import PeftModel
+class StartingModel:
+    """A model before fine-tuning: the checkpoint's own weights with the task's head (new where it has none)."""
 
-    try:
-        with peft_deprecations_silenced():
-            return PeftModel.from_pretrained(model, str(run_dir))
-    except SafetensorError as error:
-        raise models.damaged_weights(str(run_dir), error) from None
+    run_dir = None
+
+    def load_weights(self, recipe: Recipe, task: Task, checkpoint: models.Checkpoint, pad_token_id):
+        return starting_model(recipe, task, checkpoint, pad_token_id)
 
 
-def starting_recipe(recipe: Recipe) -> Recipe:
-    """A recipe's task settled on its train split as training would settle it (seeded as training is, so newly
-    initialised weights are the ones training starts from)."""
-    from accelerate.utils import set_seed
+@dataclass
+class RecipeFile(StartingModel):
+    """A recipe's starting model (to measure the zero-shot baseline before training)."""
 
-    set_seed(recipe.training.seed)
-    if recipe.data.train is not None:
+    path: Path
+
+    def settle(self, overrides) -> tuple[Recipe, Task, models.Checkpoint]:
+        """The recipe's task settled on its train split as training settles it (seeded as training is, so newly
+        initialised weights are the ones training starts from); what it leaves open (label names) comes from the
+        model's config."""
+        from accelerate.utils import set_seed
+
+        recipe = load_recipe(self.path, overrides)
+        set_seed(recipe.training.seed)
         task = tasks.create(recipe.task)
-        spec = DataSpec(train=recipe.data.train, columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
-        task.prepare(data.load_splits(spec, task.file_readers), spec)
-        recipe = recipe.model_copy(update={"task": task.resolved_options()})
-    return recipe
+        if recipe.data.train is not None:
+            spec = DataSpec(train=recipe.data.train, columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
+            task.prepare(data.load_splits(spec, task.file_readers), spec)
+            recipe = recipe.model_copy(update={"task": task.resolved_options()})
+        checkpoint = models.resolve_checkpoint(recipe.model)
+        recipe = completed(recipe, models.load_config(checkpoint, recipe.model.trust_remote_code))
+        return recipe, tasks.create(recipe.task), checkpoint
+
+
+@dataclass
+class PlainCheckpoint(StartingModel):
+    """A checkpoint directory or hub id: its task is read off the config's architectures unless the overrides
+    name it."""
+
+    name: str
+
+    def settle(self, overrides) -> tuple[Recipe, Task, models.Checkpoint]:
+        raw: dict = {"model": {"name": self.name}, "task": {}, "data": {}, "output_dir": "."}
+        for item in overrides:
+            apply_override(raw, item)
+        try:
+            spec = ModelSpec.model_validate(raw["model"])
+        except ValidationError as error:
+            raise UserError(f"--set model: {error.errors()[0]['msg']}") from None
+        checkpoint = models.resolve_checkpoint(spec)
+        config = models.load_config(checkpoint, spec.trust_remote_code)
+        if raw["task"].get("type") is None:
+            raw["task"]["type"] = tasks.for_architectures(getattr(config, "architectures", None), self.name)
+        recipe = completed(validate(raw, source="command line"), config)
+        return recipe, tasks.create(recipe.task), checkpoint
+
+
+def completed(recipe: Recipe, config) -> Recipe:
+    """The recipe with what its task leaves to the model (label names) read off the checkpoint's config."""
+    return recipe.model_copy(update={"task": tasks.from_model_config(recipe.task, config)})
+
+
+def starting_model(recipe: Recipe, task: Task, checkpoint: models.Checkpoint, pad_token_id):
+    """The checkpoint's weights with the task's head (new where the checkpoint has none), or an encoder-decoder
+    warm-started from the recipe's encoder and decoder."""
+    decoder = models.resolve_decoder(recipe.model)
+    kwargs = task.model_kwargs()
+    return models.load_model(
+        checkpoint, task.auto_class, recipe.model.trust_remote_code, pad_token_id, decoder=decoder, **kwargs
+    )[0]
 
 
 @quiet_libraries
