@@ -40,9 +40,7 @@ def load_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     """
     source = locate(target)
     recipe, task, checkpoint = source.settle(overrides)
-    # A run's tokenizer is its saved files, read without remote code as it always was.
-    tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code and source.run_dir is None)
-    model = source.load_weights(recipe, task, checkpoint, tokenizer.pad_token_id)
+    model, tokenizer = source.load(recipe, task, checkpoint)
     task.setup(model.config, tokenizer)
     max_length = models.effective_max_length(model.config, recipe.training.max_length)
     return LoadedRun(recipe, task, model, tokenizer, source.run_dir, max_length)
@@ -80,8 +78,13 @@ class RunDirectory:
         path = str(self.run_dir)
         return recipe, tasks.create(recipe.task), models.Checkpoint(path, path, "run directory")
 
-    def load_weights(self, recipe: Recipe, task: Task, checkpoint: models.Checkpoint, pad_token_id):
-        """ONNX Runtime's model for an export, the adapter on its base, or the fine-tuned weights."""
+    def load(self, recipe: Recipe, task: Task, checkpoint: models.Checkpoint) -> tuple[object, object]:
+        """The tokenizer (the run's saved files, read without remote code as they always were) and the model:
+        ONNX Runtime's for an export, the adapter on its base, or the fine-tuned weights."""
+        tokenizer = models.load_tokenizer(checkpoint)
+        return self._weights(recipe, task, checkpoint, tokenizer.pad_token_id), tokenizer
+
+    def _weights(self, recipe: Recipe, task: Task, checkpoint: models.Checkpoint, pad_token_id):
         trust = recipe.model.trust_remote_code
         exported = models.onnx_file(self.run_dir)
         if exported is not None:  # `llmtune export`: ONNX Runtime runs the model
@@ -104,8 +107,10 @@ class StartingModel:
 
     run_dir = None
 
-    def load_weights(self, recipe: Recipe, task: Task, checkpoint: models.Checkpoint, pad_token_id):
-        return starting_model(recipe, task, checkpoint, pad_token_id)
+    def load(self, recipe: Recipe, task: Task, checkpoint: models.Checkpoint) -> tuple[object, object]:
+        """The checkpoint's tokenizer and its weights with the task's head."""
+        tokenizer = models.load_tokenizer(checkpoint, recipe.model.trust_remote_code)
+        return starting_model(recipe, task, checkpoint, tokenizer.pad_token_id), tokenizer
 
 
 @dataclass
