@@ -62,8 +62,10 @@ def test_lora_learns_sst2_and_reloads_with_plain_peft(sst2, minilm_path, tmp_pat
         sst2_overrides(sst2, "method.type=lora", "method.r=16", "method.alpha=32", "training.learning_rate=5e-4"),
     )
     result = train(recipe, output_dir=tmp_path / "lora", echo=lambda *a: None)
-    # 0.7718 on these 4,000 sentences (measured 2026-11-30; 0.8716 after the full 67k-sentence epoch): 2 points of
-    # margin for other machines' float differences, far above the 0.5 of a model that learned nothing.
+    # Over seeds 1-5 on these 4,000 sentences 0.7706/0.7833/0.7683/0.7775/0.7672 (mean 0.7734, std 0.0068;
+    # `bash benchmarks/learning_seeds.sh lora-sst2`), 0.7718 at the recipe's seed 42 that the test runs; 0.8716 after
+    # the full 67k-sentence epoch. The threshold sits 1.7 points (2.5 standard deviations) under the lowest seed, far
+    # above the 0.5 of a model that learned nothing.
     assert result.metrics["validation"]["accuracy"] >= 0.75
 
     run_dir = result.run_dir
