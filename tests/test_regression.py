@@ -256,8 +256,9 @@ def test_minilm_learns_stsb(minilm_path, tmp_path):
     ]
     result = train(load_recipe(RECIPES / "regression.yaml", items), echo=lambda *a: None)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())["validation"]
-    # Measured 0.876 (Spearman 0.877, MAE 0.62; 2,000 training samples, 55 s in all with one thread on 2 busy
-    # cores); a margin of 0.056 for other platforms' arithmetic. MiniLM with an untrained head: 0.07.
-    assert metrics["pearson"] > 0.82, metrics
+    # Over seeds 1-5 Pearson 0.8977/0.9076/0.9087/0.8967/0.9004 (mean 0.902, std 0.0056; `bash
+    # benchmarks/learning_seeds.sh stsb`): the threshold sits 2.7 points (about 5 standard deviations) under the
+    # lowest seed. MiniLM with an untrained head: 0.07.
+    assert metrics["pearson"] > 0.87, metrics
     rows = read_rows(result.run_dir / "predictions.jsonl")
     assert 0 <= sum(row["predicted"] for row in rows) / len(rows) <= 5  # on STS-B's 0..5 scale
