@@ -371,12 +371,14 @@ def test_minilm_learns_goemotions_emotions(emotion_files, minilm_path, tmp_path)
     overrides = ["training.epochs=2", "training.batch_size=16", "training.max_length=48", "training.learning_rate=2e-4"]
     result = train(load_recipe(recipe, overrides))
     test = result.metrics["test"]
-    # Measured (seed 42, 2026-12-04): test macro-F1 0.879, micro-F1 0.884, mean binary cross-entropy 0.218. A model
-    # that learned nothing predicts every label at a tuned threshold (micro-F1 about 0.35, 1.05 labels of 5 per
-    # comment) with cross-entropy about 0.51 (the labels' entropy). Margins of about 0.1 for other machines' arithmetic.
-    assert test["macro_f1"] >= 0.78, test
-    assert test["micro_f1"] >= 0.78, test
-    assert test["cross_entropy"] <= 0.30, test  # sigmoid probabilities that mean something, not just a ranking
+    # Over seeds 1-5 (`bash benchmarks/learning_seeds.sh goemotions`): test macro-F1 0.8654-0.8988 (std 0.014),
+    # micro-F1 0.8728-0.8980 (std 0.010), mean binary cross-entropy 0.1865-0.2442 (std 0.021); at the seed the test
+    # runs (42) 0.879, 0.884 and 0.218. Each threshold sits about 2.5 points (2 to 2.5 standard deviations) beyond
+    # the worst seed. A model that learned nothing predicts every label at a tuned threshold (micro-F1 about 0.35,
+    # 1.05 labels of 5 per comment) with cross-entropy about 0.51 (the labels' entropy).
+    assert test["macro_f1"] >= 0.84, test
+    assert test["micro_f1"] >= 0.85, test
+    assert test["cross_entropy"] <= 0.27, test  # sigmoid probabilities that mean something, not just a ranking
     thresholds = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())["task"]["thresholds"]
     assert set(thresholds) == set(EMOTIONS)
 
