@@ -5,7 +5,8 @@
 #   lora-sst2:    tests/test_learning.py, MiniLM + LoRA r 16 on 4,000 SST-2 sentences, one epoch;
 #   quickstart:   tests/test_learning.py, recipes/sentiment.yaml as shipped (the README's first command);
 #   stsb:         tests/test_regression.py, MiniLM on 1,000 STS-B pairs, 2 epochs, 300 dev pairs;
-#   goemotions:   tests/test_multi_label.py, MiniLM on 1,000 GoEmotions comments of five emotions, 2 epochs.
+#   goemotions:   tests/test_multi_label.py, MiniLM on 1,000 GoEmotions comments of five emotions, 2 epochs;
+#   bert2bert:    tests/test_learning.py, BERT2BERT warm-started from MiniLM, 60 steps of Multi30k de->en, 200 sentences.
 # Usage: bash benchmarks/learning_seeds.sh STUDY [OUT_DIR] [extra seeds.py arguments]; SEEDS="1 2" runs only those.
 # Writes OUT_DIR/STUDY/seeds.md; finished seeds are reused. Reads ../shared/data (benchmark data).
 set -euo pipefail
@@ -48,5 +49,14 @@ files = emotion_files.__wrapped__(Path(sys.argv[1]), Path(sys.argv[2]))
 EOF
     seeds "$out/goemotions-data/recipe.yaml" --set training.epochs=2 --set training.batch_size=16 \
       --set training.max_length=48 --set training.learning_rate=2e-4 "$@" ;;
-  *) echo "unknown study '$which': expected smollm2-sst2, lora-sst2, quickstart, stsb or goemotions" >&2; exit 2 ;;
+  bert2bert)
+    parallel() { echo "{parallel: {de: $shared/multi30k/$1.de, en: $shared/multi30k/$1.en}, max_samples: $2}"; }
+    seeds recipes/translation.yaml --set model.name="$minilm" --set model.decoder="$minilm" \
+      --set data.train="$(parallel train 4000)" --set data.validation="$(parallel val 200)" --set data.test=null \
+      --set training.max_steps=60 --set training.batch_size=16 --set training.eval_batch_size=50 \
+      --set training.learning_rate=3e-4 --set training.warmup_ratio=0.1 --set training.max_length=40 \
+      --set task.max_target_length=40 --set task.num_beams=1 --set task.max_new_tokens=24 \
+      --set evaluation.every_n_steps=60 --set evaluation.metric_for_best=null --set checkpointing.at_epoch_end=false "$@" ;;
+  *) echo "unknown study '$which': expected smollm2-sst2, lora-sst2, quickstart, stsb, goemotions or bert2bert" >&2
+     exit 2 ;;
 esac

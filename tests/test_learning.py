@@ -102,7 +102,9 @@ def test_quickstart_recipe_end_to_end(tmp_path):
     for metric in ("accuracy=", "macro_f1=", "cross_entropy="):
         assert metric in test_line
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["test"]["accuracy"] >= 0.8
+    # Over seeds 1-5 test accuracy 0.91/0.91/0.94/0.95/0.91 (`bash benchmarks/learning_seeds.sh quickstart`; the
+    # test split holds 100 sentences, so one sentence is a point): 5 points under the lowest seed.
+    assert metrics["test"]["accuracy"] >= 0.86
     assert "Traceback" not in finished.stderr
 
 
