@@ -112,7 +112,7 @@ def test_quickstart_recipe_end_to_end(tmp_path):
 def test_bert2bert_from_minilm_learns_to_translate_multi30k(minilm_path, tmp_path):
     """BERT2BERT warm-started from MiniLM (encoder and decoder), German -> English: MiniLM's uncased vocabulary
     strips accents, so English is the side it can write. A short training must cut the validation cross-entropy
-    by at least 30% and raise BLEU on 200 validation sentences above the untrained model's."""
+    to under half the untrained model's and raise BLEU on 200 validation sentences from nothing to at least 0.5."""
     from conftest import SHARED_DATA
 
     multi30k = SHARED_DATA / "multi30k"
@@ -151,8 +151,12 @@ def test_bert2bert_from_minilm_learns_to_translate_multi30k(minilm_path, tmp_pat
     after = result.metrics["validation"]
     print("untrained:", before, "\ntrained:", after)
     assert after["num_examples"] == 200
-    assert after["cross_entropy"] <= 0.7 * before["cross_entropy"]
-    assert after["bleu"] > before["bleu"]
+    # Untrained (seed 42): cross-entropy 11.24, BLEU 0.01. Trained, over seeds 1-5 (`bash
+    # benchmarks/learning_seeds.sh bert2bert`): cross-entropy 4.32-4.37 (0.38-0.39 of the untrained; std 0.016) and
+    # BLEU 1.28-2.63 (60 steps teach it a generic English sentence, not yet a translation). The bounds sit about
+    # 0.7 nats and 0.8 BLEU (1.5 standard deviations) beyond the worst seed.
+    assert after["cross_entropy"] <= 0.45 * before["cross_entropy"]
+    assert after["bleu"] >= 0.5 > before["bleu"]
     generated = [
         row["predicted"]
         for row in predict(result.run_dir, ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."])
