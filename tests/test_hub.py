@@ -532,6 +532,7 @@ def qa_run(tiny_bert, tmp_path_factory):
         f"data.test={{path: {xquad}, max_samples: 8}}",
         "training.max_length=128",
         "task.doc_stride=32",
+        "training.min_steps=null",
         "training.epochs=1",
         "training.batch_size=8",
         "method={type: lora}",
