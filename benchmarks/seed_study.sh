@@ -4,6 +4,7 @@
 #   qa:   recipes/qa.yaml on 1,600 SQuADShifts questions, 1 epoch (100 steps), lr 3e-4, batch 16, warmup 10%,
 #         max_length 192, doc_stride 64 (the QA learning test's settings), scored on all 1,190 XQuAD-en questions
 #         (the test split) and on the first 200 (the validation split, as the learning test scores it);
+#         the recipe's head_learning_rate (3e-3) and min_steps (300) apply unless --set to null;
 #   sst2: recipes/sentiment.yaml on the first 1,000 SST-2 training sentences, scored on the 872-sentence dev split;
 #   ner:  recipes/ner.yaml on the first 1,000 WNUT17 training sentences, scored on dev (1,009) and test (1,287)
 #         (the NER learning test's settings, without the test split).
