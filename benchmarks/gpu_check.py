@@ -374,11 +374,13 @@ def launch_llmtune(args: list, processes: int, engine: str | None) -> None:
         for variable in variables:
             env.pop(variable, None)
     env.update(ENGINE_VARIABLES.get(engine, {}))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                str(Path(__file__).resolve()), "llmtune", *map(str, args)]  # fmt: skip
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    if finished.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, args[:1]))} ({engine or 'ddp'}): {finished.stderr[-1500:]}")
+    if finished.returncode != 0:  # the first process's error, not torchrun's summary after it
+        first = finished.stderr.find("Traceback")
+        shown = finished.stderr[first : first + 3000] if first >= 0 else finished.stderr[-1500:]
+        raise RuntimeError(f"{' '.join(map(str, args[:1]))} ({engine or 'ddp'}): {shown}")
 
 
 def run_llmtune(args: list[str]) -> int:

@@ -257,6 +257,7 @@ def test_two_processes_train_evaluate_once_and_resume_across_process_counts(setu
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",
         "--nproc_per_node",
         "2",
         "-m",
@@ -320,7 +321,8 @@ def test_two_processes_evaluate_a_split_smaller_than_one_batch(setup, tmp_path):
     recipe, _ = setup
     args = sets(*SETTINGS, "training.max_steps=2", "training.eval_batch_size=64")
     finished = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "llmtune", "train", str(recipe),
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmtune",
+         "train", str(recipe),
          *args, "--output", str(tmp_path / "run")],
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
@@ -341,7 +343,8 @@ def test_two_nodes_on_the_loopback_train_as_two_processes_on_one_node_do(setup, 
     recipe, _ = setup
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train = ["-m", "llmtune", "train", str(recipe), *sets(*SETTINGS, "training.max_steps=6"), "--output"]
-    one_node = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *train, str(tmp_path / "one")]
+    one_node = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *train]
+    one_node.append(str(tmp_path / "one"))
     finished = subprocess.run(one_node, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     port = free_port()

@@ -38,7 +38,9 @@ def start_two(launcher: list[str], variables: dict, args: list) -> subprocess.Po
     plainly (data-parallel), with these environment variables."""
     program = [str(ROOT / "tests" / launcher[0])] if launcher else ["-m", "llmtune"]
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *program, *map(str, args)],
+        # --standalone: a free rendezvous port, so launches of tests running side by side do not collide on 29500
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program]
+        + list(map(str, args)),
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1", **variables},
         stdout=subprocess.PIPE,
