@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .engine import launch
 from .errors import Interrupted, Notice, PeerLost, UserError
 from .quiet import silence_libraries_when_loaded
 
@@ -52,8 +53,9 @@ def _fail(error: UserError) -> None:
 
 
 def command(*names: str):
-    """A command of the app: its user errors end it with one line and exit code 2, and the libraries it loads stay
-    silent for the rest of the command (never restored: the CLI is its own process)."""
+    """A command of the app: its user errors end it with one line and exit code 2, the libraries it loads stay
+    silent for the rest of the command (never restored: the CLI is its own process), and it leaves the process group
+    of a distributed launch destroyed, however it ends."""
 
     def register(function):
         @functools.wraps(function)
@@ -63,6 +65,8 @@ def command(*names: str):
                 return function(*args, **kwargs)
             except UserError as error:
                 _fail(error)
+            finally:
+                launch.end_process_group()
 
         return app.command(*names)(run)
 

@@ -42,7 +42,8 @@ def start_two(launcher: list[str], variables: dict, args: list) -> subprocess.Po
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program]
         + list(map(str, args)),
         cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **variables},
+        # PYTHONFAULTHANDLER: a process that dies of a signal (SIGABRT from C++) prints where each thread was
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **variables},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -57,8 +58,10 @@ def launch(args: list, fsdp: bool) -> str:
 def finished(process: subprocess.Popen) -> str:
     """The stdout of a start_two run that succeeded."""
     out, err = process.communicate(timeout=300)
-    first = err.find("Traceback")  # the first process's error, not torchrun's summary after it
-    assert process.returncode == 0, err[first : first + 12000] if first >= 0 else err[-3000:]
+    # The first process's error, not torchrun's summary after it: a Python traceback, or what a process killed by
+    # a signal (an uncaught C++ exception's SIGABRT) printed on its way out.
+    starts = [i for i in map(err.find, ("Traceback", "terminate called", "Fatal Python error")) if i >= 0]
+    assert process.returncode == 0, err[min(starts) : min(starts) + 12000] if starts else err[-3000:]
     return out
 
 

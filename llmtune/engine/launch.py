@@ -4,6 +4,7 @@ Accelerate config chose; and what the sharding engines (fsdp.py, zero.py) need o
 from __future__ import annotations
 
 import os
+import sys
 
 from ..errors import UserError
 from ..lazy import torch
@@ -21,6 +22,16 @@ def is_first_process() -> bool:
 
 def env_flag(variable: str) -> bool:
     return os.environ.get(variable, "").lower() in ("1", "true", "yes")
+
+
+def end_process_group() -> None:
+    """Destroy the process groups this process joined (the launch's and DeepSpeed's), if any, as PyTorch asks each
+    process to before it exits. Left to the interpreter's exit, gloo's worker threads can still hold finished
+    asynchronous work (ZeRO-3 gathers weights asynchronously) whose tensors are freed after Python is torn down:
+    the process then dies of SIGABRT at the very end of a run that succeeded, and torchrun reports it failed."""
+    loaded = sys.modules.get("torch")  # a command that never loaded torch joined no group (and need not load it)
+    if loaded is not None and loaded.distributed.is_available() and loaded.distributed.is_initialized():
+        loaded.distributed.destroy_process_group()
 
 
 def accelerator_present() -> bool:
