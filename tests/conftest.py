@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ import llmtune.cli  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
+
+
+def torchrun(*program, processes: int = 2) -> list[str]:
+    """The command that runs PROGRAM (`-m llmtune ...`, or a script and its arguments) under torchrun as `processes`
+    processes on this machine. --standalone: a free rendezvous port, so the launches of tests running side by side
+    (the suite's two workers) do not both take torchrun's default 29500."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] + [
+        str(part) for part in program
+    ]
+
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, write_recipe, write_sentiment_files
+from conftest import ROOT, torchrun, write_recipe, write_sentiment_files
 from safetensors.torch import load_file
 
 # 32 examples, batches of 4: 8 steps per epoch, 16 in all; dropout is on, so RNG restoring matters.
@@ -253,23 +253,10 @@ def test_same_seed_gives_the_same_metrics(cli, tiny_bert, sentiment_files, tmp_p
 def test_two_processes_train_evaluate_once_and_resume_across_process_counts(setup, tmp_path, cli):
     recipe, _ = setup
     run = tmp_path / "run"
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "llmtune",
-        "train",
-        str(recipe),
-        "--output",
-        str(run),
-    ]
+    two = torchrun("-m", "llmtune", "train", recipe, "--output", run)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(
-        [*torchrun, *sets(*SETTINGS, "training.max_steps=6")],
+        [*two, *sets(*SETTINGS, "training.max_steps=6")],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -300,7 +287,7 @@ def test_two_processes_train_evaluate_once_and_resume_across_process_counts(setu
     assert code == 0, err
     assert "(step 6)" in out and "1 process(es)" in out
     finished = subprocess.run(
-        [*torchrun, *sets(*SETTINGS, "training.max_steps=12"), "--resume"],
+        [*two, *sets(*SETTINGS, "training.max_steps=12"), "--resume"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -321,9 +308,7 @@ def test_two_processes_evaluate_a_split_smaller_than_one_batch(setup, tmp_path):
     recipe, _ = setup
     args = sets(*SETTINGS, "training.max_steps=2", "training.eval_batch_size=64")
     finished = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmtune",
-         "train", str(recipe),
-         *args, "--output", str(tmp_path / "run")],
+        torchrun("-m", "llmtune", "train", recipe, *args, "--output", tmp_path / "run"),
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -343,8 +328,7 @@ def test_two_nodes_on_the_loopback_train_as_two_processes_on_one_node_do(setup, 
     recipe, _ = setup
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train = ["-m", "llmtune", "train", str(recipe), *sets(*SETTINGS, "training.max_steps=6"), "--output"]
-    one_node = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *train]
-    one_node.append(str(tmp_path / "one"))
+    one_node = torchrun(*train, tmp_path / "one")
     finished = subprocess.run(one_node, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     port = free_port()

@@ -13,13 +13,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
 import pytest
 import torch
-from conftest import RECIPES, ROOT, write_recipe, write_sentiment_files
+from conftest import RECIPES, ROOT, torchrun, write_recipe, write_sentiment_files
 from safetensors.torch import load_file
 from test_bad_input import assert_user_error
 from test_checkpoints import SETTINGS, assert_same_result, checkpoint_steps, sets
@@ -36,11 +35,9 @@ def start(args: list, fsdp: bool) -> subprocess.Popen:
 def start_two(launcher: list[str], variables: dict, args: list) -> subprocess.Popen:
     """llmtune ARGS under torchrun on two CPU processes: through tests/LAUNCHER (an engine forced onto the CPU) or
     plainly (data-parallel), with these environment variables."""
-    program = [str(ROOT / "tests" / launcher[0])] if launcher else ["-m", "llmtune"]
+    program = [ROOT / "tests" / launcher[0]] if launcher else ["-m", "llmtune"]
     return subprocess.Popen(
-        # --standalone: a free rendezvous port, so launches of tests running side by side do not collide on 29500
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program]
-        + list(map(str, args)),
+        torchrun(*program, *args),
         cwd=ROOT,
         # PYTHONFAULTHANDLER: a process that dies of a signal (SIGABRT from C++) prints where each thread was
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **variables},

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, write_recipe, write_sentiment_files
+from conftest import ROOT, torchrun, write_recipe, write_sentiment_files
 
 
 @pytest.mark.parametrize("works", [True, False], ids=["succeeds", "user-error"])
@@ -31,8 +30,7 @@ def test_a_command_leaves_no_process_group_behind(works, cli, tiny_bert, tmp_pat
 def test_processes_that_end_their_group_exit_cleanly_after_asynchronous_work():
     for attempt in range(8):  # without the end, each exit fails about three times in four here
         finished = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-             str(ROOT / "tests" / "async_work_then_exit.py")],
+            torchrun(ROOT / "tests" / "async_work_then_exit.py"),
             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
