@@ -220,13 +220,37 @@ def test_runs_built_in_the_form_train_and_show_their_metrics(page, workspace):
     expect(page.frame_locator("#report-view iframe").locator("body")).to_contain_text("accuracy")
 
 
-def test_compare_two_runs(page, workspace):
+def _trained(workspace: Path, name: str, *settings: str) -> str:
+    """The run `name` as the form trained it (the test above), or, when that test ran on the other worker (the
+    suite's pytest-xdist scheduler may split this module, and each worker has its own workspace), cli-NAME trained
+    here with these settings: never the same directory as the form's, in whatever order the tests come."""
+    if (workspace / name / "metrics.json").is_file():
+        return name
+    own = name.replace("runs/", "runs/cli-")
+    if not (workspace / own / "metrics.json").is_file():
+        sets = [arg for setting in settings for arg in ("--set", setting)]
+        command = [sys.executable, "-m", "llmtune", "train", "tiny.yaml", "--output", own, *sets]
+        subprocess.run(command, cwd=workspace, check=True, capture_output=True)
+    return own
+
+
+@pytest.fixture()
+def run_a(workspace) -> str:
+    return _trained(workspace, "runs/a")
+
+
+@pytest.fixture()
+def run_b(workspace) -> str:
+    return _trained(workspace, "runs/b", "training.learning_rate=3e-3")
+
+
+def test_compare_two_runs(page, workspace, run_a, run_b):
     _tab(page, "Compare")
     page.locator("#compare-refresh").click()
-    for name in ("runs/a", "runs/b"):
+    for name in (run_a, run_b):
         page.locator("#compare-pick label", has_text=name).click()
     page.locator("#compare-go").click()
-    header, rows = compare([workspace / "runs/a", workspace / "runs/b"])
+    header, rows = compare([workspace / run_a, workspace / run_b])
     table = page.locator("#compare-table")
     for row in rows[:3]:
         expect(table.get_by_role("row").filter(has_text=row[0]).first).to_contain_text(row[1])
@@ -235,25 +259,25 @@ def test_compare_two_runs(page, workspace):
     _shot(page, "compare")
 
 
-def test_playground_predicts_as_llmtune_predict(page, workspace):
+def test_playground_predicts_as_llmtune_predict(page, workspace, run_a):
     _tab(page, "Playground")
     page.locator("#play-refresh").click()
-    _pick(page, "play-run", "runs/a")
+    _pick(page, "play-run", run_a)
     expect(page.locator("#play-question")).to_be_hidden()  # classification asks for text (and text_pair) only
     text = "a wonderful, moving film"
     _type(page, "play-text", text)
     page.locator("#predict").click()
-    row = inference.predict(workspace / "runs/a", [text])[0]
+    row = inference.predict(workspace / run_a, [text])[0]
     expect(page.locator("#play-summary")).to_contain_text(f"predicted: {row['predicted']}  (score {row['score']:.4f})")
     for label in row["probabilities"]:
         expect(page.locator("#play-label")).to_contain_text(label)
     _shot(page, "playground")
 
 
-def test_share_previews_the_model_card(page, workspace):
+def test_share_previews_the_model_card(page, workspace, run_a):
     _tab(page, "Share")
     page.locator("#share-refresh").click()
-    _pick(page, "share-run", "runs/a")
+    _pick(page, "share-run", run_a)
     _type(page, "share-repo", "me/tiny-sentiment")
     page.locator("#share-preview").click()
     expect(page.locator("#share-card")).to_contain_text("name: tiny-sentiment")  # the card's head (the editor
@@ -261,15 +285,6 @@ def test_share_previews_the_model_card(page, workspace):
     _type(page, "share-repo", "not a repo id")
     page.locator("#share-preview").click()
     expect(page.locator("#share-said")).to_contain_text("error: ")
-
-
-@pytest.fixture()
-def run_a(workspace) -> str:
-    """runs/a: trained in the form by the tests above, or here when this test runs alone."""
-    if not (workspace / "runs/a/metrics.json").is_file():
-        command = [sys.executable, "-m", "llmtune", "train", "tiny.yaml", "--output", "runs/a"]
-        subprocess.run(command, cwd=workspace, check=True, capture_output=True)
-    return "runs/a"
 
 
 def test_push_takes_a_typed_token_and_never_says_it(workspace, run_a, local_hub, monkeypatch):
@@ -425,7 +440,7 @@ def test_stop_sends_one_sigterm_only(tmp_path):
 
 def test_export_writes_onnx_beside_the_run(workspace, run_a):
     said = actions.export_onnx(workspace, run_a)
-    assert said == "exported to runs/a-onnx"
-    assert (workspace / "runs/a-onnx/model.onnx").is_file()
+    assert said == f"exported to {run_a}-onnx"
+    assert (workspace / f"{run_a}-onnx" / "model.onnx").is_file()
     with pytest.raises(UserError):
         actions.export_onnx(workspace, "../elsewhere")
