@@ -24,6 +24,8 @@ import llmtune.cli  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def torchrun(*program, processes: int = 2) -> list[str]:
@@ -33,10 +35,6 @@ def torchrun(*program, processes: int = 2) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] + [
         str(part) for part in program
     ]
-
-
-SHARED_DATA = ROOT.parent / "shared" / "data"
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def minilm_dir() -> Path:

@@ -26,8 +26,8 @@ def env_flag(variable: str) -> bool:
 
 def end_process_group() -> None:
     """Destroy the process groups this process joined (the launch's and DeepSpeed's), if any, as PyTorch asks each
-    process to before it exits. Left to the interpreter's exit, gloo's worker threads can still hold finished
-    asynchronous work (ZeRO-3 gathers weights asynchronously) whose tensors are freed after Python is torn down:
+    process to before it exits. Left to the interpreter's exit, gloo's worker threads can still hold asynchronous
+    work nobody waited for (ZeRO-3 prefetches weights asynchronously) whose tensors are freed after Python is gone:
     the process then dies of SIGABRT at the very end of a run that succeeded, and torchrun reports it failed."""
     loaded = sys.modules.get("torch")  # a command that never loaded torch joined no group (and need not load it)
     if loaded is not None and loaded.distributed.is_available() and loaded.distributed.is_initialized():
