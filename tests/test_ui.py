@@ -22,6 +22,7 @@ import pytest
 import yaml
 from conftest import write_sentiment_files
 from playwright.sync_api import expect, sync_playwright  # the ui extra, which CI installs: never skipped
+from test_checkpoints import sets
 from test_hub import TOKEN, local_hub  # noqa: F401 (the local hub fixture)
 
 from llmtune import runs
@@ -228,8 +229,7 @@ def _trained(workspace: Path, name: str, *settings: str) -> str:
         return name
     own = name.replace("runs/", "runs/cli-")
     if not (workspace / own / "metrics.json").is_file():
-        sets = [arg for setting in settings for arg in ("--set", setting)]
-        command = [sys.executable, "-m", "llmtune", "train", "tiny.yaml", "--output", own, *sets]
+        command = [sys.executable, "-m", "llmtune", "train", "tiny.yaml", "--output", own, *sets(*settings)]
         subprocess.run(command, cwd=workspace, check=True, capture_output=True)
     return own
 
