@@ -26,7 +26,7 @@ import importlib
 _EXPORTS = {
     "Recipe": "recipe",
     "load_recipe": "recipe",
-    "UserError": "errors",
+    "UserError": "common.errors",
     "TrainResult": "engine.training",
     "train": "engine.training",
     "evaluate": "deploy.inference",

@@ -14,9 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runs, tasks
+from . import tasks
+from .common import runs
+from .common.errors import UserError
 from .data import reading as data
-from .errors import UserError
 from .recipe import DataSource, Recipe, load_recipe
 from .sections import DataSpec
 

@@ -10,8 +10,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runs, tasks
-from .errors import UserError
+from . import tasks
+from .common import runs
+from .common.errors import UserError
 from .recipe import dump_recipe, load_recipe
 from .tasks.calibration import TemperatureScaled
 

@@ -14,9 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from .common.errors import Interrupted, Notice, PeerLost, UserError
+from .common.silence import silence_libraries_when_loaded
 from .engine import launch
-from .errors import Interrupted, Notice, PeerLost, UserError
-from .quiet import silence_libraries_when_loaded
 
 app = typer.Typer(
     help="Fine-tune BERT- and GPT-style checkpoints on NLP tasks from one YAML recipe.\n\n"
@@ -248,9 +248,9 @@ def eval_(
 
     Given a recipe file, it scores the model the recipe would start from (zero-shot baseline) on the recipe's split.
     """
+    from .common.runs import check_output_file, write_json, write_jsonl
     from .deploy.inference import evaluate
     from .engine.evaluation import format_metrics
-    from .runs import check_output_file, write_json, write_jsonl
 
     if output is not None:  # before the work: an evaluation can take an hour
         check_output_file(output, "--output")
@@ -287,10 +287,10 @@ def predict(
 
     Each input option is repeatable: the N-th prediction takes the N-th value of every option given.
     """
+    from .common.runs import check_output_file, write_jsonl
     from .data.reading import read_file
     from .deploy.inference import load_run
     from .deploy.inference import predict as run_predict
-    from .runs import check_output_file, write_jsonl
 
     given = {name: values for name, values in fields.items() if values}
     if len({len(values) for values in given.values()}) > 1:
@@ -676,7 +676,7 @@ def init(
     ] = None,
 ) -> None:
     """Write a starter recipe with every key, its default and what it does."""
-    from .runs import write_atomic
+    from .common.runs import write_atomic
     from .starter import starter_recipe
 
     if output is not None and output.exists():

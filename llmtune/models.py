@@ -12,10 +12,10 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from . import runs
-from .errors import Notice, UserError
-from .lazy import torch, transformers
-from .quiet import peft_deprecations_silenced
+from .common import runs
+from .common.errors import Notice, UserError
+from .common.lazy import torch, transformers
+from .common.silence import peft_deprecations_silenced
 from .sections import FullMethod, IA3Method, LoraMethod, Method, ModelSpec, PrefixTuningMethod
 
 

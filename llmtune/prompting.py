@@ -16,9 +16,9 @@ import functools
 import inspect
 import string
 
+from .common.errors import UserError
+from .common.lazy import F, torch, transformers
 from .engine import zero
-from .errors import UserError
-from .lazy import F, torch, transformers
 
 COMPLETION = "completion"
 IGNORE = -100

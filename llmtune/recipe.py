@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from . import tasks
-from .errors import UserError
+from .common.errors import UserError
 from .sections import (  # noqa: F401 (the schema's sections, importable from here)
     SPLITS,
     BackTranslationAugment,

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import UserError
+from .common.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 # Bounds no real run reaches, so that a typo (or 1e26) is refused in one line instead of planning a run that cannot

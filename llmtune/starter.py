@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from . import recipe as schema
-from .errors import UserError
+from .common.errors import UserError
 
 # The repository's recipes folder; an editable install imports llmtune from the repository.
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"

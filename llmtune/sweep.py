@@ -33,8 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from . import runs
-from .errors import UserError
+from .common import runs
+from .common.errors import UserError
 
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")
 PRUNERS = ("median", "successive_halving", "none")

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import ROOT, write_recipe, write_sentiment_files
 
-from llmtune.errors import UserError
+from llmtune.common.errors import UserError
 
 # In a fresh process (malloc settings are per process): free a 24 MiB tensor, which makes glibc raise its mmap
 # threshold, then ask whether a new 2 MiB tensor got its own mapping (mallinfo2's hblkhd) or came from the heap.

@@ -152,7 +152,7 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(cli, tiny_bert, sen
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a full disk
     (run / "checkpoints" / ".tmp-step-8").mkdir()  # a checkpoint being written when the run was killed
 
-    from llmtune.errors import Notice
+    from llmtune.common.errors import Notice
 
     with pytest.warns(
         Notice, match=r"skipping checkpoint .*step-6: incomplete or damaged .trainable.safetensors has 1000 bytes"

@@ -15,7 +15,7 @@ from conftest import write_recipe
 from test_bad_input import assert_user_error
 
 from llmtune import load_recipe, train
-from llmtune.errors import Notice
+from llmtune.common.errors import Notice
 
 # Six negative reviews for every two positive ones.
 REVIEWS = [("dull and far too long", "negative")] * 6 + [("a wonderful, moving film", "positive")] * 2

@@ -27,7 +27,7 @@ from test_fsdp import (
     start_two,
 )
 
-from llmtune.errors import UserError
+from llmtune.common.errors import UserError
 
 
 def start(args: list, stage: int | None) -> subprocess.Popen:

@@ -13,7 +13,7 @@ from conftest import RECIPES, SHARED_DATA
 from test_bad_input import assert_user_error
 
 from llmtune import load_recipe
-from llmtune.errors import Notice
+from llmtune.common.errors import Notice
 
 MULTI30K = SHARED_DATA / "multi30k"
 SCITLDR = SHARED_DATA / "scitldr"

@@ -262,8 +262,8 @@ def test_a_label_train_never_shows_is_one_warning_line(tiny_bert, sentiment_file
 
 
 def test_epochs_that_plan_more_steps_than_any_run_are_refused():
+    from llmtune.common.errors import UserError
     from llmtune.engine.preparation import planned_steps
-    from llmtune.errors import UserError
     from llmtune.sections import Training
 
     training = Training(epochs=10**6, batch_size=1)
@@ -296,7 +296,7 @@ def test_a_capped_max_length_and_mixed_labels_are_one_warning_line_each(tiny_ber
 
 
 def test_train_says_once_that_max_length_is_capped(cli, tiny_bert, sentiment_files, tmp_path):
-    from llmtune.errors import Notice
+    from llmtune.common.errors import Notice
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
     with pytest.warns(Notice) as caught:
@@ -335,7 +335,7 @@ def test_a_lora_run_shows_no_library_warnings(tiny_bert, sentiment_files, tmp_pa
 
 
 def test_a_rename_of_a_column_the_data_lacks_is_a_warning(cli, tiny_bert, sentiment_files, tmp_path):
-    from llmtune.errors import DataWarning
+    from llmtune.common.errors import DataWarning
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
     with pytest.warns(DataWarning, match="data.columns maps 'sentence', which the data does not have .it has 'text'"):
@@ -344,7 +344,7 @@ def test_a_rename_of_a_column_the_data_lacks_is_a_warning(cli, tiny_bert, sentim
 
 
 def test_trusted_remote_code_names_the_files_it_runs(cli, tiny_bert, sentiment_files, tmp_path):
-    from llmtune.errors import Notice
+    from llmtune.common.errors import Notice
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -591,7 +591,7 @@ CARD_EXPECTATIONS = {
 def test_card_of_each_task_has_its_pipeline_task_type_and_metrics(name, request):
     from huggingface_hub import ModelCard
 
-    from llmtune.runs import is_metric
+    from llmtune.common.runs import is_metric
 
     run = request.getfixturevalue(name)
     pipeline_tag, task_type, columns = CARD_EXPECTATIONS[name]

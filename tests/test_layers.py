@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import write_recipe, write_sentiment_files
 
+from llmtune.common.errors import UserError
 from llmtune.engine import components, layers
-from llmtune.errors import UserError
 from llmtune.recipe import Training
 
 

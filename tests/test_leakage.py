@@ -11,9 +11,9 @@ import pytest
 from conftest import write_recipe
 
 from llmtune import tasks
+from llmtune.common.errors import DataWarning, UserError
 from llmtune.data import leakage
 from llmtune.data.reading import in_memory
-from llmtune.errors import DataWarning, UserError
 
 LONG = "the film follows two brothers who grow up on a farm and slowly learn to forgive their father for leaving"
 NEAR = "the film follows two brothers who grow up on a farm and slowly learn to forgive their mother for leaving"

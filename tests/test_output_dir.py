@@ -200,7 +200,7 @@ def test_overwrite_replaces_only_its_own_kind_of_output(cli, tiny_bert, sentimen
     ],
 )
 def test_output_kind_tells_what_a_directory_holds(setup, kind, tmp_path):
-    from llmtune.runs import output_kind
+    from llmtune.common.runs import output_kind
 
     setup(tmp_path / "target", tmp_path)
     assert output_kind(tmp_path / "target") == kind

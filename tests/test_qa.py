@@ -173,7 +173,7 @@ def test_decoding_picks_the_best_span_across_windows(tokenizer):
 def test_misaligned_answers_are_skipped_for_training_with_a_warning(tmp_path):
     import datasets
 
-    from llmtune.errors import DataWarning
+    from llmtune.common.errors import DataWarning
     from llmtune.recipe import DataSource, DataSpec
 
     good = long_example()

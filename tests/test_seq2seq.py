@@ -476,7 +476,7 @@ def test_empty_summary_and_missing_document_column(cli, tiny_t5, tmp_path):
 def test_drop_empty_leaves_out_rows_with_an_empty_source_or_target_and_counts_them(tmp_path):
     import datasets
 
-    from llmtune.errors import DataWarning
+    from llmtune.common.errors import DataWarning
     from llmtune.recipe import DataSpec
     from llmtune.tasks.seq2seq import Summarization, SummarizationOptions
 
@@ -514,7 +514,7 @@ def test_drop_empty_leaves_out_rows_with_an_empty_source_or_target_and_counts_th
 def test_long_targets_are_truncated_with_one_counted_warning(tiny_marian, translation_rows):
     import datasets
 
-    from llmtune.errors import DataWarning
+    from llmtune.common.errors import DataWarning
     from llmtune.models import Checkpoint, load_tokenizer
     from llmtune.tasks.seq2seq import Translation, TranslationOptions
 

@@ -25,9 +25,9 @@ from playwright.sync_api import expect, sync_playwright  # the ui extra, which C
 from test_checkpoints import sets
 from test_hub import TOKEN, local_hub  # noqa: F401 (the local hub fixture)
 
-from llmtune import runs
+from llmtune.common import runs
+from llmtune.common.errors import UserError
 from llmtune.deploy import inference
-from llmtune.errors import UserError
 from llmtune.recipe import validate
 from llmtune.reports.report import compare
 from llmtune.starter import builtin_recipes

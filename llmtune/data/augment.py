@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models
-from ..errors import UserError
-from ..lazy import datasets, torch
+from ..common.errors import UserError
+from ..common.lazy import datasets, torch
 from ..sections import ModelSpec
 
 CACHE_VERSION = "augment-1"

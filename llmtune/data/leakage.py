@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import DataWarning, UserError
+from ..common.errors import DataWarning, UserError
 
 NEAR_JACCARD = 0.8
 EXAMPLES_KEPT = 3  # of each kind per pair of splits, for validate's lines and the report

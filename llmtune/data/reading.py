@@ -11,8 +11,8 @@ import uuid
 import warnings
 from pathlib import Path
 
-from ..errors import DataWarning, UserError
-from ..lazy import datasets
+from ..common.errors import DataWarning, UserError
+from ..common.lazy import datasets
 from ..sections import DataSource, DataSpec
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}

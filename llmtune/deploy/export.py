@@ -16,10 +16,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .. import models, runs
+from .. import models
+from ..common import runs
+from ..common.errors import UserError
+from ..common.silence import onnx_tracer_warnings_silenced
 from ..engine.batching import PadCollator
-from ..errors import UserError
-from ..quiet import onnx_tracer_warnings_silenced
 from ..recipe import dump_recipe
 from ..tasks.base import Task
 from .inference import LoadedRun, load_run

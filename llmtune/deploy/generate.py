@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..lazy import torch
+from ..common.lazy import torch
 from .inference import LoadedRun
 
 

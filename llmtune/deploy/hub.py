@@ -15,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from .. import runs, tasks
-from ..errors import UserError
+from .. import tasks
+from ..common import runs
+from ..common.errors import UserError
 from ..models import REPO_ID, is_hub_id
 from ..recipe import Recipe, dump_recipe
 from ..tasks.base import metric_label

@@ -8,12 +8,13 @@ from pathlib import Path
 from pydantic import ValidationError
 from safetensors import SafetensorError
 
-from .. import models, runs, tasks
+from .. import models, tasks
+from ..common import runs
+from ..common.errors import UserError
+from ..common.silence import peft_deprecations_silenced, quiet_libraries
 from ..data import reading as data
 from ..engine import memory
 from ..engine.evaluation import eval_batches, mixed_precision, new_accelerator, run_evaluation
-from ..errors import UserError
-from ..quiet import peft_deprecations_silenced, quiet_libraries
 from ..recipe import DataSource, DataSpec, ModelSpec, Recipe, apply_override, load_recipe, validate
 from ..tasks.base import Task
 

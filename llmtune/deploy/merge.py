@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .. import runs
-from ..errors import UserError
+from ..common import runs
+from ..common.errors import UserError
 from ..recipe import Recipe, dump_recipe, load_recipe
 from .inference import load_run
 

@@ -36,8 +36,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from .. import models, runs
-from ..errors import UserError
+from .. import models
+from ..common import runs
+from ..common.errors import UserError
 from .inference import LoadedRun, load_run
 
 log = logging.getLogger("llmtune.serve")

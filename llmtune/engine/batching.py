@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
-from ..lazy import torch
+from ..common.lazy import torch
 
 # Keys padded with the tokenizer's pad id; other list-valued keys are padded with 0 (masks, segment ids)
 # or -100 (labels, ignored by the loss).

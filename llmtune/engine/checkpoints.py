@@ -41,8 +41,8 @@ import yaml
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from .. import runs
-from ..errors import Notice, UserError
+from ..common import runs
+from ..common.errors import Notice, UserError
 from ..recipe import Evaluation, Recipe, dump_recipe
 from . import zero
 

@@ -13,7 +13,8 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from .. import models, runs
+from .. import models
+from ..common import runs
 from ..data import augment
 from ..recipe import Recipe, dump_recipe
 from . import checkpoints, launch, layers, memory, tracking, zero

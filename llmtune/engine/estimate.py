@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import models
-from ..errors import UserError
+from ..common.errors import UserError
 from . import speed
 from .evaluation import precision_label
 from .preparation import Prepared

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 
-from .. import runs
-from ..errors import UserError
+from ..common import runs
+from ..common.errors import UserError
 from ..tasks.base import Task, run_batches
 from . import zero
 from .batching import PadCollator, SortedBatches

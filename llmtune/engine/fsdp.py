@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UserError
-from ..lazy import torch
+from ..common.errors import UserError
+from ..common.lazy import torch
 from . import launch
 
 

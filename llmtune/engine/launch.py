@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import UserError
-from ..lazy import torch
+from ..common.errors import UserError
+from ..common.lazy import torch
 
 
 def world_size() -> int:

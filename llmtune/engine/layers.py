@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from ..errors import UserError
+from ..common.errors import UserError
 
 LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 EMBEDDINGS = re.compile(r"(?:^|\.)(?:embeddings|embed_tokens|embed_positions|wte|wpe|shared)\.")

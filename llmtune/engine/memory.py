@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from ..errors import UserError
+from ..common.errors import UserError
 from ..recipe import Recipe
 from . import checkpoints, tracking
 

@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 
 from .. import models, tasks
+from ..common.errors import UserError
 from ..data import augment, leakage
 from ..data import reading as data
-from ..errors import UserError
 from ..recipe import Recipe
 from ..tasks.base import Task
 from . import fsdp, launch, tracking, zero

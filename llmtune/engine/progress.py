@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import runs
+from ..common import runs
 from . import tracking
 
 

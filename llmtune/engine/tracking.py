@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-from .. import runs
-from ..errors import UserError
+from ..common import runs
+from ..common.errors import UserError
 
 # recipe name -> (module that must be importable, pip package that provides it)
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}

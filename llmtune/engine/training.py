@@ -24,9 +24,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from .. import runs
-from ..errors import Interrupted, PeerLost, UserError
-from ..quiet import quiet_libraries
+from ..common import runs
+from ..common.errors import Interrupted, PeerLost, UserError
+from ..common.silence import quiet_libraries
 from ..recipe import Recipe, dump_recipe
 from ..reports import plots
 from ..tasks.base import Task

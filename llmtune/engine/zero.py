@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..errors import UserError
-from ..lazy import torch
+from ..common.errors import UserError
+from ..common.lazy import torch
 from . import launch
 
 # DeepSpeed config keys llmtune fills from the recipe's training section.

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import runs, tasks
+from .. import tasks
+from ..common import figures, runs
 from ..recipe import Recipe, load_recipe
-from . import figures
 
 LOSS_PNG, METRIC_PNG = "loss.png", "metric.png"
 # Validation entries name their loss differently per task; the first one present is plotted with the training loss.

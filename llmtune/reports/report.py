@@ -11,8 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from .. import runs, tasks
-from ..errors import UserError
+from .. import tasks
+from ..common import runs
+from ..common.errors import UserError
 from ..recipe import load_recipe
 from ..tasks.base import Task
 from . import plots, trust

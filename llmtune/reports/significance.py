@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import runs, tasks
-from ..errors import UserError
+from .. import tasks
+from ..common import runs
+from ..common.errors import UserError
 from ..recipe import load_recipe
 from ..tasks.base import RowStatistics, Task
 from . import plots

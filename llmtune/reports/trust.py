@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .figures import RELIABILITY_PNG
+from ..common.figures import RELIABILITY_PNG
 from .leakage import leakage_html
 
 ISSUES_FILE = "label_issues.csv"  # llmtune audit's CSV (audit.ISSUES_FILE; reports do not import the API layer)

@@ -6,7 +6,7 @@ entry in TASKS.
 
 from __future__ import annotations
 
-from ..errors import UserError
+from ..common.errors import UserError
 from .base import Task, TaskOptions
 from .classification import Classification
 from .multi_label import MultiLabelClassification

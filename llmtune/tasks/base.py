@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..common.errors import UserError
+from ..common.lazy import datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import in_memory, row_location, tokenization_fingerprint
 from ..engine.batching import PadCollator, SortedBatches
 from ..engine.zero import partitions_parameters
-from ..errors import UserError
-from ..lazy import datasets, torch
 from ..models import is_decoder_only
 from ..sections import DataSpec, Section
 

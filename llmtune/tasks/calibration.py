@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ..lazy import torch
+from ..common.lazy import torch
 from .base import TaskOptions
 
 ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017), so figures compare with the literature

@@ -10,11 +10,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from .. import metrics as metric_modules
+from ..common import figures
+from ..common.errors import DataWarning, Notice, UserError
+from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..errors import DataWarning, Notice, UserError
-from ..lazy import F, datasets, torch
-from ..reports import figures
 from ..sections import DataSpec
 from .base import (
     Accumulator,

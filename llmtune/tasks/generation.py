@@ -30,9 +30,9 @@ from pydantic import Field as SchemaField
 from pydantic import field_validator, model_validator
 
 from .. import prompting
+from ..common.errors import DataWarning, Notice, UserError
+from ..common.lazy import F, datasets, torch
 from ..data.reading import describe, row_location
-from ..errors import DataWarning, Notice, UserError
-from ..lazy import F, datasets, torch
 from ..models import is_decoder_only
 from ..sections import DataSpec
 from .base import Accumulator, Task, TaskOptions, prediction_row, tokenize

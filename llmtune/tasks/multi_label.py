@@ -20,11 +20,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..common import figures
+from ..common.errors import DataWarning, Notice, UserError
+from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..errors import DataWarning, Notice, UserError
-from ..lazy import F, datasets, torch
-from ..reports import figures
 from ..sections import DataSpec
 from .base import Accumulator, LabelledTask, TaskOptions, check_texts, prediction_row, text_encoder, tokenize
 from .card import PushedModel, literal

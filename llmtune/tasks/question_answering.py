@@ -20,10 +20,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field as SchemaField
 
 from .. import prompting
+from ..common.errors import DataWarning, UserError
+from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..errors import DataWarning, UserError
-from ..lazy import F, datasets, torch
 from ..sections import DataSpec
 from .base import Accumulator, Task, prediction_row, tokenize
 from .card import PushedModel, literal

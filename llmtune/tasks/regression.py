@@ -11,12 +11,12 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from ..common import figures
+from ..common.errors import UserError
+from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..errors import UserError
-from ..lazy import F, datasets, torch
 from ..models import is_decoder_only
-from ..reports import figures
 from ..sections import DataSpec
 from .base import (
     Accumulator,

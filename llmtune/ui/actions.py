@@ -10,8 +10,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from .. import runs
-from ..errors import UserError
+from ..common import runs
+from ..common.errors import UserError
 from ..starter import RECIPES_DIR, builtin_recipes
 from . import form, jobs
 

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import tasks
-from ..errors import UserError
+from ..common.errors import UserError
 from . import actions, form, jobs
 
 REFRESH_S = 1.5

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .. import recipe as schema
-from ..errors import UserError
+from ..common.errors import UserError
 from ..recipe import shortened
 from ..starter import field_default
 

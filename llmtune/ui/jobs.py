@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from .. import runs
-from ..errors import UserError
+from ..common import runs
+from ..common.errors import UserError
 
 UI_DIR = ".llmtune-ui"
 RUNS_DIR = "runs"

@@ -8,7 +8,7 @@ import hmac
 import os
 from pathlib import Path
 
-from ..errors import UserError
+from ..common.errors import UserError
 
 AUTH_ENV = "LLMTUNE_UI_AUTH"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
