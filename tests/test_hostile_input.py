@@ -264,7 +264,7 @@ def test_a_label_train_never_shows_is_one_warning_line(tiny_bert, sentiment_file
 def test_epochs_that_plan_more_steps_than_any_run_are_refused():
     from llmtune.common.errors import UserError
     from llmtune.engine.preparation import planned_steps
-    from llmtune.sections import Training
+    from llmtune.recipe import Training
 
     training = Training(epochs=10**6, batch_size=1)
     with pytest.raises(UserError, match="training.epochs: 1e.06 epochs plan 10,000,000,000 optimizer steps; at most"):

@@ -14,7 +14,7 @@ from conftest import RECIPES, SHARED_DATA, minilm_dir
 from llmtune import evaluate, load_recipe, predict, train
 from llmtune.common.errors import Notice
 from llmtune.data.reading import load_splits
-from llmtune.sections import DataSpec
+from llmtune.data.schema import DataSpec
 from llmtune.tasks.multi_label import (
     THRESHOLD_GRID,
     MultiLabelAccumulator,

@@ -174,7 +174,7 @@ def test_misaligned_answers_are_skipped_for_training_with_a_warning(tmp_path):
     import datasets
 
     from llmtune.common.errors import DataWarning
-    from llmtune.recipe import DataSource, DataSpec
+    from llmtune.data.schema import DataSource, DataSpec
 
     good = long_example()
     bad = {**good, "id": "q2", "answers": {"text": ["nowhere to be seen"], "answer_start": [5]}}

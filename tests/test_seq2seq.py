@@ -477,7 +477,7 @@ def test_drop_empty_leaves_out_rows_with_an_empty_source_or_target_and_counts_th
     import datasets
 
     from llmtune.common.errors import DataWarning
-    from llmtune.recipe import DataSpec
+    from llmtune.data.schema import DataSpec
     from llmtune.tasks.seq2seq import Summarization, SummarizationOptions
 
     rows = [
@@ -515,7 +515,8 @@ def test_long_targets_are_truncated_with_one_counted_warning(tiny_marian, transl
     import datasets
 
     from llmtune.common.errors import DataWarning
-    from llmtune.models import Checkpoint, load_tokenizer
+    from llmtune.models.loading import load_tokenizer
+    from llmtune.models.sources import Checkpoint
     from llmtune.tasks.seq2seq import Translation, TranslationOptions
 
     task = Translation(TranslationOptions(type="translation", source_lang="de", target_lang="en", max_target_length=8))

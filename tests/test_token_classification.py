@@ -88,7 +88,8 @@ def test_conll_reader_splits_sentences_on_blank_and_whitespace_lines_and_skips_d
 def test_first_subtoken_carries_the_tag_and_the_rest_are_ignored_or_inside(tiny_bert):
     import datasets
 
-    from llmtune.models import Checkpoint, load_tokenizer
+    from llmtune.models.loading import load_tokenizer
+    from llmtune.models.sources import Checkpoint
     from llmtune.tasks.token_classification import TokenClassification, TokenClassificationOptions
 
     tokenizer = load_tokenizer(Checkpoint("tiny", str(tiny_bert), "local directory"))
@@ -114,7 +115,8 @@ def test_long_sentences_become_windows_and_every_word_is_predicted_once(tiny_ber
     the window where it has the most context, so no word is lost or predicted twice."""
     import datasets
 
-    from llmtune.models import Checkpoint, load_tokenizer
+    from llmtune.models.loading import load_tokenizer
+    from llmtune.models.sources import Checkpoint
     from llmtune.tasks.token_classification import TokenClassification, TokenClassificationOptions
 
     tokenizer = load_tokenizer(Checkpoint("tiny", str(tiny_bert), "local directory"))

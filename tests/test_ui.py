@@ -29,8 +29,8 @@ from llmtune.common import runs
 from llmtune.common.errors import UserError
 from llmtune.deploy import inference
 from llmtune.recipe import validate
+from llmtune.recipe.starter import builtin_recipes
 from llmtune.reports.report import compare
-from llmtune.starter import builtin_recipes
 from llmtune.ui import actions, form, jobs
 
 CHROMIUM = "/usr/bin/chromium"

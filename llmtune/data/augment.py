@@ -29,7 +29,7 @@ from pathlib import Path
 from .. import models
 from ..common.errors import UserError
 from ..common.lazy import datasets, torch
-from ..sections import ModelSpec
+from ..models.schema import ModelSpec
 
 CACHE_VERSION = "augment-1"
 WORDY = re.compile(r"[A-Za-z][A-Za-z'\-]*$")  # words a synonym may replace (not numbers, punctuation or @handles)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..common.errors import DataWarning, UserError
 from ..common.lazy import datasets
-from ..sections import DataSource, DataSpec
+from .schema import DataSource, DataSpec
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 

@@ -18,7 +18,7 @@ import yaml
 from .. import tasks
 from ..common import runs
 from ..common.errors import UserError
-from ..models import REPO_ID, is_hub_id
+from ..models.sources import REPO_ID, is_hub_id
 from ..recipe import Recipe, dump_recipe
 from ..tasks.base import metric_label
 from ..tasks.card import PushedModel

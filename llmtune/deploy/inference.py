@@ -13,9 +13,11 @@ from ..common import runs
 from ..common.errors import UserError
 from ..common.silence import peft_deprecations_silenced, quiet_libraries
 from ..data import reading as data
+from ..data.schema import DataSource, DataSpec
 from ..engine import memory
 from ..engine.evaluation import eval_batches, mixed_precision, new_accelerator, run_evaluation
-from ..recipe import DataSource, DataSpec, ModelSpec, Recipe, apply_override, load_recipe, validate
+from ..models.schema import ModelSpec
+from ..recipe import Recipe, apply_override, load_recipe, validate
 from ..tasks.base import Task
 
 

@@ -25,12 +25,13 @@ import numpy as np
 
 from ..common.errors import UserError
 from ..common.lazy import datasets, torch
+from ..common.section import Section
 from ..data.augment import AugmentFields
 from ..data.reading import in_memory, row_location, tokenization_fingerprint
+from ..data.schema import DataSpec
 from ..engine.batching import PadCollator, SortedBatches
 from ..engine.zero import partitions_parameters
-from ..models import is_decoder_only
-from ..sections import DataSpec, Section
+from ..models.loading import is_decoder_only
 
 if TYPE_CHECKING:
     from .card import PushedModel

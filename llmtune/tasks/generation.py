@@ -33,8 +33,8 @@ from .. import prompting
 from ..common.errors import DataWarning, Notice, UserError
 from ..common.lazy import F, datasets, torch
 from ..data.reading import describe, row_location
-from ..models import is_decoder_only
-from ..sections import DataSpec
+from ..data.schema import DataSpec
+from ..models.loading import is_decoder_only
 from .base import Accumulator, Task, TaskOptions, prediction_row, tokenize
 from .card import PushedModel, causal_lm_usage, example_row, keywords, literal
 

@@ -25,7 +25,7 @@ from ..common.errors import DataWarning, Notice, UserError
 from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..sections import DataSpec
+from ..data.schema import DataSpec
 from .base import Accumulator, LabelledTask, TaskOptions, check_texts, prediction_row, text_encoder, tokenize
 from .card import PushedModel, literal
 

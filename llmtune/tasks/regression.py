@@ -16,8 +16,8 @@ from ..common.errors import UserError
 from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..models import is_decoder_only
-from ..sections import DataSpec
+from ..data.schema import DataSpec
+from ..models.loading import is_decoder_only
 from .base import (
     Accumulator,
     RowStatistics,

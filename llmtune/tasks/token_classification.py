@@ -29,7 +29,7 @@ from ..common.errors import UserError
 from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
-from ..sections import DataSpec
+from ..data.schema import DataSpec
 from .base import Accumulator, LabelledTask, RowStatistics, TaskOptions, f1_from_counts, prediction_row, tokenize
 from .card import PushedModel, literal
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..common import runs
 from ..common.errors import UserError
-from ..starter import RECIPES_DIR, builtin_recipes
+from ..recipe.starter import RECIPES_DIR, builtin_recipes
 from . import form, jobs
 
 MAX_UPLOAD_BYTES = 1_000_000  # a recipe is a few kB; anything this large is not one

@@ -19,7 +19,7 @@ import yaml
 from .. import recipe as schema
 from ..common.errors import UserError
 from ..recipe import shortened
-from ..starter import field_default
+from ..recipe.starter import field_default
 
 SOURCE = "form"  # where validate's messages say the problem is
 MISSING = object()

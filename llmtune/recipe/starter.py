@@ -11,11 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from . import recipe as schema
-from .common.errors import UserError
+from .. import recipe as schema
+from ..common.errors import UserError
 
 # The repository's recipes folder; an editable install imports llmtune from the repository.
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
