@@ -291,6 +291,7 @@ def predict(
     from .data.reading import read_file
     from .deploy.inference import load_run
     from .deploy.inference import predict as run_predict
+    from .tasks import file_readers
 
     given = {name: values for name, values in fields.items() if values}
     if len({len(values) for values in given.values()}) > 1:
@@ -302,7 +303,7 @@ def predict(
         check_output_file(output, "--output")
     rows: list = [dict(zip(given, values)) for values in zip(*given.values())]
     if input_file is not None:
-        rows += read_file(str(input_file), f"--input {input_file}").to_list()
+        rows += read_file(str(input_file), f"--input {input_file}", file_readers()).to_list()
     loaded = load_run(target, set_ or [])
     accepted = loaded.task.input_columns()
     unknown = [name for name in given if name not in accepted]

@@ -97,7 +97,7 @@ def test_zero3_lora_generation_keeps_the_best_checkpoint_as_data_parallel_does(t
 
 
 def accelerator_with(config: dict, processes: int = 2):
-    """What zero.configure reads: the DeepSpeed config Accelerate loaded."""
+    """What deepspeed_zero.configure reads: the DeepSpeed config Accelerate loaded."""
     plugin = SimpleNamespace(deepspeed_config=config)
     return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=processes)
 
@@ -108,10 +108,10 @@ def training_section(**values):
 
 
 def test_the_recipe_fills_the_deepspeed_values_it_owns():
-    from llmtune.engine import zero
+    from llmtune.engine import deepspeed_zero
 
     config = {"zero_optimization": {"stage": 3}, "gradient_clipping": "auto", "train_micro_batch_size_per_gpu": 8}
-    zero.configure(accelerator_with(config, processes=4), training_section())
+    deepspeed_zero.configure(accelerator_with(config, processes=4), training_section())
     assert config["train_micro_batch_size_per_gpu"] == 8 and config["gradient_accumulation_steps"] == 2
     assert config["gradient_clipping"] == 1.0 and config["train_batch_size"] == 64
     assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
@@ -139,10 +139,10 @@ def test_the_recipe_fills_the_deepspeed_values_it_owns():
     ids=["stage0", "optimizer", "scheduler", "offload", "clipping", "accumulation"],
 )
 def test_a_deepspeed_config_llmtune_cannot_honour_is_refused(config, fragment):
-    from llmtune.engine import zero
+    from llmtune.engine import deepspeed_zero
 
     with pytest.raises(UserError, match="^accelerate config: ") as raised:
-        zero.configure(accelerator_with(config), training_section())
+        deepspeed_zero.configure(accelerator_with(config), training_section())
     assert fragment in str(raised.value)
 
 
@@ -185,10 +185,10 @@ def test_deepspeed_selected_but_not_installed_is_refused(cli, tiny_bert, tmp_pat
 
 
 def test_zero3_partitioned_weights_make_evaluation_and_generation_wait_for_every_process():
-    from llmtune import prompting
-    from llmtune.engine import zero
+    from llmtune.engine import deepspeed_zero
+    from llmtune.tasks import prompting
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    assert not zero.partitions_parameters(model) and not prompting.sharded(model)
+    assert not deepspeed_zero.partitions_parameters(model) and not prompting.sharded(model)
     model[0].weight.ds_id = 0  # what ZeRO-3 gives each parameter it partitions
-    assert zero.partitions_parameters(model) and prompting.sharded(model)
+    assert deepspeed_zero.partitions_parameters(model) and prompting.sharded(model)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmtune import prompting
 from llmtune.engine.batching import PadCollator
+from llmtune.tasks import prompting
 
 TEMPLATE = "Context: {context}\nQuestion: {question}\nAnswer: {completion}"
 ROWS = [

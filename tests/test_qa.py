@@ -116,7 +116,9 @@ def test_answer_beyond_the_first_window_is_labelled_in_a_later_window(tokenizer)
 
 
 def test_every_gold_span_of_xquad_maps_to_a_window_that_contains_it(tokenizer):
-    examples = read_file(str(SHARED_DATA / "xquad" / "xquad.en.json"), "xquad").select(range(300))
+    examples = read_file(str(SHARED_DATA / "xquad" / "xquad.en.json"), "xquad", QuestionAnswering.file_readers).select(
+        range(300)
+    )
     windows = qa_task(doc_stride=32).preprocess(examples, tokenizer, max_length=96)
     assert len(windows) > 2 * len(examples)  # short windows: most contexts are split
     labelled: dict[int, list[str]] = collections.defaultdict(list)

@@ -51,7 +51,10 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package if node.level else ""
             target = ".".join(part for part in (base, node.module or "") if part)
-            candidates = [f"{target}.{alias.name}" for alias in node.names] + [target]
+            candidates = [f"{target}.{alias.name}" for alias in node.names]
+            # `from . import sibling` needs the package, which is already imported: it holds this module
+            if not module_name(path).startswith(target + "."):
+                candidates.append(target)
             found |= {name for name in candidates if name in known}
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name in known}

@@ -91,7 +91,10 @@ def _renamed(dataset: datasets.Dataset, columns: dict[str, str], where: str) -> 
 
 
 def read_file(path: str, where: str, readers: dict | None = None) -> datasets.Dataset:
-    """Read one local file into a Dataset (Arrow-backed and cached, so tokenization is cached too)."""
+    """Read one local file into a Dataset (Arrow-backed and cached, so tokenization is cached too).
+
+    `readers`: a task's own readers by suffix (`Task.file_readers`), tried before the built-in formats.
+    """
     file = Path(path)
     if not file.exists():
         raise UserError(f"{where}: file not found: {file}")
@@ -99,15 +102,13 @@ def read_file(path: str, where: str, readers: dict | None = None) -> datasets.Da
         raise UserError(f"{where}: not a file: {file}")
     readers = readers or {}
     if file.suffix.lower() in readers:
-        return readers[file.suffix.lower()](file, where)
+        dataset = readers[file.suffix.lower()](file, where)
+        if dataset is not None:  # None: not the task's own layout, so one of the formats below
+            return dataset
     builder = FORMATS.get(file.suffix.lower())
     if builder is None:
-        expected = ", ".join([*FORMATS, *readers])
+        expected = ", ".join(dict.fromkeys([*FORMATS, *readers]))
         raise UserError(f"{where}: unknown file type '{file.suffix}'; expected one of {expected}")
-    if file.suffix.lower() == ".json":
-        squad = _read_squad_json(file, where)
-        if squad is not None:
-            return squad
     options: dict = {}
     if builder == "csv":
         # TSV has no quoting (IANA text/tab-separated-values); empty cells stay "" rather than NaN.
@@ -186,58 +187,6 @@ def read_parallel(files: dict[str, str], where: str) -> datasets.Dataset:
             f"{where}: parallel files must have the same number of lines (line N of each is example N); got {shown}"
         )
     return datasets.Dataset.from_dict(columns)
-
-
-def _read_squad_json(file: Path, where: str) -> datasets.Dataset | None:
-    """SQuAD v1.1 layout (`data[].paragraphs[].qas[]`) flattened to one row per question; None for other JSON."""
-    import json
-
-    with open(file, "rb") as handle:
-        start = handle.read(4096).lstrip()
-    if not start.startswith(b"{") or b'"data"' not in start:
-        return None
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: cannot read {file.name} as json: {exc}") from None
-    articles = document.get("data") if isinstance(document, dict) else None
-    if (
-        not isinstance(articles, list)
-        or not articles
-        or not isinstance(articles[0], dict)
-        or "paragraphs" not in articles[0]
-    ):
-        return None
-    rows = []
-    for article in articles:
-        for paragraph in article.get("paragraphs", []):
-            for qa in paragraph.get("qas", []):
-                answers = qa.get("answers", [])
-                rows.append(
-                    {
-                        "id": str(qa.get("id", len(rows))),
-                        "title": article.get("title", ""),
-                        "context": paragraph.get("context"),
-                        "question": qa.get("question"),
-                        "answers": {
-                            "text": [a["text"] for a in answers],
-                            "answer_start": [int(a["answer_start"]) for a in answers],
-                        },
-                    }
-                )
-    features = datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "title": datasets.Value("string"),
-            "context": datasets.Value("string"),
-            "question": datasets.Value("string"),
-            "answers": {
-                "text": datasets.Sequence(datasets.Value("string")),
-                "answer_start": datasets.Sequence(datasets.Value("int32")),
-            },
-        }
-    )
-    return datasets.Dataset.from_list(rows, features=features)
 
 
 def _has_no_rows(file: Path, builder: str, options: dict) -> bool:

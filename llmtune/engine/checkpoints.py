@@ -18,7 +18,7 @@ file, a disk that filled up) is skipped with a warning. Only the main process wr
 Under FSDP each process holds a shard of every parameter and of its optimizer state; all processes gather them
 into whole tensors on the main one, which writes the same files. So a checkpoint does not depend on the engine or
 the process count: a sharded run resumes data-parallel, on one process, or sharded over another number.
-DeepSpeed ZeRO's partitions are gathered and cut back the same way (zero.py).
+DeepSpeed ZeRO's partitions are gathered and cut back the same way (deepspeed_zero.py).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ import yaml
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from ..common import runs
+from ..common import runs, sharding
 from ..common.errors import Notice, UserError
 from ..recipe import Evaluation, Recipe, dump_recipe
-from . import zero
+from . import deepspeed_zero
 
 CHECKPOINTS_DIR = runs.CHECKPOINTS_DIR
 MANIFEST = "manifest.json"
@@ -253,20 +253,15 @@ def save(run_dir: Path, accelerator, model, optimizer, scheduler, state: Trainin
     return final
 
 
-def sharded(accelerator) -> bool:
-    """Whether parameters and optimizer state are sharded over the processes (FSDP2)."""
-    return bool(getattr(accelerator, "is_fsdp2", False))
-
-
 def whole_state(accelerator, model, optimizer) -> tuple[dict, dict]:
     """The trainable weights and the optimizer state (keyed by parameter name), whole and on the CPU, on the main
     process; the other processes get empty dicts. All processes must call it: under FSDP or ZeRO it gathers the
     shards."""
-    if zero.engaged(accelerator):
-        return zero.whole_state(model, optimizer, accelerator.is_main_process)
+    if deepspeed_zero.engaged(accelerator):
+        return deepspeed_zero.whole_state(model, optimizer, accelerator.is_main_process)
     params = dict(model.named_parameters())
     trainable = [name for name, p in params.items() if p.requires_grad]
-    if not (sharded(accelerator) or accelerator.is_main_process):
+    if not (sharding.fsdp2_engaged(accelerator) or accelerator.is_main_process):
         return {}, {}
     # By hand rather than torch's get_optimizer_state_dict, which (torch 2.13, Accelerate's FSDP2) lost the
     # classifier bias's state on the second process (KeyError) when it had one element per process.
@@ -369,8 +364,10 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> tuple[Training
     unlogged loss) and this process's RNG states, which the loop restores at the right moment (see `restore_rng`)."""
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
-    if zero.engaged(accelerator):
-        zero.load_state(unwrapped, optimizer, _checked_weights(path, unwrapped), _named(optimizer_state, path))
+    if deepspeed_zero.engaged(accelerator):
+        deepspeed_zero.load_state(
+            unwrapped, optimizer, _checked_weights(path, unwrapped), _named(optimizer_state, path)
+        )
     else:
         _load_state(path, accelerator, unwrapped, optimizer, optimizer_state)
     saved = json.loads((path / STATE).read_text())
@@ -386,7 +383,7 @@ def _load_state(path: Path, accelerator, model, optimizer, optimizer_state: dict
     """Weights and optimizer state into a data-parallel or FSDP-sharded model."""
     load_weights(path, model, accelerator)
     optimizer_state = _by_index(optimizer_state, _plain(optimizer))
-    if sharded(accelerator):
+    if sharding.fsdp2_engaged(accelerator):
         params = [p for group in _plain(optimizer).param_groups for p in group["params"]]
         optimizer_state["state"] = {
             i: {key: _shard_like(value, params[i]) for key, value in moments.items()}
@@ -403,10 +400,10 @@ def load_weights(path: Path, model, accelerator=None) -> None:
         UserError: the checkpoint holds other weights than this model trains.
     """
     weights = _checked_weights(path, model)
-    if zero.engaged(accelerator):
-        zero.load_weights(model, weights)
+    if deepspeed_zero.engaged(accelerator):
+        deepspeed_zero.load_weights(model, weights)
         return
-    sharded_model = sharded(accelerator)
+    sharded_model = sharding.fsdp2_engaged(accelerator)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
         for name in sorted(weights):  # the same order in every process: cutting shards is a collective

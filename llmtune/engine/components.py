@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from .. import models
-from ..common import runs
+from ..common import runs, sharding
 from ..data import augment
 from ..recipe import Recipe, dump_recipe
-from . import checkpoints, launch, layers, memory, tracking, zero
+from . import checkpoints, deepspeed_zero, launch, layers, memory, tracking
 from .batching import LengthGroupedBatches, PadCollator
 from .checkpoints import TrainingState
 from .evaluation import eval_batches, model_features, new_accelerator, precision_label, tokenize
@@ -41,8 +41,8 @@ def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
         cpu=cpu_processes,
         **tracking.accelerator_options(recipe.tracking, run_dir),
     )
-    if zero.engaged(accelerator):
-        zero.configure(accelerator, cfg)
+    if deepspeed_zero.engaged(accelerator):
+        deepspeed_zero.configure(accelerator, cfg)
     memory.reset_peak()  # metrics.json's peak GPU memory is the run's own, not the process's so far
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -53,9 +53,9 @@ def training_accelerator(prepared: Prepared, run_dir: Path) -> Accelerator:
 def whole_weights(accelerator: Accelerator, model) -> dict | None:
     """The whole weights to save, under FSDP or ZeRO (every process takes part in gathering them, the main process
     saves them); None when the model holds them whole."""
-    if zero.engaged(accelerator):
-        return zero.saved_state_dict(accelerator, model)
-    if checkpoints.sharded(accelerator):
+    if deepspeed_zero.engaged(accelerator):
+        return deepspeed_zero.saved_state_dict(accelerator, model)
+    if sharding.fsdp2_engaged(accelerator):
         return accelerator.get_state_dict(model)
     return None
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import time
 
-from ..common import runs
+from ..common import runs, sharding
 from ..common.errors import UserError
 from ..tasks.base import Task, run_batches
-from . import zero
 from .batching import PadCollator, SortedBatches
 
 # A long evaluation (generating a test split can take many minutes) reports its progress this often.
@@ -142,7 +141,7 @@ def run_evaluation(
             eta = elapsed / number * (total - number)
             echo(f"{label}: batch {number}/{total} ({done:,} examples)  elapsed {elapsed:.0f}s  eta {eta:.0f}s")
 
-    sharded = getattr(accelerator, "is_fsdp2", False) or zero.partitions_parameters(model)
+    sharded = sharding.sharded(model)
     batches = evened(loader, accelerator) if sharded else loader
     outputs = run_batches(task, model, batches, accelerator.device, progress)
     if sharded:

@@ -1,5 +1,6 @@
 """How this process was launched (torchrun, `accelerate launch`): the process count, its rank, the engine the
-Accelerate config chose; and what the sharding engines (fsdp.py, zero.py) need of the machine and the recipe."""
+Accelerate config chose; and what the sharding engines (fsdp.py, deepspeed_zero.py) need of the machine and the
+recipe."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from ..data import augment, leakage
 from ..data import reading as data
 from ..recipe import Recipe
 from ..tasks.base import Task
-from . import fsdp, launch, tracking, zero
+from . import deepspeed_zero, fsdp, launch, tracking
 from .batching import LengthGroupedBatches
 from .evaluation import mixed_precision
 
@@ -73,14 +73,14 @@ def prepare(recipe: Recipe) -> Prepared:
 def check_engine(recipe: Recipe) -> None:
     """Refuse, before anything loads, an Accelerate config whose engine llmtune cannot train with correctly.
 
-    FSDP2 and DeepSpeed ZeRO are supported (fsdp.py, zero.py). The DeepSpeed config itself is checked once
-    Accelerate has read it (zero.configure).
+    FSDP2 and DeepSpeed ZeRO are supported (fsdp.py, deepspeed_zero.py). The DeepSpeed config itself is checked once
+    Accelerate has read it (deepspeed_zero.configure).
 
     Raises:
         UserError: the engine, and what to use instead.
     """
     if launch.env_flag("ACCELERATE_USE_DEEPSPEED"):
-        zero.check_deepspeed(recipe)
+        deepspeed_zero.check_deepspeed(recipe)
     elif launch.env_flag("ACCELERATE_USE_FSDP"):
         fsdp.check_fsdp(recipe)
 

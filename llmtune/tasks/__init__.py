@@ -53,6 +53,16 @@ def predict_fields() -> dict[str, str]:
     return fields
 
 
+def file_readers() -> dict:
+    """Every task's own file readers by suffix (`Task.file_readers`; the first declaration wins): for inputs read
+    before a run's task is known, such as `llmtune predict --input`."""
+    readers: dict = {}
+    for task in TASKS.values():
+        for suffix, reader in task.file_readers.items():
+            readers.setdefault(suffix, reader)
+    return readers
+
+
 def for_architectures(architectures: list[str] | None, where: str) -> str:
     """The task type of a bare checkpoint, read off its config's architectures (e.g. BertForSequenceClassification).
 

@@ -26,11 +26,11 @@ import numpy as np
 from ..common.errors import UserError
 from ..common.lazy import datasets, torch
 from ..common.section import Section
+from ..common.sharding import partitioned_by_zero3
 from ..data.augment import AugmentFields
 from ..data.reading import in_memory, row_location, tokenization_fingerprint
 from ..data.schema import DataSpec
 from ..engine.batching import PadCollator, SortedBatches
-from ..engine.zero import partitions_parameters
 from ..models.loading import is_decoder_only
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ class Task:
     # Whether `llmtune audit` can rank the task's training rows for label noise: one label per row in
     # `options.label_column`, read by `label_id` into `label_names`, and prediction rows with `probabilities`.
     audits_labels: ClassVar[bool] = False
-    # Data file formats the task reads besides csv/tsv/json/jsonl/parquet: {suffix: reader(path, where) -> Dataset}.
+    # Data file layouts the task reads besides csv/tsv/json/jsonl/parquet: {suffix: reader(path, where) -> Dataset};
+    # a reader returns None for a file that is not in its layout, which then reads as the built-in format.
     file_readers: ClassVar[dict[str, Callable]] = {}
 
     # ------------------------------------------------------------------ predict
@@ -480,7 +481,7 @@ def run_batches(task: Task, model, batches: Iterable[dict], device, on_batch: Ca
     outputs = []
     # Not inference mode under ZeRO-3: the weights it gathers for the forward pass would become inference tensors,
     # which training's next backward cannot record.
-    no_gradients = torch.no_grad() if partitions_parameters(model) else torch.inference_mode()
+    no_gradients = torch.no_grad() if partitioned_by_zero3(model) else torch.inference_mode()
     try:
         with no_gradients:
             for number, batch in enumerate(batches, 1):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .. import prompting
+from . import prompting
 
 
 def literal(value) -> str:

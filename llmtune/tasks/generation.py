@@ -29,12 +29,12 @@ from typing import Any, ClassVar
 from pydantic import Field as SchemaField
 from pydantic import field_validator, model_validator
 
-from .. import prompting
 from ..common.errors import DataWarning, Notice, UserError
 from ..common.lazy import F, datasets, torch
 from ..data.reading import describe, row_location
 from ..data.schema import DataSpec
 from ..models.loading import is_decoder_only
+from . import prompting
 from .base import Accumulator, Task, TaskOptions, prediction_row, tokenize
 from .card import PushedModel, causal_lm_usage, example_row, keywords, literal
 

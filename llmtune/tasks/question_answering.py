@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field as SchemaField
 
-from .. import prompting
 from ..common.errors import DataWarning, UserError
 from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
 from ..data.schema import DataSpec
+from . import prompting
 from .base import Accumulator, Task, prediction_row, tokenize
 from .card import PushedModel, literal
 from .generation import Field, PromptCompletionOptions, TextGeneration
@@ -75,6 +76,56 @@ class QuestionAnsweringOptions(PromptCompletionOptions):
             )
 
 
+def read_squad_json(file: Path, where: str) -> datasets.Dataset | None:
+    """SQuAD v1.1 layout (`data[].paragraphs[].qas[]`) flattened to one row per question; None for other JSON."""
+    with open(file, "rb") as handle:
+        start = handle.read(4096).lstrip()
+    if not start.startswith(b"{") or b'"data"' not in start:
+        return None
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where}: cannot read {file.name} as json: {exc}") from None
+    articles = document.get("data") if isinstance(document, dict) else None
+    if (
+        not isinstance(articles, list)
+        or not articles
+        or not isinstance(articles[0], dict)
+        or "paragraphs" not in articles[0]
+    ):
+        return None
+    rows = []
+    for article in articles:
+        for paragraph in article.get("paragraphs", []):
+            for qa in paragraph.get("qas", []):
+                answers = qa.get("answers", [])
+                rows.append(
+                    {
+                        "id": str(qa.get("id", len(rows))),
+                        "title": article.get("title", ""),
+                        "context": paragraph.get("context"),
+                        "question": qa.get("question"),
+                        "answers": {
+                            "text": [a["text"] for a in answers],
+                            "answer_start": [int(a["answer_start"]) for a in answers],
+                        },
+                    }
+                )
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "title": datasets.Value("string"),
+            "context": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "answers": {
+                "text": datasets.Sequence(datasets.Value("string")),
+                "answer_start": datasets.Sequence(datasets.Value("int32")),
+            },
+        }
+    )
+    return datasets.Dataset.from_list(rows, features=features)
+
+
 class QuestionAnswering(Task):
     """Extractive question answering: the answer is the best-scoring span of the context."""
 
@@ -84,6 +135,7 @@ class QuestionAnswering(Task):
     peft_task_type = "QUESTION_ANS"
     architectures = ("ForQuestionAnswering",)
     metadata_columns = ("offset_mapping", "example_index")  # per window: what decoding needs, not the model
+    file_readers = {".json": read_squad_json}  # SQuAD v1.1's nested JSON; other JSON reads as usual
     predict_fields = {
         "question": "Question answering: the question (with --context; repeatable, one answer each).",
         "context": "Question answering: the context the answer is taken from.",
@@ -416,6 +468,7 @@ class GenerativeQuestionAnswering(TextGeneration):
 
     name = QuestionAnswering.name
     options_class = QuestionAnsweringOptions
+    file_readers = QuestionAnswering.file_readers
     predict_fields = QuestionAnswering.predict_fields
     example_metric = QuestionAnswering.example_metric
     example_noun = QuestionAnswering.example_noun

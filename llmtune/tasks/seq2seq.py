@@ -16,11 +16,11 @@ import numpy as np
 from pydantic import Field as SchemaField
 from pydantic import field_validator, model_validator
 
-from .. import prompting
 from ..common.errors import UserError
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns
 from ..metrics import generation as generation_metrics
+from . import prompting
 from .base import RowStatistics
 from .generation import Field, PromptCompletionOptions, TextGeneration
 

@@ -183,13 +183,6 @@ def saved_state_dict(accelerator, model) -> dict | None:
     return {**whole, **{name: value for name, value in master.items() if name in whole}}
 
 
-def partitions_parameters(model) -> bool:
-    """Whether ZeRO stage 3 partitions the model's parameters (each carries a `ds_id`): then every process must
-    run each forward pass, as under FSDP."""
-    first = next(iter(model.parameters()), None)
-    return first is not None and hasattr(first, "ds_id")
-
-
 def _trainable(model):
     return [(name, param) for name, param in model.named_parameters() if param.requires_grad]
 

@@ -16,9 +16,9 @@ import functools
 import inspect
 import string
 
-from .common.errors import UserError
-from .common.lazy import F, torch, transformers
-from .engine import zero
+from ..common import sharding
+from ..common.errors import UserError
+from ..common.lazy import F, torch, transformers
 
 COMPLETION = "completion"
 IGNORE = -100
@@ -340,7 +340,7 @@ def generate_with_confidence(model, inputs: dict, settings: dict, eos_token_id: 
     output = generator.generate(
         **inputs,
         **settings,
-        synced_gpus=sharded(generator),
+        synced_gpus=sharding.sharded(generator),
         do_sample=False,
         return_dict_in_generate=True,
         logits_processor=transformers.LogitsProcessorList([recorder]),
@@ -367,18 +367,6 @@ def generate_with_confidence(model, inputs: dict, settings: dict, eos_token_id: 
             if token == eos_token_id:
                 break
     return output.sequences.cpu(), torch.exp(total / count.clamp(min=1)).float()
-
-
-def sharded(model) -> bool:
-    """Whether FSDP or ZeRO stage 3 shards the model: then every process must take each generation step until all
-    are done (transformers' synced_gpus), since each step's forward pass gathers the weights from all of them."""
-    if zero.partitions_parameters(model):
-        return True
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # torch < 2.6: no FSDP2
-        return False
-    return isinstance(model, FSDPModule) or any(isinstance(module, FSDPModule) for module in model.children())
 
 
 class StepScores:
