@@ -4,9 +4,9 @@ The figures `docs/benchmarks.md` sets beside `serve_load.py`'s, measured without
 `serve_load.py` trains into `--work`:
 
 1. MiniLM SST-2, sentences/s: one dev sentence per forward pass; random groups of 32 in one padded pass; the
-   same groups cut by `task.predict` into passes of <= 512 padded tokens; a pool of 256 sorted by length and
+   same groups cut by `predict_rows` into passes of <= 512 padded tokens; a pool of 256 sorted by length and
    cut into batches of 32 (the best a batching server can do).
-2. Memory: `--batches` random batches of 1-32 sentences through `task.predict` (what `llmtune serve` runs),
+2. Memory: `--batches` random batches of 1-32 sentences through `predict_rows` (what `llmtune serve` runs),
    in a fresh process, with glibc's default and with `MALLOC_MMAP_THRESHOLD_=65536`: RSS and the count of
    Python objects every 60 batches, and the seconds each block took.
 3. SmolLM2 LoRA (adapter folded in), plain `model.generate`: tokens/s for one sentence and for 8 at once,
@@ -42,7 +42,8 @@ def model_ceiling(run: Path) -> dict:
     import torch
 
     from llmtune import models
-    from llmtune.deploy.inference import load_run
+    from llmtune.inference.prediction import predict_rows
+    from llmtune.inference.saved import load_run
 
     loaded = load_run(run)
     model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
@@ -60,7 +61,7 @@ def model_ceiling(run: Path) -> dict:
     def predicted(groups: list[list[str]], budget: int | None) -> float:
         start = time.perf_counter()
         for group in groups:
-            task.predict(model, tokenizer, [{"sentence": t} for t in group], limit, len(group), budget)
+            predict_rows(task, model, tokenizer, [{"sentence": t} for t in group], limit, len(group), budget)
         return time.perf_counter() - start
 
     passes([texts[:32]])  # warm-up
@@ -78,7 +79,8 @@ def model_ceiling(run: Path) -> dict:
 def memory_loop(run: Path, batches: int) -> None:
     """Child process: print one JSON line per block of batches."""
     from llmtune import models
-    from llmtune.deploy.inference import load_run
+    from llmtune.inference.prediction import predict_rows
+    from llmtune.inference.saved import load_run
 
     loaded = load_run(run)
     limit = models.effective_max_length(loaded.model.config, loaded.recipe.training.max_length)
@@ -87,8 +89,8 @@ def memory_loop(run: Path, batches: int) -> None:
         start = time.perf_counter()
         for _ in range(BLOCK):
             group = rng.sample(texts, rng.randint(1, 32))
-            loaded.task.predict(
-                loaded.model, loaded.tokenizer, [{"sentence": t} for t in group], limit, len(group), 512
+            predict_rows(
+                loaded.task, loaded.model, loaded.tokenizer, [{"sentence": t} for t in group], limit, len(group), 512
             )
         gc.collect()
         status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith("Vm"))
@@ -109,8 +111,8 @@ def memory(run: Path, batches: int) -> dict:
 def generation(run: Path) -> dict:
     import torch
 
-    from llmtune.deploy.inference import load_run
     from llmtune.deploy.serve import with_adapter_merged
+    from llmtune.inference.saved import load_run
 
     loaded = with_adapter_merged(load_run(run))
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -29,9 +29,9 @@ _EXPORTS = {
     "UserError": "common.errors",
     "TrainResult": "engine.training",
     "train": "engine.training",
-    "evaluate": "deploy.inference",
-    "load_run": "deploy.inference",
-    "predict": "deploy.inference",
+    "evaluate": "inference.evaluation",
+    "load_run": "inference.saved",
+    "predict": "inference.prediction",
     "validate": ("engine.preparation", "prepare"),
     # not "calibrate" and "audit": those are the modules' own names, which an import binds on this package
     "calibrate_run": "calibrate",

@@ -151,7 +151,7 @@ def default_output(run_dir: Path | None, recipe: Recipe) -> Path:
 
 def in_sample_probabilities(run_dir: Path, task, say) -> list[list[float]]:
     """The run's class probabilities on its own training rows."""
-    from .deploy.inference import evaluate
+    from .inference.evaluation import evaluate
 
     say(f"scoring the training rows with {run_dir} (it has seen their labels: expect fewer rows flagged)")
     _, rows = evaluate(run_dir, split="train")

@@ -35,7 +35,7 @@ def calibrate_run(run_dir: str | Path, echo=None) -> Calibration:
     Raises:
         UserError: not a finished run, a task without class probabilities, or no validation split.
     """
-    from .deploy.inference import evaluate
+    from .inference.evaluation import evaluate
 
     say = echo or (lambda line: None)
     run_dir = Path(run_dir)

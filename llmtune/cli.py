@@ -249,8 +249,7 @@ def eval_(
     Given a recipe file, it scores the model the recipe would start from (zero-shot baseline) on the recipe's split.
     """
     from .common.runs import check_output_file, write_json, write_jsonl
-    from .deploy.inference import evaluate
-    from .engine.evaluation import format_metrics
+    from .inference.evaluation import evaluate, format_metrics
 
     if output is not None:  # before the work: an evaluation can take an hour
         check_output_file(output, "--output")
@@ -289,8 +288,8 @@ def predict(
     """
     from .common.runs import check_output_file, write_jsonl
     from .data.reading import read_file
-    from .deploy.inference import load_run
-    from .deploy.inference import predict as run_predict
+    from .inference.prediction import predict as run_predict
+    from .inference.saved import load_run
     from .tasks import file_readers
 
     given = {name: values for name, values in fields.items() if values}

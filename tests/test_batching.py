@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import write_recipe
 
-from llmtune.engine.batching import LengthGroupedBatches, PadCollator, SortedBatches, cut_batches
+from llmtune.engine.batches import LengthGroupedBatches
+from llmtune.inference.batches import PadCollator, SortedBatches, cut_batches
 
 _rng = random.Random(0)
 LENGTHS = [min(120, int(_rng.lognormvariate(2.6, 0.6))) + 2 for _ in range(1000)]  # skewed like sentence lengths

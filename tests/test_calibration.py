@@ -51,7 +51,8 @@ def trained_run(cli, tiny_bert, sentiment_files, tmp_path):
 
 
 def test_predict_applies_the_runs_temperature(trained_run):
-    from llmtune.deploy.inference import load_run, predict
+    from llmtune.inference.prediction import predict
+    from llmtune.inference.saved import load_run
 
     texts = ["a wonderful, moving film", "a waste of money", "something else entirely"]
     plain = predict(load_run(trained_run), texts)

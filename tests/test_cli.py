@@ -76,7 +76,7 @@ def test_eval_on_a_data_file_and_on_a_bare_checkpoint(cli, trained_run, sentimen
 def test_a_recipes_starting_model_is_settled_before_it_loads(tiny_bert, sentiment_files, tmp_path):
     """A recipe file loads as training would start: its label names settled on the train split, and the inputs cut
     where the model's positions end (128 for tiny_bert), not at the recipe's max_length."""
-    from llmtune.deploy.inference import load_run
+    from llmtune.inference.saved import load_run
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, sentiment_files)
     loaded = load_run(recipe, ["training.max_length=1000"])

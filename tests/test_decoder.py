@@ -9,7 +9,7 @@ import torch
 from conftest import RECIPES, SMOLLM2_ID, smollm2_gguf, write_recipe
 
 from llmtune import load_recipe, models, predict, train
-from llmtune.engine.batching import PadCollator
+from llmtune.inference.batches import PadCollator
 from llmtune.models.schema import ModelSpec
 from llmtune.tasks.classification import Classification, ClassificationOptions
 

@@ -243,7 +243,7 @@ def test_cross_entropy_is_per_completion_token_and_matches_the_training_loss(tin
     """Evaluation's cross-entropy counts exactly the target tokens + EOS (not the prompt), as the training loss does."""
     import datasets
 
-    from llmtune.engine.batching import PadCollator
+    from llmtune.inference.batches import PadCollator
     from llmtune.models.loading import load_model, load_tokenizer
     from llmtune.models.sources import Checkpoint
     from llmtune.tasks import create

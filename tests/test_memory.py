@@ -81,15 +81,15 @@ def test_train_and_evaluate_keep_no_reference_to_the_model_or_optimizer(precisio
     result = training.train(load_recipe(recipe, overrides))
     assert made["model"]() is None and made["optimizer"]() is None, "train() kept the run's model or optimizer"
 
-    from llmtune.deploy import inference
+    from llmtune.inference import evaluation
 
-    load_run, loaded = inference.load_run, {}
+    load_run, loaded = evaluation.load_run, {}
 
     def recording_load_run(*args, **kwargs):
         run = load_run(*args, **kwargs)
         loaded["model"] = weakref.ref(run.model)
         return run
 
-    monkeypatch.setattr(inference, "load_run", recording_load_run)
+    monkeypatch.setattr(evaluation, "load_run", recording_load_run)
     evaluate(result.run_dir, split="test")
     assert loaded["model"]() is None, "evaluate() kept the model"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmtune.engine.batching import PadCollator
+from llmtune.inference.batches import PadCollator
 from llmtune.tasks import prompting
 
 TEMPLATE = "Context: {context}\nQuestion: {question}\nAnswer: {completion}"

@@ -141,16 +141,17 @@ def test_a_lone_client_is_not_kept_waiting_for_a_batch(classifier_run):
 
 def test_a_batch_cut_by_padded_tokens_answers_as_one_pass_does(classifier_run):
     """On a CPU the server cuts a batch by length into passes of at most --max-batch-tokens padded tokens."""
-    from llmtune.deploy.inference import load_run
+    from llmtune.inference.prediction import predict_rows
+    from llmtune.inference.saved import load_run
 
     loaded = load_run(classifier_run)
     texts = ["bad", "a wonderful, moving and beautifully acted film", "dull", "far too long and far too loud for me"]
     rows = [loaded.task.input_row(text, number) for number, text in enumerate(texts, 1)]
     passes = []
     hook = loaded.model.register_forward_hook(lambda module, args, kwargs: passes.append(1))
-    whole = loaded.task.predict(loaded.model, loaded.tokenizer, rows, 64, batch_size=len(rows))
+    whole = predict_rows(loaded.task, loaded.model, loaded.tokenizer, rows, 64, batch_size=len(rows))
     assert len(passes) == 1
-    cut = loaded.task.predict(loaded.model, loaded.tokenizer, rows, 64, len(rows), max_tokens=16)
+    cut = predict_rows(loaded.task, loaded.model, loaded.tokenizer, rows, 64, len(rows), max_tokens=16)
     hook.remove()
     assert len(passes) > 2
     assert [row["predicted"] for row in cut] == [row["predicted"] for row in whole]

@@ -18,8 +18,10 @@ PACKAGE = ROOT / "llmtune"
 # The modules that must work for any task without knowing one (the task contract is their only source).
 GENERIC = [
     "engine/training",
-    "engine/evaluation",
-    "deploy/inference",
+    "inference/evaluation",
+    "inference/saved",
+    "inference/prediction",
+    "inference/loop",
     "cli",
     "deploy/hub",
     "reports/report",
@@ -137,7 +139,7 @@ def test_one_road_from_a_saved_model():
     assert callers("load_model") - {"llmtune.engine.training"} == {
         "llmtune.engine.components",
         "llmtune.data.augment",
-        "llmtune.deploy.inference",
+        "llmtune.inference.saved",
     }
     assert (
         callers("from_pretrained")
@@ -147,8 +149,8 @@ def test_one_road_from_a_saved_model():
 
 
 def test_one_builder_of_evaluation_batches():
-    assert callers("eval_batches") == {"llmtune.engine.components", "llmtune.deploy.inference"}
-    assert callers("eval_loader") == {"llmtune.engine.evaluation"}  # through eval_batches only
+    assert callers("eval_batches") == {"llmtune.engine.components", "llmtune.inference.evaluation"}
+    assert callers("eval_loader") == {"llmtune.inference.evaluation"}  # through eval_batches only
 
 
 def test_registry_builds_the_schema_and_the_predict_options():

@@ -27,7 +27,7 @@ from test_hub import TOKEN, local_hub  # noqa: F401 (the local hub fixture)
 
 from llmtune.common import runs
 from llmtune.common.errors import UserError
-from llmtune.deploy import inference
+from llmtune.inference import prediction
 from llmtune.recipe import validate
 from llmtune.recipe.starter import builtin_recipes
 from llmtune.reports.report import compare
@@ -267,7 +267,7 @@ def test_playground_predicts_as_llmtune_predict(page, workspace, run_a):
     text = "a wonderful, moving film"
     _type(page, "play-text", text)
     page.locator("#predict").click()
-    row = inference.predict(workspace / run_a, [text])[0]
+    row = prediction.predict(workspace / run_a, [text])[0]
     expect(page.locator("#play-summary")).to_contain_text(f"predicted: {row['predicted']}  (score {row['score']:.4f})")
     for label in row["probabilities"]:
         expect(page.locator("#play-label")).to_contain_text(label)

@@ -20,10 +20,10 @@ from .. import models
 from ..common import runs
 from ..common.errors import UserError
 from ..common.silence import onnx_tracer_warnings_silenced
-from ..engine.batching import PadCollator
+from ..inference.batches import PadCollator
+from ..inference.saved import LoadedRun, load_run
 from ..recipe import dump_recipe
 from ..tasks.base import Task
-from .inference import LoadedRun, load_run
 from .merge import check_finished_run, refuse_prefix_tuning
 
 QUANTIZATIONS = ("int8",)

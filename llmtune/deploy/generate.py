@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from ..common.lazy import torch
-from .inference import LoadedRun
+from ..inference.saved import LoadedRun
 
 
 def generate_texts(loaded: LoadedRun, payloads: list[tuple[list[int], dict]]) -> list[tuple[str, str, int]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..common import runs
 from ..common.errors import UserError
+from ..inference.saved import load_run
 from ..recipe import Recipe, dump_recipe, load_recipe
-from .inference import load_run
 
 
 def check_finished_run(run_dir: Path) -> Recipe:

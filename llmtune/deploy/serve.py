@@ -39,7 +39,8 @@ from starlette.exceptions import HTTPException
 from .. import models
 from ..common import runs
 from ..common.errors import UserError
-from .inference import LoadedRun, load_run
+from ..inference.prediction import predict_rows
+from ..inference.saved import LoadedRun, load_run
 
 log = logging.getLogger("llmtune.serve")
 
@@ -209,8 +210,8 @@ class Engine:
         if key[0] == "predict":
             loaded = self.loaded
             payloads = [job.payload for job in jobs]
-            return loaded.task.predict(
-                loaded.model, loaded.tokenizer, payloads, self.max_length, len(jobs), self.max_batch_tokens
+            return predict_rows(
+                loaded.task, loaded.model, loaded.tokenizer, payloads, self.max_length, len(jobs), self.max_batch_tokens
             )
         from .generate import generate_texts, stream_text
 

@@ -16,11 +16,13 @@ from transformers import get_scheduler
 from .. import models
 from ..common import runs, sharding
 from ..data import augment
+from ..inference.batches import PadCollator
+from ..inference.devices import new_accelerator, precision_label
+from ..inference.evaluation import eval_batches, model_features, tokenize_splits
 from ..recipe import Recipe, dump_recipe
 from . import checkpoints, deepspeed_zero, launch, layers, memory, tracking
-from .batching import LengthGroupedBatches, PadCollator
+from .batches import LengthGroupedBatches
 from .checkpoints import TrainingState
-from .evaluation import eval_batches, model_features, new_accelerator, precision_label, tokenize
 from .preparation import Prepared
 
 
@@ -117,7 +119,7 @@ def make_batches(prepared: Prepared, accelerator: Accelerator):
     """Tokenized features of every split, the training batch sampler and loader, and the evaluation loaders."""
     recipe, task, cfg = prepared.recipe, prepared.task, prepared.recipe.training
     tokenizer = prepared.tokenizer
-    features = tokenize({"train": prepared.splits["train"]}, task, tokenizer, cfg.max_length, accelerator)
+    features = tokenize_splits({"train": prepared.splits["train"]}, task, tokenizer, cfg.max_length, accelerator)
     eval_splits = {split: prepared.splits[split] for split in ("validation", "test") if split in prepared.splits}
     eval_features, eval_loaders = eval_batches(eval_splits, task, tokenizer, recipe.training, accelerator)
     features.update(eval_features)

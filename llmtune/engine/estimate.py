@@ -36,8 +36,8 @@ import torch
 
 from .. import models
 from ..common.errors import UserError
+from ..inference.devices import precision_label
 from . import speed
-from .evaluation import precision_label
 from .preparation import Prepared
 
 # Assumed model FLOPs utilization for the step-time figure. On CPU, llmtune's measured runs of MiniLM and tiny

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import torch
@@ -55,12 +54,3 @@ def reset_peak() -> None:
     """metrics.json's peak GPU memory is the run's own, not the process's so far."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-
-
-def release() -> None:
-    """Give the GPU memory a finished train or evaluate freed back to the device: collect what cycles still hold
-    (Accelerate's wrapped forward refers to its model), then empty PyTorch's cache of freed blocks, which another
-    process or a later model of another size could not use otherwise."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -10,11 +10,11 @@ from .. import models, tasks
 from ..common.errors import UserError
 from ..data import augment, leakage
 from ..data import reading as data
+from ..inference.devices import mixed_precision
 from ..recipe import Recipe
 from ..tasks.base import Task
 from . import deepspeed_zero, fsdp, launch, tracking
-from .batching import LengthGroupedBatches
-from .evaluation import mixed_precision
+from .batches import LengthGroupedBatches
 
 
 @dataclass

@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader
 from ..common import runs
 from ..common.errors import Interrupted, PeerLost, UserError
 from ..common.silence import quiet_libraries
+from ..inference import devices, evaluation
 from ..recipe import Recipe, dump_recipe
 from ..reports import plots
 from ..tasks.base import Task
 from . import allocator, checkpoints, components, launch, memory, speed, tracking
-from .batching import LengthGroupedBatches
+from .batches import LengthGroupedBatches
 from .checkpoints import TrainingState
-from .evaluation import format_metrics, precision_label, run_evaluation
 from .preparation import Prepared, check_warmup, count_steps, prepare
 from .progress import Clock, Progress, RunLog
 
@@ -88,7 +88,7 @@ def train(
             state = fit(run, state)
             result = finish(run, state)
     del run, state  # the model, optimizer, batches and accelerator: nothing of them outlives the call
-    memory.release()
+    devices.release()
     return result
 
 
@@ -341,7 +341,7 @@ def validate_if_due(run: Run, state: TrainingState) -> bool:
         metrics, predictions = evaluate_split(run, "validation", f"step {state.step}: validation", run.progress.note)
         run.last_validation = (state.step, metrics, predictions)
         run.log.write({"step": state.step, "split": "validation", **metrics})
-        run.progress.note(f"step {state.step}: validation " + format_metrics(metrics))
+        run.progress.note(f"step {state.step}: validation " + evaluation.format_metrics(metrics))
     improved = checkpoints.update_best(run.recipe.evaluation, state, metrics)
     if run.on_validation is not None and run.on_validation(state.step, metrics):
         run.stop_requested = True
@@ -375,7 +375,7 @@ def checkpoint_if_due(run: Run, state: TrainingState, improved: bool) -> None:
 
 def evaluate_split(run: Run, split: str, label: str, echo) -> tuple[dict, list[dict]]:
     loader, examples, features = run.eval_loaders[split], run.splits[split], run.features[split]
-    return run_evaluation(
+    return evaluation.run_evaluation(
         run.model, loader, run.task, run.accelerator, examples, features, run.recipe.metrics, echo, label
     )
 
@@ -386,13 +386,13 @@ def evaluate_split(run: Run, split: str, label: str, echo) -> tuple[dict, list[d
 def finish(run: Run, state: TrainingState) -> TrainResult:
     """The best (or last) weights evaluated on validation and test; the model, predictions, plots and metrics.json
     written (metrics.json last: its presence marks a finished run)."""
-    accelerator, evaluation, say = run.accelerator, run.recipe.evaluation, run.say
+    accelerator, best_options, say = run.accelerator, run.recipe.evaluation, run.say
     seconds = (run.clock.wall(), run.clock.training())
     run.progress.close()
-    if checkpoints.should_stop(evaluation, state):
+    if checkpoints.should_stop(best_options, state):
         say(
-            f"early stopping at step {state.step}: {evaluation.metric_for_best} has not improved for "
-            f"{evaluation.early_stopping_patience} evaluation(s)"
+            f"early stopping at step {state.step}: {best_options.metric_for_best} has not improved for "
+            f"{best_options.early_stopping_patience} evaluation(s)"
         )
     if run.stop_requested:
         say(f"stopped at step {state.step} of {run.total_steps}, as asked after the validation (a sweep's pruner)")
@@ -401,7 +401,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
         unwrapped = accelerator.unwrap_model(run.model, keep_torch_compile=False)
         checkpoints.load_weights(best, unwrapped, accelerator)
         run.last_validation = None
-        say(f"using the best checkpoint: step {state.best_step}, {evaluation.metric_for_best}={state.best_value:.4f}")
+        say(f"using the best checkpoint: step {state.best_step}, {best_options.metric_for_best}={state.best_value:.4f}")
     results = {"train": training_summary(run, state, *seconds), **({"leakage": run.leakage} if run.leakage else {})}
     say("throughput: " + speed.describe(results["train"]))
     predictions = None
@@ -427,7 +427,7 @@ def finish(run: Run, state: TrainingState) -> TrainResult:
     accelerator.wait_for_everyone()
     for split in ("validation", "test"):
         if split in results:
-            say(f"{split}: " + format_metrics(results[split]))
+            say(f"{split}: " + evaluation.format_metrics(results[split]))
     say(f"run saved to {run.run_dir}")
     return TrainResult(run.run_dir, results)
 
@@ -443,7 +443,7 @@ def training_summary(run: Run, state: TrainingState, wall_seconds: float, train_
         "epochs": round(state.step / run.steps_per_epoch, 4),
         "examples": state.examples_seen,
         "runtime_s": round(wall_seconds, 2),
-        "precision": precision_label(run.recipe.training.precision, accelerator.mixed_precision),
+        "precision": devices.precision_label(run.recipe.training.precision, accelerator.mixed_precision),
         **throughput.summary(examples, train_seconds, speed.flops_per_token(run.model), peak),
         **tracking.peak_memory(),
         **({"augmented_rows": run.augmented} if run.augmented else {}),

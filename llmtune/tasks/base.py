@@ -17,7 +17,7 @@ reference; `score` is the model's confidence in `predicted`.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,11 +26,9 @@ import numpy as np
 from ..common.errors import UserError
 from ..common.lazy import datasets, torch
 from ..common.section import Section
-from ..common.sharding import partitioned_by_zero3
 from ..data.augment import AugmentFields
 from ..data.reading import in_memory, row_location, tokenization_fingerprint
 from ..data.schema import DataSpec
-from ..engine.batching import PadCollator, SortedBatches
 from ..models.loading import is_decoder_only
 
 if TYPE_CHECKING:
@@ -218,22 +216,6 @@ class Task:
         """Whether a prediction input is longer than the model reads, so that it was cut (as in training)."""
         texts = [row[column] for column in self.input_columns().values() if isinstance(row.get(column), str)]
         return len(tokenizer(*texts[:2])["input_ids"]) > max_length
-
-    def predict(
-        self, model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 32, max_tokens: int | None = None
-    ) -> list[dict]:
-        """Prediction rows for data rows (see input_row), in their order, batched by length like evaluation
-        (`batch_size` rows a batch, or with `max_tokens` as many as fit in that many padded tokens)."""
-        dataset = in_memory({key: [row.get(key) for row in rows] for key in rows[0]})
-        features = self.preprocess(dataset, tokenizer, max_length)
-        inputs = features.remove_columns(list(self.metadata_columns)) if self.metadata_columns else features
-        collate = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side)
-        order = SortedBatches(features["length"], batch_size, max_tokens=max_tokens)
-        batches = (collate([inputs[i] for i in batch]) for batch in order)
-        accumulator = self.new_accumulator(())
-        for outputs in run_batches(self, model, batches, next(model.parameters()).device):
-            accumulator.add(outputs)
-        return accumulator.result(dataset, features)[1]
 
     # ------------------------------------------------------------------ reports and hub
 
@@ -470,26 +452,3 @@ def tokenize(
     if windows:
         features = features.add_column("index", list(range(len(features))), new_fingerprint=fingerprint + "-index")
     return features
-
-
-def run_batches(task: Task, model, batches: Iterable[dict], device, on_batch: Callable | None = None) -> list[dict]:
-    """eval_step over batches without gradients, outputs moved to the CPU: the one batched inference loop
-    (evaluation and prediction both use it). `on_batch(number, examples)` is called after each batch."""
-    was_training = model.training
-    if was_training:  # walking every module costs ~2 ms, a fifth of a served request's time
-        model.eval()
-    outputs = []
-    # Not inference mode under ZeRO-3: the weights it gathers for the forward pass would become inference tensors,
-    # which training's next backward cannot record.
-    no_gradients = torch.no_grad() if partitioned_by_zero3(model) else torch.inference_mode()
-    try:
-        with no_gradients:
-            for number, batch in enumerate(batches, 1):
-                batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-                outputs.append({key: value.detach().cpu() for key, value in task.eval_step(model, batch).items()})
-                if on_batch is not None:
-                    on_batch(number, len(batch["input_ids"]))
-    finally:
-        if was_training:
-            model.train()
-    return outputs

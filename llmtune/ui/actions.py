@@ -148,7 +148,7 @@ def finished_run(workspace: Path, name: str | None) -> Path:
 
 def loaded_run(run_dir: Path):
     """The run's model, loaded once through `inference.load_run` and reused until the run changes."""
-    from ..deploy.inference import load_run
+    from ..inference.saved import load_run
 
     key = (str(run_dir), (run_dir / runs.METRICS_FILE).stat().st_mtime_ns)
     with _model_lock:
@@ -170,7 +170,7 @@ def predict_fields(workspace: Path, name: str) -> dict[str, str]:
 
 def predict(workspace: Path, name: str, fields: dict[str, str]) -> dict:
     """The task's prediction row for one input (`llmtune predict`'s code and output)."""
-    from ..deploy.inference import predict as run_predict
+    from ..inference.prediction import predict as run_predict
 
     loaded = loaded_run(finished_run(workspace, name))
     given = {key: value for key, value in fields.items() if key in loaded.task.predict_fields and value}

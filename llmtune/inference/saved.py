@@ -1,4 +1,5 @@
-"""Evaluate and predict with a finished run directory, a pushed run, a plain checkpoint or a recipe's starting model."""
+"""The one road from a saved model to a ready one: a finished run directory, its ONNX export, a pushed run, a
+plain checkpoint or a recipe's starting model becomes a model, tokenizer and task, set up as training left them."""
 
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ from ..common import runs
 from ..common.errors import UserError
 from ..common.silence import peft_deprecations_silenced, quiet_libraries
 from ..data import reading as data
-from ..data.schema import DataSource, DataSpec
-from ..engine import memory
-from ..engine.evaluation import eval_batches, mixed_precision, new_accelerator, run_evaluation
+from ..data.schema import DataSpec
 from ..models.schema import ModelSpec
 from ..recipe import Recipe, apply_override, load_recipe, validate
 from ..tasks.base import Task
@@ -176,64 +175,3 @@ def starting_model(recipe: Recipe, task: Task, checkpoint: models.Checkpoint, pa
     return models.load_model(
         checkpoint, task.auto_class, recipe.model.trust_remote_code, pad_token_id, decoder=decoder, **kwargs
     )[0]
-
-
-@quiet_libraries
-def evaluate(
-    target: str | Path,
-    split: str = "test",
-    data_file: str | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    echo=None,
-) -> tuple[dict, list[dict]]:
-    """Metrics and per-example predictions of a run or checkpoint on one split or a data file.
-
-    Args:
-        target: run directory, checkpoint directory, hub id or recipe file.
-        split: the run recipe's split to use (train, validation, test) when no data_file is given.
-        data_file: a local file with the task's columns, instead of the recipe's split.
-        echo: receives a progress line every 30 s while the evaluation runs (e.g. `print`).
-
-    Raises:
-        UserError: unknown split, bad data, unloadable model.
-    """
-    loaded = load_run(target, overrides)
-    recipe, task = loaded.recipe, loaded.task
-    if data_file is not None:
-        source, split = DataSource(path=str(Path(data_file).resolve())), "test"
-    else:
-        source = getattr(recipe.data, split, None) if split in ("train", "validation", "test") else None
-        if source is None:
-            raise UserError(
-                f"--split {split}: the recipe has no data.{split}; choose another split or pass --data FILE"
-            )
-    spec = DataSpec(**{split: source}, columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
-    splits = data.load_splits(spec, task.file_readers)
-    task.prepare(splits, spec)
-    training = recipe.training.model_copy(update={"max_length": loaded.max_length})
-    accelerator = new_accelerator(mixed_precision=mixed_precision(recipe.training.precision, evaluating=True))
-    features, loaders = eval_batches({split: splits[split]}, task, loaded.tokenizer, training, accelerator)
-    model = accelerator.prepare(loaded.model)
-    label = "data" if data_file else split
-    result = run_evaluation(
-        model, loaders[split], task, accelerator, splits[split], features[split], recipe.metrics, echo, label
-    )
-    del model, loaded, accelerator, loaders  # nothing of the model outlives the call
-    memory.release()
-    return result
-
-
-@quiet_libraries
-def predict(
-    target: str | Path | LoadedRun, rows: list[dict] | list[str], overrides: list[str] | tuple[str, ...] = ()
-) -> list[dict]:
-    """Prediction rows for raw inputs: texts, or mappings of the task's predict fields (e.g. question and context)
-    or of its data columns. Rows that carry references get them and the per-example metrics too.
-
-    Raises:
-        UserError: unloadable model, or an input the task needs is missing.
-    """
-    loaded = target if isinstance(target, LoadedRun) else load_run(target, overrides)
-    task = loaded.task
-    rows = [task.input_row(row, number) for number, row in enumerate(rows, 1)]
-    return task.predict(loaded.model, loaded.tokenizer, rows, loaded.max_length)

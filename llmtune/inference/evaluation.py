@@ -1,70 +1,26 @@
 """Evaluation of a split: batches sorted by length, each example counted once whatever the process count.
 
-Training (validation and test), `llmtune eval` and the hub round trip all evaluate through `run_evaluation`.
-"""
+Training (validation and test), `llmtune eval` and the hub round trip all evaluate through `run_evaluation`."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ..common import runs, sharding
 from ..common.errors import UserError
-from ..tasks.base import Task, run_batches
-from .batching import PadCollator, SortedBatches
+from ..common.silence import quiet_libraries
+from ..data import reading as data
+from ..data.schema import DataSource, DataSpec
+from ..tasks.base import Task
+from . import devices
+from .batches import PadCollator, SortedBatches
+from .devices import mixed_precision, new_accelerator
+from .loop import run_batches
+from .saved import load_run
 
 # A long evaluation (generating a test split can take many minutes) reports its progress this often.
 EVAL_PROGRESS_EVERY_S = 30
-
-
-def new_accelerator(**options):
-    """An Accelerator with these options, whatever the process ran before. Accelerate keeps one precision per
-    process and refuses another; a notebook or a sweep trains and evaluates run after run in one process, each
-    with its own. The process group (PartialState) stays."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    return Accelerator(**options)
-
-
-def precision_label(recipe_precision: str, accelerate_precision: str) -> str:
-    """What a run trains in: fp32, bf16-mixed or fp16-mixed (fp32 master weights under autocast), or bf16-pure;
-    from the recipe's training.precision and Accelerate's mixed_precision (`mixed_precision`)."""
-    if recipe_precision == "bf16-pure":
-        return "bf16-pure"
-    return "fp32" if accelerate_precision == "no" else f"{accelerate_precision}-mixed"
-
-
-def mixed_precision(precision: str, evaluating: bool = False) -> str:
-    """Accelerate's mixed_precision for the recipe's `training.precision`.
-
-    Training and `llmtune eval` of its run use the same one, so that eval reproduces the run's metrics (on a GPU,
-    validation during training runs under bf16 autocast). Evaluating on a machine that lacks the run's fp16 (it
-    needs a GPU) falls back to fp32 instead of failing.
-    """
-    import torch
-
-    if precision == "fp32":
-        return "no"
-    if precision == "bf16-pure":
-        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            raise UserError("training.precision: bf16-pure needs a GPU with bf16 (Ampere or later); use fp16 or fp32")
-        # The weights themselves are bf16 (models.set_precision): no autocast needed while training. The saved
-        # model keeps the checkpoint's dtype, so evaluating it runs under bf16 autocast instead.
-        return "bf16" if evaluating else "no"
-    if precision == "fp16" and not torch.cuda.is_available():
-        if evaluating:
-            return "no"
-        raise UserError(
-            "training.precision: fp16 needs a GPU and none is available; "
-            "use auto or fp32 (bf16 runs on CPU, but slowly)"
-        )
-    if precision in ("bf16", "fp16"):
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"  # bf16 on CPU is far slower than fp32
 
 
 def model_features(features, task: Task):
@@ -72,7 +28,7 @@ def model_features(features, task: Task):
     return features.remove_columns(list(task.metadata_columns)) if task.metadata_columns else features
 
 
-def tokenize(splits: dict, task: Task, tokenizer, max_length: int, accelerator) -> dict:
+def tokenize_splits(splits: dict, task: Task, tokenizer, max_length: int, accelerator) -> dict:
     """Each split's features, as the task tokenizes them."""
     with accelerator.main_process_first():  # one process tokenizes, the others read its cache
         return {split: task.preprocess(dataset, tokenizer, max_length) for split, dataset in splits.items()}
@@ -82,7 +38,7 @@ def eval_batches(splits: dict, task: Task, tokenizer, training, accelerator) -> 
     """Each split's features and this process's evaluation loader of them: what training evaluates validation
     and test with, and `llmtune eval` its split. `training` is the recipe's training section, with the max_length
     the model allows."""
-    features = tokenize(splits, task, tokenizer, training.max_length, accelerator)
+    features = tokenize_splits(splits, task, tokenizer, training.max_length, accelerator)
     return features, {split: eval_loader(features[split], task, training, tokenizer, accelerator) for split in features}
 
 
@@ -183,3 +139,48 @@ def format_metrics(metrics: dict) -> str:
     shown = {k: v for k, v in metrics.items() if runs.is_metric(k) and isinstance(v, (int, float, str))}
     values = "  ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:.4f}" for k, v in shown.items())
     return values + f"  (n={metrics.get('num_examples', '?')})"
+
+
+@quiet_libraries
+def evaluate(
+    target: str | Path,
+    split: str = "test",
+    data_file: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    echo=None,
+) -> tuple[dict, list[dict]]:
+    """Metrics and per-example predictions of a run or checkpoint on one split or a data file.
+
+    Args:
+        target: run directory, checkpoint directory, hub id or recipe file.
+        split: the run recipe's split to use (train, validation, test) when no data_file is given.
+        data_file: a local file with the task's columns, instead of the recipe's split.
+        echo: receives a progress line every 30 s while the evaluation runs (e.g. `print`).
+
+    Raises:
+        UserError: unknown split, bad data, unloadable model.
+    """
+    loaded = load_run(target, overrides)
+    recipe, task = loaded.recipe, loaded.task
+    if data_file is not None:
+        source, split = DataSource(path=str(Path(data_file).resolve())), "test"
+    else:
+        source = getattr(recipe.data, split, None) if split in ("train", "validation", "test") else None
+        if source is None:
+            raise UserError(
+                f"--split {split}: the recipe has no data.{split}; choose another split or pass --data FILE"
+            )
+    spec = DataSpec(**{split: source}, columns=recipe.data.columns, drop_empty=recipe.data.drop_empty)
+    splits = data.load_splits(spec, task.file_readers)
+    task.prepare(splits, spec)
+    training = recipe.training.model_copy(update={"max_length": loaded.max_length})
+    accelerator = new_accelerator(mixed_precision=mixed_precision(recipe.training.precision, evaluating=True))
+    features, loaders = eval_batches({split: splits[split]}, task, loaded.tokenizer, training, accelerator)
+    model = accelerator.prepare(loaded.model)
+    label = "data" if data_file else split
+    result = run_evaluation(
+        model, loaders[split], task, accelerator, splits[split], features[split], recipe.metrics, echo, label
+    )
+    del model, loaded, accelerator, loaders  # nothing of the model outlives the call
+    devices.release()
+    return result
