@@ -17,12 +17,12 @@ from accelerate.state import PartialState
 from accelerate.utils import DeepSpeedPlugin, DistributedType
 
 from llmtune import cli
-from llmtune.engine import components, launch
+from llmtune.engine import builders, launch
 
 
 def install() -> None:
     """Make every Accelerator llmtune creates a DeepSpeed one, and let llmtune's engine check pass on this CPU."""
-    create = components.new_accelerator
+    create = builders.new_accelerator
 
     def deepspeed_accelerator(**options):
         accelerator = create(**options)
@@ -34,7 +34,7 @@ def install() -> None:
         accelerator.deepspeed_engine_wrapped = None  # (Accelerator.__init__ sets it only for DeepSpeed)
         return accelerator
 
-    components.new_accelerator = deepspeed_accelerator
+    builders.new_accelerator = deepspeed_accelerator
     launch.accelerator_present = lambda: True
 
 

@@ -17,12 +17,12 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType
 
 from llmtune import cli
-from llmtune.engine import components, launch
+from llmtune.engine import builders, launch
 
 
 def install() -> None:
     """Make every Accelerator llmtune creates an FSDP2 one, and let llmtune's engine check pass on this CPU."""
-    create = components.new_accelerator
+    create = builders.new_accelerator
 
     def fsdp_accelerator(**options):
         accelerator = create(**options)
@@ -31,7 +31,7 @@ def install() -> None:
         accelerator.state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
         return accelerator
 
-    components.new_accelerator = fsdp_accelerator
+    builders.new_accelerator = fsdp_accelerator
     launch.accelerator_present = lambda: True
 
 

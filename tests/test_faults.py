@@ -30,16 +30,16 @@ def pause():
 
 where = os.environ["PAUSE_AT"]
 if where == "model":
-    from llmtune.engine import components
-    real_save = components.save_model
+    from llmtune.engine import saving
+    real_save = saving.save_model
     def save_model(model, tokenizer, run_dir, recipe, *rest):
         real_save(model, tokenizer, run_dir, recipe, *rest)
         weights = pathlib.Path(run_dir) / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
         pause()
-    components.save_model = save_model
+    saving.save_model = save_model
 elif where == "metrics":
-    from llmtune import runs
+    from llmtune.common import runs
     real_write = runs.write_atomic
     def write_atomic(path, text):
         if path.name == "metrics.json":

@@ -8,7 +8,7 @@ import torch
 from conftest import write_recipe, write_sentiment_files
 
 from llmtune.common.errors import UserError
-from llmtune.engine import components, layers
+from llmtune.engine import builders, layers
 from llmtune.recipe import Training
 
 
@@ -20,7 +20,7 @@ def classifier(tiny_bert):
 
 
 def rates(model, **training) -> dict[str, float]:
-    groups = components.parameter_groups(model, Training(learning_rate=1e-3, **training), ["classifier"])
+    groups = builders.parameter_groups(model, Training(learning_rate=1e-3, **training), ["classifier"])
     return {name: group["lr"] for group in groups for name in group["param_names"]}
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import write_recipe, write_sentiment_files
 
 from llmtune import evaluate, load_recipe
-from llmtune.engine import checkpoints, components, training
+from llmtune.engine import builders, checkpoints, training
 
 
 def sets(*items: str) -> list[str]:
@@ -63,7 +63,7 @@ def test_out_of_memory_before_any_checkpoint_leaves_no_run(cli, tiny_bert, tmp_p
 def test_train_and_evaluate_keep_no_reference_to_the_model_or_optimizer(precision, tiny_bert, tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_bert, write_sentiment_files(tmp_path))
     made = {}
-    load_model, make_optimizer = components.load_model, components.make_optimizer
+    load_model, make_optimizer = builders.load_model, builders.make_optimizer
 
     def recording_load_model(*args, **kwargs):
         model, new_modules = load_model(*args, **kwargs)
@@ -75,8 +75,8 @@ def test_train_and_evaluate_keep_no_reference_to_the_model_or_optimizer(precisio
         made["optimizer"] = weakref.ref(optimizer)
         return optimizer
 
-    monkeypatch.setattr(components, "load_model", recording_load_model)
-    monkeypatch.setattr(components, "make_optimizer", recording_make_optimizer)
+    monkeypatch.setattr(builders, "load_model", recording_load_model)
+    monkeypatch.setattr(builders, "make_optimizer", recording_make_optimizer)
     overrides = ["training.max_steps=2", "data.validation=null", f"training.precision={precision}"]
     result = training.train(load_recipe(recipe, overrides))
     assert made["model"]() is None and made["optimizer"]() is None, "train() kept the run's model or optimizer"

@@ -90,7 +90,7 @@ def test_an_adapter_of_a_hub_model_saves_without_peft_warnings(tiny_bert, tmp_pa
     import peft
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from llmtune.engine.components import save_model
+    from llmtune.engine.saving import save_model
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     model = peft.get_peft_model(model, peft.LoraConfig(target_modules=["query", "value"], task_type="SEQ_CLS"))

@@ -29,7 +29,7 @@ def test_a_broken_recipe_is_answered_before_the_libraries_load(tmp_path):
 
 def test_libraries_a_command_loads_stay_silent():
     code = (
-        "from llmtune.quiet import silence_libraries_when_loaded\nsilence_libraries_when_loaded()\n"
+        "from llmtune.common.silence import silence_libraries_when_loaded\nsilence_libraries_when_loaded()\n"
         "import transformers, datasets\n"
         "print(transformers.logging.get_verbosity(), datasets.logging.get_verbosity(),"
         " transformers.utils.logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled())"

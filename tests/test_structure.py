@@ -134,10 +134,10 @@ def callers(attribute: str) -> set[str]:
 
 
 def test_one_road_from_a_saved_model():
-    # Training builds its model in components and data.augment its helper models; everything that loads a saved
+    # Training builds its model in engine/builders.py and data.augment its helper models; everything that loads a saved
     # one (eval, predict, serve, export, merge, push) goes through inference.load_run.
     assert callers("load_model") - {"llmtune.engine.training"} == {
-        "llmtune.engine.components",
+        "llmtune.engine.builders",
         "llmtune.data.augment",
         "llmtune.inference.saved",
     }
@@ -149,7 +149,7 @@ def test_one_road_from_a_saved_model():
 
 
 def test_one_builder_of_evaluation_batches():
-    assert callers("eval_batches") == {"llmtune.engine.components", "llmtune.inference.evaluation"}
+    assert callers("eval_batches") == {"llmtune.engine.builders", "llmtune.inference.evaluation"}
     assert callers("eval_loader") == {"llmtune.inference.evaluation"}  # through eval_batches only
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints, resuming, interruption by signals, and the best-checkpoint / early-stopping bookkeeping.
+"""Checkpoints: written atomically, found and verified, and resumed from, whatever the engine or process count.
 
 A checkpoint is a directory `RUN_DIR/checkpoints/step-N/`:
 
@@ -29,10 +29,7 @@ import os
 import random
 import re
 import shutil
-import signal
-import sys
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +40,9 @@ from safetensors.torch import load_file, save_file
 
 from ..common import runs, sharding
 from ..common.errors import Notice, UserError
-from ..recipe import Evaluation, Recipe, dump_recipe
+from ..recipe import Recipe, dump_recipe
 from . import deepspeed_zero
+from .state import TrainingState
 
 CHECKPOINTS_DIR = runs.CHECKPOINTS_DIR
 MANIFEST = "manifest.json"
@@ -66,47 +64,6 @@ RESUME_MUST_MATCH = (
     "training.max_tokens",
     "training.max_length",
 )
-
-
-@dataclass
-class TrainingState:
-    """Where training stands: everything the loop changes as it goes, and what a checkpoint saves with the weights,
-    the optimizer and the schedule. `window_loss` differs per process and is saved per process."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_done: int = 0  # batches of `epoch` trained on, counted over all processes (the sampler's batches)
-    examples_seen: int = 0
-    window_batches: int = 0  # batches summed into the not yet logged training loss
-    window_loss: float | object = 0.0  # their summed loss: a tensor on the device while training (no sync per step)
-    best_step: int | None = None  # evaluation.metric_for_best: the best validation so far, and patience
-    best_value: float | None = None
-    best_metrics: dict | None = None
-    evals_without_improvement: int = 0
-    num_processes: int = 1
-
-    def shared(self) -> dict:
-        """The fields every process holds alike (state.json)."""
-        return {key: value for key, value in asdict(self).items() if key != "window_loss"}
-
-    def add_batch(self, loss, examples: int, num_processes: int) -> None:
-        """Count one training batch of every process (each process adds its own loss)."""
-        self.window_loss = self.window_loss + loss
-        self.window_batches += 1
-        self.batches_done += num_processes
-        self.examples_seen += examples * num_processes
-
-    def start_epoch(self) -> None:
-        self.epoch += 1
-        self.batches_done = 0
-
-
-def collective_failed(error: BaseException, num_processes: int) -> bool:
-    """Whether an error of a several-process run came from a collective operation: a peer crashed or hung."""
-    if num_processes < 2 or not isinstance(error, RuntimeError):
-        return False
-    signs = ("Timed out", "Connection closed by peer", "Connection reset by peer", "NCCL", "ProcessGroup", "gloo")
-    return isinstance(error, torch.distributed.DistError) or any(sign in str(error) for sign in signs)
 
 
 # --------------------------------------------------------------------------- finding checkpoints
@@ -458,84 +415,3 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------- when to save, when to stop
-
-
-def due(recipe: Recipe, step: int, epoch_done: bool) -> bool:
-    options = recipe.checkpointing
-    return bool(options.every_n_steps and step % options.every_n_steps == 0) or (options.at_epoch_end and epoch_done)
-
-
-def update_best(options: Evaluation, state: TrainingState, metrics: dict) -> bool:
-    """Record a validation evaluation for evaluation.metric_for_best; True when it is the best so far (its
-    checkpoint must be saved). Always False without metric_for_best."""
-    if options.metric_for_best is None:
-        return False
-    value = metrics[options.metric_for_best]
-    better = state.best_value is None or (
-        value > state.best_value if options.best_mode == "max" else value < state.best_value
-    )
-    if better:
-        state.best_step, state.best_value, state.best_metrics, state.evals_without_improvement = (
-            state.step,
-            value,
-            metrics,
-            0,
-        )
-    else:
-        state.evals_without_improvement += 1
-    return better
-
-
-def should_stop(options: Evaluation, state: TrainingState) -> bool:
-    """Early stopping: evaluation.early_stopping_patience evaluations without improvement."""
-    patience = options.early_stopping_patience
-    return patience is not None and state.evals_without_improvement >= patience
-
-
-class StopSignals:
-    """SIGINT / SIGTERM ask training to stop after the current step (with a checkpoint); a second one exits at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, announce: bool):
-        self.received: int | None = None
-        self.announce = announce
-        self.previous = {}
-
-    def __enter__(self) -> StopSignals:
-        for signum in self.SIGNALS:
-            try:
-                self.previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread (e.g. an embedding application): leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None:
-            print(
-                f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr, flush=True
-            )
-            os._exit(128 + signum)
-        self.received = signum
-        if self.announce:
-            print(
-                f"\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint "
-                "(send it again to exit at once)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def requested(self, accelerator) -> int | None:
-        """The signal received by any process (all processes must stop at the same step), or None."""
-        if accelerator.num_processes == 1:
-            return self.received
-        flag = torch.tensor([self.received or 0], device=accelerator.device)
-        received = int(accelerator.reduce(flag, "max").item())
-        return received or None

@@ -16,8 +16,6 @@ from ..common.lazy import torch
 # Keys padded with the tokenizer's pad id; other list-valued keys are padded with 0 (masks, segment ids)
 # or -100 (labels, ignored by the loss).
 PAD_WITH_TOKEN = ("input_ids", "decoder_input_ids")
-
-
 PAD_WITH_IGNORE = ("labels",)
 
 

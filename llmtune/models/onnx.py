@@ -10,7 +10,6 @@ from ..common.lazy import torch
 
 ONNX_FILES = runs.ONNX_FILES  # an export's weights: the quantized file when there is one
 
-
 # The model classes whose forward pass ONNX Runtime runs in llmtune's place: the outputs tasks read, and their
 # free axes (a sequence classifier's logits have no sequence axis).
 ONNX_OUTPUTS = {

@@ -46,7 +46,6 @@ OFFLINE_PACKAGES = {
 # *.spm: Marian (OPUS-MT) tokenizers are sentencepiece models under that name.
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.spm", "*.tiktoken", "*.jinja"]
 
-
 # Owner and name: letters, digits, '-', '_', '.'; no leading punctuation, no '--' or '..' (the Hub's rules).
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 

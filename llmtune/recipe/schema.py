@@ -19,8 +19,6 @@ from ..models.schema import FullMethod, Method, ModelSpec
 # finish. A billion optimizer steps is four months at 100 steps a second, a tiny model's pace on a GPU; the longest
 # fine-tuning runs take about a million. A million examples in one batch of one process would not fit in memory.
 MAX_STEPS = 10**9
-
-
 MAX_BATCH = 10**6
 
 
