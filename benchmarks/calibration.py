@@ -91,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from llmtune import load_recipe, train
-    from llmtune.calibrate import calibrate_run
+    from llmtune.commands.calibrate import calibrate_run
 
     out = args.out / args.task
     out.mkdir(parents=True, exist_ok=True)

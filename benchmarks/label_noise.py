@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from llmtune import load_recipe, train
-    from llmtune.audit import audit
+    from llmtune.commands.audit import audit
 
     args.out.mkdir(parents=True, exist_ok=True)
     train_file, flipped = noisy_split(args.out, args.rows, args.share, args.seed)

@@ -33,9 +33,8 @@ _EXPORTS = {
     "load_run": "inference.saved",
     "predict": "inference.prediction",
     "validate": ("engine.preparation", "prepare"),
-    # not "calibrate" and "audit": those are the modules' own names, which an import binds on this package
-    "calibrate_run": "calibrate",
-    "find_label_issues": ("audit", "audit"),
+    "calibrate_run": "commands.calibrate",
+    "find_label_issues": ("commands.audit", "audit"),
     "significance": "reports.significance",
 }
 __all__ = sorted(_EXPORTS)

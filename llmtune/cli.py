@@ -520,11 +520,11 @@ def sweep(
     The sweep directory holds a run directory per trial, trials.csv / trials.md, and best.yaml (the winning
     recipe, ready for `llmtune train`); `llmtune report SWEEP_DIR` draws the search.
     """
-    from .sweep import redacted
+    from .commands.sweep_storage import redacted
 
     output = output or Path("runs") / f"sweep-{recipe.stem}"
     try:
-        from .sweep import run_sweep
+        from .commands.sweep import run_sweep
 
         study = run_sweep(recipe, space, output, trials, timeout, storage, resume, set_ or [], echo=_echo)
     except Interrupted as stopped:
@@ -554,8 +554,8 @@ def report(
     For a sweep directory: the trials, the optimisation history and parameter importances, and the best trial's
     report (Markdown with PNG plots, in the sweep directory).
     """
+    from .commands.sweep_results import is_sweep_dir, write_sweep_report
     from .reports.report import write_report
-    from .sweep import is_sweep_dir, write_sweep_report
 
     written = write_sweep_report(run_dir) if is_sweep_dir(run_dir) else write_report(run_dir, format_, output)
     _echo(f"report written to {written}")
@@ -602,7 +602,7 @@ def calibrate(
     """Fit temperature scaling on the run's validation split and keep it in the run's recipe (eval, predict, serve
     and export then apply it); prints the expected calibration error (ECE) before and after on validation and test.
     """
-    from .calibrate import calibrate_run
+    from .commands.calibrate import calibrate_run
 
     result = calibrate_run(run_dir, echo=lambda line: typer.echo(line, err=True))
     _echo(f"temperature: {result.temperature:.4f} (was {result.previous:.4f}), written to {run_dir / 'recipe.yaml'}")
@@ -636,7 +636,7 @@ def audit(
 ) -> None:
     """Rank the training rows most likely mislabeled (cleanlab on out-of-fold class probabilities) into a CSV:
     row, given label, suggested label, score (lower: more likely wrong), flagged. `llmtune report` shows it."""
-    from .audit import audit as run_audit
+    from .commands.audit import audit as run_audit
 
     result = run_audit(
         target,

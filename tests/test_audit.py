@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import write_recipe
 
-from llmtune.audit import rank_label_issues
+from llmtune.commands.audit import rank_label_issues
 
 NAMES = ["negative", "neutral", "positive"]
 

@@ -180,8 +180,8 @@ def test_the_trust_checks_are_in_the_python_api(trained_run):
 
     prepared = llmtune.validate(llmtune.load_recipe(trained_run / "recipe.yaml"))
     assert prepared.leakage["train/test"].exact_rows  # the fixture's splits repeat the same reviews
-    import llmtune.audit  # noqa: F401  (binds the module on the package: the API names must not be shadowed)
-    import llmtune.calibrate  # noqa: F401
+    import llmtune.commands.audit  # noqa: F401  (binds the module on the package: the API names must not be shadowed)
+    import llmtune.commands.calibrate  # noqa: F401
 
     calibration = llmtune.calibrate_run(trained_run)
     assert calibration.temperature > 0 and "validation" in calibration.ece

@@ -229,8 +229,8 @@ def test_shift_without_scale_is_refused(cli, tiny_bert, tmp_path):
 
 
 def test_errors_are_minimised_when_picking_the_best_checkpoint_or_sweeping():
+    from llmtune.commands.sweep_space import LOWER_IS_BETTER
     from llmtune.recipe import Evaluation
-    from llmtune.sweep import LOWER_IS_BETTER
 
     assert Evaluation(metric_for_best="mae").best_mode == "min" and Evaluation(metric_for_best="mse").best_mode == "min"
     assert Evaluation(metric_for_best="pearson").best_mode == "max"

@@ -47,8 +47,9 @@ def logged_steps(run_dir: Path) -> list[int]:
 
 
 def test_a_sweep_prunes_keeps_every_trial_as_a_run_and_writes_the_best_recipe(sweep_files, tmp_path):
+    from llmtune.commands.sweep import run_sweep
+    from llmtune.commands.sweep_results import write_sweep_report
     from llmtune.reports.report import compare
-    from llmtune.sweep import run_sweep, write_sweep_report
 
     recipe, space = sweep_files
     sweep_dir = tmp_path / "sweep"

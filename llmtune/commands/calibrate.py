@@ -10,11 +10,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import tasks
-from .common import runs
-from .common.errors import UserError
-from .recipe import dump_recipe, load_recipe
-from .tasks.calibration import TemperatureScaled
+from .. import tasks
+from ..common import runs
+from ..common.errors import UserError
+from ..recipe import dump_recipe, load_recipe
+from ..tasks.calibration import TemperatureScaled
 
 CALIBRATION_KEY = "calibration"
 
@@ -35,7 +35,7 @@ def calibrate_run(run_dir: str | Path, echo=None) -> Calibration:
     Raises:
         UserError: not a finished run, a task without class probabilities, or no validation split.
     """
-    from .inference.evaluation import evaluate
+    from ..inference.evaluation import evaluate
 
     say = echo or (lambda line: None)
     run_dir = Path(run_dir)

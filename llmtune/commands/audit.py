@@ -14,12 +14,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tasks
-from .common import runs
-from .common.errors import UserError
-from .data import reading as data
-from .data.schema import DataSource, DataSpec
-from .recipe import Recipe, load_recipe
+from .. import tasks
+from ..common import runs
+from ..common.errors import UserError
+from ..data import reading as data
+from ..data.schema import DataSource, DataSpec
+from ..recipe import Recipe, load_recipe
 
 ISSUES_FILE = "label_issues.csv"
 FOLDS_DIR = "audit-folds"  # the k fold runs, under the CSV's directory while the audit runs
@@ -151,7 +151,7 @@ def default_output(run_dir: Path | None, recipe: Recipe) -> Path:
 
 def in_sample_probabilities(run_dir: Path, task, say) -> list[list[float]]:
     """The run's class probabilities on its own training rows."""
-    from .inference.evaluation import evaluate
+    from ..inference.evaluation import evaluate
 
     say(f"scoring the training rows with {run_dir} (it has seen their labels: expect fewer rows flagged)")
     _, rows = evaluate(run_dir, split="train")
@@ -163,7 +163,7 @@ def out_of_fold_probabilities(recipe: Recipe, task, train, labels: list[int], fo
     removed once their predictions are read)."""
     from sklearn.model_selection import StratifiedKFold
 
-    from .engine.training import train as run_training
+    from ..engine.training import train as run_training
 
     smallest = min(labels.count(label) for label in set(labels))
     if smallest < folds:
