@@ -107,7 +107,7 @@ def test_augmented_rows_keep_their_labels_and_validation_and_test_are_untouched(
     prepared = prepare(recipe)
     original = prepared.splits["train"]
     fields = prepared.task.augment_fields(original.column_names)
-    train, cached = augment.apply(original, recipe.data.augment, fields, 42, say=print)
+    train, cached = augment.apply(original, recipe.data.augment, fields, 42, echo=print)
     assert cached == counts
     assert train[: len(original)] == original[:]  # the original rows come first, as they were
     labels = {text: label for text, label in zip(original["text"], original["label"])}
@@ -123,20 +123,20 @@ def test_the_cache_is_reused_and_a_changed_method_is_recomputed(augmented_sentim
     prepared = prepare(recipe)
     train = prepared.splits["train"]
     fields = prepared.task.augment_fields(train.column_names)
-    first, counts = augment.apply(train, recipe.data.augment, fields, 7, say=print)
+    first, counts = augment.apply(train, recipe.data.augment, fields, 7, echo=print)
 
     def fail(*args):
         raise AssertionError("augmented again instead of reading the cache")
 
     with monkeypatch.context() as patched:
         patched.setattr(augment, "_augmented", fail)
-        again, cached = augment.apply(train, recipe.data.augment, fields, 7, say=print)
+        again, cached = augment.apply(train, recipe.data.augment, fields, 7, echo=print)
         assert again[:] == first[:] and cached == counts
         changed = [method.model_copy(update={"probability": 0.5}) for method in recipe.data.augment]
         with pytest.raises(AssertionError, match="instead of reading the cache"):
-            augment.apply(train, changed, fields, 7, say=print)
+            augment.apply(train, changed, fields, 7, echo=print)
         with pytest.raises(AssertionError, match="instead of reading the cache"):
-            augment.apply(train, recipe.data.augment, fields, 8, say=print)  # another seed
+            augment.apply(train, recipe.data.augment, fields, 8, echo=print)  # another seed
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_qa_back_translation_rewrites_the_question_and_never_the_context_or_answ
     prepared = prepare(recipe)
     original = prepared.splits["train"]
     fields = prepared.task.augment_fields(original.column_names)
-    train, counts = augment.apply(original, recipe.data.augment, fields, 1, say=print)
+    train, counts = augment.apply(original, recipe.data.augment, fields, 1, echo=print)
     assert counts["back_translation"] > 0 and len(train) == len(original) + counts["back_translation"]
     by_question = {row["id"]: row for row in original}
     for row in train.select(range(len(original), len(train))):
@@ -196,7 +196,7 @@ def test_a_nested_translation_column_has_only_its_source_language_rewritten(tiny
     original = prepared.splits["train"]
     fields = prepared.task.augment_fields(original.column_names)
     assert fields.texts == (("translation", "de"),)
-    train, counts = augment.apply(original, recipe.data.augment, fields, 3, say=print)
+    train, counts = augment.apply(original, recipe.data.augment, fields, 3, echo=print)
     assert counts["random_swap"] == 8 and original[:] == train[:8]  # the originals are untouched
     for row, source in zip(train.select(range(8, 16)), rows):
         assert row["translation"]["en"] == source["translation"]["en"]

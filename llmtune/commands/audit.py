@@ -90,7 +90,7 @@ def audit(
     Raises:
         UserError: a target that is neither, a task audit does not handle, bad fold count, missing cleanlab.
     """
-    say = echo or (lambda line: None)
+    echo = echo or (lambda line: None)
     cleanlab_modules()  # before any training: a missing extra is found in a second, not after k runs
     if not reuse_run and not 2 <= folds <= 20:
         raise UserError(f"--folds {folds}: expected 2 to 20 folds")
@@ -108,10 +108,10 @@ def audit(
     task.prepare({"train": train}, spec)
     labels = [task.label_id(value) for value in train[task.options.label_column]]
     if reuse_run:
-        probabilities, method = in_sample_probabilities(run_dir, task, say), "reused run (in-sample, under-flags)"
+        probabilities, method = in_sample_probabilities(run_dir, task, echo), "reused run (in-sample, under-flags)"
     else:
         scratch = csv_path.parent / FOLDS_DIR
-        probabilities = out_of_fold_probabilities(recipe, task, train, labels, folds, scratch, say)
+        probabilities = out_of_fold_probabilities(recipe, task, train, labels, folds, scratch, echo)
         method = f"{folds}-fold out-of-fold"
     texts = [str(text) for text in train[task.options.text_column]]
     ranked = rank_label_issues(
@@ -119,7 +119,7 @@ def audit(
     )
     write_csv(csv_path, ranked)
     flagged = sum(row["flagged"] for row in ranked)
-    say(f"audit ({method}): {flagged:,} of {len(ranked):,} training rows flagged; ranked rows in {csv_path}")
+    echo(f"audit ({method}): {flagged:,} of {len(ranked):,} training rows flagged; ranked rows in {csv_path}")
     return AuditResult(csv_path, ranked, flagged, method)
 
 
@@ -149,16 +149,16 @@ def default_output(run_dir: Path | None, recipe: Recipe) -> Path:
     return output_dir.with_name(output_dir.name + "-audit") / ISSUES_FILE
 
 
-def in_sample_probabilities(run_dir: Path, task, say) -> list[list[float]]:
+def in_sample_probabilities(run_dir: Path, task, echo) -> list[list[float]]:
     """The run's class probabilities on its own training rows."""
     from ..inference.evaluation import evaluate
 
-    say(f"scoring the training rows with {run_dir} (it has seen their labels: expect fewer rows flagged)")
+    echo(f"scoring the training rows with {run_dir} (it has seen their labels: expect fewer rows flagged)")
     _, rows = evaluate(run_dir, split="train")
     return [[row["probabilities"][name] for name in task.label_names] for row in rows]
 
 
-def out_of_fold_probabilities(recipe: Recipe, task, train, labels: list[int], folds: int, scratch: Path, say):
+def out_of_fold_probabilities(recipe: Recipe, task, train, labels: list[int], folds: int, scratch: Path, echo):
     """Each row's class probabilities from the fold model that did not train on it (k runs under `scratch`,
     removed once their predictions are read)."""
     from sklearn.model_selection import StratifiedKFold
@@ -175,11 +175,11 @@ def out_of_fold_probabilities(recipe: Recipe, task, train, labels: list[int], fo
     probabilities: list[list[float] | None] = [None] * len(labels)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=recipe.training.seed)
     for number, (kept, held_out) in enumerate(splitter.split(labels, labels), 1):
-        say(f"fold {number}/{folds}: training on {len(kept):,} rows, scoring {len(held_out):,}")
+        echo(f"fold {number}/{folds}: training on {len(kept):,} rows, scoring {len(held_out):,}")
         fold_dir = scratch / f"fold-{number}"
         fold_recipe = fold_recipe_for(recipe, task, train, kept.tolist(), held_out.tolist(), scratch / f"{number}")
         result = run_training(fold_recipe, output_dir=fold_dir, overwrite=True)
-        say(f"fold {number}/{folds}: held-out accuracy {result.metrics['test'].get('accuracy', float('nan')):.4f}")
+        echo(f"fold {number}/{folds}: held-out accuracy {result.metrics['test'].get('accuracy', float('nan')):.4f}")
         for row in read_predictions(result.run_dir):
             probabilities[int(held_out[row["index"]])] = [row["probabilities"][name] for name in task.label_names]
         shutil.rmtree(fold_dir, ignore_errors=True)

@@ -37,7 +37,7 @@ def calibrate_run(run_dir: str | Path, echo=None) -> Calibration:
     """
     from ..inference.evaluation import evaluate
 
-    say = echo or (lambda line: None)
+    echo = echo or (lambda line: None)
     run_dir = Path(run_dir)
     runs.require_finished_run(run_dir)
     recipe = load_recipe(run_dir / runs.RECIPE_FILE)
@@ -49,7 +49,7 @@ def calibrate_run(run_dir: str | Path, echo=None) -> Calibration:
     splits = [split for split in ("validation", "test") if getattr(recipe.data, split) is not None]
     before = {}
     for split in splits:
-        say(f"scoring {split} with the current temperature")
+        echo(f"scoring {split} with the current temperature")
         before[split] = evaluate(run_dir, split=split)
     previous = task.temperature()
     temperature = round(task.fitted_temperature(before["validation"][1]), 6)
@@ -57,7 +57,7 @@ def calibrate_run(run_dir: str | Path, echo=None) -> Calibration:
     runs.write_atomic(run_dir / runs.RECIPE_FILE, dump_recipe(calibrated))
     after = {}
     for split in splits:
-        say(f"scoring {split} with temperature {temperature:.4f}")
+        echo(f"scoring {split} with temperature {temperature:.4f}")
         after[split] = evaluate(run_dir, split=split)
     result = Calibration(temperature, previous)
     for split in splits:

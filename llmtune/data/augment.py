@@ -78,7 +78,7 @@ def check(methods: list, fields: AugmentFields | None, task_name: str) -> None:
 
 
 def apply(
-    dataset: datasets.Dataset, methods: list, fields: AugmentFields, seed: int, say: Callable = print
+    dataset: datasets.Dataset, methods: list, fields: AugmentFields, seed: int, echo: Callable = print
 ) -> tuple[datasets.Dataset, dict[str, int]]:
     """The train split with each method's augmented rows appended, and how many rows each method added.
 
@@ -92,7 +92,7 @@ def apply(
     counts_file = folder / "llmtune-augment.json"
     if counts_file.exists():
         counts = json.loads(counts_file.read_text())
-        say(f"augment: {describe(counts)} (cached: {folder})")
+        echo(f"augment: {describe(counts)} (cached: {folder})")
         return datasets.load_from_disk(str(folder)), counts
     rows = dataset.to_list()
     torch.manual_seed(seed)  # back-translation's sampling
@@ -100,14 +100,14 @@ def apply(
     for number, method in enumerate(methods):
         rng = random.Random(f"{seed}-{number}-{method.type}")
         chosen = sorted(rng.sample(range(len(rows)), max(1, round(method.share * len(rows)))))
-        new = _augmented(method, [rows[i] for i in chosen], fields, rng, number, say)
+        new = _augmented(method, [rows[i] for i in chosen], fields, rng, number, echo)
         new = [row for row in new if row is not None]
         key = method.type if method.type not in counts else f"{method.type}_{number}"
         counts[key] = len(new)
         added += new
     augmented = datasets.concatenate_datasets([dataset, _like(dataset, added)]) if added else dataset
     _save(augmented, counts, folder)
-    say(f"augment: {describe(counts)}")
+    echo(f"augment: {describe(counts)}")
     return datasets.load_from_disk(str(folder)), counts
 
 
@@ -146,11 +146,11 @@ def _fingerprint(dataset: datasets.Dataset, methods: list, fields: AugmentFields
     return digest.hexdigest()[:32]
 
 
-def _augmented(method, rows: list[dict], fields: AugmentFields, rng, number: int, say) -> list[dict | None]:
+def _augmented(method, rows: list[dict], fields: AugmentFields, rng, number: int, echo) -> list[dict | None]:
     """One augmented copy of each row (None where the method left it unchanged)."""
     where = f"data.augment[{number}] ({method.type})"
     if method.type == "back_translation":
-        return _back_translated(method, rows, fields, where, say)
+        return _back_translated(method, rows, fields, where, echo)
     lexicon = load_lexicon(method.lexicon, where) if getattr(method, "lexicon", None) else None
     if method.type == "synonym" and method.masked_lm:
         return MaskedLmSynonyms(method.masked_lm, where).rows(rows, fields, method.probability, rng)
@@ -394,17 +394,17 @@ class MaskedLmSynonyms:
 # ---------------------------------------------------------------------------------------------- back-translation
 
 
-def _back_translated(method, rows: list[dict], fields: AugmentFields, where: str, say) -> list[dict | None]:
+def _back_translated(method, rows: list[dict], fields: AugmentFields, where: str, echo) -> list[dict | None]:
     forward = Translator(method.forward, method.forward_prompt, method, f"{where}.forward")
     out = [dict(row) for row in rows]
     for column in fields.texts:
-        there = forward.translate([read_text(row, column) for row in rows], say)
+        there = forward.translate([read_text(row, column) for row in rows], echo)
         for row, text in zip(out, there):
             write_text(row, column, text)
     del forward
     backward = Translator(method.backward, method.backward_prompt, method, f"{where}.backward")
     for column in fields.texts:
-        back = backward.translate([read_text(row, column) for row in out], say)
+        back = backward.translate([read_text(row, column) for row in out], echo)
         for row, text in zip(out, back):
             write_text(row, column, text)
     return [
@@ -434,7 +434,7 @@ class Translator:
         if self.causal:
             self.tokenizer.padding_side = "left"
 
-    def translate(self, texts: list[str], say) -> list[str]:
+    def translate(self, texts: list[str], echo) -> list[str]:
         """The translations, in order; a progress line every 30 s (a few thousand texts take minutes)."""
         m, out, shown = self.method, [], time.monotonic()
         settings = {"max_new_tokens": m.max_new_tokens, "num_beams": m.num_beams, "do_sample": m.sample}
@@ -452,6 +452,6 @@ class Translator:
             decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
             out += [text.strip().split("\n")[0].strip() if self.causal else text.strip() for text in decoded]
             if time.monotonic() - shown > 30:
-                say(f"augment: {self.where}: {len(out):,} of {len(texts):,} texts translated")
+                echo(f"augment: {self.where}: {len(out):,} of {len(texts):,} texts translated")
                 shown = time.monotonic()
         return out

@@ -9,6 +9,15 @@ from collections.abc import Iterator, Sequence
 
 from ..inference.batches import cut_batches
 
+# A mega-batch (shuffled, then sorted by length and cut into batches) holds this many batches' examples.
+MEGA_BATCH_FACTOR = 50
+
+
+def batch_count(examples: int, batch_size: int, mega_batch_size: int) -> int:
+    """Batches of `batch_size` examples in an epoch: each mega-batch is cut on its own (its last batch may be short)."""
+    full, rest = divmod(examples, mega_batch_size)
+    return full * -(-mega_batch_size // batch_size) + -(-rest // batch_size)
+
 
 class LengthGroupedBatches:
     """Training batch sampler: shuffle, cut into mega-batches, sort each by length, batch, shuffle the batches.
@@ -26,7 +35,7 @@ class LengthGroupedBatches:
         batch_size: int | None,
         seed: int,
         max_tokens: int | None = None,
-        mega_batch_factor: int = 50,
+        mega_batch_factor: int = MEGA_BATCH_FACTOR,
     ):
         self.lengths = list(lengths)
         self.size = batch_size
@@ -67,7 +76,4 @@ class LengthGroupedBatches:
         """Batches in a whole epoch, skipped ones included."""
         if self.max_tokens is not None:  # the count depends on how lengths fall into mega-batches
             return len(self.batches())
-        return sum(
-            -(-len(self.lengths[s : s + self.mega_batch_size]) // self.size)
-            for s in range(0, len(self.lengths), self.mega_batch_size)
-        )
+        return batch_count(len(self.lengths), self.size, self.mega_batch_size)

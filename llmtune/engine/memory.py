@@ -22,29 +22,29 @@ def resumable(error: BaseException, run_dir: Path, resumed: bool, main: bool) ->
 
 def out_of_memory(recipe: Recipe, accelerator: Accelerator, step: int, kept: bool) -> UserError:
     """The one line for an accelerator out of memory at `step`; `kept`: the run's checkpoints were kept."""
-    cfg, method = recipe.training, recipe.method
+    training, method = recipe.training, recipe.method
     if torch.cuda.is_available():
         used = f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB"
         used += f" of {torch.cuda.get_device_properties(accelerator.device).total_memory / 2**20:,.0f} MiB"
     else:
         used = f"peak memory {tracking.peak_memory()['peak_memory_mb']:,.0f} MB"
     batch = (
-        f"training.max_tokens (now {cfg.max_tokens})"
-        if cfg.max_tokens
-        else f"training.batch_size (now {cfg.batch_size})"
+        f"training.max_tokens (now {training.max_tokens})"
+        if training.max_tokens
+        else f"training.batch_size (now {training.batch_size})"
     )
     lower = [
         f"{batch} (with training.gradient_accumulation_steps to keep the step size)",
-        f"training.max_length (now {cfg.max_length})",
+        f"training.max_length (now {training.max_length})",
         "training.eval_batch_size (evaluation)",
     ]
-    if not cfg.gradient_checkpointing:
+    if not training.gradient_checkpointing:
         lower.append("training.gradient_checkpointing: true")
     if method.type == "full":
         lower.append("method.type: lora")
     elif not getattr(method, "quantization", None):
         lower.append("method.quantization: 4bit")
-    if cfg.precision in ("auto", "fp32"):
+    if training.precision in ("auto", "fp32"):
         lower.append("training.precision: bf16")
     kept_line = "the run's checkpoints are kept (--resume continues)" if kept else "no checkpoint was written"
     return UserError(f"out of memory at step {step + 1} ({used}); lower it with " + ", ".join(lower) + f"; {kept_line}")

@@ -14,7 +14,7 @@ from ..inference.devices import mixed_precision
 from ..recipe import Recipe
 from ..tasks.base import Task
 from . import deepspeed_zero, fsdp, launch, tracking
-from .batches import LengthGroupedBatches
+from .batches import MEGA_BATCH_FACTOR, batch_count
 
 
 @dataclass
@@ -85,22 +85,25 @@ def check_engine(recipe: Recipe) -> None:
         fsdp.check_fsdp(recipe)
 
 
-def planned_steps(examples: int, cfg) -> int:
+def planned_steps(examples: int, training) -> int:
     """The run's optimizer steps with a fixed batch size, counted before anything is tokenized."""
-    batches = LengthGroupedBatches([1] * examples, cfg.batch_size, cfg.seed).full_length()
-    return count_steps(math.ceil(batches / launch.world_size()), cfg)[1]
+    batches = batch_count(examples, training.batch_size, training.batch_size * MEGA_BATCH_FACTOR)
+    return count_steps(math.ceil(batches / launch.world_size()), training)[1]
 
 
-def count_steps(batches_per_epoch: int, cfg) -> tuple[int, int]:
+def count_steps(batches_per_epoch: int, training) -> tuple[int, int]:
     """Optimizer steps per epoch and in all, from one process's batches per epoch."""
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
-    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch), cfg.min_steps or 0)
+    steps_per_epoch = math.ceil(batches_per_epoch / training.gradient_accumulation_steps)
+    return steps_per_epoch, training.max_steps or max(
+        1, math.ceil(training.epochs * steps_per_epoch), training.min_steps or 0
+    )
 
 
-def check_warmup(cfg, total_steps: int) -> None:
+def check_warmup(training, total_steps: int) -> None:
     """Raises UserError: more warmup steps than the run has, so the learning rate would never reach its peak."""
-    if cfg.warmup_steps is not None and cfg.warmup_steps > total_steps:
+    if training.warmup_steps is not None and training.warmup_steps > total_steps:
         raise UserError(
-            f"training.warmup_steps: {cfg.warmup_steps} warmup steps but the run has {total_steps} steps in all; the "
-            "learning rate would never reach training.learning_rate. Use fewer warmup steps (or training.warmup_ratio)"
+            f"training.warmup_steps: {training.warmup_steps} warmup steps but the run has {total_steps} steps in all; "
+            "the learning rate would never reach training.learning_rate. Use fewer warmup steps (or "
+            "training.warmup_ratio)"
         )
