@@ -9,13 +9,13 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from .. import metrics as metric_modules
 from ..common import figures
 from ..common.errors import DataWarning, Notice, UserError
 from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
 from ..data.schema import DataSpec
+from ..metrics import classification as classification_metrics
 from .base import (
     Accumulator,
     LabelledTask,
@@ -385,13 +385,9 @@ class ClassificationAccumulator(Accumulator):
         labels = columns["label"].tolist() if "label" in columns else None
         if labels is not None:
             if "accuracy" in self.metric_names:
-                accuracy = metric_modules.load("accuracy").compute(predictions=predictions, references=labels)
-                metrics["accuracy"] = accuracy["accuracy"]
+                metrics["accuracy"] = classification_metrics.accuracy(predictions, labels)
             if "macro_f1" in self.metric_names:
-                scores = metric_modules.load("f1").compute(
-                    predictions=predictions, references=labels, average="macro", labels=list(range(len(names)))
-                )
-                metrics["macro_f1"] = scores["f1"]
+                metrics["macro_f1"] = classification_metrics.macro_f1(predictions, labels, list(range(len(names))))
             if "cross_entropy" in self.metric_names:
                 metrics["cross_entropy"] = float(columns["loss"].double().mean())
             top = probabilities.max(-1).values.tolist()  # ECE (tasks/calibration.py) whatever the metrics asked

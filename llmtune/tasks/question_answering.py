@@ -378,7 +378,7 @@ def window_loss(start_logits, end_logits, start_positions, end_positions) -> tor
 
 def squad_scores(predictions: list[str], golds: list[list[str]], metric_names) -> tuple[dict, list[dict]]:
     """SQuAD v1.1 exact match and F1 in percent: per example the best over its gold answers; corpus: their mean."""
-    from ..metrics.squad.squad import best_over_golds, exact_match_score, f1_score
+    from ..metrics.squad import best_over_golds, exact_match_score, f1_score
 
     per_example = [
         {

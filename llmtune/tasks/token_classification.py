@@ -23,13 +23,13 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from .. import metrics as metric_modules
 from ..common import figures
 from ..common.errors import UserError
 from ..common.lazy import F, datasets, torch
 from ..data.augment import AugmentFields
 from ..data.reading import describe, require_columns, row_location
 from ..data.schema import DataSpec
+from ..metrics.entities import entity_scores
 from .base import Accumulator, LabelledTask, RowStatistics, TaskOptions, f1_from_counts, prediction_row, tokenize
 from .card import PushedModel, literal
 
@@ -517,9 +517,7 @@ class TokenClassificationAccumulator(Accumulator):
         return found
 
     def _corpus_metrics(self, gold: list[list[str]], found: list[list[str]], columns: dict) -> dict:
-        scores = metric_modules.load("seqeval").compute(
-            predictions=found, references=gold, strict=self.task.options.strict
-        )
+        scores = entity_scores(found, gold, strict=self.task.options.strict)
         metrics = {name: 100 * scores[name] for name in ("f1", "precision", "recall") if name in self.metric_names}
         if "token_accuracy" in self.metric_names:
             metrics["token_accuracy"] = 100 * scores["accuracy"]

@@ -4,12 +4,11 @@ Answers are normalised (lower case, punctuation and the articles a/an/the remove
 collapsed); each prediction scores the maximum over its gold answers; results are percentages.
 """
 
+from __future__ import annotations
+
 import collections
 import re
 import string
-
-import datasets
-import evaluate
 
 PUNCTUATION = set(string.punctuation)
 
@@ -41,19 +40,9 @@ def best_over_golds(score, prediction: str, golds: list) -> float:
     return max(score(prediction, gold) for gold in golds)
 
 
-class Squad(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__,
-            citation="Rajpurkar et al. 2016, SQuAD: 100,000+ Questions for Machine Comprehension of Text",
-            inputs_description="predictions: predicted answer texts; references: lists of gold answer texts",
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-            ),
-        )
-
-    def _compute(self, predictions, references):
-        exact = sum(best_over_golds(exact_match_score, p, golds) for p, golds in zip(predictions, references))
-        f1 = sum(best_over_golds(f1_score, p, golds) for p, golds in zip(predictions, references))
-        total = len(predictions)
-        return {"exact_match": 100.0 * exact / total, "f1": 100.0 * f1 / total}
+def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
+    """Exact match and F1 over a corpus, each prediction scored against the best of its gold answers (percent)."""
+    exact = sum(best_over_golds(exact_match_score, p, golds) for p, golds in zip(predictions, references))
+    f1 = sum(best_over_golds(f1_score, p, golds) for p, golds in zip(predictions, references))
+    total = len(predictions)
+    return {"exact_match": 100.0 * exact / total, "f1": 100.0 * f1 / total}
