@@ -21,7 +21,6 @@ GENERIC = [
     "inference/evaluation",
     "inference/saved",
     "inference/prediction",
-    "inference/loop",
     "cli",
     "deploy/hub",
     "reports/report",

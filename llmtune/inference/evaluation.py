@@ -1,14 +1,17 @@
-"""Evaluation of a split: batches sorted by length, each example counted once whatever the process count.
+"""Evaluation of a split: batches sorted by length, each example counted once whatever the process count, through
+the one batched no-grad loop (`run_batches`, which prediction runs too).
 
 Training (validation and test), `llmtune eval` and the hub round trip all evaluate through `run_evaluation`."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..common import runs, sharding
 from ..common.errors import UserError
+from ..common.lazy import torch
 from ..common.silence import quiet_libraries
 from ..data import reading as data
 from ..data.schema import DataSource, DataSpec
@@ -16,7 +19,6 @@ from ..tasks.base import Task
 from . import devices
 from .batches import PadCollator, SortedBatches
 from .devices import mixed_precision, new_accelerator
-from .loop import run_batches
 from .saved import load_run
 
 # A long evaluation (generating a test split can take many minutes) reports its progress this often.
@@ -108,6 +110,29 @@ def run_evaluation(
         accumulator.add(result)
     metrics, predictions = accumulator.result(dataset, features)
     return {**metrics, "runtime_s": round(time.perf_counter() - started, 2)}, predictions
+
+
+def run_batches(task: Task, model, batches: Iterable[dict], device, on_batch: Callable | None = None) -> list[dict]:
+    """eval_step over batches without gradients, outputs moved to the CPU: the one batched inference loop
+    (evaluation and prediction both use it). `on_batch(number, examples)` is called after each batch."""
+    was_training = model.training
+    if was_training:  # walking every module costs ~2 ms, a fifth of a served request's time
+        model.eval()
+    outputs = []
+    # Not inference mode under ZeRO-3: the weights it gathers for the forward pass would become inference tensors,
+    # which training's next backward cannot record.
+    no_gradients = torch.no_grad() if sharding.partitioned_by_zero3(model) else torch.inference_mode()
+    try:
+        with no_gradients:
+            for number, batch in enumerate(batches, 1):
+                batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+                outputs.append({key: value.detach().cpu() for key, value in task.eval_step(model, batch).items()})
+                if on_batch is not None:
+                    on_batch(number, len(batch["input_ids"]))
+    finally:
+        if was_training:
+            model.train()
+    return outputs
 
 
 def evened(loader, accelerator):

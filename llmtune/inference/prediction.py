@@ -9,8 +9,7 @@ from ..common.silence import quiet_libraries
 from ..data.reading import in_memory
 from ..tasks.base import Task
 from .batches import PadCollator, SortedBatches
-from .evaluation import model_features
-from .loop import run_batches
+from .evaluation import model_features, run_batches
 from .saved import LoadedRun, load_run
 
 
