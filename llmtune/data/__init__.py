@@ -1,1 +1,3 @@
-"""Reading data files and hub datasets, and augmenting the train split."""
+"""Reading a recipe's splits (local files or the hub), augmenting the train split, and the leakage audit.
+
+schema.py is the recipe's data section; reading.py, augment.py and leakage.py do the work."""

@@ -1,2 +1,4 @@
-"""The metrics llmtune reports, computed offline as plain functions of predictions and references: classification
-(scikit-learn), entities (seqeval), SQuAD (the official script's logic) and generated text (ROUGE, BLEU, chrF)."""
+"""The metrics llmtune reports, as plain functions of predictions and references, computed offline.
+
+classification.py (scikit-learn), entities.py (seqeval), squad.py (the official SQuAD logic) and generation.py
+(ROUGE, BLEU, chrF)."""

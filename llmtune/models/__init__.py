@@ -1,7 +1,9 @@
-"""From a checkpoint's name to a model ready to train or run: where its files come from (`sources.py`), loading
-its tokenizer, config and weights (`loading.py`), quantizing the frozen base (`quantization.py`), the adapter
-method (`adapters.py`), the dtypes it trains and saves in (`precision.py`), an ONNX export (`onnx.py`), and the
-recipe sections that say all this (`schema.py`). The names other floors call are importable from here."""
+"""From a checkpoint's name to a model ready to train or run.
+
+Where its files come from (`sources.py`), loading its tokenizer, config and weights (`loading.py`), quantizing the
+frozen base (`quantization.py`), the adapter method (`adapters.py`), the dtypes it trains and saves in
+(`precision.py`), an ONNX export (`onnx.py`), and the recipe sections that say all this (`schema.py`). The names
+other floors call are importable from here."""
 
 from .adapters import apply_method
 from .loading import (

@@ -1,5 +1,7 @@
-"""The recipe: its whole schema (`schema.py`), reading a YAML file with `--set` overrides (`loading.py`), schema
-problems as one located line each (`messages.py`), and the built-in and starter recipes (`starter.py`).
+"""The recipe: its whole schema, YAML loading with `--set` overrides, located messages, built-in recipes.
+
+The schema (`schema.py`), reading a YAML file with `--set` overrides (`loading.py`), schema problems as one
+located line each (`messages.py`), and the built-in and starter recipes (`starter.py`).
 `from llmtune.recipe import load_recipe` is the way in; the sections are importable from here as well."""
 
 from ..data.schema import SPLITS, BackTranslationAugment, DataSource, DataSpec, SynonymAugment, WordAugment

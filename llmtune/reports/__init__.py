@@ -1,1 +1,1 @@
-"""Run reports, plots and their figures."""
+"""Reports of finished runs: HTML and Markdown reports, plots, paired significance and the trust blocks."""
