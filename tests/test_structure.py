@@ -231,3 +231,12 @@ def test_a_task_missing_part_of_the_contract_fails_when_defined():
 
     class Complete(Classification):  # inherits the whole contract
         name = "complete"
+
+
+def test_the_architecture_page_draws_the_floors_the_code_keeps():
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|", (ROOT / "docs" / "architecture.md").read_text(), re.M)
+    drawn = {
+        int(number): {name.strip("`/").removesuffix(".py") for name in re.findall(r"`[^`]+`", cell)}
+        for number, cell in rows
+    }
+    assert drawn == {number: set(folders) for number, folders in enumerate(FLOORS)}
