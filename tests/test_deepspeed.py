@@ -185,10 +185,9 @@ def test_deepspeed_selected_but_not_installed_is_refused(cli, tiny_bert, tmp_pat
 
 
 def test_zero3_partitioned_weights_make_evaluation_and_generation_wait_for_every_process():
-    from llmtune.engine import deepspeed_zero
-    from llmtune.tasks import prompting
+    from llmtune.common import sharding
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    assert not deepspeed_zero.partitions_parameters(model) and not prompting.sharded(model)
+    assert not sharding.partitioned_by_zero3(model) and not sharding.sharded(model)
     model[0].weight.ds_id = 0  # what ZeRO-3 gives each parameter it partitions
-    assert deepspeed_zero.partitions_parameters(model) and prompting.sharded(model)
+    assert sharding.partitioned_by_zero3(model) and sharding.sharded(model)

@@ -57,7 +57,7 @@ def test_a_long_evaluation_reports_its_progress(tracked_run, monkeypatch):
     import llmtune
 
     monkeypatch.setattr(
-        importlib.import_module("llmtune.engine.evaluation"), "EVAL_PROGRESS_EVERY_S", 0
+        importlib.import_module("llmtune.inference.evaluation"), "EVAL_PROGRESS_EVERY_S", 0
     )  # a line after every batch but the last
     lines = []
     metrics, _ = llmtune.evaluate(
